@@ -1,0 +1,12 @@
+// Package wset owns the working-set / page-access trace: which guest pages an
+// invocation touched, how (read, write, execute), in what order and when.
+//
+// One type serves three roles: a recording made by `aquifer handle --record`
+// (first touch per page, in fault order), a trace captured from a real guest
+// by the corpus pipeline, and the script the guest emulator replays. Pages are
+// identified by their index in the Firecracker memory file (file offset /
+// page size), which does not depend on how the VMM lays out host memory.
+//
+// The on-disk format is documented in docs/format.md. This package must not
+// import any other Aquifer package.
+package wset
