@@ -1,0 +1,485 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/uffd"
+	"github.com/aquifer-pool/aquifer/wset"
+	"golang.org/x/sys/unix"
+)
+
+// Backend selects Firecracker's memory backend.
+type Backend string
+
+const (
+	// BackendUffd restores through a userfaultfd handler (mem_backend Uffd).
+	BackendUffd Backend = "uffd"
+	// BackendFile maps the memory file MAP_PRIVATE (mem_backend File).
+	BackendFile Backend = "file"
+)
+
+// Balloon describes one balloon inflation: a range of the memory file
+// (guest memory in file-offset terms) discarded at the trace's midpoint.
+type Balloon struct {
+	Offset, Len uint64
+}
+
+// Config describes one restore + invocation.
+type Config struct {
+	// MemPath is the snapshot memory file: the File backend maps it; both
+	// backends verify against it.
+	MemPath string
+	Backend Backend
+	// Socket is the handler's socket (Uffd backend).
+	Socket  string
+	Dialect handshake.Dialect
+	// GapStart scales Firecracker's MMIO gap (0 = 3 GiB).
+	GapStart uint64
+	// VCPUs is the number of vCPU threads (default 2).
+	VCPUs int
+	// Trace is the workload to replay.
+	Trace *wset.Trace
+	// ThinkScale multiplies recorded think times (0: no think time).
+	ThinkScale float64
+	// Balloon, if set, is inflated at the midpoint of the trace.
+	Balloon *Balloon
+	// DropCache drops the memory file's page cache before a File restore.
+	DropCache bool
+	// NoVerify skips byte verification (for pure timing runs).
+	NoVerify bool
+	// Resumed, if set, is waited on after the restore and before the vCPUs
+	// run: the orchestrator's PATCH /vm Resumed.
+	Resumed func(ctx context.Context) error
+}
+
+// Report is the outcome of one run.
+type Report struct {
+	Backend     Backend       `json:"backend"`
+	Dialect     string        `json:"dialect,omitempty"`
+	Regions     int           `json:"regions"`
+	VCPUs       int           `json:"vcpus"`
+	Accesses    int           `json:"accesses"`
+	Pages       int           `json:"pages"`
+	Restore     time.Duration `json:"restore_ns"`
+	FirstTouch  time.Duration `json:"first_touch_ns"`
+	EndToEnd    time.Duration `json:"end_to_end_ns"`
+	Verified    int           `json:"verified_pages"`
+	Mismatches  int           `json:"mismatches"`
+	FirstError  string        `json:"first_error,omitempty"`
+	BalloonDone bool          `json:"balloon_done"`
+}
+
+type mapped struct {
+	Region
+	m    *offheap.Mapping
+	addr uintptr
+}
+
+// vm is a restored VM.
+type vm struct {
+	cfg     Config
+	ps      uint64
+	regions []*mapped
+	ref     *offheap.Mapping // snapshot content for verification
+	u       *uffd.FD
+	conn    *net.UnixConn
+
+	ballooned atomic.Bool
+	shadowMu  sync.Mutex
+	shadow    map[uint64]map[uint64]uint64 // page -> slot offset -> value written
+}
+
+// Run restores a VM as configured, replays the trace and reports.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Trace == nil {
+		return nil, errors.New("guest: no trace to replay")
+	}
+	if cfg.VCPUs <= 0 {
+		cfg.VCPUs = 2
+	}
+	ps := uint64(cfg.Trace.PageSize)
+	if ps == 0 {
+		ps = handshake.PageSize4K
+	}
+	if ps != handshake.PageSize4K {
+		return nil, fmt.Errorf("guest: page size %d: only 4 KiB guests are emulated (2 MiB needs hugetlbfs)", ps)
+	}
+	ref, size, err := offheap.OpenFileRO(cfg.MemPath)
+	if err != nil {
+		return nil, fmt.Errorf("guest: memory file: %w", err)
+	}
+	defer ref.Unmap()
+	if size == 0 || uint64(size)%ps != 0 {
+		return nil, fmt.Errorf("guest: memory file %s: size %d is not a non-zero multiple of %d", cfg.MemPath, size, ps)
+	}
+	layout, err := FirecrackerLayout(uint64(size), cfg.GapStart, ps)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Trace.Validate(); err != nil {
+		return nil, err
+	}
+	pages := uint64(size) / ps
+	for i, a := range cfg.Trace.Accesses {
+		if a.Page >= pages {
+			return nil, fmt.Errorf("guest: trace access %d touches page %d beyond the %d-page memory file", i, a.Page, pages)
+		}
+	}
+	v := &vm{cfg: cfg, ps: ps, ref: ref, shadow: map[uint64]map[uint64]uint64{}}
+	defer v.close()
+
+	rep := &Report{Backend: cfg.Backend, Regions: len(layout), VCPUs: cfg.VCPUs, Accesses: len(cfg.Trace.Accesses)}
+	start := time.Now()
+	switch cfg.Backend {
+	case BackendUffd:
+		rep.Dialect = cfg.Dialect.String()
+		err = v.restoreUffd(layout)
+	case BackendFile:
+		err = v.restoreFile(layout)
+	default:
+		err = fmt.Errorf("guest: unknown backend %q (want uffd or file)", cfg.Backend)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rep.Restore = time.Since(start)
+	if cfg.Resumed != nil {
+		if err := cfg.Resumed(ctx); err != nil {
+			return nil, fmt.Errorf("guest: waiting for resume: %w", err)
+		}
+	}
+	if err := v.replay(ctx, start, rep); err != nil {
+		return rep, err
+	}
+	rep.EndToEnd = time.Since(start)
+	if rep.Mismatches > 0 {
+		return rep, fmt.Errorf("guest: %d pages did not match the snapshot; first: %s", rep.Mismatches, rep.FirstError)
+	}
+	return rep, nil
+}
+
+func (v *vm) close() {
+	for _, r := range v.regions {
+		r.m.Unmap()
+	}
+	if v.conn != nil {
+		v.conn.Close()
+	}
+	if v.u != nil {
+		v.u.Close()
+	}
+}
+
+func (v *vm) restoreUffd(layout []Region) error {
+	for _, r := range layout {
+		m, err := offheap.Anon(int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
+		if err != nil {
+			return err
+		}
+		v.regions = append(v.regions, &mapped{Region: r, m: m, addr: m.Addr()})
+	}
+	var err error
+	if v.cfg.Dialect == handshake.DialectV1_1 {
+		v.u, err = uffd.New()
+	} else {
+		v.u, err = uffd.NewDevice()
+	}
+	if err != nil {
+		return err
+	}
+	var features uint64
+	if v.cfg.Dialect >= handshake.DialectV1_12 || v.cfg.Balloon != nil {
+		features = uffd.FeatureEventRemove
+	}
+	if _, err := v.u.API(features); err != nil {
+		return err
+	}
+	wire := make([]handshake.Region, 0, len(v.regions))
+	for _, r := range v.regions {
+		if _, err := v.u.Register(r.addr, uintptr(r.Size), uffd.RegisterModeMissing); err != nil {
+			return err
+		}
+		wire = append(wire, handshake.Region{BaseHostVirtAddr: uint64(r.addr), Size: r.Size, Offset: r.FileOffset, PageSize: v.ps})
+	}
+	conn, err := handshake.Send(v.cfg.Socket, wire, v.cfg.Dialect, v.u.Fd())
+	if err != nil {
+		return err
+	}
+	if v.cfg.Dialect.KeepsSocketOpen() {
+		v.conn = conn
+	} else {
+		conn.Close()
+	}
+	return nil
+}
+
+func (v *vm) restoreFile(layout []Region) error {
+	f, err := os.Open(v.cfg.MemPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if v.cfg.DropCache {
+		unix.Fdatasync(int(f.Fd()))
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			return fmt.Errorf("guest: dropping page cache of %s: %w", v.cfg.MemPath, err)
+		}
+	}
+	for _, r := range layout {
+		m, err := offheap.File(f, int64(r.FileOffset), int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+		if err != nil {
+			return err
+		}
+		v.regions = append(v.regions, &mapped{Region: r, m: m, addr: m.Addr()})
+	}
+	return nil
+}
+
+// hostAddr returns the host address of file page p.
+func (v *vm) hostAddr(p uint64) (uintptr, bool) {
+	off := p * v.ps
+	for _, r := range v.regions {
+		if off >= r.FileOffset && off < r.FileOffset+r.Size {
+			return r.addr + uintptr(off-r.FileOffset), true
+		}
+	}
+	return 0, false
+}
+
+type cpuResult struct {
+	verified   int
+	mismatches int
+	firstErr   string
+	firstTouch time.Time
+}
+
+func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
+	acc := v.cfg.Trace.Accesses
+	n := v.cfg.VCPUs
+	mid := len(acc)
+	if v.cfg.Balloon != nil {
+		mid = len(acc) / 2
+	}
+	phases := [2][][]int{make([][]int, n), make([][]int, n)}
+	for i, a := range acc {
+		ph := 0
+		if i >= mid {
+			ph = 1
+		}
+		c := int(a.CPU) % n
+		phases[ph][c] = append(phases[ph][c], i)
+	}
+	distinct := map[uint64]struct{}{}
+	for _, a := range acc {
+		distinct[a.Page] = struct{}{}
+	}
+	rep.Pages = len(distinct)
+
+	results := make([]cpuResult, n)
+	for ph := 0; ph < 2; ph++ {
+		if ph == 1 && v.cfg.Balloon != nil {
+			if err := v.inflate(*v.cfg.Balloon); err != nil {
+				return err
+			}
+			rep.BalloonDone = true
+		}
+		var wg sync.WaitGroup
+		for c := 0; c < n; c++ {
+			wg.Add(1)
+			go func(c int) {
+				defer wg.Done()
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				v.runCPU(ctx, c, phases[ph][c], &results[c])
+			}(c)
+		}
+		wg.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	var first time.Time
+	for _, r := range results {
+		rep.Verified += r.verified
+		rep.Mismatches += r.mismatches
+		if rep.FirstError == "" {
+			rep.FirstError = r.firstErr
+		}
+		if !r.firstTouch.IsZero() && (first.IsZero() || r.firstTouch.Before(first)) {
+			first = r.firstTouch
+		}
+	}
+	if !first.IsZero() {
+		rep.FirstTouch = first.Sub(start)
+	}
+	return nil
+}
+
+func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
+	acc := v.cfg.Trace.Accesses
+	var prev time.Duration
+	if len(idx) > 0 {
+		prev = acc[idx[0]].T
+	}
+	scratch := make([]byte, v.ps)
+	for k, i := range idx {
+		if k&63 == 0 && ctx.Err() != nil {
+			return
+		}
+		a := acc[i]
+		if v.cfg.ThinkScale > 0 && a.T > prev {
+			spin(time.Duration(float64(a.T-prev) * v.cfg.ThinkScale))
+		}
+		prev = a.T
+		addr, _ := v.hostAddr(a.Page)
+		page := offheap.At(addr, int(v.ps))
+		if a.Kind&wset.Write != 0 {
+			slot := uint64(cpu*8) % v.ps
+			val := a.Page*0x9E3779B97F4A7C15 ^ uint64(i+1)
+			w := (*uint64)(unsafe.Pointer(&page[slot]))
+			// A write fault first, without changing content (a locked
+			// add of zero), then the visible store with its shadow entry
+			// under the lock that verification holds while comparing.
+			atomic.AddUint64(w, 0)
+			v.shadowMu.Lock()
+			atomic.StoreUint64(w, val)
+			s := v.shadow[a.Page]
+			if s == nil {
+				s = map[uint64]uint64{}
+				v.shadow[a.Page] = s
+			}
+			s[slot] = val
+			v.shadowMu.Unlock()
+		} else {
+			atomic.LoadUint64((*uint64)(unsafe.Pointer(&page[0]))) // the load faults the page in
+		}
+		if res.firstTouch.IsZero() {
+			res.firstTouch = time.Now()
+		}
+		if v.cfg.NoVerify {
+			continue
+		}
+		if err := v.verify(a.Page, page, scratch); err != nil {
+			res.mismatches++
+			if res.firstErr == "" {
+				res.firstErr = err.Error()
+			}
+		} else {
+			res.verified++
+		}
+	}
+}
+
+// verify compares a guest page with what it must hold: the snapshot page (or
+// zeros after a balloon discarded it) overlaid with this run's own writes.
+func (v *vm) verify(p uint64, got, scratch []byte) error {
+	var want []byte
+	if v.inBalloon(p) {
+		clear(scratch)
+		want = scratch
+	} else {
+		want = v.ref.B[p*v.ps : (p+1)*v.ps]
+	}
+	v.shadowMu.Lock()
+	defer v.shadowMu.Unlock()
+	s := v.shadow[p]
+	if len(s) > 0 {
+		if &want[0] != &scratch[0] {
+			copy(scratch, want)
+			want = scratch
+		}
+		for off, val := range s {
+			binary.LittleEndian.PutUint64(want[off:], val)
+		}
+	}
+	if bytes.Equal(got, want) {
+		return nil
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return fmt.Errorf("page %d byte %d: got %#02x want %#02x", p, i, got[i], want[i])
+		}
+	}
+	return nil
+}
+
+func (v *vm) inBalloon(p uint64) bool {
+	b := v.cfg.Balloon
+	if b == nil || !v.ballooned.Load() {
+		return false
+	}
+	off := p * v.ps
+	return off >= b.Offset && off+v.ps <= b.Offset+b.Len
+}
+
+// inflate discards a balloon range the way Firecracker does. All vCPUs are
+// stopped (phase barrier), as a guest balloon driver only gives away pages
+// nothing uses.
+func (v *vm) inflate(b Balloon) error {
+	if b.Offset%v.ps != 0 || b.Len%v.ps != 0 || b.Len == 0 {
+		return fmt.Errorf("guest: balloon range [%d,+%d) not page aligned", b.Offset, b.Len)
+	}
+	for off := b.Offset; off < b.Offset+b.Len; {
+		var r *mapped
+		for _, x := range v.regions {
+			if off >= x.FileOffset && off < x.FileOffset+x.Size {
+				r = x
+			}
+		}
+		if r == nil {
+			return fmt.Errorf("guest: balloon offset %d outside guest memory", off)
+		}
+		n := min(b.Offset+b.Len, r.FileOffset+r.Size) - off
+		addr := r.addr + uintptr(off-r.FileOffset)
+		switch v.cfg.Backend {
+		case BackendUffd:
+			if err := unix.Madvise(offheap.At(addr, int(n)), unix.MADV_DONTNEED); err != nil {
+				return fmt.Errorf("guest: balloon madvise: %w", err)
+			}
+		case BackendFile:
+			// MADV_DONTNEED on a private file mapping would bring the file
+			// content back; Firecracker maps anonymous memory over it.
+			_, _, errno := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(n), unix.PROT_READ|unix.PROT_WRITE,
+				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED|unix.MAP_NORESERVE, ^uintptr(0), 0)
+			if errno != 0 {
+				return fmt.Errorf("guest: balloon remap: %w", errno)
+			}
+		}
+		off += n
+	}
+	v.shadowMu.Lock()
+	for p := range v.shadow {
+		if off := p * v.ps; off >= b.Offset && off+v.ps <= b.Offset+b.Len {
+			delete(v.shadow, p)
+		}
+	}
+	v.shadowMu.Unlock()
+	v.ballooned.Store(true)
+	return nil
+}
+
+// spin busy-waits d: think time is guest computation, which occupies a CPU.
+func spin(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	end := time.Now().Add(d)
+	if d > 2*time.Millisecond {
+		time.Sleep(d - time.Millisecond)
+	}
+	for time.Now().Before(end) {
+	}
+}

@@ -1,0 +1,26 @@
+// Package handler serves the page faults of one Firecracker VM from a
+// memory-file source: the on-demand UFFD backend that Firecracker's
+// examples/uffd on_demand_handler implements, made concurrent and
+// balloon-safe. `aquifer handle` is a thin wrapper around it; REAP-style
+// recording hooks in here, and the Aquifer pager builds on the same loop.
+//
+// Shape: one event reader on a locked OS thread polls the userfaultfd, the
+// VM's pidfd and a stop eventfd; it decodes events, applies REMOVE ranges to
+// a per-page "removed" bitmap and hands page faults to a pool of workers,
+// each on its own locked OS thread, so faults of several vCPUs are served
+// concurrently. A worker installs a page with one UFFDIO_COPY straight from
+// the mmap'd source (no intermediate buffer); a page inside a removed range
+// gets UFFDIO_ZEROPAGE (or a copy of zeros for 2 MiB pages) and never
+// snapshot content again. EEXIST is answered with UFFDIO_WAKE, EAGAIN by
+// waiting for the reader to drain pending events and retrying, ESRCH ends
+// serving: the VM is gone.
+//
+// Removal and copy are serialised by a reader/writer lock (copies share it,
+// a REMOVE takes it exclusively), so a copy that began before a REMOVE was
+// read finishes before the bitmap changes and every copy after it sees the
+// change. A guest never faults on a page it has just given to the balloon,
+// so demand faults cannot race the kernel's zap of that range.
+//
+// This package owns the serving loop and its statistics. It must not parse
+// handshakes (package handshake) or know about tiers (the pager does).
+package handler

@@ -1,0 +1,410 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/uffd"
+	"github.com/aquifer-pool/aquifer/wset"
+	"golang.org/x/sys/unix"
+)
+
+// Options tune a Handler.
+type Options struct {
+	// Workers is the number of fault-serving threads (default 2).
+	Workers int
+	// Record, when true, records every first touch (page, read/write, time
+	// since the first fault) in fault order; see Handler.Trace.
+	Record bool
+	// Logger receives warnings; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats summarise one serving session.
+type Stats struct {
+	Faults      uint64 // page faults served (read + write)
+	WriteFaults uint64
+	ZeroFaults  uint64 // faults answered with zero pages (removed ranges)
+	BytesCopied uint64
+	Exists      uint64 // EEXIST: page already present (woken)
+	Retries     uint64 // EAGAIN retries after pending events
+	Removes     uint64 // REMOVE events
+	Unexpected  uint64 // events Firecracker never enables
+	Wall        time.Duration
+	// Exit says why serving ended.
+	Exit string
+}
+
+func (s Stats) String() string {
+	return fmt.Sprintf("faults served %d (%d write, %d zero), bytes copied %d (%.1f MiB), eexist %d, eagain retries %d, removes %d, wall %v, exit: %s",
+		s.Faults, s.WriteFaults, s.ZeroFaults, s.BytesCopied, float64(s.BytesCopied)/(1<<20),
+		s.Exists, s.Retries, s.Removes, s.Wall.Round(time.Microsecond), s.Exit)
+}
+
+type region struct {
+	handshake.Region
+	removed []atomic.Uint64 // bit per page
+}
+
+func (r *region) pageIndex(a uint64) uint64 { return (a - r.BaseHostVirtAddr) / r.PageSize }
+
+func (r *region) isRemoved(p uint64) bool { return r.removed[p/64].Load()&(1<<(p%64)) != 0 }
+
+func (r *region) markRemoved(p uint64) {
+	w := &r.removed[p/64]
+	for {
+		o := w.Load()
+		if w.CompareAndSwap(o, o|1<<(p%64)) {
+			return
+		}
+	}
+}
+
+type fault struct {
+	addr  uint64
+	write bool
+	seq   uint64
+	at    time.Duration
+}
+
+// Handler serves one VM.
+type Handler struct {
+	u       *uffd.FD
+	regions []*region
+	src     Source
+	opts    Options
+	log     *slog.Logger
+
+	removeMu sync.RWMutex // copies: R; applying REMOVE: W
+
+	genMu sync.Mutex
+	gen   uint64 // bumped after every event batch the reader consumed
+	genCh chan struct{}
+
+	zero *offheap.Mapping // zero buffer for 2 MiB removed pages
+
+	stats  Stats
+	start  time.Time
+	first  atomic.Int64 // ns since start of the first fault, -1 until then
+	recMu  sync.Mutex
+	rec    []recEntry
+	gone   atomic.Bool
+	fatal  atomic.Pointer[error]
+	stopFD int
+}
+
+type recEntry struct {
+	seq uint64
+	a   wset.Access
+}
+
+// New prepares a handler for a VM whose memory is described by regions and
+// whose content comes from src.
+func New(u *uffd.FD, regions []handshake.Region, src Source, opts Options) (*Handler, error) {
+	if err := handshake.Validate(regions, src.Size()); err != nil {
+		return nil, err
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 2
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	h := &Handler{u: u, src: src, opts: opts, log: opts.Logger, genCh: make(chan struct{})}
+	h.first.Store(-1)
+	for _, r := range regions {
+		n := r.Size / r.PageSize
+		h.regions = append(h.regions, &region{Region: r, removed: make([]atomic.Uint64, (n+63)/64)})
+		if r.PageSize != handshake.PageSize4K && h.zero == nil {
+			z, err := offheap.Anon(int(r.PageSize), unix.PROT_READ, 0)
+			if err != nil {
+				return nil, err
+			}
+			h.zero = z
+		}
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("handler: eventfd: %w", err)
+	}
+	h.stopFD = efd
+	return h, nil
+}
+
+// Stop asks Serve to return; safe from any goroutine.
+func (h *Handler) Stop() {
+	var one = [8]byte{1}
+	unix.Write(h.stopFD, one[:])
+}
+
+// Close releases the handler's own resources (not the uffd).
+func (h *Handler) Close() error {
+	unix.Close(h.stopFD)
+	return h.zero.Unmap()
+}
+
+func (h *Handler) lookup(a uint64) *region {
+	for _, r := range h.regions {
+		if r.Contains(a) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Serve runs until the VM exits (exitFD, a pidfd, becomes readable; -1 for
+// none), the VM's mm disappears (ESRCH), ctx is done or Stop is called. It
+// returns the statistics; the error is non-nil only for a failure that
+// prevented serving (not for the VM exiting).
+func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
+	h.start = time.Now()
+	stopCtx := context.AfterFunc(ctx, h.Stop)
+	defer stopCtx()
+
+	work := make(chan fault, 1024)
+	var wg sync.WaitGroup
+	for i := 0; i < h.opts.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for f := range work {
+				h.serveFault(f)
+			}
+		}()
+	}
+
+	runtime.LockOSThread()
+	exit, err := h.readLoop(work, exitFD)
+	runtime.UnlockOSThread()
+	close(work)
+	wg.Wait()
+	h.stats.Wall = time.Since(h.start)
+	h.stats.Exit = exit
+	if p := h.fatal.Load(); p != nil && err == nil {
+		err = *p
+	}
+	return h.stats, err
+}
+
+func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
+	fds := []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}}
+	if exitFD >= 0 {
+		fds = append(fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
+	}
+	buf := make([]byte, 64*uffd.MsgSize)
+	msgs := make([]uffd.Msg, 0, 64)
+	var seq uint64
+	for {
+		if h.gone.Load() {
+			return "vm gone (ESRCH)", nil
+		}
+		if p := h.fatal.Load(); p != nil {
+			return "error", *p
+		}
+		for i := range fds {
+			fds[i].Revents = 0
+		}
+		_, err := unix.Poll(fds, 100)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "error", fmt.Errorf("handler: poll: %w", err)
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
+			return "error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents)
+		}
+		if fds[0].Revents&unix.POLLIN != 0 {
+			msgs, err = h.u.ReadMsgs(buf, msgs[:0])
+			if err != nil {
+				return "error", err
+			}
+			for _, m := range msgs {
+				switch m.Event {
+				case uffd.EventPagefault:
+					at := time.Since(h.start)
+					h.first.CompareAndSwap(-1, int64(at))
+					seq++
+					work <- fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
+				case uffd.EventRemove:
+					h.applyRemove(m.Start, m.End)
+				default:
+					h.stats.Unexpected++
+					h.log.Warn("unexpected userfaultfd event", "event", m.String())
+				}
+			}
+			h.bumpGen()
+		}
+		if fds[1].Revents&unix.POLLIN != 0 {
+			return "stopped", nil
+		}
+		if len(fds) > 2 && fds[2].Revents&unix.POLLIN != 0 {
+			return "vm exited", nil
+		}
+	}
+}
+
+func (h *Handler) bumpGen() {
+	h.genMu.Lock()
+	h.gen++
+	close(h.genCh)
+	h.genCh = make(chan struct{})
+	h.genMu.Unlock()
+}
+
+func (h *Handler) waitGen(old uint64) {
+	h.genMu.Lock()
+	if h.gen != old {
+		h.genMu.Unlock()
+		return
+	}
+	ch := h.genCh
+	h.genMu.Unlock()
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Millisecond):
+	}
+}
+
+func (h *Handler) curGen() uint64 {
+	h.genMu.Lock()
+	defer h.genMu.Unlock()
+	return h.gen
+}
+
+func (h *Handler) applyRemove(start, end uint64) {
+	h.removeMu.Lock()
+	defer h.removeMu.Unlock()
+	h.stats.Removes++
+	for _, r := range h.regions {
+		lo, hi := max(start, r.BaseHostVirtAddr), min(end, r.End())
+		if lo >= hi {
+			continue
+		}
+		// Partially covered pages at the edges are not removed: the
+		// balloon works in whole pages, and the kernel zaps whole pages.
+		first := (lo - r.BaseHostVirtAddr + r.PageSize - 1) / r.PageSize
+		last := (hi - r.BaseHostVirtAddr) / r.PageSize
+		for p := first; p < last; p++ {
+			r.markRemoved(p)
+		}
+	}
+}
+
+func (h *Handler) serveFault(f fault) {
+	r := h.lookup(f.addr)
+	if r == nil {
+		err := fmt.Errorf("handler: fault at %#x outside every region", f.addr)
+		h.fatal.CompareAndSwap(nil, &err)
+		return
+	}
+	ps := r.PageSize
+	page := f.addr &^ (ps - 1)
+	idx := r.pageIndex(page)
+	for {
+		gen := h.curGen()
+		h.removeMu.RLock()
+		removed := r.isRemoved(idx)
+		var err error
+		var n int64
+		if removed {
+			if ps == handshake.PageSize4K {
+				err = h.u.ZeroPage(uintptr(page), uintptr(ps), false)
+				n = int64(ps)
+			} else {
+				n, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(ps), false)
+			}
+		} else {
+			var src uintptr
+			src, err = h.src.Addr(r.Offset+idx*ps, ps)
+			if err == nil {
+				n, err = h.u.Copy(uintptr(page), src, uintptr(ps), false)
+			}
+		}
+		h.removeMu.RUnlock()
+		switch {
+		case err == nil:
+			atomic.AddUint64(&h.stats.Faults, 1)
+			if f.write {
+				atomic.AddUint64(&h.stats.WriteFaults, 1)
+			}
+			if removed {
+				atomic.AddUint64(&h.stats.ZeroFaults, 1)
+			} else {
+				atomic.AddUint64(&h.stats.BytesCopied, uint64(n))
+			}
+			if h.opts.Record && !removed {
+				h.record(f, (r.Offset+idx*ps)/ps)
+			}
+			return
+		case uffd.IsExist(err):
+			atomic.AddUint64(&h.stats.Exists, 1)
+			if werr := h.u.Wake(uintptr(page), uintptr(ps)); werr != nil && !uffd.IsGone(werr) {
+				h.log.Warn("wake after EEXIST failed", "addr", page, "err", werr)
+			}
+			return
+		case uffd.IsAgain(err):
+			atomic.AddUint64(&h.stats.Retries, 1)
+			h.waitGen(gen)
+			continue
+		case uffd.IsGone(err):
+			h.gone.Store(true)
+			h.Stop()
+			return
+		default:
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+				// The range was unmapped or unregistered under us.
+				h.log.Warn("fault could not be served", "addr", page, "err", err)
+				return
+			}
+			werr := fmt.Errorf("handler: serving fault at %#x: %w", f.addr, err)
+			h.fatal.CompareAndSwap(nil, &werr)
+			h.Stop()
+			return
+		}
+	}
+}
+
+func (h *Handler) record(f fault, page uint64) {
+	k := wset.Read
+	if f.write {
+		k = wset.Write
+	}
+	first := time.Duration(h.first.Load())
+	h.recMu.Lock()
+	h.rec = append(h.rec, recEntry{seq: f.seq, a: wset.Access{Page: page, T: f.at - first, Kind: k}})
+	h.recMu.Unlock()
+}
+
+// Trace returns the recorded first touches in fault order (Options.Record).
+func (h *Handler) Trace() *wset.Trace {
+	h.recMu.Lock()
+	defer h.recMu.Unlock()
+	rec := append([]recEntry(nil), h.rec...)
+	sort.Slice(rec, func(i, j int) bool { return rec[i].seq < rec[j].seq })
+	ps := uint32(handshake.PageSize4K)
+	if len(h.regions) > 0 {
+		ps = uint32(h.regions[0].PageSize)
+	}
+	t := &wset.Trace{PageSize: ps, MemSize: uint64(h.src.Size()), Source: "aquifer handle --record"}
+	seen := make(map[uint64]bool, len(rec))
+	for _, e := range rec {
+		if seen[e.a.Page] {
+			continue
+		}
+		seen[e.a.Page] = true
+		t.Accesses = append(t.Accesses, e.a)
+	}
+	return t
+}

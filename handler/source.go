@@ -1,0 +1,53 @@
+package handler
+
+import (
+	"fmt"
+
+	"github.com/aquifer-pool/aquifer/offheap"
+)
+
+// Source yields snapshot page content at an address in this process, off
+// the Go heap, suitable as the source of UFFDIO_COPY.
+type Source interface {
+	// Addr returns the address of n bytes of snapshot content starting at
+	// file offset off.
+	Addr(off, n uint64) (uintptr, error)
+	// Size is the memory file size in bytes.
+	Size() int64
+}
+
+// MemFile is a raw Firecracker memory file mapped read-only and shared, so
+// its pages come from the page cache and UFFDIO_COPY reads them directly.
+type MemFile struct {
+	m    *offheap.Mapping
+	size int64
+}
+
+// OpenMemFile maps path.
+func OpenMemFile(path string) (*MemFile, error) {
+	m, size, err := offheap.OpenFileRO(path)
+	if err != nil {
+		return nil, fmt.Errorf("handler: memory file: %w", err)
+	}
+	if size == 0 {
+		return nil, fmt.Errorf("handler: memory file %s is empty", path)
+	}
+	return &MemFile{m: m, size: size}, nil
+}
+
+// Addr implements Source.
+func (f *MemFile) Addr(off, n uint64) (uintptr, error) {
+	if off+n > uint64(f.size) || off+n < off {
+		return 0, fmt.Errorf("handler: range [%d,+%d) outside the %d-byte memory file", off, n, f.size)
+	}
+	return f.m.Addr() + uintptr(off), nil
+}
+
+// Size implements Source.
+func (f *MemFile) Size() int64 { return f.size }
+
+// Bytes returns the mapped file content.
+func (f *MemFile) Bytes() []byte { return f.m.B }
+
+// Close unmaps the file.
+func (f *MemFile) Close() error { return f.m.Unmap() }

@@ -1,0 +1,256 @@
+package handshake
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxMessage bounds the region JSON a handler accepts (Firecracker sends a
+// few hundred bytes; 64 KiB is generous).
+const MaxMessage = 64 << 10
+
+// Listener is the handler's listening socket.
+type Listener struct {
+	*net.UnixListener
+	path string
+}
+
+// Listen creates a Unix stream socket at path, mode 0600, removing a stale
+// socket file left by a dead handler (but never a regular file).
+func Listen(path string) (*Listener, error) {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("handshake: %s exists and is not a socket; refusing to replace it", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("handshake: %s: another handler is listening", path)
+		}
+		os.Remove(path)
+	}
+	old := unix.Umask(0o177)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("handshake: chmod %s: %w", path, err)
+	}
+	l.SetUnlinkOnClose(true)
+	return &Listener{UnixListener: l, path: path}, nil
+}
+
+// Path returns the socket path.
+func (l *Listener) Path() string { return l.path }
+
+// Accept waits for Firecracker's connection until ctx is done.
+func (l *Listener) Accept(ctx context.Context) (*net.UnixConn, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		l.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { l.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	c, err := l.AcceptUnix()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("handshake: waiting for Firecracker on %s: %w", l.path, ctx.Err())
+		}
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+	}
+	return c, nil
+}
+
+// Peer identifies the process on the other end of the socket.
+type Peer struct {
+	Pid int
+	Uid uint32
+	Gid uint32
+}
+
+// Result is what a handler learns from the handshake.
+type Result struct {
+	Regions []Region
+	// UFFD is the received userfaultfd (raw fd, owned by the caller).
+	UFFD int
+	Peer Peer
+	// Dialect is inferred from the fields present.
+	Dialect Dialect
+}
+
+// Receive reads the region JSON and exactly one fd from c. It reads until
+// the JSON parses and never waits for EOF. memSize bounds the regions (< 0:
+// unchecked). On error every received fd is closed.
+func Receive(c *net.UnixConn, memSize int64, timeout time.Duration) (*Result, error) {
+	peer, err := PeerOf(c)
+	if err != nil {
+		return nil, err
+	}
+	if timeout > 0 {
+		c.SetReadDeadline(time.Now().Add(timeout))
+		defer c.SetReadDeadline(time.Time{})
+	}
+	var (
+		data []byte
+		fds  []int
+		buf  = make([]byte, MaxMessage)
+		oob  = make([]byte, unix.CmsgSpace(4*4))
+	)
+	fail := func(err error) (*Result, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	for {
+		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+		if oobn > 0 {
+			got, perr := parseRights(oob[:oobn])
+			fds = append(fds, got...)
+			if perr != nil {
+				return fail(perr)
+			}
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			return fail(fmt.Errorf("handshake: control message truncated: the peer sent more than one fd"))
+		}
+		data = append(data, buf[:n]...)
+		if len(data) > MaxMessage {
+			return fail(fmt.Errorf("handshake: region message exceeds %d bytes", MaxMessage))
+		}
+		if n > 0 {
+			regions, perr := Parse(data, uint64(os.Getpagesize()))
+			if perr == nil {
+				if len(fds) != 1 {
+					return fail(fmt.Errorf("handshake: expected exactly one userfaultfd with the region list, got %d", len(fds)))
+				}
+				if verr := Validate(regions, memSize); verr != nil {
+					return fail(verr)
+				}
+				return &Result{Regions: regions, UFFD: fds[0], Peer: peer, Dialect: dialectOf(data)}, nil
+			}
+			if !errors.Is(perr, ErrIncomplete) {
+				return fail(perr)
+			}
+		}
+		if err != nil {
+			if n == 0 && len(data) == 0 && isEOF(err) {
+				return fail(fmt.Errorf("handshake: peer closed the connection without sending the region list"))
+			}
+			if isEOF(err) {
+				return fail(fmt.Errorf("handshake: peer closed the connection mid-message after %d bytes: %w", len(data), ErrIncomplete))
+			}
+			return fail(fmt.Errorf("handshake: reading region list: %w", err))
+		}
+		if n == 0 {
+			return fail(fmt.Errorf("handshake: peer closed the connection without sending the region list"))
+		}
+	}
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, unix.ECONNRESET)
+}
+
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("handshake: bad control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			return fds, fmt.Errorf("handshake: bad SCM_RIGHTS: %w", err)
+		}
+		for _, fd := range got {
+			unix.CloseOnExec(fd)
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+func dialectOf(data []byte) Dialect {
+	switch {
+	case containsKey(data, `"page_size"`):
+		return DialectV1_12
+	case containsKey(data, `"page_size_kib"`):
+		return DialectV1_7
+	}
+	return DialectV1_1
+}
+
+func containsKey(b []byte, k string) bool { return bytes.Contains(b, []byte(k)) }
+
+// PeerOf returns the credentials of the process connected to c.
+func PeerOf(c *net.UnixConn) (Peer, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Peer{}, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{}, err
+	}
+	if cerr != nil {
+		return Peer{}, fmt.Errorf("handshake: SO_PEERCRED: %w", cerr)
+	}
+	return Peer{Pid: int(cred.Pid), Uid: cred.Uid, Gid: cred.Gid}, nil
+}
+
+// PidFD opens a pidfd for pid; it becomes readable when the process exits.
+func PidFD(pid int) (int, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("handshake: pidfd_open(%d): %w", pid, err)
+	}
+	unix.CloseOnExec(fd)
+	return fd, nil
+}
+
+// Send is the Firecracker side: connect to path and send the region JSON of
+// dialect d with uffd in one sendmsg. The connection is returned open; a
+// caller emulating Firecracker <= 1.11 closes it at once, >= 1.12 keeps it
+// until the VM exits.
+func Send(path string, regions []Region, d Dialect, uffd int) (*net.UnixConn, error) {
+	body, err := Marshal(regions, d)
+	if err != nil {
+		return nil, err
+	}
+	return SendRaw(path, body, unix.UnixRights(uffd))
+}
+
+// SendRaw connects and sends arbitrary bytes and control data in one
+// sendmsg (tests use it to send malformed handshakes).
+func SendRaw(path string, body, oob []byte) (*net.UnixConn, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("handshake: connect %s: %w", path, err)
+	}
+	n, oobn, err := c.WriteMsgUnix(body, oob, nil)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("handshake: sendmsg: %w", err)
+	}
+	if n != len(body) || oobn != len(oob) {
+		c.Close()
+		return nil, fmt.Errorf("handshake: short sendmsg (%d/%d bytes, %d/%d control)", n, len(body), oobn, len(oob))
+	}
+	return c, nil
+}
