@@ -27,6 +27,12 @@ type Options struct {
 	Record bool
 	// Logger receives warnings; nil means slog.Default().
 	Logger *slog.Logger
+	// HangupFD, if >= 0, is the handshake connection of a Firecracker that
+	// keeps it open until it exits (1.12+): end of file there means the VM
+	// is gone. Use -1 (or leave NoHangup set) for older dialects.
+	HangupFD int
+	// NoHangup disables HangupFD (the zero value of HangupFD is fd 0).
+	NoHangup bool
 }
 
 // Stats summarise one serving session.
@@ -199,8 +205,14 @@ func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
 
 func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 	fds := []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}}
+	exitIdx, hupIdx := -1, -1
 	if exitFD >= 0 {
+		exitIdx = len(fds)
 		fds = append(fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
+	}
+	if !h.opts.NoHangup && h.opts.HangupFD >= 0 {
+		hupIdx = len(fds)
+		fds = append(fds, unix.PollFd{Fd: int32(h.opts.HangupFD), Events: unix.POLLIN | unix.POLLRDHUP})
 	}
 	buf := make([]byte, 64*uffd.MsgSize)
 	msgs := make([]uffd.Msg, 0, 64)
@@ -249,8 +261,11 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 		if fds[1].Revents&unix.POLLIN != 0 {
 			return "stopped", nil
 		}
-		if len(fds) > 2 && fds[2].Revents&unix.POLLIN != 0 {
+		if exitIdx >= 0 && fds[exitIdx].Revents&unix.POLLIN != 0 {
 			return "vm exited", nil
+		}
+		if hupIdx >= 0 && fds[hupIdx].Revents != 0 {
+			return "vm closed the handshake socket", nil
 		}
 	}
 }

@@ -92,7 +92,15 @@ func runHandle(cmd *cobra.Command, socket, mem, record string, workers int, acce
 	} else {
 		defer unix.Close(pidfd)
 	}
-	h, err := handler.New(u, res.Regions, src, handler.Options{Workers: workers, Record: record != ""})
+	opts := handler.Options{Workers: workers, Record: record != "", NoHangup: true}
+	if res.Dialect.KeepsSocketOpen() {
+		// Firecracker 1.12+ holds the socket open until it exits.
+		if f, err := conn.File(); err == nil {
+			defer f.Close()
+			opts.HangupFD, opts.NoHangup = int(f.Fd()), false
+		}
+	}
+	h, err := handler.New(u, res.Regions, src, opts)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
