@@ -1,0 +1,222 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const (
+	prefixSnap    = "/aquifer/snap/"
+	prefixLRU     = "/aquifer/lru/"
+	prefixHost    = "/aquifer/host/"
+	prefixMemnode = "/aquifer/memnode/"
+	prefixOwner   = "/aquifer/owner/"
+)
+
+// ErrNotFound is returned for a snapshot the catalog does not hold.
+var ErrNotFound = errors.New("control: not found")
+
+// ErrExists is returned when publishing a name that is taken.
+var ErrExists = errors.New("control: already exists")
+
+// ErrFenced is returned when a write is made with a stale fencing token.
+var ErrFenced = errors.New("control: fencing token is stale (ownership lost)")
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidName checks a snapshot or member name.
+func ValidName(n string) error {
+	if !nameRE.MatchString(n) {
+		return fmt.Errorf("control: invalid name %q (letters, digits, '.', '_', '-'; at most 128)", n)
+	}
+	return nil
+}
+
+// HotPlacement says where a snapshot's hot segment lives in the pod's CXL
+// region.
+type HotPlacement struct {
+	Pod        string `json:"pod"`
+	Descriptor int    `json:"descriptor"`
+	Gen        uint64 `json:"gen"`
+	Token      uint64 `json:"token"`
+	Offset     uint64 `json:"offset"`
+	Len        uint64 `json:"len"`
+	Digest     uint64 `json:"digest"`
+}
+
+// SegmentPlacement says where one immutable segment lives on memory nodes.
+type SegmentPlacement struct {
+	ID     string   `json:"id"`
+	Nodes  []string `json:"nodes"`
+	Len    uint64   `json:"len"`
+	Digest uint64   `json:"digest"`
+	// Kind is "cold", or "hot" for a hot segment demoted from CXL.
+	Kind string `json:"kind"`
+}
+
+// Snapshot is one catalog entry.
+type Snapshot struct {
+	Name string `json:"name"`
+	// Header is the image header, opaque to the control plane.
+	Header json.RawMessage `json:"header,omitempty"`
+	// Hot is nil when the hot segment is not (or no longer) in CXL.
+	Hot *HotPlacement `json:"hot,omitempty"`
+	// Segments on memory nodes: the cold segment, and the hot one once
+	// demoted.
+	Segments  []SegmentPlacement `json:"segments"`
+	HotBytes  uint64             `json:"hot_bytes"`
+	ColdBytes uint64             `json:"cold_bytes"`
+	Published time.Time          `json:"published"`
+	// Rev is the etcd modification revision the entry was read at.
+	Rev int64 `json:"-"`
+}
+
+// PutSnapshot creates a catalog entry; it fails with ErrExists if the name
+// is taken.
+func (p *Plane) PutSnapshot(ctx context.Context, s *Snapshot) error {
+	if err := ValidName(s.Name); err != nil {
+		return err
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	k := prefixSnap + s.Name
+	r, err := p.Client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("control: put %s: %w", s.Name, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("control: snapshot %q: %w", s.Name, ErrExists)
+	}
+	return nil
+}
+
+// UpdateSnapshot replaces an entry if it has not changed since it was read
+// (s.Rev); with a non-nil fence the update also requires that the fence's
+// ownership still holds.
+func (p *Plane) UpdateSnapshot(ctx context.Context, s *Snapshot, fence *Token) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	k := prefixSnap + s.Name
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", s.Rev)}
+	if fence != nil {
+		cmps = append(cmps, fence.cmp())
+	}
+	r, err := p.Client.Txn(ctx).If(cmps...).Then(clientv3.OpPut(k, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("control: update %s: %w", s.Name, err)
+	}
+	if !r.Succeeded {
+		if fence != nil {
+			if ok, _ := p.fenceValid(ctx, fence); !ok {
+				return ErrFenced
+			}
+		}
+		return fmt.Errorf("control: snapshot %q changed concurrently; retry", s.Name)
+	}
+	return nil
+}
+
+// GetSnapshot reads one entry.
+func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	r, err := p.Client.Get(ctx, prefixSnap+name)
+	if err != nil {
+		return nil, fmt.Errorf("control: get %s: %w", name, err)
+	}
+	if len(r.Kvs) == 0 {
+		return nil, fmt.Errorf("control: snapshot %q: %w", name, ErrNotFound)
+	}
+	var s Snapshot
+	if err := json.Unmarshal(r.Kvs[0].Value, &s); err != nil {
+		return nil, fmt.Errorf("control: snapshot %q: corrupt catalog entry: %w", name, err)
+	}
+	s.Rev = r.Kvs[0].ModRevision
+	return &s, nil
+}
+
+// ListSnapshots returns all entries sorted by name.
+func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
+	r, err := p.Client.Get(ctx, prefixSnap, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("control: list: %w", err)
+	}
+	out := make([]*Snapshot, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		var s Snapshot
+		if err := json.Unmarshal(kv.Value, &s); err != nil {
+			return nil, fmt.Errorf("control: corrupt catalog entry %s: %w", kv.Key, err)
+		}
+		s.Rev = kv.ModRevision
+		out = append(out, &s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// DeleteSnapshot removes an entry (and its LRU stamp); ErrNotFound if absent.
+func (p *Plane) DeleteSnapshot(ctx context.Context, name string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	r, err := p.Client.Txn(ctx).Then(clientv3.OpDelete(prefixSnap+name), clientv3.OpDelete(prefixLRU+name)).Commit()
+	if err != nil {
+		return fmt.Errorf("control: delete %s: %w", name, err)
+	}
+	if r.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+		return fmt.Errorf("control: snapshot %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// TouchRestored stamps a snapshot as restored now (eviction order).
+func (p *Plane) TouchRestored(ctx context.Context, name string, at time.Time) error {
+	_, err := p.Client.Put(ctx, prefixLRU+name, strconv.FormatInt(at.UnixNano(), 10))
+	return err
+}
+
+// EvictionOrder returns snapshot names holding CXL space, least recently
+// restored first (never-restored ones first, by publish time).
+func (p *Plane) EvictionOrder(ctx context.Context) ([]*Snapshot, error) {
+	snaps, err := p.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := p.Client.Get(ctx, prefixLRU, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	last := map[string]int64{}
+	for _, kv := range r.Kvs {
+		n, _ := strconv.ParseInt(string(kv.Value), 10, 64)
+		last[string(kv.Key[len(prefixLRU):])] = n
+	}
+	var out []*Snapshot
+	for _, s := range snaps {
+		if s.Hot != nil {
+			out = append(out, s)
+		}
+	}
+	key := func(s *Snapshot) int64 {
+		if t, ok := last[s.Name]; ok {
+			return t
+		}
+		return s.Published.UnixNano()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
+	return out, nil
+}

@@ -1,0 +1,165 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func startPlane(t *testing.T) *Plane {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := StartEmbedded(ctx, EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func TestControlPlane(t *testing.T) {
+	p := startPlane(t)
+	ctx := context.Background()
+
+	t.Run("catalog", func(t *testing.T) {
+		s := &Snapshot{Name: "fn-a", HotBytes: 4096, ColdBytes: 8192, Published: time.Now(),
+			Segments: []SegmentPlacement{{ID: "fn-a/cold", Nodes: []string{"m1", "m2"}, Len: 8192, Kind: "cold"}}}
+		if err := p.PutSnapshot(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.PutSnapshot(ctx, s); !errors.Is(err, ErrExists) {
+			t.Fatalf("duplicate put: %v", err)
+		}
+		got, err := p.GetSnapshot(ctx, "fn-a")
+		if err != nil || got.ColdBytes != 8192 || len(got.Segments) != 1 || got.Segments[0].Nodes[1] != "m2" {
+			t.Fatalf("get: %+v %v", got, err)
+		}
+		if _, err := p.GetSnapshot(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("missing get: %v", err)
+		}
+		if _, err := p.GetSnapshot(ctx, "../etc"); err == nil {
+			t.Fatal("invalid name accepted")
+		}
+		// Optimistic update: a stale revision is refused.
+		got.HotBytes = 1
+		if err := p.UpdateSnapshot(ctx, got, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.UpdateSnapshot(ctx, got, nil); err == nil {
+			t.Fatal("update with a stale revision accepted")
+		}
+		p.PutSnapshot(ctx, &Snapshot{Name: "fn-b", Published: time.Now()})
+		list, err := p.ListSnapshots(ctx)
+		if err != nil || len(list) != 2 || list[0].Name != "fn-a" {
+			t.Fatalf("list: %v %v", list, err)
+		}
+		if err := p.DeleteSnapshot(ctx, "fn-b"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.DeleteSnapshot(ctx, "fn-b"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second delete: %v", err)
+		}
+	})
+
+	t.Run("eviction order", func(t *testing.T) {
+		base := time.Now()
+		for i, n := range []string{"e1", "e2", "e3"} {
+			p.PutSnapshot(ctx, &Snapshot{Name: n, Hot: &HotPlacement{Len: 1}, Published: base.Add(time.Duration(i) * time.Second)})
+		}
+		p.TouchRestored(ctx, "e1", base.Add(time.Hour))
+		order, err := p.EvictionOrder(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range order {
+			names = append(names, s.Name)
+		}
+		if len(names) != 3 || names[0] != "e2" || names[1] != "e3" || names[2] != "e1" {
+			t.Fatalf("eviction order %v, want [e2 e3 e1]", names)
+		}
+	})
+
+	t.Run("fencing", func(t *testing.T) {
+		tok, err := p.Acquire(ctx, "pod0", "host-a", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A second holder waits until the first releases.
+		got := make(chan *Token, 1)
+		go func() {
+			t2, err := p.Acquire(ctx, "pod0", "host-b", 2)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- t2
+		}()
+		select {
+		case <-got:
+			t.Fatal("second owner acquired while the first held the resource")
+		case <-time.After(200 * time.Millisecond):
+		}
+		s, _ := p.GetSnapshot(ctx, "fn-a")
+		if err := p.UpdateSnapshot(ctx, s, tok); err != nil {
+			t.Fatalf("update under valid ownership: %v", err)
+		}
+		if err := p.Release(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		t2 := <-got
+		if t2 == nil || t2.Value() <= tok.Value() {
+			t.Fatalf("new token %v not larger than %v", t2, tok.Value())
+		}
+		s, _ = p.GetSnapshot(ctx, "fn-a")
+		if err := p.UpdateSnapshot(ctx, s, tok); !errors.Is(err, ErrFenced) {
+			t.Fatalf("update with a stale token: %v, want ErrFenced", err)
+		}
+		if ok, _ := p.Valid(ctx, t2); !ok {
+			t.Fatal("current token reported invalid")
+		}
+		p.Release(ctx, t2)
+	})
+
+	t.Run("membership and placement", func(t *testing.T) {
+		r1, err := p.RegisterMemNode(ctx, Member{ID: "m1", Addr: "127.0.0.1:1", Capacity: 100}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, _ := p.RegisterMemNode(ctx, Member{ID: "m2", Addr: "127.0.0.1:2", Capacity: 300}, 1)
+		_, _ = p.RegisterMemNode(ctx, Member{ID: "m3", Addr: "127.0.0.1:3", Capacity: 200, Used: 150}, 1)
+		nodes, err := p.MemNodes(ctx)
+		if err != nil || len(nodes) != 3 {
+			t.Fatalf("nodes %v %v", nodes, err)
+		}
+		pl, err := PlaceSegment(nodes, 60, 2)
+		if err != nil || pl[0].ID != "m2" || pl[1].ID != "m1" {
+			t.Fatalf("placement %v %v", pl, err)
+		}
+		if _, err := PlaceSegment(nodes, 250, 2); err == nil {
+			t.Fatal("placement beyond capacity accepted")
+		}
+		r1.Close(ctx)
+		nodes, _ = p.MemNodes(ctx)
+		if len(nodes) != 2 {
+			t.Fatalf("revoked member still listed: %v", nodes)
+		}
+		r2.cancel() // stop keepalives: the lease must expire by itself
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			nodes, _ = p.MemNodes(ctx)
+			found := false
+			for _, n := range nodes {
+				found = found || n.ID == "m2"
+			}
+			if !found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("member with an expired lease still listed")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}

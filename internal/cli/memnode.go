@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aquifer-pool/aquifer/memnode"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	var (
+		listen, metrics, capacity, dataDir, secretFile, secretEnv, maxSeg, slab, name string
+	)
+	cmd := &cobra.Command{
+		Use:   "memnode --listen ADDR --capacity SIZE --data-dir DIR",
+		Short: "Run a memory node of the cluster-wide cold (RDMA) tier",
+		Long: `memnode holds immutable cold snapshot segments for the pods of a cluster in
+large off-heap slabs and serves batched page reads of them (docs/rdma.md).
+
+Only members of the pod are admitted: clients prove knowledge of the pod's
+shared secret by HMAC challenge/response, and the node proves it back. The
+secret is read from --secret-file, or else from the environment variable
+named by --secret-env. Refused connections are logged and counted.
+
+Segments are persisted in --data-dir (temp file, fsync, rename) and served
+again after a restart. Prometheus metrics are on --metrics-listen at /metrics.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := memnode.Config{Listen: listen, MetricsListen: metrics, DataDir: dataDir, Name: name, Logger: slog.Default()}
+			var err error
+			if cfg.Capacity, err = parseSize(capacity); err != nil {
+				return fmt.Errorf("--capacity: %w", err)
+			}
+			if cfg.MaxSegment, err = parseSize(maxSeg); err != nil {
+				return fmt.Errorf("--max-segment: %w", err)
+			}
+			if cfg.SlabSize, err = parseSize(slab); err != nil {
+				return fmt.Errorf("--slab-size: %w", err)
+			}
+			switch {
+			case secretFile != "":
+				if cfg.Secret, err = memnode.ParseSecret(secretFile); err != nil {
+					return err
+				}
+			case os.Getenv(secretEnv) != "":
+				cfg.Secret = []byte(os.Getenv(secretEnv))
+			default:
+				return fmt.Errorf("no pod secret: pass --secret-file FILE or set $%s (at least 16 bytes, e.g. `head -c 32 /dev/urandom | base64`)", secretEnv)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return memnode.Run(ctx, cfg, func(addr, maddr string) {
+				fmt.Fprintf(cmd.OutOrStdout(), "memnode listening on %s (metrics %s)\n", addr, maddr)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address to serve clients on")
+	f.StringVar(&capacity, "capacity", "", "slab memory to hold at most, e.g. 8GiB")
+	f.StringVar(&dataDir, "data-dir", "", "directory that persists segments across restarts")
+	f.StringVar(&metrics, "metrics-listen", "127.0.0.1:9400", "address for Prometheus /metrics (empty: off)")
+	f.StringVar(&secretFile, "secret-file", "", "file holding the pod's shared admission secret")
+	f.StringVar(&secretEnv, "secret-env", "AQUIFER_POD_SECRET", "environment variable holding the secret when --secret-file is not given")
+	f.StringVar(&maxSeg, "max-segment", "64MiB", "largest segment a client may publish")
+	f.StringVar(&slab, "slab-size", "1GiB", "size of each off-heap slab mapping")
+	f.StringVar(&name, "name", "", "node name reported to clients (default: the listen address)")
+	cmd.MarkFlagRequired("capacity")
+	cmd.MarkFlagRequired("data-dir")
+	register(cmd)
+}

@@ -1,0 +1,636 @@
+package snapimage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// FormatError reports a malformed or corrupt image: which structure, at
+// which byte offset of the image file, and what is wrong.
+type FormatError struct {
+	// What names the structure ("header", "page map run 12", "hot segment
+	// page 7 (guest page 4242)").
+	What string
+	// Offset is the byte offset in the image file.
+	Offset uint64
+	// Err is the problem.
+	Err error
+}
+
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("snapimage: %s at image byte %d (%#x): %v", e.What, e.Offset, e.Offset, e.Err)
+}
+
+func (e *FormatError) Unwrap() error { return e.Err }
+
+// ErrDigest is wrapped by FormatError when stored bytes do not match their
+// digest.
+var ErrDigest = errors.New("digest mismatch")
+
+func ferr(what string, off uint64, format string, args ...any) error {
+	return &FormatError{What: what, Offset: off, Err: fmt.Errorf(format, args...)}
+}
+
+// Image is the decoded metadata of an image: everything but the two
+// segments. It is what a pager keeps in memory; page contents are read from
+// segment bytes supplied by the caller.
+type Image struct {
+	hdr     header
+	regions []Region
+	runs    []Run // sorted by Page, covering [0, Pages)
+	hotDig  []uint64
+	coldDig []uint64
+	extents []Extent
+	// byHot and byCold are indices into runs, sorted by segment index.
+	byHot, byCold []int
+}
+
+// PageSize returns the page size in bytes.
+func (im *Image) PageSize() uint32 { return im.hdr.pageSize }
+
+// MemSize returns the size of the original memory file in bytes.
+func (im *Image) MemSize() uint64 { return im.hdr.memSize }
+
+// Pages returns the number of guest pages, ceil(MemSize / PageSize).
+func (im *Image) Pages() uint64 { return im.hdr.pages }
+
+// Counts returns the number of zero, hot and cold pages.
+func (im *Image) Counts() (zero, hot, cold uint64) {
+	return im.hdr.zeroPages, im.hdr.hotPages, im.hdr.coldPages
+}
+
+// Regions returns the guest memory regions.
+func (im *Image) Regions() []Region { return im.regions }
+
+// Runs returns the page map.
+func (im *Image) Runs() []Run { return im.runs }
+
+// Section returns where a section lies in the image file.
+func (im *Image) Section(id SectionID) Section { return im.hdr.sections[id] }
+
+// TouchedColdPages returns how many leading cold pages were touched by the
+// working set but did not fit the hot budget (their extents come first).
+func (im *Image) TouchedColdPages() uint64 { return im.hdr.coldTouched }
+
+// ColdExtents returns the cold extents in cold-segment order.
+func (im *Image) ColdExtents() []Extent { return im.extents }
+
+// ExtentOf returns the index of the cold extent holding cold page i, so a
+// pager that faults on one cold page can fetch its whole extent; ok is
+// false when i is not a cold index.
+func (im *Image) ExtentOf(i uint64) (x int, ok bool) {
+	if i >= im.hdr.coldPages {
+		return 0, false
+	}
+	return sort.Search(len(im.extents), func(j int) bool { return im.extents[j].First > i }) - 1, true
+}
+
+// ExtentRange returns the byte range of extent e relative to the start of
+// the cold segment.
+func (im *Image) ExtentRange(e Extent) (off, length uint64) {
+	return e.First * uint64(im.hdr.pageSize), uint64(e.Pages) * uint64(im.hdr.pageSize)
+}
+
+// HotDigest and ColdDigest return the stored xxhash64 of a segment page.
+func (im *Image) HotDigest(i uint64) uint64  { return im.hotDig[i] }
+func (im *Image) ColdDigest(i uint64) uint64 { return im.coldDig[i] }
+
+// GuestToPage translates a guest physical address to a page index of the
+// memory file through the region table.
+func (im *Image) GuestToPage(gpa uint64) (uint64, bool) {
+	for _, r := range im.regions {
+		if gpa >= r.GuestAddr && gpa-r.GuestAddr < r.Size {
+			return (r.FileOffset + gpa - r.GuestAddr) / uint64(im.hdr.pageSize), true
+		}
+	}
+	return 0, false
+}
+
+// Classify returns what guest page page is: Zero, or Hot or Cold with its
+// index in that segment. ok is false for a page beyond the memory.
+func (im *Image) Classify(page uint64) (c Class, index uint64, ok bool) {
+	if page >= im.hdr.pages {
+		return 0, 0, false
+	}
+	i := sort.Search(len(im.runs), func(i int) bool { return im.runs[i].Page > page }) - 1
+	r := im.runs[i]
+	if r.Class == Zero {
+		return Zero, 0, true
+	}
+	return r.Class, r.Index + (page - r.Page), true
+}
+
+// segPage returns the guest page stored at index i of a segment.
+func (im *Image) segPage(by []int, i uint64) uint64 {
+	j := sort.Search(len(by), func(j int) bool { return im.runs[by[j]].Index > i }) - 1
+	r := im.runs[by[j]]
+	return r.Page + (i - r.Index)
+}
+
+// HotPage returns the guest page at hot index i (i < hot pages).
+func (im *Image) HotPage(i uint64) uint64 { return im.segPage(im.byHot, i) }
+
+// ColdPage returns the guest page at cold index i (i < cold pages).
+func (im *Image) ColdPage(i uint64) uint64 { return im.segPage(im.byCold, i) }
+
+// HotOrder returns the hot pages in hot-segment (first-touch) order: the
+// order of the pre-install.
+func (im *Image) HotOrder() []uint64 {
+	out := make([]uint64, 0, im.hdr.hotPages)
+	for _, j := range im.byHot {
+		r := im.runs[j]
+		for k := uint64(0); k < uint64(r.Count); k++ {
+			out = append(out, r.Page+k)
+		}
+	}
+	return out
+}
+
+// HotRuns returns the hot runs of the page map in hot-index order. Each is
+// a stretch of consecutive guest pages stored consecutively in the hot
+// segment, so a pre-install can copy one run with one UFFDIO_COPY.
+func (im *Image) HotRuns() []Run {
+	out := make([]Run, len(im.byHot))
+	for i, j := range im.byHot {
+		out[i] = im.runs[j]
+	}
+	return out
+}
+
+// Open reads and checks the metadata of the image file at path. The
+// returned file stays open for segment reads (Segment); close it when done.
+func Open(path string) (*Image, *os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapimage: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("snapimage: %w", err)
+	}
+	im, err := Read(f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return im, f, nil
+}
+
+// Segment returns a reader of one segment's bytes inside the image file r,
+// with offsets relative to the segment start (what the Read*Page methods
+// expect).
+func (im *Image) Segment(r io.ReaderAt, id SectionID) *io.SectionReader {
+	s := im.hdr.sections[id]
+	return io.NewSectionReader(r, int64(s.Offset), int64(s.Length))
+}
+
+// Read decodes and checks the header and metadata sections of an image of
+// size bytes read through r: magic, version, header checksum, section
+// layout (in order, aligned, inside the file, file ends at the cold
+// segment), every metadata section's digest and internal consistency (the
+// page map covers every page once and maps hot and cold indices one to
+// one). Segment contents are checked page by page when read
+// (ReadHotPage...) or all at once by CheckSegments. Read never panics and
+// allocates no more than the file's size justifies.
+func Read(r io.ReaderAt, size int64) (*Image, error) {
+	hb := make([]byte, HeaderSize)
+	if n, err := r.ReadAt(hb, 0); n < HeaderSize {
+		return nil, ferr("header", uint64(n), "truncated: image has %d bytes, header needs %d (%v)", max(size, 0), HeaderSize, err)
+	}
+	if !bytes.Equal(hb[:8], magic[:]) {
+		return nil, ferr("header magic", 0, "got %q, want %q (not an Aquifer image)", hb[:8], magic[:])
+	}
+	if want, got := binary.LittleEndian.Uint64(hb[checksumAt:]), digest(hb[:checksumAt]); want != got {
+		return nil, &FormatError{"header", checksumAt, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, want)}
+	}
+	if v := binary.LittleEndian.Uint32(hb[8:]); v != Version {
+		return nil, ferr("header version", 8, "version %d not supported (this build reads %d)", v, Version)
+	}
+	if v := binary.LittleEndian.Uint32(hb[12:]); v != HeaderSize {
+		return nil, ferr("header size", 12, "%d, want %d", v, HeaderSize)
+	}
+	im := &Image{}
+	h := &im.hdr
+	h.pageSize = binary.LittleEndian.Uint32(hb[16:])
+	h.flags = binary.LittleEndian.Uint32(hb[20:])
+	h.memSize = binary.LittleEndian.Uint64(hb[24:])
+	h.pages = binary.LittleEndian.Uint64(hb[32:])
+	h.zeroPages = binary.LittleEndian.Uint64(hb[40:])
+	h.hotPages = binary.LittleEndian.Uint64(hb[48:])
+	h.coldPages = binary.LittleEndian.Uint64(hb[56:])
+	h.regions = binary.LittleEndian.Uint32(hb[64:])
+	h.extentPages = binary.LittleEndian.Uint32(hb[68:])
+	h.runs = binary.LittleEndian.Uint64(hb[72:])
+	h.extents = binary.LittleEndian.Uint64(hb[80:])
+	h.coldTouched = binary.LittleEndian.Uint64(hb[88:])
+	for i := range h.sections {
+		o := sectionAt + i*24
+		h.sections[i] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+	}
+	if !isZero(hb[sectionAt+24*int(numSections) : checksumAt]) {
+		return nil, ferr("header reserved bytes", sectionAt+24*uint64(numSections), "not zero")
+	}
+	if h.flags != 0 {
+		return nil, ferr("header flags", 20, "unknown flags %#x", h.flags)
+	}
+	ps := uint64(h.pageSize)
+	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
+		return nil, ferr("header page size", 16, "%d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	if h.pages != (h.memSize+ps-1)/ps {
+		return nil, ferr("header page count", 32, "%d pages for %d bytes of %d-byte pages", h.pages, h.memSize, ps)
+	}
+	if h.zeroPages > h.pages || h.hotPages > h.pages-h.zeroPages || h.hotPages+h.coldPages+h.zeroPages != h.pages {
+		return nil, ferr("header page counts", 40, "zero %d + hot %d + cold %d != %d pages", h.zeroPages, h.hotPages, h.coldPages, h.pages)
+	}
+	if h.coldTouched > h.coldPages {
+		return nil, ferr("header touched cold pages", 88, "%d of %d cold pages", h.coldTouched, h.coldPages)
+	}
+	if h.extentPages == 0 {
+		return nil, ferr("header extent size", 68, "zero pages per extent")
+	}
+	// Section layout: expected lengths, order, alignment, file size.
+	lens := [numSections]uint64{
+		uint64(h.regions) * regionSize, h.runs * runSize, h.hotPages * digestSize,
+		h.coldPages * digestSize, h.extents * extentSize, h.hotPages * ps, h.coldPages * ps,
+	}
+	if h.runs > h.pages || h.extents > h.coldPages || uint64(h.regions) > h.pages+1 {
+		return nil, ferr("header counts", 64, "%d regions, %d runs, %d extents for %d pages", h.regions, h.runs, h.extents, h.pages)
+	}
+	end := uint64(HeaderSize)
+	for i, s := range h.sections {
+		id := SectionID(i)
+		at := uint64(sectionAt + i*24)
+		if s.Length != lens[i] {
+			return nil, ferr("header: "+id.String()+" length", at+8, "%d, want %d from the header counts", s.Length, lens[i])
+		}
+		want := end
+		if id >= SecHotSegment {
+			want = alignUp(end, SegmentAlign)
+		}
+		if s.Offset != want {
+			return nil, ferr("header: "+id.String()+" offset", at, "%d, want %d", s.Offset, want)
+		}
+		end = s.Offset + s.Length
+	}
+	if size < 0 || uint64(size) != end {
+		what := "image"
+		if uint64(max(size, 0)) < end {
+			what = "image (truncated)"
+		}
+		return nil, ferr(what, uint64(max(size, 0)), "file has %d bytes, sections end at %d", size, end)
+	}
+	// Metadata sections.
+	metaEnd := h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+	meta := make([]byte, metaEnd-HeaderSize)
+	if n, err := r.ReadAt(meta, HeaderSize); n != len(meta) {
+		return nil, ferr("metadata", HeaderSize+uint64(n), "short read: %v", err)
+	}
+	sec := func(id SectionID) []byte {
+		s := h.sections[id]
+		return meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]
+	}
+	for id := SecRegions; id <= SecColdExtents; id++ {
+		if got := digest(sec(id)); got != h.sections[id].Digest {
+			return nil, &FormatError{id.String(), h.sections[id].Offset, fmt.Errorf("%w: computed %#016x, stored %#016x in the header", ErrDigest, got, h.sections[id].Digest)}
+		}
+	}
+	// The padding before the hot segment is covered by no digest, so it
+	// must be zero.
+	if gap := h.sections[SecHotSegment].Offset - metaEnd; gap > 0 {
+		pad := make([]byte, gap)
+		if n, err := r.ReadAt(pad, int64(metaEnd)); uint64(n) != gap {
+			return nil, ferr("padding before the hot segment", metaEnd+uint64(n), "short read: %v", err)
+		}
+		for i, c := range pad {
+			if c != 0 {
+				return nil, ferr("padding before the hot segment", metaEnd+uint64(i), "byte %#x, want 0", c)
+			}
+		}
+	}
+	if err := im.decodeRegions(sec(SecRegions)); err != nil {
+		return nil, err
+	}
+	if err := im.decodeRuns(sec(SecPageMap)); err != nil {
+		return nil, err
+	}
+	im.hotDig = getDigests(sec(SecHotDigests))
+	im.coldDig = getDigests(sec(SecColdDigests))
+	if err := im.decodeExtents(sec(SecColdExtents)); err != nil {
+		return nil, err
+	}
+	return im, nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func getDigests(b []byte) []uint64 {
+	d := make([]uint64, len(b)/8)
+	for i := range d {
+		d[i] = binary.LittleEndian.Uint64(b[i*8:])
+	}
+	return d
+}
+
+func (im *Image) decodeRegions(b []byte) error {
+	base := im.hdr.sections[SecRegions].Offset
+	var off uint64
+	for i := 0; i < len(b)/regionSize; i++ {
+		r := getRegion(b[i*regionSize:])
+		what := fmt.Sprintf("region %d", i)
+		at := base + uint64(i*regionSize)
+		if r.Size == 0 || r.FileOffset != off || r.Size > im.hdr.memSize-off {
+			return ferr(what, at, "size %d at file offset %d does not continue the regions before it (expected offset %d, memory %d bytes)", r.Size, r.FileOffset, off, im.hdr.memSize)
+		}
+		if r.GuestAddr+r.Size < r.GuestAddr {
+			return ferr(what, at, "guest range %#x+%#x wraps", r.GuestAddr, r.Size)
+		}
+		if i > 0 {
+			p := im.regions[i-1]
+			if r.GuestAddr < p.GuestAddr+p.Size {
+				return ferr(what, at, "guest address %#x overlaps or precedes region %d", r.GuestAddr, i-1)
+			}
+		}
+		im.regions = append(im.regions, r)
+		off += r.Size
+	}
+	if off != im.hdr.memSize {
+		return ferr("region table", base, "regions cover %d bytes, memory has %d", off, im.hdr.memSize)
+	}
+	return nil
+}
+
+func (im *Image) decodeRuns(b []byte) error {
+	h := &im.hdr
+	base := h.sections[SecPageMap].Offset
+	n := len(b) / runSize
+	im.runs = make([]Run, n)
+	var next, zero uint64
+	for i := range im.runs {
+		e := b[i*runSize:]
+		r := Run{Page: binary.LittleEndian.Uint64(e[0:]), Index: binary.LittleEndian.Uint64(e[8:]), Count: binary.LittleEndian.Uint32(e[16:]), Class: Class(e[20])}
+		what := fmt.Sprintf("page map run %d", i)
+		at := base + uint64(i*runSize)
+		if e[21]|e[22]|e[23] != 0 {
+			return ferr(what, at+21, "reserved bytes not zero")
+		}
+		if r.Page != next || r.Count == 0 || uint64(r.Count) > h.pages-next {
+			return ferr(what, at, "pages [%d, +%d) do not continue the map at page %d of %d", r.Page, r.Count, next, h.pages)
+		}
+		switch r.Class {
+		case Zero:
+			if r.Index != 0 {
+				return ferr(what, at+8, "zero run with index %d", r.Index)
+			}
+			zero += uint64(r.Count)
+		case Hot:
+			if r.Index > h.hotPages || uint64(r.Count) > h.hotPages-r.Index {
+				return ferr(what, at+8, "hot indices [%d, +%d) beyond %d hot pages", r.Index, r.Count, h.hotPages)
+			}
+			im.byHot = append(im.byHot, i)
+		case Cold:
+			if r.Index > h.coldPages || uint64(r.Count) > h.coldPages-r.Index {
+				return ferr(what, at+8, "cold indices [%d, +%d) beyond %d cold pages", r.Index, r.Count, h.coldPages)
+			}
+			im.byCold = append(im.byCold, i)
+		default:
+			return ferr(what, at+20, "unknown class %d", r.Class)
+		}
+		im.runs[i] = r
+		next += uint64(r.Count)
+	}
+	if next != h.pages {
+		return ferr("page map", base+uint64(len(b)), "covers %d of %d pages", next, h.pages)
+	}
+	if zero != h.zeroPages {
+		return ferr("page map", base, "%d zero pages, header says %d", zero, h.zeroPages)
+	}
+	// Segment indices must be a permutation: sorted by index, the runs of
+	// each class tile [0, count) without gap or overlap.
+	for _, c := range []struct {
+		name  string
+		by    []int
+		count uint64
+	}{{"hot", im.byHot, h.hotPages}, {"cold", im.byCold, h.coldPages}} {
+		sort.Slice(c.by, func(x, y int) bool { return im.runs[c.by[x]].Index < im.runs[c.by[y]].Index })
+		var want uint64
+		for _, j := range c.by {
+			r := im.runs[j]
+			if r.Index != want {
+				return ferr(fmt.Sprintf("page map run %d", j), base+uint64(j*runSize)+8, "%s index %d: indices [%d, %d) are mapped twice or not at all", c.name, r.Index, min(want, r.Index), max(want, r.Index))
+			}
+			want += uint64(r.Count)
+		}
+		if want != c.count {
+			return ferr("page map", base, "maps %d %s pages, header says %d", want, c.name, c.count)
+		}
+	}
+	return nil
+}
+
+func (im *Image) decodeExtents(b []byte) error {
+	base := im.hdr.sections[SecColdExtents].Offset
+	var next uint64
+	for i := 0; i < len(b)/extentSize; i++ {
+		e := b[i*extentSize:]
+		fl := binary.LittleEndian.Uint32(e[12:])
+		x := Extent{First: binary.LittleEndian.Uint64(e[0:]), Pages: binary.LittleEndian.Uint32(e[8:]), Touched: fl&extentTouched != 0, Digest: binary.LittleEndian.Uint64(e[16:])}
+		what := fmt.Sprintf("cold extent %d", i)
+		at := base + uint64(i*extentSize)
+		if fl&^extentTouched != 0 {
+			return ferr(what, at+12, "unknown flags %#x", fl)
+		}
+		if x.First != next || x.Pages == 0 || x.Pages > im.hdr.extentPages || uint64(x.Pages) > im.hdr.coldPages-next {
+			return ferr(what, at, "cold pages [%d, +%d) do not continue the extents at %d of %d (max %d per extent)", x.First, x.Pages, next, im.hdr.coldPages, im.hdr.extentPages)
+		}
+		// Touched extents tile exactly the leading touched cold pages.
+		if x.Touched != (next < im.hdr.coldTouched) || (x.Touched && uint64(x.Pages) > im.hdr.coldTouched-next) {
+			return ferr(what, at+12, "touched flag %v for cold pages [%d, +%d), header says the first %d cold pages are touched", x.Touched, x.First, x.Pages, im.hdr.coldTouched)
+		}
+		im.extents = append(im.extents, x)
+		next += uint64(x.Pages)
+	}
+	if next != im.hdr.coldPages {
+		return ferr("cold extent table", base, "extents cover %d of %d cold pages", next, im.hdr.coldPages)
+	}
+	return nil
+}
+
+// segment page helpers
+
+func (im *Image) pageAt(id SectionID, i uint64) (what string, at uint64) {
+	var pg uint64
+	if id == SecHotSegment {
+		pg = im.HotPage(i)
+	} else {
+		pg = im.ColdPage(i)
+	}
+	return fmt.Sprintf("%s page %d (guest page %d)", id, i, pg), im.hdr.sections[id].Offset + i*uint64(im.hdr.pageSize)
+}
+
+func (im *Image) readSegPage(id SectionID, seg io.ReaderAt, i uint64, dst []byte, digs []uint64) error {
+	ps := uint64(im.hdr.pageSize)
+	if i >= uint64(len(digs)) {
+		return fmt.Errorf("snapimage: %s index %d out of range (%d pages)", id, i, len(digs))
+	}
+	if uint64(len(dst)) < ps {
+		return fmt.Errorf("snapimage: destination of %d bytes for a %d-byte page", len(dst), ps)
+	}
+	dst = dst[:ps]
+	if n, err := seg.ReadAt(dst, int64(i*ps)); uint64(n) != ps {
+		what, at := im.pageAt(id, i)
+		return ferr(what, at+uint64(n), "short read (%d of %d bytes): %v", n, ps, err)
+	}
+	return im.checkPage(id, i, dst, digs)
+}
+
+func (im *Image) checkPage(id SectionID, i uint64, b []byte, digs []uint64) error {
+	if got := digest(b); got != digs[i] {
+		what, at := im.pageAt(id, i)
+		return &FormatError{what, at, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, digs[i])}
+	}
+	return nil
+}
+
+// ReadHotPage reads hot page i from the hot segment bytes seg (offsets
+// relative to the segment start, from any tier) into dst and verifies its
+// digest.
+func (im *Image) ReadHotPage(seg io.ReaderAt, i uint64, dst []byte) error {
+	return im.readSegPage(SecHotSegment, seg, i, dst, im.hotDig)
+}
+
+// ReadColdPage reads cold page i from the cold segment bytes seg into dst
+// and verifies its digest.
+func (im *Image) ReadColdPage(seg io.ReaderAt, i uint64, dst []byte) error {
+	return im.readSegPage(SecColdSegment, seg, i, dst, im.coldDig)
+}
+
+// VerifyHotPage and VerifyColdPage check page bytes b obtained elsewhere
+// (for example an RDMA read) against the stored digest.
+func (im *Image) VerifyHotPage(i uint64, b []byte) error {
+	if i >= uint64(len(im.hotDig)) {
+		return fmt.Errorf("snapimage: hot index %d out of range", i)
+	}
+	return im.checkPage(SecHotSegment, i, b, im.hotDig)
+}
+
+func (im *Image) VerifyColdPage(i uint64, b []byte) error {
+	if i >= uint64(len(im.coldDig)) {
+		return fmt.Errorf("snapimage: cold index %d out of range", i)
+	}
+	return im.checkPage(SecColdSegment, i, b, im.coldDig)
+}
+
+// VerifyExtent checks the bytes of cold extent x (ExtentRange bytes of the
+// cold segment) against the extent digest.
+func (im *Image) VerifyExtent(x int, b []byte) error {
+	if x < 0 || x >= len(im.extents) {
+		return fmt.Errorf("snapimage: cold extent %d out of range", x)
+	}
+	e := im.extents[x]
+	off, n := im.ExtentRange(e)
+	at := im.hdr.sections[SecColdSegment].Offset + off
+	if uint64(len(b)) != n {
+		return ferr(fmt.Sprintf("cold extent %d", x), at, "%d bytes, want %d", len(b), n)
+	}
+	if got := digest(b); got != e.Digest {
+		return &FormatError{fmt.Sprintf("cold extent %d (cold pages %d..%d)", x, e.First, e.First+uint64(e.Pages)-1), at, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, e.Digest)}
+	}
+	return nil
+}
+
+// ReadPage reconstructs guest page page into dst (PageSize bytes) from the
+// hot and cold segment bytes. The bytes of a partial last page beyond
+// MemSize are zero.
+func (im *Image) ReadPage(page uint64, hot, cold io.ReaderAt, dst []byte) error {
+	c, i, ok := im.Classify(page)
+	if !ok {
+		return fmt.Errorf("snapimage: page %d beyond the memory's %d pages", page, im.hdr.pages)
+	}
+	switch c {
+	case Hot:
+		return im.ReadHotPage(hot, i, dst)
+	case Cold:
+		return im.ReadColdPage(cold, i, dst)
+	}
+	if uint64(len(dst)) < uint64(im.hdr.pageSize) {
+		return fmt.Errorf("snapimage: destination of %d bytes for a %d-byte page", len(dst), im.hdr.pageSize)
+	}
+	clear(dst[:im.hdr.pageSize])
+	return nil
+}
+
+// CheckSegments reads both segments of the image file r in full and checks
+// every page digest, every extent digest and both segment digests. The
+// first error names the segment, index, guest page and image offset.
+func (im *Image) CheckSegments(r io.ReaderAt, progress func(done int64)) error {
+	ps := int(im.hdr.pageSize)
+	buf := make([]byte, max(ps, 1<<20)/ps*ps)
+	var done int64
+	for _, id := range []SectionID{SecHotSegment, SecColdSegment} {
+		s := im.hdr.sections[id]
+		digs := im.hotDig
+		if id == SecColdSegment {
+			digs = im.coldDig
+		}
+		sd := xxhash.New()
+		ext, extDig, extLeft := 0, xxhash.New(), uint64(0)
+		if id == SecColdSegment && len(im.extents) > 0 {
+			extLeft = uint64(im.extents[0].Pages)
+		}
+		for off := uint64(0); off < s.Length; {
+			n := min(uint64(len(buf)), s.Length-off)
+			b := buf[:n]
+			if m, err := r.ReadAt(b, int64(s.Offset+off)); uint64(m) != n {
+				return ferr(id.String()+" (truncated)", s.Offset+off+uint64(m), "short read: %v", err)
+			}
+			sd.Write(b)
+			for p := uint64(0); p < n; p += uint64(ps) {
+				i := (off + p) / uint64(ps)
+				pg := b[p : p+uint64(ps)]
+				if err := im.checkPage(id, i, pg, digs); err != nil {
+					return err
+				}
+				if id == SecColdSegment {
+					extDig.Write(pg)
+					if extLeft--; extLeft == 0 {
+						e := im.extents[ext]
+						if got := extDig.Sum64(); got != e.Digest {
+							o, _ := im.ExtentRange(e)
+							return &FormatError{fmt.Sprintf("cold extent %d", ext), s.Offset + o, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, e.Digest)}
+						}
+						ext++
+						extDig.Reset()
+						if ext < len(im.extents) {
+							extLeft = uint64(im.extents[ext].Pages)
+						}
+					}
+				}
+			}
+			off += n
+			done += int64(n)
+			if progress != nil {
+				progress(done)
+			}
+		}
+		if got := sd.Sum64(); got != s.Digest {
+			return &FormatError{id.String(), s.Offset, fmt.Errorf("%w over the whole segment: computed %#016x, stored %#016x", ErrDigest, got, s.Digest)}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,396 @@
+package snapimage
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/pagestat"
+	"github.com/aquifer-pool/aquifer/wset"
+	"github.com/cespare/xxhash/v2"
+)
+
+func digest(b []byte) uint64 { return xxhash.Sum64(b) }
+
+// ConvertOptions control Convert.
+type ConvertOptions struct {
+	// Trace is the working set; nil makes an image with no hot pages.
+	Trace *wset.Trace
+	// PageSize is used when Trace is nil (default 4096); with a trace the
+	// trace's page size is used and PageSize, if set, must match it.
+	PageSize uint32
+	// HotBudget limits the hot segment.
+	HotBudget Budget
+	// Regions describes the guest memory layout; nil means one region at
+	// guest address 0 covering the whole file. Sizes must add up to the
+	// memory file size; file offsets are recomputed cumulatively.
+	Regions []Region
+	// ExtentPages is the maximum number of pages per cold extent (default
+	// DefaultExtentPages).
+	ExtentPages uint32
+	// Progress, when set, is called as work advances with the bytes done
+	// and the total (classification pass plus stored pages).
+	Progress func(done, total int64)
+}
+
+// Stats summarises a conversion.
+type Stats struct {
+	Pages            uint64 `json:"pages"`
+	PageSize         uint32 `json:"page_size"`
+	ZeroPages        uint64 `json:"zero_pages"`
+	HotPages         uint64 `json:"hot_pages"`
+	ColdPages        uint64 `json:"cold_pages"`
+	TouchedZeroPages uint64 `json:"touched_zero_pages"`
+	// OverBudgetPages are touched non-zero pages that went to the cold
+	// segment because the hot budget was exhausted.
+	OverBudgetPages uint64 `json:"over_budget_pages"`
+	Runs            uint64 `json:"page_map_runs"`
+	Extents         uint64 `json:"cold_extents"`
+	MetadataBytes   uint64 `json:"metadata_bytes"`
+	ImageBytes      uint64 `json:"image_bytes"`
+}
+
+// Convert builds the image at out from the memory file at mem. The image
+// appears atomically (temporary file, fsync, rename) or not at all.
+func Convert(mem, out string, opt ConvertOptions) (*Stats, error) {
+	f, err := os.Open(mem)
+	if err != nil {
+		return nil, fmt.Errorf("snapimage: open memory file: %w", err)
+	}
+	defer f.Close()
+	m, size, err := offheap.OpenFileRO(mem)
+	if err != nil {
+		return nil, fmt.Errorf("snapimage: map memory file: %w", err)
+	}
+	defer m.Unmap()
+	st, err := build(f, m.B[:size], out, opt)
+	if err != nil {
+		return nil, fmt.Errorf("snapimage: convert %s: %w", mem, err)
+	}
+	return st, nil
+}
+
+// plan is the layout decided before any byte is written.
+type plan struct {
+	ps          uint64
+	memSize     uint64
+	pages       uint64
+	zero        pagestat.Bitmap
+	hot         []uint64 // pages in hot order
+	cold        []uint64 // pages in cold order
+	coldTouched uint64   // leading cold pages that were touched
+	runs        []Run
+	extents     []Extent
+	regions     []Region
+	hdr         header
+}
+
+func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64)) (*plan, *Stats, error) {
+	ps := opt.PageSize
+	if opt.Trace != nil {
+		if err := opt.Trace.Validate(); err != nil {
+			return nil, nil, fmt.Errorf("working set: %w", err)
+		}
+		if ps != 0 && ps != opt.Trace.PageSize {
+			return nil, nil, fmt.Errorf("page size %d differs from the working set's %d", ps, opt.Trace.PageSize)
+		}
+		ps = opt.Trace.PageSize
+		if opt.Trace.MemSize != 0 && opt.Trace.MemSize != uint64(len(mem)) {
+			return nil, nil, fmt.Errorf("working set %q is for a memory of %d bytes, memory file has %d", opt.Trace.Source, opt.Trace.MemSize, len(mem))
+		}
+	}
+	if ps == 0 {
+		ps = 4096
+	}
+	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
+		return nil, nil, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	ep := opt.ExtentPages
+	if ep == 0 {
+		ep = DefaultExtentPages
+	}
+	p := &plan{ps: uint64(ps), memSize: uint64(len(mem))}
+	p.pages = (p.memSize + p.ps - 1) / p.ps
+	st := &Stats{Pages: p.pages, PageSize: ps}
+
+	// Regions.
+	if opt.Regions == nil {
+		if p.memSize > 0 {
+			p.regions = []Region{{GuestAddr: 0, Size: p.memSize}}
+		}
+	} else {
+		var off uint64
+		for i, r := range opt.Regions {
+			if r.Size == 0 {
+				return nil, nil, fmt.Errorf("region %d is empty", i)
+			}
+			if i > 0 {
+				prev := p.regions[i-1]
+				if r.GuestAddr < prev.GuestAddr+prev.Size {
+					return nil, nil, fmt.Errorf("region %d at guest address %#x overlaps or precedes region %d [%#x, %#x)", i, r.GuestAddr, i-1, prev.GuestAddr, prev.GuestAddr+prev.Size)
+				}
+			}
+			p.regions = append(p.regions, Region{GuestAddr: r.GuestAddr, Size: r.Size, FileOffset: off})
+			off += r.Size
+		}
+		if off != p.memSize {
+			return nil, nil, fmt.Errorf("regions add up to %d bytes, memory file has %d", off, p.memSize)
+		}
+	}
+
+	// Classification pass: streamed reads, not the mapping, so zero pages
+	// are never faulted in.
+	var err error
+	p.zero, st.ZeroPages, err = pagestat.ZeroPages(f, int64(p.memSize), int(ps), progress)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	// Hot and cold order.
+	const unassigned = ^uint64(0)
+	slot := make([]uint64, p.pages) // class<<62 | index
+	for i := range slot {
+		slot[i] = unassigned
+	}
+	limit := opt.HotBudget.Limit(p.pages)
+	var over []uint64
+	if opt.Trace != nil {
+		for i, a := range opt.Trace.FirstTouches() {
+			if a.Page >= p.pages {
+				return nil, nil, fmt.Errorf("working set first touch %d: page %d beyond the memory file's %d pages", i, a.Page, p.pages)
+			}
+			switch {
+			case p.zero.Get(a.Page):
+				st.TouchedZeroPages++
+			case uint64(len(p.hot)) < limit:
+				slot[a.Page] = uint64(Hot)<<62 | uint64(len(p.hot))
+				p.hot = append(p.hot, a.Page)
+			default:
+				slot[a.Page] = 0 // touched, placed below
+				over = append(over, a.Page)
+			}
+		}
+	}
+	st.OverBudgetPages = uint64(len(over))
+	p.cold = make([]uint64, 0, p.pages-st.ZeroPages-uint64(len(p.hot)))
+	for _, pg := range over {
+		slot[pg] = uint64(Cold)<<62 | uint64(len(p.cold))
+		p.cold = append(p.cold, pg)
+	}
+	p.coldTouched = uint64(len(p.cold))
+	for pg := uint64(0); pg < p.pages; pg++ {
+		if slot[pg] == unassigned && !p.zero.Get(pg) {
+			slot[pg] = uint64(Cold)<<62 | uint64(len(p.cold))
+			p.cold = append(p.cold, pg)
+		}
+	}
+	st.HotPages, st.ColdPages = uint64(len(p.hot)), uint64(len(p.cold))
+
+	// Page map runs.
+	for pg := uint64(0); pg < p.pages; pg++ {
+		c, idx := Zero, uint64(0)
+		if !p.zero.Get(pg) {
+			c, idx = Class(slot[pg]>>62), slot[pg]&(1<<62-1)
+		}
+		if n := len(p.runs); n > 0 {
+			r := &p.runs[n-1]
+			if r.Class == c && r.Count < 1<<31 && (c == Zero || r.Index+uint64(r.Count) == idx) {
+				r.Count++
+				continue
+			}
+		}
+		p.runs = append(p.runs, Run{Page: pg, Index: idx, Count: 1, Class: c})
+	}
+
+	// Cold extents: touched pages first, then untouched, never mixed.
+	for first := uint64(0); first < uint64(len(p.cold)); {
+		end := min(first+uint64(ep), uint64(len(p.cold)))
+		touched := first < p.coldTouched
+		if touched {
+			end = min(end, p.coldTouched)
+		}
+		p.extents = append(p.extents, Extent{First: first, Pages: uint32(end - first), Touched: touched})
+		first = end
+	}
+
+	// Layout.
+	h := &p.hdr
+	h.pageSize, h.memSize, h.pages = ps, p.memSize, p.pages
+	h.zeroPages, h.hotPages, h.coldPages = st.ZeroPages, st.HotPages, st.ColdPages
+	h.regions, h.extentPages = uint32(len(p.regions)), ep
+	h.runs, h.extents = uint64(len(p.runs)), uint64(len(p.extents))
+	h.coldTouched = p.coldTouched
+	off := uint64(HeaderSize)
+	lens := [numSections]uint64{
+		uint64(len(p.regions)) * regionSize, uint64(len(p.runs)) * runSize,
+		h.hotPages * digestSize, h.coldPages * digestSize, uint64(len(p.extents)) * extentSize,
+		h.hotPages * p.ps, h.coldPages * p.ps,
+	}
+	for i := range h.sections {
+		if SectionID(i) >= SecHotSegment {
+			off = alignUp(off, SegmentAlign)
+		}
+		h.sections[i] = Section{Offset: off, Length: lens[i]}
+		off += lens[i]
+	}
+	st.Runs, st.Extents = h.runs, h.extents
+	st.MetadataBytes = h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+	st.ImageBytes = off
+	return p, st, nil
+}
+
+func alignUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
+
+// page returns page i of mem; a partial last page is returned zero-padded
+// in a fresh buffer.
+func (p *plan) page(mem []byte, i uint64) []byte {
+	lo := i * p.ps
+	hi := lo + p.ps
+	if hi <= uint64(len(mem)) {
+		return mem[lo:hi]
+	}
+	b := make([]byte, p.ps)
+	copy(b, mem[lo:])
+	return b
+}
+
+func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Stats, err error) {
+	var total int64
+	progress := func(done int64) {
+		if opt.Progress != nil {
+			opt.Progress(done, total)
+		}
+	}
+	total = int64(len(mem))
+	p, st, err := makePlan(src, mem, opt, progress)
+	if err != nil {
+		return nil, err
+	}
+	total = int64(len(mem)) + int64((st.HotPages+st.ColdPages)*p.ps)
+
+	dir := filepath.Dir(out)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(out)+".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	h := &p.hdr
+	// Segments, streamed.
+	hotSec, coldSec := &h.sections[SecHotSegment], &h.sections[SecColdSegment]
+	if _, err = f.Seek(int64(hotSec.Offset), io.SeekStart); err != nil {
+		return nil, err
+	}
+	bw := bufio.NewWriterSize(f, 4<<20)
+	done := int64(len(mem))
+	writeSeg := func(pages []uint64, sec *Section, gap uint64) ([]uint64, error) {
+		digs := make([]uint64, len(pages))
+		sd := xxhash.New()
+		for i, pg := range pages {
+			b := p.page(mem, pg)
+			digs[i] = digest(b)
+			sd.Write(b)
+			if _, err := bw.Write(b); err != nil {
+				return nil, err
+			}
+			done += int64(p.ps)
+			if i%1024 == 1023 {
+				progress(done)
+			}
+		}
+		sec.Digest = sd.Sum64()
+		if gap > 0 {
+			if _, err := bw.Write(make([]byte, gap)); err != nil {
+				return nil, err
+			}
+		}
+		return digs, nil
+	}
+	hotDigs, err := writeSeg(p.hot, hotSec, coldSec.Offset-(hotSec.Offset+hotSec.Length))
+	if err != nil {
+		return nil, err
+	}
+	coldDigs, err := writeSeg(p.cold, coldSec, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err = bw.Flush(); err != nil {
+		return nil, err
+	}
+	progress(done)
+	// Extent digests from the stored pages.
+	for i := range p.extents {
+		e := &p.extents[i]
+		d := xxhash.New()
+		for _, pg := range p.cold[e.First : e.First+uint64(e.Pages)] {
+			d.Write(p.page(mem, pg))
+		}
+		e.Digest = d.Sum64()
+	}
+	// Metadata sections.
+	meta := make([]byte, h.sections[SecColdExtents].Offset+h.sections[SecColdExtents].Length-HeaderSize)
+	sec := func(id SectionID) []byte {
+		s := h.sections[id]
+		return meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]
+	}
+	for i, r := range p.regions {
+		putRegion(sec(SecRegions)[i*regionSize:], r)
+	}
+	for i, r := range p.runs {
+		putRun(sec(SecPageMap)[i*runSize:], r)
+	}
+	putDigests(sec(SecHotDigests), hotDigs)
+	putDigests(sec(SecColdDigests), coldDigs)
+	for i, e := range p.extents {
+		putExtent(sec(SecColdExtents)[i*extentSize:], e)
+	}
+	for id := SecRegions; id <= SecColdExtents; id++ {
+		h.sections[id].Digest = digest(sec(id))
+	}
+	if _, err = f.WriteAt(meta, HeaderSize); err != nil {
+		return nil, err
+	}
+	if _, err = f.WriteAt(h.encode(), 0); err != nil {
+		return nil, err
+	}
+	// The file must end exactly at the end of the cold segment, even when
+	// the trailing sections are empty.
+	if err = f.Truncate(int64(st.ImageBytes)); err != nil {
+		return nil, err
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return nil, err
+	}
+	if err = f.Sync(); err != nil {
+		return nil, err
+	}
+	if err = f.Close(); err != nil {
+		return nil, err
+	}
+	if err = os.Rename(tmp, out); err != nil {
+		return nil, err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		derr = d.Sync()
+		d.Close()
+		if derr != nil {
+			return nil, fmt.Errorf("fsync %s: %w", dir, derr)
+		}
+	}
+	return st, nil
+}
+
+func putDigests(b []byte, d []uint64) {
+	for i, v := range d {
+		b[i*8], b[i*8+1], b[i*8+2], b[i*8+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+		b[i*8+4], b[i*8+5], b[i*8+6], b[i*8+7] = byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56)
+	}
+}
