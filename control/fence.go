@@ -23,7 +23,9 @@ type Token struct {
 // Value returns the fencing token as written into CXL descriptors.
 func (t *Token) Value() uint64 { return uint64(t.Rev) }
 
-func (t *Token) cmp() clientv3.Cmp { return clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.Rev) }
+func (t *Token) cmp() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.Rev)
+}
 
 // Acquire takes ownership of resource for holder, waiting while someone
 // else holds it (until ctx is done). Ownership lasts while the returned
