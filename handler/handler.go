@@ -33,27 +33,37 @@ type Options struct {
 	HangupFD int
 	// NoHangup disables HangupFD (the zero value of HangupFD is fd 0).
 	NoHangup bool
+	// SpinPoll keeps the reader polling without sleeping for this long
+	// after an event (0: always sleep in poll). Worth it only with a
+	// dedicated core.
+	SpinPoll time.Duration
 }
 
 // Stats summarise one serving session.
 type Stats struct {
-	Faults      uint64 // page faults served (read + write)
-	WriteFaults uint64
-	ZeroFaults  uint64 // faults answered with zero pages (removed ranges)
-	BytesCopied uint64
-	Exists      uint64 // EEXIST: page already present (woken)
-	Retries     uint64 // EAGAIN retries after pending events
-	Removes     uint64 // REMOVE events
-	Unexpected  uint64 // events Firecracker never enables
-	Wall        time.Duration
+	Faults       uint64 // page faults served (read + write)
+	WriteFaults  uint64
+	ZeroFaults   uint64 // faults answered with zero pages (removed ranges)
+	BytesCopied  uint64
+	Exists       uint64 // EEXIST: page already present (woken)
+	Retries      uint64 // EAGAIN retries after pending events
+	Removes      uint64 // REMOVE events
+	Unexpected   uint64 // events Firecracker never enables
+	Installed    uint64 // pages installed ahead of faults (Install)
+	Unregistered uint64 // zero pages left to the kernel (LeaveToKernel)
+	Wall         time.Duration
 	// Exit says why serving ended.
 	Exit string
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("faults served %d (%d write, %d zero), bytes copied %d (%.1f MiB), eexist %d, eagain retries %d, removes %d, wall %v, exit: %s",
+	extra := ""
+	if s.Installed > 0 || s.Unregistered > 0 {
+		extra = fmt.Sprintf(", pre-installed %d pages, %d zero pages left to the kernel", s.Installed, s.Unregistered)
+	}
+	return fmt.Sprintf("faults served %d (%d write, %d zero), bytes copied %d (%.1f MiB), eexist %d, eagain retries %d, removes %d%s, wall %v, exit: %s",
 		s.Faults, s.WriteFaults, s.ZeroFaults, s.BytesCopied, float64(s.BytesCopied)/(1<<20),
-		s.Exists, s.Retries, s.Removes, s.Wall.Round(time.Microsecond), s.Exit)
+		s.Exists, s.Retries, s.Removes, extra, s.Wall.Round(time.Microsecond), s.Exit)
 }
 
 type region struct {
@@ -185,7 +195,7 @@ func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			for f := range work {
-				h.serveFault(f)
+				h.serveFault(f, false)
 			}
 		}()
 	}
@@ -217,6 +227,8 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 	buf := make([]byte, 64*uffd.MsgSize)
 	msgs := make([]uffd.Msg, 0, 64)
 	var seq uint64
+	var lastEvent time.Time
+	var pending *fault
 	for {
 		if h.gone.Load() {
 			return "vm gone (ESRCH)", nil
@@ -227,7 +239,11 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 		for i := range fds {
 			fds[i].Revents = 0
 		}
-		_, err := unix.Poll(fds, 100)
+		timeout := 100
+		if time.Since(lastEvent) < h.opts.SpinPoll {
+			timeout = 0 // adaptive spinning: faults come in bursts
+		}
+		_, err := unix.Poll(fds, timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -238,6 +254,7 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 			return "error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents)
 		}
 		if fds[0].Revents&unix.POLLIN != 0 {
+			lastEvent = time.Now()
 			msgs, err = h.u.ReadMsgs(buf, msgs[:0])
 			if err != nil {
 				return "error", err
@@ -248,7 +265,10 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 					at := time.Since(h.start)
 					h.first.CompareAndSwap(-1, int64(at))
 					seq++
-					work <- fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
+					if pending != nil {
+						work <- *pending
+					}
+					pending = &fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
 				case uffd.EventRemove:
 					h.applyRemove(m.Start, m.End)
 				default:
@@ -257,6 +277,20 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 				}
 			}
 			h.bumpGen()
+			if pending != nil {
+				// The last fault of a batch is served on this thread when
+				// the source can do it without blocking: a hand-off to a
+				// worker costs a thread wakeup, which on a virtualised host
+				// is as dear as the copy itself.
+				if h.canInline(pending.addr) {
+					if !h.serveFault(*pending, true) {
+						work <- *pending
+					}
+				} else {
+					work <- *pending
+				}
+				pending = nil
+			}
 		}
 		if fds[1].Revents&unix.POLLIN != 0 {
 			return "stopped", nil
@@ -317,12 +351,33 @@ func (h *Handler) applyRemove(start, end uint64) {
 	}
 }
 
-func (h *Handler) serveFault(f fault) {
+// Inliner is implemented by sources that can tell whether serving a page
+// would block (a remote read); such faults go to worker threads.
+type Inliner interface {
+	Inline(off, ps uint64) bool
+}
+
+func (h *Handler) canInline(addr uint64) bool {
+	in, ok := h.src.(Inliner)
+	if !ok {
+		return true
+	}
+	r := h.lookup(addr)
+	if r == nil {
+		return true
+	}
+	return in.Inline(r.Offset+r.pageIndex(addr&^(r.PageSize-1))*r.PageSize, r.PageSize)
+}
+
+// serveFault installs the faulting page. Inline (on the reader thread) it
+// must not wait for the reader: on EAGAIN it returns false and the caller
+// hands the fault to a worker.
+func (h *Handler) serveFault(f fault, inline bool) bool {
 	r := h.lookup(f.addr)
 	if r == nil {
 		err := fmt.Errorf("handler: fault at %#x outside every region", f.addr)
 		h.fatal.CompareAndSwap(nil, &err)
-		return
+		return true
 	}
 	ps := r.PageSize
 	page := f.addr &^ (ps - 1)
@@ -333,6 +388,8 @@ func (h *Handler) serveFault(f fault) {
 		removed := r.isRemoved(idx)
 		var err error
 		var n int64
+		var done func()
+		zeroSrc := false
 		if removed {
 			if ps == handshake.PageSize4K {
 				err = h.u.ZeroPage(uintptr(page), uintptr(ps), false)
@@ -342,19 +399,31 @@ func (h *Handler) serveFault(f fault) {
 			}
 		} else {
 			var src uintptr
-			src, err = h.src.Addr(r.Offset+idx*ps, ps)
-			if err == nil {
+			var zero bool
+			src, zero, done, err = h.src.Page(r.Offset+idx*ps, ps)
+			switch {
+			case err != nil:
+			case zero && ps == handshake.PageSize4K:
+				err = h.u.ZeroPage(uintptr(page), uintptr(ps), false)
+				n, zeroSrc = 0, true
+			case zero:
+				n, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(ps), false)
+				n, zeroSrc = 0, true
+			default:
 				n, err = h.u.Copy(uintptr(page), src, uintptr(ps), false)
 			}
 		}
 		h.removeMu.RUnlock()
+		if done != nil {
+			done()
+		}
 		switch {
 		case err == nil:
 			atomic.AddUint64(&h.stats.Faults, 1)
 			if f.write {
 				atomic.AddUint64(&h.stats.WriteFaults, 1)
 			}
-			if removed {
+			if removed || zeroSrc {
 				atomic.AddUint64(&h.stats.ZeroFaults, 1)
 			} else {
 				atomic.AddUint64(&h.stats.BytesCopied, uint64(n))
@@ -362,31 +431,34 @@ func (h *Handler) serveFault(f fault) {
 			if h.opts.Record && !removed {
 				h.record(f, (r.Offset+idx*ps)/ps)
 			}
-			return
+			return true
 		case uffd.IsExist(err):
 			atomic.AddUint64(&h.stats.Exists, 1)
 			if werr := h.u.Wake(uintptr(page), uintptr(ps)); werr != nil && !uffd.IsGone(werr) {
 				h.log.Warn("wake after EEXIST failed", "addr", page, "err", werr)
 			}
-			return
+			return true
 		case uffd.IsAgain(err):
 			atomic.AddUint64(&h.stats.Retries, 1)
+			if inline {
+				return false
+			}
 			h.waitGen(gen)
 			continue
 		case uffd.IsGone(err):
 			h.gone.Store(true)
 			h.Stop()
-			return
+			return true
 		default:
 			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
 				// The range was unmapped or unregistered under us.
 				h.log.Warn("fault could not be served", "addr", page, "err", err)
-				return
+				return true
 			}
 			werr := fmt.Errorf("handler: serving fault at %#x: %w", f.addr, err)
 			h.fatal.CompareAndSwap(nil, &werr)
 			h.Stop()
-			return
+			return true
 		}
 	}
 }

@@ -6,12 +6,15 @@ import (
 	"github.com/aquifer-pool/aquifer/offheap"
 )
 
-// Source yields snapshot page content at an address in this process, off
-// the Go heap, suitable as the source of UFFDIO_COPY.
+// Source yields snapshot page content for faults.
 type Source interface {
-	// Addr returns the address of n bytes of snapshot content starting at
-	// file offset off.
-	Addr(off, n uint64) (uintptr, error)
+	// Page prepares the content of the page of ps bytes at memory-file
+	// offset off for a demand fault: either the address of its bytes in
+	// this process, off the Go heap (the UFFDIO_COPY source), or zero=true
+	// for a page that is all zeros (UFFDIO_ZEROPAGE). done, if non-nil, is
+	// called once the page is installed (or the install failed); a source
+	// uses it to release a buffer or to schedule neighbours.
+	Page(off, ps uint64) (addr uintptr, zero bool, done func(), err error)
 	// Size is the memory file size in bytes.
 	Size() int64
 }
@@ -35,7 +38,13 @@ func OpenMemFile(path string) (*MemFile, error) {
 	return &MemFile{m: m, size: size}, nil
 }
 
-// Addr implements Source.
+// Page implements Source: every page comes from the mapped file.
+func (f *MemFile) Page(off, ps uint64) (uintptr, bool, func(), error) {
+	a, err := f.Addr(off, ps)
+	return a, false, nil, err
+}
+
+// Addr returns the address of n bytes of the file at offset off.
 func (f *MemFile) Addr(off, n uint64) (uintptr, error) {
 	if off+n > uint64(f.size) || off+n < off {
 		return 0, fmt.Errorf("handler: range [%d,+%d) outside the %d-byte memory file", off, n, f.size)

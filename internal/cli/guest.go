@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/guest"
 	"github.com/aquifer-pool/aquifer/handshake"
@@ -22,6 +23,7 @@ func init() {
 	}
 	var (
 		mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
+		waitReady                                                     string
 		vcpus                                                         int
 		think                                                         float64
 		dropCache, noVerify, asJSON                                   bool
@@ -69,6 +71,9 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 				}
 				cfg.Balloon = &b
 			}
+			if waitReady != "" {
+				cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, waitReady) }
+			}
 			if cfg.Backend == guest.BackendUffd && socket == "" {
 				return fmt.Errorf("--backend uffd needs --socket")
 			}
@@ -103,8 +108,24 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 	f.BoolVar(&dropCache, "drop-cache", false, "drop the memory file's page cache first (File backend cold restore)")
 	f.BoolVar(&noVerify, "no-verify", false, "skip byte verification")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&waitReady, "wait-ready", "", "after the restore, wait for this file to exist before resuming the vCPUs (the pager's hot set is installed)")
 	run.MarkFlagRequired("mem")
 	run.MarkFlagRequired("trace")
 	g.AddCommand(run)
 	register(g)
+}
+
+func waitForFile(ctx context.Context, path string) error {
+	t := time.NewTicker(200 * time.Microsecond)
+	defer t.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }

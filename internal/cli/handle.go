@@ -11,6 +11,8 @@ import (
 
 	"github.com/aquifer-pool/aquifer/handler"
 	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/pager"
+	"github.com/aquifer-pool/aquifer/snapimage"
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/aquifer-pool/aquifer/wset"
 	"github.com/spf13/cobra"
@@ -20,6 +22,7 @@ import (
 func init() {
 	var (
 		socket, mem, record string
+		image, readyFile    string
 		workers             int
 		acceptTimeout       time.Duration
 	)
@@ -38,6 +41,15 @@ since the first fault) in fault order: a working set for REAP-style prefetch
 and for Aquifer's hot set.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (mem == "") == (image == "") {
+				return fmt.Errorf("give exactly one of --mem (raw memory file) and --image (Aquifer image)")
+			}
+			if image != "" {
+				if record != "" {
+					return fmt.Errorf("--record works with --mem only")
+				}
+				return runHandleImage(cmd, socket, image, readyFile, workers, acceptTimeout)
+			}
 			return runHandle(cmd, socket, mem, record, workers, acceptTimeout)
 		},
 	}
@@ -46,8 +58,9 @@ and for Aquifer's hot set.`,
 	cmd.Flags().StringVar(&record, "record", "", "write the recorded working set to this file when the VM exits")
 	cmd.Flags().IntVar(&workers, "workers", 2, "fault-serving threads")
 	cmd.Flags().DurationVar(&acceptTimeout, "accept-timeout", 0, "give up if Firecracker has not connected after this long (0: wait forever)")
+	cmd.Flags().StringVar(&image, "image", "", "serve an Aquifer image (aquifer convert) from local disk with the pager instead of a raw memory file")
+	cmd.Flags().StringVar(&readyFile, "ready-file", "", "with --image: create this file once the hot set is installed (resume the VM after it appears)")
 	cmd.MarkFlagRequired("socket")
-	cmd.MarkFlagRequired("mem")
 	register(cmd)
 }
 
@@ -57,49 +70,15 @@ func runHandle(cmd *cobra.Command, socket, mem, record string, workers int, acce
 		return err
 	}
 	defer src.Close()
-	l, err := handshake.Listen(socket)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	slog.Info("waiting for Firecracker", "socket", socket, "mem", mem, "mem_bytes", src.Size())
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	actx := ctx
-	if acceptTimeout > 0 {
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, acceptTimeout)
-		defer cancel()
-	}
-	conn, err := l.Accept(actx)
+	vm, err := acceptVM(ctx, socket, src.Size(), acceptTimeout)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	l.Close() // Firecracker connects exactly once.
-	res, err := handshake.Receive(conn, src.Size(), 10*time.Second)
-	if err != nil {
-		return &exitError{code: 2, err: err}
-	}
-	u := uffd.FromFd(res.UFFD)
-	defer u.Close()
-	slog.Info("handshake", "peer_pid", res.Peer.Pid, "dialect", res.Dialect.String(), "regions", len(res.Regions))
-	pidfd, err := handshake.PidFD(res.Peer.Pid)
-	if err != nil {
-		slog.Warn("cannot watch the VM process; serving until ESRCH or a signal", "err", err)
-		pidfd = -1
-	} else {
-		defer unix.Close(pidfd)
-	}
-	opts := handler.Options{Workers: workers, Record: record != "", NoHangup: true}
-	if res.Dialect.KeepsSocketOpen() {
-		// Firecracker 1.12+ holds the socket open until it exits.
-		if f, err := conn.File(); err == nil {
-			defer f.Close()
-			opts.HangupFD, opts.NoHangup = int(f.Fd()), false
-		}
-	}
+	defer vm.close()
+	u, res, pidfd := vm.u, vm.res, vm.pidfd
+	opts := handler.Options{Workers: workers, Record: record != "", HangupFD: vm.hangupFD, NoHangup: vm.hangupFD < 0}
 	h, err := handler.New(u, res.Regions, src, opts)
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -118,4 +97,104 @@ func runHandle(cmd *cobra.Command, socket, mem, record string, workers int, acce
 		slog.Info("recorded working set", "file", record, "pages", len(tr.Accesses))
 	}
 	return nil
+}
+
+// acceptedVM is a VM whose handshake completed.
+type acceptedVM struct {
+	u        *uffd.FD
+	res      *handshake.Result
+	pidfd    int
+	hangupFD int
+	closers  []func()
+}
+
+func (v *acceptedVM) close() {
+	for i := len(v.closers) - 1; i >= 0; i-- {
+		v.closers[i]()
+	}
+}
+
+// acceptVM listens on socket, accepts Firecracker's single connection and
+// completes the handshake against a memory of memSize bytes.
+func acceptVM(ctx context.Context, socket string, memSize int64, acceptTimeout time.Duration) (*acceptedVM, error) {
+	l, err := handshake.Listen(socket)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	slog.Info("waiting for Firecracker", "socket", socket, "mem_bytes", memSize)
+	actx := ctx
+	if acceptTimeout > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, acceptTimeout)
+		defer cancel()
+	}
+	conn, err := l.Accept(actx)
+	if err != nil {
+		return nil, err
+	}
+	l.Close() // Firecracker connects exactly once.
+	v := &acceptedVM{pidfd: -1, hangupFD: -1}
+	v.closers = append(v.closers, func() { conn.Close() })
+	res, err := handshake.Receive(conn, memSize, 10*time.Second)
+	if err != nil {
+		v.close()
+		return nil, &exitError{code: 2, err: err}
+	}
+	v.res = res
+	v.u = uffd.FromFd(res.UFFD)
+	v.closers = append(v.closers, func() { v.u.Close() })
+	slog.Info("handshake", "peer_pid", res.Peer.Pid, "dialect", res.Dialect.String(), "regions", len(res.Regions))
+	if pidfd, err := handshake.PidFD(res.Peer.Pid); err != nil {
+		slog.Warn("cannot watch the VM process; serving until ESRCH or a signal", "err", err)
+	} else {
+		v.pidfd = pidfd
+		v.closers = append(v.closers, func() { unix.Close(pidfd) })
+	}
+	if res.Dialect.KeepsSocketOpen() {
+		// Firecracker 1.12+ holds the socket open until it exits.
+		if f, err := conn.File(); err == nil {
+			v.hangupFD = int(f.Fd())
+			v.closers = append(v.closers, func() { f.Close() })
+		}
+	}
+	return v, nil
+}
+
+func runHandleImage(cmd *cobra.Command, socket, image, readyFile string, workers int, acceptTimeout time.Duration) error {
+	img, f, err := snapimage.Open(image)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	hot, cold := pager.LocalSegments(img, f)
+	s, err := pager.New(img, hot, cold, pager.Options{Workers: workers})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	vm, err := acceptVM(ctx, socket, int64(img.MemSize()), acceptTimeout)
+	if err != nil {
+		return err
+	}
+	defer vm.close()
+	if readyFile != "" {
+		go func() {
+			<-s.Ready()
+			if s.ReadyErr() == nil {
+				os.WriteFile(readyFile, []byte("ready\n"), 0o600)
+			}
+		}()
+	}
+	rep, err := s.Serve(ctx, vm.u, vm.res.Regions, vm.pidfd, vm.hangupFD)
+	if rep != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "aquifer handle: %s; pre-installed %d hot pages in %v, cold extents %d demand + %d prefetch\n",
+			rep.Handler, rep.PreinstallPages, rep.Preinstall.Round(time.Microsecond), rep.ColdDemandExtents, rep.ColdPrefetchExtent)
+	}
+	if err == nil {
+		err = s.ReadyErr()
+	}
+	return err
 }

@@ -160,3 +160,75 @@ func waitSocket(t *testing.T, path string) {
 	}
 	t.Fatalf("socket %s did not appear", path)
 }
+
+// TestHandleImage converts the snapshot with a recorded working set and
+// restores it through the pager (`aquifer handle --image`): the hot set is
+// installed before the vCPUs resume, zero runs are left to the kernel, cold
+// pages come from their extents, and every byte is verified — in every
+// dialect, with the balloon.
+func TestHandleImage(t *testing.T) {
+	f := newFixture(t)
+	// Record a working set with the on-demand handler first.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rec := filepath.Join(f.dir, "rec.ws")
+	sock := filepath.Join(f.dir, "rec.sock")
+	h := exec.CommandContext(ctx, bin, "handle", "--socket", sock, "--mem", f.mem, "--record", rec)
+	h.Stderr = os.Stderr
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, sock)
+	// The recording sees the first half of the trace (a different "input").
+	half := filepath.Join(f.dir, "half.ws")
+	tr, _ := wset.ReadFile(f.trace)
+	tr.Accesses = tr.Accesses[:len(tr.Accesses)/4]
+	if err := wset.WriteFile(half, tr); err != nil {
+		t.Fatal(err)
+	}
+	runGuest(t, ctx, "--mem", f.mem, "--trace", half, "--socket", sock)
+	if err := h.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(f.dir, "img")
+	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", f.mem, "--ws", rec, "--out", img, "--hot-budget", "500").CombinedOutput(); err != nil {
+		t.Fatalf("convert: %v\n%s", err, out)
+	}
+	for _, ver := range []string{"1.4", "1.10", "1.12"} {
+		t.Run("fc"+ver, func(t *testing.T) {
+			sock := filepath.Join(f.dir, "img"+ver+".sock")
+			ready := filepath.Join(f.dir, "ready"+ver)
+			h := exec.CommandContext(ctx, bin, "handle", "--socket", sock, "--image", img, "--ready-file", ready)
+			var hout, herr bytes.Buffer
+			h.Stdout, h.Stderr = &hout, &herr
+			if err := h.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitSocket(t, sock)
+			rep := runGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock, "--fc-version", ver,
+				"--gap-start", "128MiB", "--wait-ready", ready, "--balloon", fmt.Sprintf("%d:%d", 64<<20, 8<<20))
+			if err := h.Wait(); err != nil {
+				t.Fatalf("handle --image: %v\n%s\n%s", err, hout.String(), herr.String())
+			}
+			if rep.Mismatches != 0 || rep.Verified == 0 || !rep.BalloonDone {
+				t.Fatalf("guest report %+v", rep)
+			}
+			out := hout.String()
+			m := regexp.MustCompile(`pre-installed (\d+) hot pages`).FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("no pre-install count in %q", out)
+			}
+			if n, _ := strconv.Atoi(m[1]); n == 0 {
+				t.Fatalf("nothing pre-installed: %s", out)
+			}
+			if !strings.Contains(out, "zero pages left to the kernel") {
+				t.Fatalf("zero runs were not left to the kernel: %s", out)
+			}
+			m = regexp.MustCompile(`cold extents (\d+) demand \+ (\d+) prefetch`).FindStringSubmatch(out)
+			if m == nil || m[1] == "0" || m[2] == "0" {
+				t.Fatalf("expected demand and prefetched cold extents: %s", out)
+			}
+			t.Log(strings.TrimSpace(out))
+		})
+	}
+}

@@ -1,0 +1,131 @@
+package handler
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/aquifer-pool/aquifer/uffd"
+)
+
+// span is a stretch of pages inside one region.
+type span struct {
+	r     *region
+	first uint64 // page index in the region
+	n     uint64
+}
+
+// spans splits npages pages starting at memory-file offset off by region.
+func (h *Handler) spans(off uint64, npages uint64) ([]span, error) {
+	var out []span
+	for npages > 0 {
+		var hit *region
+		for _, r := range h.regions {
+			if off >= r.Offset && off < r.Offset+r.Size {
+				hit = r
+				break
+			}
+		}
+		if hit == nil {
+			return nil, fmt.Errorf("handler: memory-file offset %d is in no region", off)
+		}
+		first := (off - hit.Offset) / hit.PageSize
+		n := min(npages, hit.Size/hit.PageSize-first)
+		out = append(out, span{hit, first, n})
+		npages -= n
+		off += n * hit.PageSize
+	}
+	return out, nil
+}
+
+// Install copies npages consecutive pages whose content is at src (off
+// the Go heap) to the guest pages of memory-file offset off onward, ahead of
+// any fault: the pre-install of hot pages and the prefetch of cold ones.
+// Pages inside a removed (ballooned) range and pages already present are
+// skipped. Copies run with DONTWAKE and the whole range is woken at the end,
+// so a vCPU that faulted on one of these pages meanwhile is released. It
+// returns the number of pages installed.
+func (h *Handler) Install(off uint64, src uintptr, npages uint64) (uint64, error) {
+	sp, err := h.spans(off, npages)
+	if err != nil {
+		return 0, err
+	}
+	var installed uint64
+	for _, s := range sp {
+		ps := s.r.PageSize
+		n, err := h.installSpan(s, src)
+		installed += n
+		if err != nil {
+			return installed, err
+		}
+		base := uintptr(s.r.BaseHostVirtAddr + s.first*ps)
+		if err := h.u.Wake(base, uintptr(s.n*ps)); err != nil && !uffd.IsGone(err) {
+			return installed, err
+		}
+		src += uintptr(s.n * ps)
+	}
+	return installed, nil
+}
+
+func (h *Handler) installSpan(s span, src uintptr) (uint64, error) {
+	ps := s.r.PageSize
+	var installed uint64
+	p, end := s.first, s.first+s.n
+	for p < end {
+		gen := h.curGen()
+		h.removeMu.RLock()
+		// Skip removed pages, then take the longest non-removed stretch.
+		for p < end && s.r.isRemoved(p) {
+			p++
+		}
+		q := p
+		for q < end && !s.r.isRemoved(q) {
+			q++
+		}
+		if p == q {
+			h.removeMu.RUnlock()
+			break
+		}
+		dst := uintptr(s.r.BaseHostVirtAddr + p*ps)
+		n, err := h.u.Copy(dst, src+uintptr((p-s.first)*ps), uintptr((q-p)*ps), true)
+		h.removeMu.RUnlock()
+		done := uint64(n) / ps
+		installed += done
+		atomic.AddUint64(&h.stats.BytesCopied, uint64(n))
+		atomic.AddUint64(&h.stats.Installed, done)
+		p += done
+		switch {
+		case err == nil:
+		case uffd.IsExist(err):
+			p++ // that page was present (a fault beat us); go on after it
+		case uffd.IsAgain(err):
+			atomic.AddUint64(&h.stats.Retries, 1)
+			h.waitGen(gen)
+		case uffd.IsGone(err):
+			h.gone.Store(true)
+			h.Stop()
+			return installed, err
+		default:
+			return installed, err
+		}
+	}
+	return installed, nil
+}
+
+// LeaveToKernel unregisters the guest pages of npages pages from memory-file
+// offset off, so the kernel itself fills them with zero pages on first touch
+// without a round trip to the handler. Only for pages that are zero in the
+// snapshot and not yet present. The kernel wakes any fault pending there.
+func (h *Handler) LeaveToKernel(off uint64, npages uint64) error {
+	sp, err := h.spans(off, npages)
+	if err != nil {
+		return err
+	}
+	for _, s := range sp {
+		ps := s.r.PageSize
+		if err := h.u.Unregister(uintptr(s.r.BaseHostVirtAddr+s.first*ps), uintptr(s.n*ps)); err != nil {
+			return err
+		}
+		atomic.AddUint64(&h.stats.Unregistered, s.n)
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+// Package pager is Aquifer's per-VM page server for the hierarchical pool:
+// the copy-and-demand paging that restores a Firecracker VM from an Aquifer
+// image whose hot segment lives in the CXL tier and whose cold segment lives
+// on RDMA memory nodes.
+//
+// One Session serves one VM, on top of package handler's fault loop:
+//
+//  1. The fault loop starts first, so faults raised while Firecracker
+//     restores devices (before resume) are served at once.
+//  2. Pre-install: the hot segment (HotSource: a validated CXL extent, or
+//     a local copy) is verified page by page against the image's digests
+//     and installed in first-touch order, one UFFDIO_COPY per hot run with
+//     DONTWAKE, then woken. Ready() closes when it is done: the orchestrator
+//     resumes the VM only then.
+//  3. Zero pages are never stored: long zero runs are unregistered so the
+//     kernel fills them without a round trip; other zero pages get
+//     UFFDIO_ZEROPAGE on fault.
+//  4. Cold faults: the faulting page's cold extent (its recorded neighbours)
+//     is read in one batched read from the ColdSource into an off-heap arena,
+//     verified, the faulting page installed and woken first, the rest of the
+//     extent installed right after.
+//  5. A background prefetcher streams the cold extents past restores touched,
+//     in touch order, at low priority; demand reads always go first, and an
+//     extent being prefetched is shared with a demand fault, never read
+//     twice.
+//
+// Every page installed from a tier is checked against the image's xxhash64
+// digest first: a corrupt or stale tier can fail a restore, never feed the
+// guest a wrong page.
+//
+// The pager owns this policy. It must not implement tiers (package cxl and
+// rdma do, behind HotSource and ColdSource), parse handshakes or talk to the
+// control plane (the serve daemon does).
+package pager

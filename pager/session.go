@@ -1,0 +1,436 @@
+package pager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/handler"
+	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/snapimage"
+	"github.com/aquifer-pool/aquifer/uffd"
+)
+
+// Options tune a Session.
+type Options struct {
+	// Workers serving demand faults (default 2).
+	Workers int
+	// ZeroRunMin: zero runs of at least this many pages are left to the
+	// kernel (unregistered); default 16. NoZeroUnregister disables it.
+	ZeroRunMin       uint64
+	NoZeroUnregister bool
+	// NoPrefetch disables the background cold prefetcher.
+	NoPrefetch bool
+	// NoPreinstall serves hot pages on demand instead of before resume
+	// (an ablation).
+	NoPreinstall bool
+	// HotFallback, if set, is used when the hot source fails or returns a
+	// page that does not match its digest (the demoted copy on RDMA).
+	HotFallback HotSource
+	Logger      *slog.Logger
+}
+
+// Report describes one served restore.
+type Report struct {
+	HotSource          string        `json:"hot_source"`
+	ColdSource         string        `json:"cold_source"`
+	Preinstall         time.Duration `json:"preinstall_ns"`
+	PreinstallPages    uint64        `json:"preinstall_pages"`
+	PreinstallBytes    uint64        `json:"preinstall_bytes"`
+	ZeroPagesToKernel  uint64        `json:"zero_pages_to_kernel"`
+	ColdDemandExtents  uint64        `json:"cold_demand_extents"`
+	ColdPrefetchExtent uint64        `json:"cold_prefetch_extents"`
+	ColdBytesRead      uint64        `json:"cold_bytes_read"`
+	ColdFaults         uint64        `json:"cold_faults"`
+	HotFaults          uint64        `json:"hot_faults"`
+	ZeroFaults         uint64        `json:"zero_faults"`
+	ColdReadTime       time.Duration `json:"cold_read_ns"`
+	Handler            handler.Stats `json:"handler"`
+}
+
+type extent struct {
+	done      chan struct{}
+	err       error
+	installed atomic.Bool
+}
+
+// Session serves one VM from an image.
+type Session struct {
+	img  *snapimage.Image
+	hot  HotSource
+	cold ColdSource
+	opts Options
+	log  *slog.Logger
+	ps   uint64
+
+	h        *handler.Handler
+	ctx      context.Context
+	ready    chan struct{}
+	readyErr error
+
+	hotReady chan struct{}
+	hotSeg   []byte
+	hotErr   error
+
+	arena        []byte
+	arenaRelease func() error
+	extMu        sync.Mutex
+	ext          map[int]*extent
+	demand       atomic.Int64
+
+	hotRelease func() error
+
+	rep     Report
+	bg      sync.WaitGroup
+	coldDur atomic.Int64
+}
+
+// New prepares a session. hot may be nil when the image has no hot pages.
+func New(img *snapimage.Image, hot HotSource, cold ColdSource, opts Options) (*Session, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = 2
+	}
+	if opts.ZeroRunMin == 0 {
+		opts.ZeroRunMin = 16
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	_, nhot, ncold := img.Counts()
+	if nhot > 0 && hot == nil {
+		return nil, errors.New("pager: the image has hot pages but no hot source")
+	}
+	if ncold > 0 && cold == nil {
+		return nil, errors.New("pager: the image has cold pages but no cold source")
+	}
+	s := &Session{img: img, hot: hot, cold: cold, opts: opts, log: opts.Logger, ps: uint64(img.PageSize()),
+		ready: make(chan struct{}), hotReady: make(chan struct{}), ext: map[int]*extent{}}
+	if hot != nil {
+		s.rep.HotSource = hot.Name()
+	}
+	if cold != nil {
+		s.rep.ColdSource = cold.Name()
+		seg := img.Section(snapimage.SecColdSegment)
+		var err error
+		if s.arena, s.arenaRelease, err = cold.Arena(int(seg.Length)); err != nil {
+			return nil, fmt.Errorf("pager: cold arena: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Ready is closed once the hot set is installed (or installing failed: see
+// ReadyErr). Resume the VM only after it.
+func (s *Session) Ready() <-chan struct{} { return s.ready }
+
+// ReadyErr is the pre-install error, valid after Ready is closed.
+func (s *Session) ReadyErr() error { return s.readyErr }
+
+// Size implements handler.Source.
+func (s *Session) Size() int64 { return int64(s.img.MemSize()) }
+
+// Page implements handler.Source for demand faults.
+func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
+	if ps != s.ps {
+		return 0, false, nil, fmt.Errorf("pager: fault with page size %d on a %d-byte-page image", ps, s.ps)
+	}
+	c, idx, ok := s.img.Classify(off / ps)
+	if !ok {
+		return 0, false, nil, fmt.Errorf("pager: page %d outside the image", off/ps)
+	}
+	switch c {
+	case snapimage.Zero:
+		atomic.AddUint64(&s.rep.ZeroFaults, 1)
+		return 0, true, nil, nil
+	case snapimage.Hot:
+		atomic.AddUint64(&s.rep.HotFaults, 1)
+		<-s.hotReady
+		if s.hotErr != nil {
+			return 0, false, nil, s.hotErr
+		}
+		return offheap.AddrOf(s.hotSeg) + uintptr(idx*ps), false, nil, nil
+	default:
+		atomic.AddUint64(&s.rep.ColdFaults, 1)
+		x, ok := s.img.ExtentOf(idx)
+		if !ok {
+			return 0, false, nil, fmt.Errorf("pager: cold index %d has no extent", idx)
+		}
+		s.demand.Add(1)
+		e := s.fetch(x, false)
+		s.demand.Add(-1)
+		if e.err != nil {
+			return 0, false, nil, e.err
+		}
+		return offheap.AddrOf(s.arena) + uintptr(idx*ps), false, func() { s.installExtent(x, e) }, nil
+	}
+}
+
+// fetch reads and verifies cold extent x once; concurrent callers share it.
+func (s *Session) fetch(x int, prefetch bool) *extent {
+	s.extMu.Lock()
+	e, ok := s.ext[x]
+	if !ok {
+		e = &extent{done: make(chan struct{})}
+		s.ext[x] = e
+	}
+	s.extMu.Unlock()
+	if ok {
+		<-e.done
+		return e
+	}
+	ex := s.img.ColdExtents()[x]
+	off, n := s.img.ExtentRange(ex)
+	dst := s.arena[off : off+n]
+	t0 := time.Now()
+	e.err = s.cold.Read(s.ctx, off, dst, prefetch)
+	s.coldDur.Add(int64(time.Since(t0)))
+	if e.err == nil {
+		if err := s.img.VerifyExtent(x, dst); err != nil {
+			e.err = fmt.Errorf("pager: cold extent %d from %s: %w", x, s.cold.Name(), err)
+		}
+	}
+	atomic.AddUint64(&s.rep.ColdBytesRead, n)
+	if prefetch {
+		atomic.AddUint64(&s.rep.ColdPrefetchExtent, 1)
+	} else {
+		atomic.AddUint64(&s.rep.ColdDemandExtents, 1)
+	}
+	if e.err != nil {
+		// Let a later fault retry instead of caching the failure.
+		s.extMu.Lock()
+		delete(s.ext, x)
+		s.extMu.Unlock()
+	}
+	close(e.done)
+	return e
+}
+
+// installExtent installs the pages of a fetched extent not yet present.
+func (s *Session) installExtent(x int, e *extent) {
+	if e.installed.Swap(true) {
+		return
+	}
+	ex := s.img.ColdExtents()[x]
+	base := offheap.AddrOf(s.arena)
+	i, end := ex.First, ex.First+uint64(ex.Pages)
+	for i < end {
+		// Group cold indices whose guest pages are consecutive.
+		g := s.img.ColdPage(i)
+		j := i + 1
+		for j < end && s.img.ColdPage(j) == g+(j-i) {
+			j++
+		}
+		if _, err := s.h.Install(g*s.ps, base+uintptr(i*s.ps), j-i); err != nil {
+			if !uffd.IsGone(err) {
+				s.log.Warn("installing cold extent", "extent", x, "err", err)
+			}
+			return
+		}
+		i = j
+	}
+}
+
+// Serve runs the session on a received userfaultfd until the VM exits.
+// exitFD is the VM's pidfd, hangupFD the 1.12+ handshake socket (-1: none).
+func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Region, exitFD, hangupFD int) (*Report, error) {
+	for _, r := range regions {
+		if r.PageSize != s.ps {
+			return nil, fmt.Errorf("pager: region page size %d, image page size %d", r.PageSize, s.ps)
+		}
+	}
+	hopts := handler.Options{Workers: s.opts.Workers, Logger: s.log, HangupFD: hangupFD, NoHangup: hangupFD < 0}
+	h, err := handler.New(u, regions, s, hopts)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	s.h = h
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.ctx = ctx
+
+	type served struct {
+		st  handler.Stats
+		err error
+	}
+	done := make(chan served, 1)
+	go func() {
+		st, err := h.Serve(ctx, exitFD)
+		done <- served{st, err}
+	}()
+
+	s.preinstall(ctx)
+	close(s.ready)
+	if s.readyErr != nil {
+		s.log.Error("pre-install failed", "err", s.readyErr)
+	} else if !s.opts.NoPrefetch && s.cold != nil {
+		s.bg.Add(1)
+		go s.prefetch(ctx)
+	}
+	r := <-done
+	cancel()
+	s.bg.Wait()
+	s.rep.Handler = r.st
+	s.rep.ColdReadTime = time.Duration(s.coldDur.Load())
+	return &s.rep, r.err
+}
+
+// Close releases the session's buffers and its hold on the hot source
+// (after Serve returned). For a CXL source, releasing re-validates the
+// extent's descriptor; a failure is reported but cannot have affected the
+// guest, whose every hot page was digest-verified before installation.
+func (s *Session) Close() error {
+	var err error
+	if s.hotRelease != nil {
+		err = s.hotRelease()
+		s.hotRelease = nil
+	}
+	if s.arenaRelease != nil {
+		s.arenaRelease()
+		s.arenaRelease = nil
+	}
+	return err
+}
+
+func (s *Session) preinstall(ctx context.Context) {
+	t0 := time.Now()
+	defer func() { s.rep.Preinstall = time.Since(t0) }()
+	_, nhot, _ := s.img.Counts()
+	var release func() error
+	if nhot > 0 {
+		seg, rel, err := s.acquireHot(ctx)
+		s.hotSeg, s.hotErr, release = seg, err, rel
+	}
+	close(s.hotReady)
+	if s.hotErr != nil {
+		s.readyErr = s.hotErr
+		return
+	}
+	if nhot > 0 && !s.opts.NoPreinstall {
+		base := offheap.AddrOf(s.hotSeg)
+		for _, run := range s.img.HotRuns() {
+			n, err := s.h.Install(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
+			s.rep.PreinstallPages += n
+			if err != nil {
+				s.readyErr = fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+				return
+			}
+		}
+		s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
+	}
+	s.hotRelease = release
+	if !s.opts.NoZeroUnregister {
+		for _, run := range s.img.Runs() {
+			if run.Class != snapimage.Zero || uint64(run.Count) < s.opts.ZeroRunMin {
+				continue
+			}
+			if err := s.h.LeaveToKernel(run.Page*s.ps, uint64(run.Count)); err != nil {
+				s.log.Warn("unregistering a zero run", "page", run.Page, "pages", run.Count, "err", err)
+				break
+			}
+			s.rep.ZeroPagesToKernel += uint64(run.Count)
+		}
+	}
+}
+
+// acquireHot gets the hot segment and verifies every page's digest, falling
+// back to HotFallback on any failure.
+func (s *Session) acquireHot(ctx context.Context) ([]byte, func() error, error) {
+	try := func(src HotSource) ([]byte, func() error, error) {
+		seg, rel, err := src.Acquire(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
+		}
+		_, nhot, _ := s.img.Counts()
+		if uint64(len(seg)) < nhot*s.ps {
+			rel()
+			return nil, nil, fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), nhot*s.ps)
+		}
+		for i := uint64(0); i < nhot; i++ {
+			if err := s.img.VerifyHotPage(i, seg[i*s.ps:(i+1)*s.ps]); err != nil {
+				rel()
+				return nil, nil, fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
+			}
+		}
+		return seg, rel, nil
+	}
+	seg, rel, err := try(s.hot)
+	if err != nil && s.opts.HotFallback != nil {
+		s.log.Warn("hot tier failed; falling back", "err", err, "fallback", s.opts.HotFallback.Name())
+		s.rep.HotSource = s.opts.HotFallback.Name() + " (fallback)"
+		seg, rel, err = try(s.opts.HotFallback)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return seg, rel, nil
+}
+
+// prefetch streams touched cold extents in touch order, yielding to demand
+// reads.
+func (s *Session) prefetch(ctx context.Context) {
+	defer s.bg.Done()
+	for x, ex := range s.img.ColdExtents() {
+		if !ex.Touched {
+			continue
+		}
+		for s.demand.Load() > 0 {
+			if ctx.Err() != nil {
+				return
+			}
+			time.Sleep(20 * time.Microsecond)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.extMu.Lock()
+		_, busy := s.ext[x]
+		s.extMu.Unlock()
+		if busy {
+			continue
+		}
+		e := s.fetch(x, true)
+		if e.err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("prefetch", "extent", x, "err", e.err)
+			}
+			continue
+		}
+		s.installExtent(x, e)
+	}
+}
+
+// Inline implements handler.Inliner: zero and hot pages, and cold pages
+// whose extent is already here, are served without blocking.
+func (s *Session) Inline(off, ps uint64) bool {
+	c, idx, ok := s.img.Classify(off / ps)
+	if !ok || c != snapimage.Cold {
+		select {
+		case <-s.hotReady:
+			return true
+		default:
+			return c != snapimage.Hot
+		}
+	}
+	x, ok := s.img.ExtentOf(idx)
+	if !ok {
+		return true
+	}
+	s.extMu.Lock()
+	e, found := s.ext[x]
+	s.extMu.Unlock()
+	if !found {
+		return false
+	}
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
