@@ -29,6 +29,8 @@ const (
 	BackendUffd Backend = "uffd"
 	// BackendFile maps the memory file MAP_PRIVATE (mem_backend File).
 	BackendFile Backend = "file"
+	// BackendFaaSnap maps memory the way FaaSnap does (Config.FaaSnap).
+	BackendFaaSnap Backend = "faasnap"
 )
 
 // Balloon describes one balloon inflation: a range of the memory file
@@ -58,6 +60,8 @@ type Config struct {
 	Balloon *Balloon
 	// DropCache drops the memory file's page cache before a File restore.
 	DropCache bool
+	// FaaSnap is the mapping plan of the faasnap backend.
+	FaaSnap *FaaSnapPlan
 	// NoVerify skips byte verification (for pure timing runs).
 	NoVerify bool
 	// Resumed, if set, is waited on after the restore and before the vCPUs
@@ -96,6 +100,8 @@ type vm struct {
 	ref     *offheap.Mapping // snapshot content for verification
 	u       *uffd.FD
 	conn    *net.UnixConn
+
+	bgDone    chan struct{} // background paging (faasnap)
 
 	ballooned atomic.Bool
 	shadowMu  sync.Mutex
@@ -149,6 +155,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		err = v.restoreUffd(layout)
 	case BackendFile:
 		err = v.restoreFile(layout)
+	case BackendFaaSnap:
+		err = v.restoreFaaSnap(layout)
 	default:
 		err = fmt.Errorf("guest: unknown backend %q (want uffd or file)", cfg.Backend)
 	}
@@ -172,6 +180,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 }
 
 func (v *vm) close() {
+	if v.bgDone != nil {
+		<-v.bgDone
+	}
 	for _, r := range v.regions {
 		r.m.Unmap()
 	}
@@ -185,7 +196,7 @@ func (v *vm) close() {
 
 func (v *vm) restoreUffd(layout []Region) error {
 	for _, r := range layout {
-		m, err := offheap.Anon(int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
+		m, err := mapAnon(r.Size)
 		if err != nil {
 			return err
 		}
@@ -449,7 +460,7 @@ func (v *vm) inflate(b Balloon) error {
 			if err := unix.Madvise(offheap.At(addr, int(n)), unix.MADV_DONTNEED); err != nil {
 				return fmt.Errorf("guest: balloon madvise: %w", err)
 			}
-		case BackendFile:
+		case BackendFile, BackendFaaSnap:
 			// MADV_DONTNEED on a private file mapping would bring the file
 			// content back; Firecracker maps anonymous memory over it.
 			_, _, errno := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(n), unix.PROT_READ|unix.PROT_WRITE,
@@ -482,4 +493,9 @@ func spin(d time.Duration) {
 	}
 	for time.Now().Before(end) {
 	}
+}
+
+// mapAnon maps guest memory the way Firecracker does.
+func mapAnon(size uint64) (*offheap.Mapping, error) {
+	return offheap.Anon(int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
 }

@@ -23,7 +23,7 @@ func init() {
 	}
 	var (
 		mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
-		waitReady                                                     string
+		waitReady, faasnapPlan                                        string
 		vcpus                                                         int
 		think                                                         float64
 		dropCache, noVerify, asJSON                                   bool
@@ -71,6 +71,11 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 				}
 				cfg.Balloon = &b
 			}
+			if faasnapPlan != "" {
+				if cfg.FaaSnap, err = guest.ReadFaaSnapPlan(faasnapPlan); err != nil {
+					return err
+				}
+			}
 			if waitReady != "" {
 				cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, waitReady) }
 			}
@@ -98,7 +103,8 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 	f := run.Flags()
 	f.StringVar(&mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
 	f.StringVar(&tracePath, "trace", "", "working-set / access trace file to replay")
-	f.StringVar(&backend, "backend", "uffd", "memory backend: uffd or file")
+	f.StringVar(&backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
+	f.StringVar(&faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
 	f.StringVar(&socket, "socket", "", "handler socket (uffd backend)")
 	f.StringVar(&fcVersion, "fc-version", "1.12", "Firecracker version whose handshake dialect to speak (1.1–1.6, 1.7–1.11, 1.12+)")
 	f.StringVar(&gapStart, "gap-start", "", "start of the MMIO gap (default 3GiB; smaller values give small VMs two regions)")

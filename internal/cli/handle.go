@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/baseline"
 	"github.com/aquifer-pool/aquifer/handler"
 	"github.com/aquifer-pool/aquifer/handshake"
 	"github.com/aquifer-pool/aquifer/pager"
@@ -23,6 +24,7 @@ func init() {
 	var (
 		socket, mem, record string
 		image, readyFile    string
+		reapWS              string
 		workers             int
 		acceptTimeout       time.Duration
 	)
@@ -50,7 +52,10 @@ and for Aquifer's hot set.`,
 				}
 				return runHandleImage(cmd, socket, image, readyFile, workers, acceptTimeout)
 			}
-			return runHandle(cmd, socket, mem, record, workers, acceptTimeout)
+			if reapWS != "" && (mem == "" || record != "") {
+				return fmt.Errorf("--reap-ws needs --mem and cannot be combined with --record")
+			}
+			return runHandle(cmd, socket, mem, record, reapWS, workers, acceptTimeout)
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", "", "Unix socket path to listen on (Firecracker's backend_path)")
@@ -60,16 +65,30 @@ and for Aquifer's hot set.`,
 	cmd.Flags().DurationVar(&acceptTimeout, "accept-timeout", 0, "give up if Firecracker has not connected after this long (0: wait forever)")
 	cmd.Flags().StringVar(&image, "image", "", "serve an Aquifer image (aquifer convert) from local disk with the pager instead of a raw memory file")
 	cmd.Flags().StringVar(&readyFile, "ready-file", "", "with --image: create this file once the hot set is installed (resume the VM after it appears)")
+	cmd.Flags().StringVar(&reapWS, "reap-ws", "", "REAP baseline: working-set file (aquifer baseline reap) installed whole at the first fault")
 	cmd.MarkFlagRequired("socket")
 	register(cmd)
 }
 
-func runHandle(cmd *cobra.Command, socket, mem, record string, workers int, acceptTimeout time.Duration) error {
-	src, err := handler.OpenMemFile(mem)
-	if err != nil {
-		return err
+func runHandle(cmd *cobra.Command, socket, mem, record, reapWS string, workers int, acceptTimeout time.Duration) error {
+	var src handler.Source
+	var reap *baseline.REAPSource
+	if reapWS != "" {
+		// REAP: the working-set file is fetched before the load.
+		r, err := baseline.OpenREAP(mem, reapWS)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		src, reap = r, r
+	} else {
+		m, err := handler.OpenMemFile(mem)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		src = m
 	}
-	defer src.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	vm, err := acceptVM(ctx, socket, src.Size(), acceptTimeout)
@@ -84,6 +103,9 @@ func runHandle(cmd *cobra.Command, socket, mem, record string, workers int, acce
 		return &exitError{code: 2, err: err}
 	}
 	defer h.Close()
+	if reap != nil {
+		reap.Attach(h)
+	}
 	stats, err := h.Serve(ctx, pidfd)
 	fmt.Fprintf(cmd.OutOrStdout(), "aquifer handle: %s\n", stats)
 	if err != nil {

@@ -168,28 +168,9 @@ func waitSocket(t *testing.T, path string) {
 // dialect, with the balloon.
 func TestHandleImage(t *testing.T) {
 	f := newFixture(t)
-	// Record a working set with the on-demand handler first.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	rec := filepath.Join(f.dir, "rec.ws")
-	sock := filepath.Join(f.dir, "rec.sock")
-	h := exec.CommandContext(ctx, bin, "handle", "--socket", sock, "--mem", f.mem, "--record", rec)
-	h.Stderr = os.Stderr
-	if err := h.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitSocket(t, sock)
-	// The recording sees the first half of the trace (a different "input").
-	half := filepath.Join(f.dir, "half.ws")
-	tr, _ := wset.ReadFile(f.trace)
-	tr.Accesses = tr.Accesses[:len(tr.Accesses)/4]
-	if err := wset.WriteFile(half, tr); err != nil {
-		t.Fatal(err)
-	}
-	runGuest(t, ctx, "--mem", f.mem, "--trace", half, "--socket", sock)
-	if err := h.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	rec := record(t, ctx, f)
 	img := filepath.Join(f.dir, "img")
 	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", f.mem, "--ws", rec, "--out", img, "--hot-budget", "500").CombinedOutput(); err != nil {
 		t.Fatalf("convert: %v\n%s", err, out)

@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/aquifer-pool/aquifer/baseline"
+	"github.com/aquifer-pool/aquifer/wset"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	b := &cobra.Command{Use: "baseline", Short: "Prepare the files of the REAP and FaaSnap baselines"}
+	var mem, ws, out string
+	reap := &cobra.Command{
+		Use:   "reap --mem MEM --ws RECORDING --out WSFILE",
+		Short: "Write REAP's working-set file (pages of the recording, offset order) for aquifer handle --reap-ws",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tr, err := wset.ReadFile(ws)
+			if err != nil {
+				return err
+			}
+			if err := baseline.BuildREAP(mem, tr, out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "REAP working set: %s\n", out)
+			return nil
+		},
+	}
+	fs := &cobra.Command{
+		Use:   "faasnap --mem MEM --ws RECORDING --out DIR",
+		Short: "Write FaaSnap's loading set and mapping plan for aquifer guest run --backend faasnap",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tr, err := wset.ReadFile(ws)
+			if err != nil {
+				return err
+			}
+			plan, err := baseline.BuildFaaSnap(mem, tr, out)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "FaaSnap plan: %s\n", plan)
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{reap, fs} {
+		c.Flags().StringVar(&mem, "mem", "", "snapshot memory file")
+		c.Flags().StringVar(&ws, "ws", "", "recorded working set (aquifer handle --record)")
+		c.Flags().StringVar(&out, "out", "", "output file (reap) or directory (faasnap)")
+		c.MarkFlagRequired("mem")
+		c.MarkFlagRequired("ws")
+		c.MarkFlagRequired("out")
+		b.AddCommand(c)
+	}
+	register(b)
+}
