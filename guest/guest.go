@@ -101,7 +101,7 @@ type vm struct {
 	u       *uffd.FD
 	conn    *net.UnixConn
 
-	bgDone    chan struct{} // background paging (faasnap)
+	bgDone chan struct{} // background paging (faasnap)
 
 	ballooned atomic.Bool
 	shadowMu  sync.Mutex
