@@ -87,9 +87,12 @@ calibrated synthetic stand-in for machines without QEMU. See docs/corpus.md.`,
 					from = corpus.DefaultDir(corpus.KindCaptured)
 				}
 			}
-			if from != "" {
+			switch {
+			case from != "":
 				fmt.Fprintf(cmd.ErrOrStderr(), "calibrating against the captured corpus in %s\n", from)
-			} else {
+			case noCalibration:
+				fmt.Fprintln(cmd.ErrOrStderr(), "using the documented default parameters (--defaults)")
+			default:
 				fmt.Fprintln(cmd.ErrOrStderr(), "no captured corpus: using the documented default parameters")
 			}
 			c, err := corpus.Synth(corpus.SynthOptions{Functions: sfns, MemMiB: memMiB, Out: sout, From: from, Seed: seed})

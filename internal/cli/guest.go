@@ -12,6 +12,7 @@ import (
 
 	"github.com/aquifer-pool/aquifer/guest"
 	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/pagerd"
 	"github.com/aquifer-pool/aquifer/wset"
 	"github.com/spf13/cobra"
 )
@@ -24,6 +25,7 @@ func init() {
 	var (
 		mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
 		waitReady, faasnapPlan                                        string
+		pagerAPI, vmID, snapshot                                      string
 		vcpus                                                         int
 		think                                                         float64
 		dropCache, noVerify, asJSON                                   bool
@@ -76,10 +78,27 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 					return err
 				}
 			}
+			if pagerAPI != "" {
+				// Act as the orchestrator: prepare the restore on the pager
+				// daemon, load through its socket, resume once it is ready.
+				if vmID == "" || snapshot == "" {
+					return fmt.Errorf("--pager-api needs --vm and --snapshot")
+				}
+				pc := pagerd.NewClient(pagerAPI)
+				vm, err := pc.Prepare(cmd.Context(), vmID, snapshot)
+				if err != nil {
+					return err
+				}
+				cfg.Socket = vm.Socket
+				cfg.Resumed = func(ctx context.Context) error {
+					_, err := pc.WaitReady(ctx, vmID, time.Minute)
+					return err
+				}
+			}
 			if waitReady != "" {
 				cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, waitReady) }
 			}
-			if cfg.Backend == guest.BackendUffd && socket == "" {
+			if cfg.Backend == guest.BackendUffd && cfg.Socket == "" {
 				return fmt.Errorf("--backend uffd needs --socket")
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -104,6 +123,9 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 	f.StringVar(&mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
 	f.StringVar(&tracePath, "trace", "", "working-set / access trace file to replay")
 	f.StringVar(&backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
+	f.StringVar(&pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
+	f.StringVar(&vmID, "vm", "", "VM id for --pager-api")
+	f.StringVar(&snapshot, "snapshot", "", "snapshot name for --pager-api")
 	f.StringVar(&faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
 	f.StringVar(&socket, "socket", "", "handler socket (uffd backend)")
 	f.StringVar(&fcVersion, "fc-version", "1.12", "Firecracker version whose handshake dialect to speak (1.1–1.6, 1.7–1.11, 1.12+)")

@@ -1,0 +1,52 @@
+package pagerd
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the daemon's Prometheus collectors.
+type Metrics struct {
+	Restores        *prometheus.CounterVec
+	RestoreSeconds  prometheus.Histogram
+	PreinstallSecs  prometheus.Histogram
+	PreinstallBytes prometheus.Counter
+	Faults          *prometheus.CounterVec
+	ColdReadSeconds prometheus.Histogram
+	ColdBytes       prometheus.Counter
+	ActiveVMs       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Restores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aquifer_restores_total", Help: "Restores by outcome (ok, failed).",
+		}, []string{"outcome"}),
+		RestoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "aquifer_restore_ready_seconds", Help: "From handshake to hot set installed (VM may resume).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		PreinstallSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "aquifer_preinstall_seconds", Help: "Time to pre-install the hot set.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
+		PreinstallBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aquifer_preinstall_bytes_total", Help: "Bytes of hot pages pre-installed.",
+		}),
+		Faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aquifer_faults_total", Help: "Demand faults served, by tier (zero, hot, cold).",
+		}, []string{"tier"}),
+		ColdReadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "aquifer_cold_read_seconds", Help: "Total cold-tier read time per restore.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 2, 20),
+		}),
+		ColdBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aquifer_cold_bytes_total", Help: "Bytes read from the cold tier.",
+		}),
+		ActiveVMs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aquifer_active_vms", Help: "VMs currently served.",
+		}),
+	}
+	reg.MustRegister(m.Restores, m.RestoreSeconds, m.PreinstallSecs, m.PreinstallBytes, m.Faults,
+		m.ColdReadSeconds, m.ColdBytes, m.ActiveVMs)
+	return m
+}
