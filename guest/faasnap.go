@@ -57,6 +57,11 @@ func (v *vm) restoreFaaSnap(layout []Region) error {
 	if err != nil {
 		return err
 	}
+	defer ls.Close()
+	pager, err := os.Open(p.LoadingSet)
+	if err != nil {
+		return err
+	}
 	if v.cfg.DropCache {
 		for _, f := range []*os.File{mem, ls} {
 			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
@@ -67,10 +72,10 @@ func (v *vm) restoreFaaSnap(layout []Region) error {
 	v.bgDone = make(chan struct{})
 	go func() {
 		defer close(v.bgDone)
-		defer ls.Close()
+		defer pager.Close()
 		buf := make([]byte, 1<<20)
 		for off := int64(0); ; off += int64(len(buf)) {
-			n, err := ls.ReadAt(buf, off)
+			n, err := pager.ReadAt(buf, off)
 			if n == 0 || err != nil {
 				return
 			}

@@ -1,10 +1,12 @@
 package handler
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 
 	"github.com/aquifer-pool/aquifer/uffd"
+	"golang.org/x/sys/unix"
 )
 
 // span is a stretch of pages inside one region.
@@ -100,10 +102,11 @@ func (h *Handler) installSpan(s span, src uintptr) (uint64, error) {
 		case uffd.IsAgain(err):
 			atomic.AddUint64(&h.stats.Retries, 1)
 			h.waitGen(gen)
-		case uffd.IsGone(err):
+		case uffd.IsGone(err), errors.Is(err, unix.ENOENT):
+			// ESRCH: the VM's mm is gone; ENOENT: its mapping is (exit).
 			h.gone.Store(true)
 			h.Stop()
-			return installed, err
+			return installed, uffd.ErrGone
 		default:
 			return installed, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/snapimage"
@@ -33,12 +34,19 @@ type ColdSource interface {
 }
 
 // ReaderAtSource serves a segment from any io.ReaderAt (an image file on
-// local disk, or a test fixture).
+// local disk, or a test fixture). As a hot source it reads the segment once
+// into memory shared by every session (segments are immutable); as a cold
+// source it recycles session arenas, because fresh memory is expensive to
+// fault in (very much so on virtualised hosts).
 type ReaderAtSource struct {
 	R    io.ReaderAt
 	Off  int64
 	Len  int64
 	Kind string
+
+	mu     sync.Mutex
+	hot    *offheap.Mapping
+	arenas []*offheap.Mapping
 }
 
 // LocalSegments returns hot and cold sources that read an image file's
@@ -52,20 +60,26 @@ func LocalSegments(img *snapimage.Image, r io.ReaderAt) (*ReaderAtSource, *Reade
 // Name implements HotSource and ColdSource.
 func (s *ReaderAtSource) Name() string { return s.Kind }
 
-// Acquire implements HotSource: the segment is read into a private buffer.
+// Acquire implements HotSource: the segment is read once and shared.
 func (s *ReaderAtSource) Acquire(ctx context.Context) ([]byte, func() error, error) {
+	nop := func() error { return nil }
 	if s.Len == 0 {
-		return nil, func() error { return nil }, nil
+		return nil, nop, nil
 	}
-	m, err := offheap.Anon(int(s.Len), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
-	if err != nil {
-		return nil, nil, err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hot == nil {
+		m, err := offheap.Anon(int(s.Len), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_POPULATE)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := s.R.ReadAt(m.B, s.Off); err != nil && err != io.EOF {
+			m.Unmap()
+			return nil, nil, fmt.Errorf("pager: reading hot segment: %w", err)
+		}
+		s.hot = m
 	}
-	if _, err := s.R.ReadAt(m.B, s.Off); err != nil && err != io.EOF {
-		m.Unmap()
-		return nil, nil, fmt.Errorf("pager: reading hot segment: %w", err)
-	}
-	return m.B, m.Unmap, nil
+	return s.hot.B, nop, nil
 }
 
 // Read implements ColdSource.
@@ -80,10 +94,16 @@ func (s *ReaderAtSource) Read(ctx context.Context, off uint64, dst []byte, prefe
 	return err
 }
 
-// Arena implements ColdSource.
-func (s *ReaderAtSource) Arena(n int) ([]byte, func() error, error) { return anonArena(n) }
-
-func anonArena(n int) ([]byte, func() error, error) {
+// Arena implements ColdSource: arenas are recycled across sessions.
+func (s *ReaderAtSource) Arena(n int) ([]byte, func() error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, m := range s.arenas {
+		if m.Len() == n {
+			s.arenas = append(s.arenas[:i], s.arenas[i+1:]...)
+			return m.B, s.recycle(m), nil
+		}
+	}
 	if n == 0 {
 		return nil, func() error { return nil }, nil
 	}
@@ -91,5 +111,18 @@ func anonArena(n int) ([]byte, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return m.B, m.Unmap, nil
+	return m.B, s.recycle(m), nil
 }
+
+func (s *ReaderAtSource) recycle(m *offheap.Mapping) func() error {
+	return func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.arenas) >= 64 {
+			return m.Unmap()
+		}
+		s.arenas = append(s.arenas, m)
+		return nil
+	}
+}
+

@@ -87,6 +87,7 @@ type Daemon struct {
 	metrics *Metrics
 	mu      sync.Mutex
 	vms     map[string]*VM
+	seq     uint64
 	wg      sync.WaitGroup
 }
 
@@ -144,7 +145,12 @@ func (d *Daemon) Prepare(ctx context.Context, id, snapshot string) (*VM, error) 
 	if err != nil {
 		return fail(err)
 	}
-	vm.Socket = filepath.Join(d.cfg.SocketDir, id+".sock")
+	// Unix socket paths are limited to 108 bytes: name sockets by a
+	// sequence number, not by the (up to 128-byte) VM id.
+	d.mu.Lock()
+	d.seq++
+	vm.Socket = filepath.Join(d.cfg.SocketDir, fmt.Sprintf("vm%d.sock", d.seq))
+	d.mu.Unlock()
 	l, err := handshake.Listen(vm.Socket)
 	if err != nil {
 		sess.Close()

@@ -303,5 +303,8 @@ func IsExist(err error) bool { return errors.Is(err, unix.EEXIST) }
 // IsAgain reports whether err means a non-cooperative event is pending.
 func IsAgain(err error) bool { return errors.Is(err, unix.EAGAIN) }
 
+// ErrGone is ESRCH: the faulting process's mm no longer exists.
+var ErrGone = unix.ESRCH
+
 // IsGone reports whether err means the faulting process no longer exists.
 func IsGone(err error) bool { return errors.Is(err, unix.ESRCH) }

@@ -9,12 +9,14 @@ import (
 	"syscall"
 
 	"github.com/aquifer-pool/aquifer/memnode"
+	"github.com/aquifer-pool/aquifer/rdma/verbs"
 	"github.com/spf13/cobra"
 )
 
 func init() {
 	var (
-		listen, metrics, capacity, dataDir, secretFile, secretEnv, maxSeg, slab, name string
+		listen, metrics, capacity, dataDir, secretFile, secretEnv, maxSeg, slab, name, rdmaDev string
+		rdmaPort, gidIndex                                                                     int
 	)
 	cmd := &cobra.Command{
 		Use:   "memnode --listen ADDR --capacity SIZE --data-dir DIR",
@@ -28,7 +30,11 @@ secret is read from --secret-file, or else from the environment variable
 named by --secret-env. Refused connections are logged and counted.
 
 Segments are persisted in --data-dir (temp file, fsync, rename) and served
-again after a restart. Prometheus metrics are on --metrics-listen at /metrics.`,
+again after a restart. Prometheus metrics are on --metrics-listen at /metrics.
+
+With --rdma the slabs are also registered with the RNIC for one-sided RDMA
+READs (binary built with -tags rdma); on a machine without an RDMA device
+the command says so and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := memnode.Config{Listen: listen, MetricsListen: metrics, DataDir: dataDir, Name: name, Logger: slog.Default()}
@@ -52,6 +58,18 @@ again after a restart. Prometheus metrics are on --metrics-listen at /metrics.`,
 			default:
 				return fmt.Errorf("no pod secret: pass --secret-file FILE or set $%s (at least 16 bytes, e.g. `head -c 32 /dev/urandom | base64`)", secretEnv)
 			}
+			if rdmaDev != "" {
+				dev := rdmaDev
+				if dev == "auto" {
+					dev = ""
+				}
+				ep, err := verbs.NewEndpoint(verbs.Config{Device: dev, Port: rdmaPort, GIDIndex: gidIndex})
+				if err != nil {
+					return fmt.Errorf("--rdma: %w", err)
+				}
+				defer ep.Close()
+				cfg.RDMA = ep
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return memnode.Run(ctx, cfg, func(addr, maddr string) {
@@ -68,6 +86,9 @@ again after a restart. Prometheus metrics are on --metrics-listen at /metrics.`,
 	f.StringVar(&secretEnv, "secret-env", "AQUIFER_POD_SECRET", "environment variable holding the secret when --secret-file is not given")
 	f.StringVar(&maxSeg, "max-segment", "64MiB", "largest segment a client may publish")
 	f.StringVar(&slab, "slab-size", "1GiB", "size of each off-heap slab mapping")
+	f.StringVar(&rdmaDev, "rdma", "", "also serve one-sided RDMA reads through this RNIC (e.g. mlx5_0, or auto); needs a binary built with -tags rdma")
+	f.IntVar(&rdmaPort, "rdma-port", 1, "RNIC port for --rdma")
+	f.IntVar(&gidIndex, "rdma-gid-index", 0, "GID index for --rdma on RoCE")
 	f.StringVar(&name, "name", "", "node name reported to clients (default: the listen address)")
 	cmd.MarkFlagRequired("capacity")
 	cmd.MarkFlagRequired("data-dir")

@@ -1,0 +1,75 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// DirPod runs a pager daemon (aquifer serve --images) over a directory of
+// images on this host: the aquifer strategies without shared tiers.
+type DirPod struct {
+	dir, api string
+	cmd      *exec.Cmd
+}
+
+// StartDirPod starts the daemon.
+func StartDirPod(ctx context.Context, bin, dir string) (*DirPod, error) {
+	p := &DirPod{dir: filepath.Join(dir, "images"), api: filepath.Join(dir, "api.sock")}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return nil, err
+	}
+	p.cmd = exec.CommandContext(ctx, bin, "serve", "--images", p.dir, "--api", p.api,
+		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn")
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := waitSocket(ctx, p.api); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Publish implements Pod.
+func (p *DirPod) Publish(ctx context.Context, image, name string) error {
+	dst := filepath.Join(p.dir, name+".img")
+	os.Remove(dst)
+	if err := os.Link(image, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(image)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst + ".tmp")
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("bench: copying %s: %w", image, err)
+	}
+	out.Close()
+	return os.Rename(dst+".tmp", dst)
+}
+
+// API implements Pod.
+func (p *DirPod) API() string { return p.api }
+
+// Kind implements Pod.
+func (p *DirPod) Kind() string { return "local images (no tiers): hot and cold segments read from local files" }
+
+// Close implements Pod.
+func (p *DirPod) Close() error {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(os.Interrupt)
+		p.cmd.Wait()
+	}
+	return nil
+}

@@ -1,0 +1,31 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Strategy names.
+const (
+	Firecracker     = "firecracker"
+	FirecrackerUffd = "firecracker-uffd"
+	REAP            = "reap"
+	FaaSnap         = "faasnap"
+	Aquifer         = "aquifer"
+	AquiferCXLOnly  = "aquifer-cxl-only"
+	AquiferRDMAOnly = "aquifer-rdma-only"
+	Warm            = "warm"
+)
+
+// AllStrategies in report order.
+var AllStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferCXLOnly, AquiferRDMAOnly, Warm}
+
+// CheckStrategies validates a strategy list.
+func CheckStrategies(s []string) error {
+	for _, x := range s {
+		if !slices.Contains(AllStrategies, x) {
+			return fmt.Errorf("bench: unknown strategy %q (known: %v)", x, AllStrategies)
+		}
+	}
+	return nil
+}

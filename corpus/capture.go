@@ -1,0 +1,551 @@
+package corpus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/aquifer-pool/aquifer/wset"
+)
+
+// Options configure a capture.
+type Options struct {
+	// Functions to capture; empty means all.
+	Functions []string
+	// MemMiB overrides every function's guest memory size when > 0.
+	MemMiB int
+	// Out is the corpus directory (default DefaultDir("captured")).
+	Out string
+	// Cache holds downloads, the built guest and the plugin (default CacheDir()).
+	Cache string
+	// Force recaptures functions already present in Out.
+	Force bool
+	// KeepPostImages keeps, beside each trace X.ws, the memory image after
+	// that invocation as X.post.mem (sparse), so that a test can diff it
+	// against the snapshot independently of the capture's own check.
+	KeepPostImages bool
+	// Progress, when set, is called as work advances: step is a short
+	// label, done/total count steps over the whole capture.
+	Progress func(fn, step string, done, total int)
+}
+
+// stepsPerFunction is boot + one step per traced run (record, 2 evals,
+// repeat) + calibration.
+const stepsPerFunction = 6
+
+// Capture captures the requested functions and returns the corpus.
+func Capture(ctx context.Context, o Options) (*Corpus, error) {
+	if err := CheckHost(); err != nil {
+		return nil, err
+	}
+	if o.Cache == "" {
+		o.Cache = CacheDir()
+	}
+	if o.Out == "" {
+		o.Out = DefaultDir(KindCaptured)
+	}
+	names := o.Functions
+	if len(names) == 0 {
+		names = Names()
+	}
+	var fns []Function
+	for _, n := range names {
+		f, err := Lookup(n)
+		if err != nil {
+			return nil, err
+		}
+		if o.MemMiB > 0 {
+			f.MemMiB = o.MemMiB
+		}
+		fns = append(fns, f)
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, err
+	}
+	total := len(fns)*stepsPerFunction + 1
+	done := 0
+	progress := func(fn, step string) {
+		if o.Progress != nil {
+			o.Progress(fn, step, done, total)
+		}
+	}
+	progress("", "building guest")
+	g, err := BuildGuest(ctx, o.Cache)
+	if err != nil {
+		return nil, err
+	}
+	so, err := BuildPlugin(ctx, o.Cache)
+	if err != nil {
+		return nil, err
+	}
+	done++
+	qemuVersion := ""
+	if out, err := exec.Command("qemu-system-x86_64", "--version").Output(); err == nil {
+		qemuVersion = strings.SplitN(string(out), "\n", 2)[0]
+	}
+	for _, f := range fns {
+		dir := filepath.Join(o.Out, f.Name)
+		if !o.Force {
+			if w, err := OpenWorkload(dir); err == nil && w.Kind == KindCaptured &&
+				w.Meta.GuestKey == g.Key && w.Meta.MemSize == uint64(f.MemMiB)<<20 {
+				slog.Info("corpus: reusing captured workload", "function", f.Name, "dir", dir)
+				done += stepsPerFunction
+				progress(f.Name, "cached")
+				continue
+			}
+		}
+		c := &capturer{g: g, plugin: so, f: f, out: o.Out, qemu: qemuVersion, keepPost: o.KeepPostImages,
+			progress: func(step string) { progress(f.Name, step) }, step: func() { done++ }}
+		if err := c.run(ctx); err != nil {
+			return nil, fmt.Errorf("corpus: capturing %s: %w", f.Name, err)
+		}
+	}
+	progress("", "done")
+	return Open(o.Out)
+}
+
+type capturer struct {
+	g        *Guest
+	plugin   string
+	f        Function
+	out      string
+	qemu     string
+	progress func(step string)
+	step     func()
+
+	work     string // scratch dir (sockets, state, logs)
+	shm      string // prefix of RAM files under /dev/shm
+	snapshot string // staged memory image
+	state    string // device state
+	disk     *diskIndex
+	keepPost bool
+}
+
+// runResult is one traced invocation before calibration.
+type runResult struct {
+	input   string
+	raw     *RawTrace
+	changed []uint64
+	guestNs int64
+	digest  string
+	// dev are pages written by the disk device; unexplained changed pages
+	// written neither by the vCPU nor by a device (a tracing failure).
+	dev, unexplained []uint64
+	post             string // kept image after the invocation, if asked
+	doneNs           uint64
+	handlerI         uint64
+}
+
+func (c *capturer) run(ctx context.Context) (err error) {
+	staging, err := os.MkdirTemp(c.out, "."+c.f.Name+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(staging)
+	c.work = filepath.Join(staging, "work")
+	if err := os.MkdirAll(c.work, 0o755); err != nil {
+		return err
+	}
+	c.shm = fmt.Sprintf("/dev/shm/aquifer-corpus-%d-%s", os.Getpid(), c.f.Name)
+	defer func() {
+		m, _ := filepath.Glob(c.shm + "*")
+		for _, p := range m {
+			os.Remove(p)
+		}
+	}()
+	c.snapshot = filepath.Join(staging, MemFile)
+	c.state = filepath.Join(c.work, "devstate")
+
+	c.progress("boot + init")
+	initNs, err := c.boot(ctx)
+	if err != nil {
+		return err
+	}
+	c.step()
+
+	// Traced invocations: record, evals, then a repeat of the first eval.
+	inputs := append(append([]string{c.f.Record}, c.f.Eval...), c.f.Eval[0])
+	var runs []*runResult
+	for i, in := range inputs {
+		label := "record"
+		switch {
+		case i == len(inputs)-1:
+			label = "repeat"
+		case i > 0:
+			label = fmt.Sprintf("eval-%d", i)
+		}
+		c.progress("trace " + label + " (input " + in + ")")
+		r, err := c.traced(ctx, in, i)
+		if err != nil {
+			return fmt.Errorf("%s run: %w", label, err)
+		}
+		runs = append(runs, r)
+		c.step()
+	}
+
+	c.progress("native calibration")
+	native := map[string]int64{}
+	for _, in := range uniq(inputs) {
+		ns, digest, err := NativeTime(ctx, c.g, c.f.Name, in)
+		if err != nil {
+			return err
+		}
+		native[in] = ns
+		for _, r := range runs {
+			if r.input == in && r.digest != digest {
+				return fmt.Errorf("native run of input %s returned %s, the guest %s: the chroot and the guest disagree", in, digest, r.digest)
+			}
+		}
+	}
+	var natSum int64
+	var insSum uint64
+	for _, r := range runs {
+		natSum += native[r.input]
+		insSum += r.handlerI
+	}
+	cal := Calibration{NativeNs: natSum, GuestInsns: insSum,
+		Source: "native handler time in a chroot of the guest root filesystem / guest handler instructions, this function"}
+	if insSum > 0 {
+		cal.NsPerInsn = float64(natSum) / float64(insSum)
+	}
+	if natSum < int64(len(runs))*int64(time.Millisecond) || insSum == 0 {
+		// The handler is too short for a stable ratio (helloworld): use
+		// the guest's built-in calibration workload on the same snapshot.
+		c.progress("calibration workload")
+		r, err := c.traced(ctx, calibrateInput, len(inputs))
+		if err != nil {
+			return fmt.Errorf("calibration run: %w", err)
+		}
+		ns, _, err := NativeTime(ctx, c.g, c.f.Name, calibrateInput)
+		if err != nil {
+			return err
+		}
+		if r.handlerI == 0 {
+			return errors.New("calibration run recorded no instructions")
+		}
+		cal = Calibration{NsPerInsn: float64(ns) / float64(r.handlerI), NativeNs: ns, GuestInsns: r.handlerI,
+			Source: "runner calibration workload (handler shorter than 1 ms): native time in a chroot / guest instructions"}
+	}
+	c.step()
+
+	// Convert and check.
+	memSize := uint64(c.f.MemMiB) << 20
+	meta := &Meta{Function: c.f.Name, Kind: KindCaptured, MemSize: memSize, Kernel: c.g.KernelPackage,
+		Cmdline: cmdline(c.f.Name), QEMU: c.qemu, GuestKey: c.g.Key, CapturedAt: time.Now().UTC().Truncate(time.Second),
+		RecordInput: c.f.Record, EvalInputs: c.f.Eval, InitNs: initNs, Calibration: cal}
+	checks := &Checks{AllChangedWritten: true}
+	var traces []*wset.Trace
+	for i, r := range runs {
+		file := RecordFile
+		switch {
+		case i == len(runs)-1:
+			file = RepeatFile
+		case i > 0:
+			file = EvalFile(i)
+		}
+		src := fmt.Sprintf("corpus capture: %s input=%s (%s; aqtrace TCG plugin; T = insn x %.4g ns, calibrated)",
+			c.f.Name, r.input, KindCaptured, cal.NsPerInsn)
+		t := r.raw.ToTrace(memSize, cal.NsPerInsn, src)
+		dev, unexplained := r.dev, r.unexplained
+		addDeviceWrites(t, dev)
+		if len(dev) > 0 {
+			t.Source += fmt.Sprintf("; %d device (virtio-blk DMA) writes found by image diff", len(dev))
+		}
+		if err := t.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		if err := wset.WriteFile(filepath.Join(staging, file), t); err != nil {
+			return err
+		}
+		traces = append(traces, t)
+		if r.post != "" {
+			if err := os.Rename(r.post, filepath.Join(staging, PostImageFile(file))); err != nil {
+				return err
+			}
+		}
+		written := pageSet(t, wset.Write)
+		notWritten := 0
+		for _, p := range r.changed {
+			if !written[p] {
+				notWritten++
+			}
+		}
+		if len(unexplained) > 0 || notWritten > 0 {
+			checks.AllChangedWritten = false
+			slog.Warn("corpus: pages changed but neither written by the vCPU nor read from disk", "function", c.f.Name, "file", file,
+				"count", len(unexplained), "first", unexplained[:min(8, len(unexplained))])
+		}
+		meta.Runs = append(meta.Runs, RunInfo{File: file, Input: r.input, GuestNs: r.guestNs, NativeNs: native[r.input],
+			HandlerInsns: r.handlerI, WindowInsns: r.raw.StopInsn - r.raw.ArmedInsn, Accesses: len(t.Accesses),
+			Pages: len(pageSet(t, 0)), WrittenPages: len(written), DeviceWrittenPages: len(dev), ChangedPages: len(r.changed),
+			ChangedNotWritten: notWritten, Unexplained: len(unexplained), Digest: r.digest})
+	}
+	checks.RepeatJaccard = Jaccard(traces[1], traces[len(traces)-1])
+	meta.Checks = checks
+	if err := writeMeta(staging, meta); err != nil {
+		return err
+	}
+	os.RemoveAll(c.work)
+	final := filepath.Join(c.out, c.f.Name)
+	old := final + ".old"
+	os.RemoveAll(old)
+	if _, err := os.Stat(final); err == nil {
+		if err := os.Rename(final, old); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(staging, final); err != nil {
+		return err
+	}
+	os.RemoveAll(old)
+	slog.Info("corpus: captured", "function", c.f.Name, "dir", final, "repeat_jaccard", fmt.Sprintf("%.3f", checks.RepeatJaccard),
+		"all_changed_written", checks.AllChangedWritten, "ns_per_insn", fmt.Sprintf("%.4g", cal.NsPerInsn))
+	return nil
+}
+
+// calibrateInput asks the runner for its built-in calibration workload.
+const calibrateInput = "@calibrate"
+
+func uniq(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// boot starts the guest, waits for the snapshot point, pauses it and writes
+// the snapshot (memory image + device state). It returns init()'s guest time.
+func (c *capturer) boot(ctx context.Context) (int64, error) {
+	memPath := c.shm + "-boot.mem"
+	os.Remove(memPath)
+	v, err := startVM(ctx, vmConfig{guest: c.g, fn: c.f.Name, memMiB: c.f.MemMiB, memPath: memPath, workDir: c.work})
+	if err != nil {
+		return 0, err
+	}
+	defer v.quit()
+	line, err := v.waitMarker(ctx, "AQ-READY", 5*time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	if err := v.stop(); err != nil {
+		return 0, err
+	}
+	if err := v.saveState(ctx, c.state); err != nil {
+		return 0, err
+	}
+	if err := copySparse(c.snapshot, memPath); err != nil {
+		return 0, err
+	}
+	f := strings.Fields(line)
+	var initNs int64
+	if len(f) == 2 {
+		initNs, _ = strconv.ParseInt(f[1], 10, 64)
+	}
+	return initNs, nil
+}
+
+// traced restores the snapshot, arms the plugin, runs one invocation and
+// returns the plugin log and the pages whose content changed.
+func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult, error) {
+	memPath := fmt.Sprintf("%s-run%d.mem", c.shm, n)
+	if err := copySparse(memPath, c.snapshot); err != nil {
+		return nil, err
+	}
+	defer os.Remove(memPath)
+	ctl := filepath.Join(c.work, fmt.Sprintf("ctl%d", n))
+	out := filepath.Join(c.work, fmt.Sprintf("trace%d.txt", n))
+	pages := uint64(c.f.MemMiB) << 20 / pageSize
+	plugin := fmt.Sprintf("%s,ctl=%s,out=%s,mem=%s,pages=%d", c.plugin, ctl, out, memPath, pages)
+	v, err := startVM(ctx, vmConfig{guest: c.g, fn: c.f.Name, memMiB: c.f.MemMiB, memPath: memPath,
+		workDir: c.work, incoming: c.state, plugin: plugin})
+	if err != nil {
+		return nil, err
+	}
+	defer v.quit()
+	if err := command(ctx, ctl, "arm", "armed"); err != nil {
+		return nil, err
+	}
+	if err := v.cont(); err != nil {
+		return nil, err
+	}
+	if err := v.send("AQ-INVOKE " + input); err != nil {
+		return nil, err
+	}
+	line, err := v.waitMarker(ctx, "AQ-DONE "+input+" ", 5*time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	doneNs := monotonicNs()
+	if err := v.stop(); err != nil {
+		return nil, err
+	}
+	if err := command(ctx, ctl, "stop", "stopped"); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ParseRawTrace(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if raw.Dropped > 0 {
+		return nil, fmt.Errorf("the plugin dropped %d records (out of memory)", raw.Dropped)
+	}
+	changed, err := changedPages(c.snapshot, memPath)
+	if err != nil {
+		return nil, err
+	}
+	fl := strings.Fields(line)
+	r := &runResult{input: input, raw: raw, changed: changed, doneNs: doneNs}
+	if c.keepPost {
+		r.post = filepath.Join(c.work, fmt.Sprintf("post%d.mem", n))
+		if err := copySparse(r.post, memPath); err != nil {
+			return nil, err
+		}
+	}
+	// Classify changed pages the vCPU did not write while the image after
+	// the invocation still exists.
+	if c.disk == nil {
+		if c.disk, err = newDiskIndex(c.g.RootImg); err != nil {
+			return nil, err
+		}
+	}
+	cpuWritten := map[uint64]bool{}
+	for _, a := range raw.Accesses {
+		if a.Kind == wset.Write {
+			cpuWritten[a.Page] = true
+		}
+	}
+	if r.dev, r.unexplained, err = deviceWrites(memPath, changed, cpuWritten, c.disk); err != nil {
+		return nil, err
+	}
+	if len(fl) == 4 {
+		r.guestNs, _ = strconv.ParseInt(fl[2], 10, 64)
+		r.digest = fl[3]
+	}
+	// The handler ran during [done - guestNs, done] on the host clock that
+	// the plugin also stamps accesses with.
+	start := doneNs - min(uint64(r.guestNs), doneNs)
+	r.handlerI = raw.insnAt(doneNs) - raw.insnAt(start)
+	return r, nil
+}
+
+// command writes a plugin control command and waits for its ack.
+func command(ctx context.Context, ctl, cmd, want string) error {
+	ack := ctl + ".ack"
+	os.Remove(ack)
+	if err := writeFileAtomic(ctl, []byte(cmd+"\n")); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(ack); err == nil {
+			s := strings.TrimSpace(string(b))
+			if s == want {
+				return nil
+			}
+			return fmt.Errorf("corpus: plugin answered %q to %q", s, cmd)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return fmt.Errorf("corpus: the TCG plugin did not acknowledge %q (is plugin support enabled in this QEMU?)", cmd)
+}
+
+func monotonicNs() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// pageSet returns the pages touched with any of kind's bits (all when 0).
+func pageSet(t *wset.Trace, kind wset.Kind) map[uint64]bool {
+	s := map[uint64]bool{}
+	for _, a := range t.Accesses {
+		if kind == 0 || a.Kind&kind != 0 {
+			s[a.Page] = true
+		}
+	}
+	return s
+}
+
+// pageKinds folds every page's access kinds.
+func pageKinds(t *wset.Trace) map[uint64]wset.Kind {
+	k := map[uint64]wset.Kind{}
+	for _, a := range t.Accesses {
+		k[a.Page] |= a.Kind
+	}
+	return k
+}
+
+// Jaccard is the page-set overlap |A∩B| / |A∪B| of two traces.
+func Jaccard(a, b *wset.Trace) float64 {
+	sa, sb := pageSet(a, 0), pageSet(b, 0)
+	inter := 0
+	for p := range sa {
+		if sb[p] {
+			inter++
+		}
+	}
+	union := len(sa) + len(sb) - inter
+	if union == 0 {
+		return 1
+	}
+	return float64(inter) / float64(union)
+}
+
+// nativeRuns is how many times NativeTime runs a handler.
+const nativeRuns = 5
+
+// NativeTime runs init() and one handle(input) natively on the host, in a
+// chroot of the guest's root filesystem (same interpreter, same libraries),
+// and returns the handler time and result digest.
+func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string, error) {
+	var best int64 = -1
+	digest := ""
+	// Fresh processes; the minimum is the least disturbed by the other
+	// tenants of the host.
+	for i := 0; i < nativeRuns; i++ {
+		cmd := exec.CommandContext(ctx, "chroot", g.RootDir, "/usr/bin/python3", "-u", "/aq/runner.py", fn, "--native", input)
+		cmd.Env = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return 0, "", fmt.Errorf("corpus: native run of %s(%s): %w: %s", fn, input, err, out)
+		}
+		var ns int64
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 5 && f[0] == "AQ-NATIVE" {
+				ns, _ = strconv.ParseInt(f[3], 10, 64)
+				digest = f[4]
+			}
+		}
+		if ns <= 0 {
+			return 0, "", fmt.Errorf("corpus: native run of %s(%s) printed no timing: %s", fn, input, out)
+		}
+		if best < 0 || ns < best {
+			best = ns
+		}
+	}
+	return best, digest, nil
+}

@@ -1,0 +1,211 @@
+package corpus
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/aquifer-pool/aquifer/wset"
+)
+
+// BuildPlugin compiles the aqtrace TCG plugin with gcc into the cache (once
+// per source version) and returns the path of the shared object.
+func BuildPlugin(ctx context.Context, cache string) (string, error) {
+	src, err := assets.ReadFile("plugin/aqtrace.c")
+	if err != nil {
+		return "", err
+	}
+	hdr, err := assets.ReadFile("plugin/qemu_plugin_api.h")
+	if err != nil {
+		return "", err
+	}
+	unlock, err := lockCache(cache)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	h := sha256.New()
+	h.Write(src)
+	h.Write(hdr)
+	dir := filepath.Join(cache, "plugin-"+hex.EncodeToString(h.Sum(nil))[:12])
+	so := filepath.Join(dir, "aqtrace.so")
+	if _, err := os.Stat(so); err == nil {
+		return so, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "aqtrace.c"), src, 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "qemu_plugin_api.h"), hdr, 0o644); err != nil {
+		return "", err
+	}
+	tmp := so + ".tmp"
+	if _, err := run(ctx, dir, "gcc", "-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden",
+		"-o", tmp, "aqtrace.c", "-lpthread"); err != nil {
+		return "", fmt.Errorf("corpus: building the TCG plugin: %w", err)
+	}
+	return so, os.Rename(tmp, so)
+}
+
+// RawTrace is the aqtrace plugin's log: first touches with instruction
+// counts and host monotonic timestamps.
+type RawTrace struct {
+	Pages              uint64
+	ArmedInsn, ArmedNs uint64
+	StopInsn, StopNs   uint64
+	Dropped            int
+	Accesses           []RawAccess
+}
+
+// RawAccess is one first touch in the plugin log.
+type RawAccess struct {
+	Kind     wset.Kind
+	Page     uint64
+	Insn, Ns uint64
+}
+
+// ParseRawTrace reads the plugin's text log (format in
+// corpus/plugin/aqtrace.c). It rejects anything malformed with the line
+// number; it never panics on input.
+func ParseRawTrace(r io.Reader) (*RawTrace, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 1<<16)
+	t := &RawTrace{}
+	n := 0
+	sawHeader, sawArmed, sawStop := false, false, false
+	nums := func(f []string, want int) ([]uint64, error) {
+		if len(f) != want+1 {
+			return nil, fmt.Errorf("want %d fields, have %d", want+1, len(f))
+		}
+		out := make([]uint64, want)
+		for i := range out {
+			v, err := strconv.ParseUint(f[i+1], 10, 64)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+	for sc.Scan() {
+		n++
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if !sawHeader {
+			if len(f) != 2 || f[0] != "aqtrace" || f[1] != "1" {
+				return nil, fmt.Errorf("corpus: plugin log line %d: not an aqtrace v1 log", n)
+			}
+			sawHeader = true
+			continue
+		}
+		if sawStop {
+			return nil, fmt.Errorf("corpus: plugin log line %d: data after stop", n)
+		}
+		var err error
+		var v []uint64
+		switch f[0] {
+		case "pages":
+			if v, err = nums(f, 1); err == nil {
+				t.Pages = v[0]
+			}
+		case "armed":
+			if v, err = nums(f, 2); err == nil {
+				t.ArmedInsn, t.ArmedNs = v[0], v[1]
+				sawArmed = true
+			}
+		case "stop":
+			if v, err = nums(f, 2); err == nil {
+				t.StopInsn, t.StopNs = v[0], v[1]
+				sawStop = true
+			}
+		case "dropped":
+			if v, err = nums(f, 1); err == nil {
+				t.Dropped = int(min(v[0], 1<<30))
+			}
+		case "r", "w", "x":
+			if !sawArmed {
+				return nil, fmt.Errorf("corpus: plugin log line %d: access before armed", n)
+			}
+			if v, err = nums(f, 3); err == nil {
+				k := map[string]wset.Kind{"r": wset.Read, "w": wset.Write, "x": wset.Exec}[f[0]]
+				if t.Pages != 0 && v[0] >= t.Pages {
+					err = fmt.Errorf("page %d beyond %d pages", v[0], t.Pages)
+				} else if v[1] < t.ArmedInsn {
+					err = fmt.Errorf("instruction count %d before arming at %d", v[1], t.ArmedInsn)
+				} else {
+					t.Accesses = append(t.Accesses, RawAccess{Kind: k, Page: v[0], Insn: v[1], Ns: v[2]})
+				}
+			}
+		default:
+			err = fmt.Errorf("unknown record %q", f[0])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("corpus: plugin log line %d: %w", n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("corpus: plugin log: %w", err)
+	}
+	if !sawHeader || !sawArmed || !sawStop {
+		return nil, fmt.Errorf("corpus: plugin log is incomplete (header %v, armed %v, stop %v)", sawHeader, sawArmed, sawStop)
+	}
+	if t.StopInsn < t.ArmedInsn {
+		return nil, fmt.Errorf("corpus: plugin log: stop instruction count %d before arming at %d", t.StopInsn, t.ArmedInsn)
+	}
+	return t, nil
+}
+
+// ToTrace converts the plugin log to the working-set format. Page numbers
+// are RAM-file page indices already; Insn is counted from arming; T is the
+// calibrated native time nsPerInsn * Insn (docs/corpus.md, "Timing"). The
+// first read, write and execute of a page are separate accesses.
+func (r *RawTrace) ToTrace(memSize uint64, nsPerInsn float64, source string) *wset.Trace {
+	t := &wset.Trace{PageSize: 4096, MemSize: memSize, Source: source, Accesses: make([]wset.Access, 0, len(r.Accesses))}
+	var lastInsn uint64
+	for _, a := range r.Accesses {
+		insn := a.Insn - r.ArmedInsn
+		if insn < lastInsn { // single vCPU: never, but keep T monotonic
+			insn = lastInsn
+		}
+		lastInsn = insn
+		t.Accesses = append(t.Accesses, wset.Access{
+			Page: a.Page,
+			Insn: insn,
+			T:    insnToDuration(insn, nsPerInsn),
+			Kind: a.Kind,
+		})
+	}
+	return t
+}
+
+// insnAt estimates the instruction count at host monotonic time ns by
+// interpolating between logged first touches.
+func (r *RawTrace) insnAt(ns uint64) uint64 {
+	prevNs, prevInsn := r.ArmedNs, r.ArmedInsn
+	for _, a := range r.Accesses {
+		if a.Ns >= ns {
+			if a.Ns == prevNs {
+				return a.Insn
+			}
+			frac := float64(ns-prevNs) / float64(a.Ns-prevNs)
+			return prevInsn + uint64(frac*float64(a.Insn-prevInsn))
+		}
+		prevNs, prevInsn = a.Ns, a.Insn
+	}
+	if r.StopNs > prevNs && ns < r.StopNs {
+		frac := float64(ns-prevNs) / float64(r.StopNs-prevNs)
+		return prevInsn + uint64(frac*float64(r.StopInsn-prevInsn))
+	}
+	return r.StopInsn
+}
