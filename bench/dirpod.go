@@ -63,7 +63,9 @@ func (p *DirPod) Publish(ctx context.Context, image, name string) error {
 func (p *DirPod) API() string { return p.api }
 
 // Kind implements Pod.
-func (p *DirPod) Kind() string { return "local images (no tiers): hot and cold segments read from local files" }
+func (p *DirPod) Kind() string {
+	return "local images (no tiers): hot and cold segments read from local files"
+}
 
 // Close implements Pod.
 func (p *DirPod) Close() error {

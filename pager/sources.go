@@ -125,4 +125,3 @@ func (s *ReaderAtSource) recycle(m *offheap.Mapping) func() error {
 		return nil
 	}
 }
-
