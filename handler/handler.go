@@ -450,8 +450,12 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 			h.Stop()
 			return true
 		default:
-			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
-				// The range was unmapped or unregistered under us.
+			if errors.Is(err, unix.ENOENT) {
+				// The VM unmapped its memory: it is exiting.
+				h.log.Debug("fault target unmapped; the VM is exiting", "addr", page)
+				return true
+			}
+			if errors.Is(err, unix.EINVAL) {
 				h.log.Warn("fault could not be served", "addr", page, "err", err)
 				return true
 			}

@@ -1,0 +1,32 @@
+// Package memnode owns the memory node of Aquifer's cluster-wide cold tier:
+// the process behind `aquifer memnode` that holds large off-heap slabs,
+// accepts writes of immutable cold segments, serves batched reads of them,
+// admits only members of its pod, persists segments in its data directory
+// so a restarted node serves them again, and exports Prometheus metrics.
+//
+// Storage: segments are copied into a few large anonymous mappings (slabs,
+// package offheap, MAP_NORESERVE) allocated up to --capacity; a free-extent
+// list per slab places them. A segment is immutable once published: a put of
+// identical bytes is idempotent, a put of different bytes under the same ID
+// is refused. Each segment is written to DataDir first (temp file, fsync,
+// rename, fsync of the directory) and only then becomes readable, so a crash
+// never exposes a partial segment, and a file that fails its digests at
+// start-up is moved aside and logged instead of served.
+//
+// Admission: the node sends a random nonce; the client answers with
+// HMAC-SHA256 over both nonces and its pod name under the pod's shared
+// secret, and the node proves itself back the same way (package rdma/wire).
+// Any request before a valid answer is refused with a clear error, logged
+// with log/slog and counted, and the connection closed; other connections
+// are unaffected. Malformed, oversized and out-of-bounds requests get an
+// error frame naming the problem.
+//
+// With Config.RDMA (the CLI's --rdma, backed by rdma/verbs) every slab is
+// also registered for one-sided RDMA READs, put answers carry each
+// segment's address and remote key, and clients connect queue pairs through
+// the qp-connect request on their admitted control connection.
+//
+// This package must not import the rdma client or any backend; it speaks
+// only rdma/wire and reaches verbs through the RDMAEndpoint interface. It must not interpret page contents beyond the digests it
+// verifies.
+package memnode

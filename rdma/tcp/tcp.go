@@ -1,0 +1,459 @@
+package tcp
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/rdma"
+	"github.com/aquifer-pool/aquifer/rdma/wire"
+)
+
+// Transport is the tcp backend. Create it with New.
+type Transport struct {
+	secret []byte
+	pod    string
+	reg    rdma.Registry
+	// DialTimeout bounds connect + admission when ctx has no deadline.
+	DialTimeout time.Duration
+}
+
+// New returns a transport that authenticates as pod with the pod's secret.
+func New(secret []byte, pod string) *Transport {
+	return &Transport{secret: append([]byte(nil), secret...), pod: pod, DialTimeout: 5 * time.Second}
+}
+
+// Name implements rdma.Transport.
+func (t *Transport) Name() string { return "tcp" }
+
+// Register implements rdma.Transport.
+func (t *Transport) Register(buf []byte) (*rdma.Registration, error) { return t.reg.Register(buf) }
+
+// Close implements rdma.Transport.
+func (t *Transport) Close() error { return nil }
+
+// Dial connects to node (host:port) and runs admission.
+func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok && t.DialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t.DialTimeout)
+		defer cancel()
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", string(node))
+	if err != nil {
+		return nil, fmt.Errorf("rdma/tcp: dial %s: %w", node, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	c := &conn{t: t, node: node, nc: nc, br: bufio.NewReaderSize(nc, 256<<10), bw: bufio.NewWriterSize(nc, 64<<10),
+		pending: map[uint64]*pend{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := c.handshake(); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("rdma/tcp: %s: %w", node, err)
+	}
+	nc.SetDeadline(time.Time{})
+	go c.readLoop()
+	return c, nil
+}
+
+type pend struct {
+	ops   []rdma.ReadOp // nil for synchronous requests
+	total uint64
+	reply chan reply
+}
+
+type reply struct {
+	op   wire.Op
+	body []byte
+	err  error
+}
+
+type conn struct {
+	t    *Transport
+	node rdma.NodeID
+	nc   net.Conn
+	br   *bufio.Reader
+
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	scratch []byte
+
+	pmu     sync.Mutex
+	nextID  uint64
+	pending map[uint64]*pend
+	failed  error
+
+	cqmu   sync.Mutex
+	cq     []rdma.Completion
+	cqErr  error
+	notify chan struct{}
+
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (c *conn) handshake() error {
+	var hb [wire.HeaderSize]byte
+	h, err := wire.ReadHeader(c.br, &hb)
+	if err != nil {
+		return fmt.Errorf("reading hello: %w", err)
+	}
+	body, err := c.readBody(h, 1024)
+	if err != nil {
+		return err
+	}
+	if h.Op == wire.OpError {
+		return wire.DecodeError(body)
+	}
+	if h.Op != wire.OpHello {
+		return fmt.Errorf("expected hello, got %s", h.Op)
+	}
+	hello, err := wire.DecodeHello(body)
+	if err != nil {
+		return err
+	}
+	a := &wire.Auth{Pod: c.t.pod}
+	if _, err := rand.Read(a.ClientNonce[:]); err != nil {
+		return err
+	}
+	a.MAC = wire.ClientMAC(c.t.secret, hello.Nonce, a.ClientNonce, c.t.pod)
+	c.writeFrame(wire.OpAuth, 1, wire.EncodeAuth(nil, a))
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	h, err = wire.ReadHeader(c.br, &hb)
+	if err != nil {
+		return fmt.Errorf("reading admission answer: %w", err)
+	}
+	body, err = c.readBody(h, 4096)
+	if err != nil {
+		return err
+	}
+	if h.Op == wire.OpError {
+		return wire.DecodeError(body)
+	}
+	want := wire.NodeMAC(c.t.secret, hello.Nonce, a.ClientNonce, c.t.pod)
+	if h.Op != wire.OpAuthOK || !hmac.Equal(body, want[:]) {
+		return errors.New("node failed to prove it holds the pod secret (impostor or wrong secret)")
+	}
+	return nil
+}
+
+func (c *conn) readBody(h wire.Header, max uint32) ([]byte, error) {
+	if h.Len > max {
+		return nil, fmt.Errorf("%s frame of %d bytes exceeds %d", h.Op, h.Len, max)
+	}
+	b := make([]byte, h.Len)
+	_, err := io.ReadFull(c.br, b)
+	return b, err
+}
+
+func (c *conn) writeFrame(op wire.Op, id uint64, body []byte) {
+	var h [wire.HeaderSize]byte
+	wire.PutHeader(h[:], wire.Header{Op: op, Len: uint32(len(body)), ID: id})
+	c.bw.Write(h[:])
+	c.bw.Write(body)
+}
+
+// Node implements rdma.Conn.
+func (c *conn) Node() rdma.NodeID { return c.node }
+
+func (c *conn) register(p *pend) (uint64, error) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.failed != nil {
+		return 0, c.failed
+	}
+	c.nextID++
+	c.pending[c.nextID] = p
+	return c.nextID, nil
+}
+
+func (c *conn) unregister(id uint64) *pend {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	p := c.pending[id]
+	delete(c.pending, id)
+	return p
+}
+
+// PostReads implements rdma.Conn.
+func (c *conn) PostReads(ops []rdma.ReadOp) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	if len(ops) > wire.MaxBatch {
+		return fmt.Errorf("rdma/tcp: batch of %d reads exceeds %d", len(ops), wire.MaxBatch)
+	}
+	p := &pend{ops: append([]rdma.ReadOp(nil), ops...)}
+	seg := ops[0].Seg.ID
+	for i, op := range ops {
+		if op.Seg.ID != seg {
+			return rdma.ErrMixedSegments
+		}
+		if len(op.Dst) == 0 || len(op.Dst) > wire.MaxReadLen {
+			return fmt.Errorf("rdma/tcp: read %d of %d bytes (allowed 1..%d)", i, len(op.Dst), wire.MaxReadLen)
+		}
+		if err := c.t.reg.Check(op.Dst); err != nil {
+			return err
+		}
+		p.total += uint64(len(op.Dst))
+	}
+	id, err := c.register(p)
+	if err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	body := c.scratch[:0]
+	body = binary.LittleEndian.AppendUint64(body, uint64(seg))
+	body = binary.LittleEndian.AppendUint32(body, uint32(len(ops)))
+	body = binary.LittleEndian.AppendUint32(body, 0)
+	for _, op := range ops {
+		body = binary.LittleEndian.AppendUint64(body, op.Off)
+		body = binary.LittleEndian.AppendUint32(body, uint32(len(op.Dst)))
+		body = binary.LittleEndian.AppendUint32(body, 0)
+	}
+	c.scratch = body
+	c.writeFrame(wire.OpRead, id, body)
+	err = c.bw.Flush()
+	c.wmu.Unlock()
+	if err != nil {
+		c.unregister(id)
+		c.fail(fmt.Errorf("rdma/tcp: %s: write: %w", c.node, err))
+		return err
+	}
+	return nil
+}
+
+// call runs one synchronous request.
+func (c *conn) call(ctx context.Context, op wire.Op, prefix []byte, data []byte) (reply, error) {
+	p := &pend{reply: make(chan reply, 1)}
+	id, err := c.register(p)
+	if err != nil {
+		return reply{}, err
+	}
+	c.wmu.Lock()
+	var h [wire.HeaderSize]byte
+	wire.PutHeader(h[:], wire.Header{Op: op, Len: uint32(len(prefix) + len(data)), ID: id})
+	c.bw.Write(h[:])
+	c.bw.Write(prefix)
+	c.bw.Write(data)
+	err = c.bw.Flush()
+	c.wmu.Unlock()
+	if err != nil {
+		c.unregister(id)
+		c.fail(fmt.Errorf("rdma/tcp: %s: write: %w", c.node, err))
+		return reply{}, err
+	}
+	select {
+	case r := <-p.reply:
+		if r.err != nil {
+			return r, r.err
+		}
+		return r, nil
+	case <-ctx.Done():
+		c.unregister(id)
+		return reply{}, ctx.Err()
+	}
+}
+
+// Write implements rdma.Conn.
+func (c *conn) Write(ctx context.Context, w *rdma.WriteSegment) (rdma.SegmentRef, error) {
+	if w.PageSize <= 0 || len(w.Data)%w.PageSize != 0 || len(w.Data)/w.PageSize != len(w.Digests) {
+		return rdma.SegmentRef{}, fmt.Errorf("rdma/tcp: segment of %d bytes, page size %d, %d digests is inconsistent", len(w.Data), w.PageSize, len(w.Digests))
+	}
+	p := &wire.Put{Segment: uint64(w.ID), PageSize: uint32(w.PageSize), Digests: w.Digests}
+	r, err := c.call(ctx, wire.OpPut, wire.EncodePutPrefix(nil, p), w.Data)
+	if err != nil {
+		return rdma.SegmentRef{}, err
+	}
+	ok, err := wire.DecodePutOK(r.body)
+	if err != nil {
+		return rdma.SegmentRef{}, err
+	}
+	return rdma.SegmentRef{ID: w.ID, Len: uint64(len(w.Data)), Addr: ok.Addr, RKey: ok.RKey}, nil
+}
+
+// Delete implements rdma.Conn.
+func (c *conn) Delete(ctx context.Context, id rdma.SegmentID) error {
+	_, err := c.call(ctx, wire.OpDelete, wire.EncodeU64(nil, uint64(id)), nil)
+	return err
+}
+
+// Stat asks the node for a segment's page size and digests.
+func (c *conn) Stat(ctx context.Context, id rdma.SegmentID) (*wire.StatResp, error) {
+	r, err := c.call(ctx, wire.OpStat, wire.EncodeU64(nil, uint64(id)), nil)
+	if err != nil {
+		return nil, err
+	}
+	return wire.DecodeStatResp(r.body)
+}
+
+// ExchangeQP sends a verbs client's queue-pair info over this admitted
+// control connection and returns the node's (rdma/verbs uses it to connect
+// an RC queue pair). A node without RDMA answers CodeUnsupported.
+func (c *conn) ExchangeQP(ctx context.Context, local wire.QPInfo) (wire.QPInfo, error) {
+	r, err := c.call(ctx, wire.OpQPConnect, wire.EncodeQPInfo(nil, &local), nil)
+	if err != nil {
+		return wire.QPInfo{}, err
+	}
+	q, err := wire.DecodeQPInfo(r.body)
+	if err != nil {
+		return wire.QPInfo{}, err
+	}
+	return *q, nil
+}
+
+// Poll implements rdma.Conn.
+func (c *conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
+	for {
+		c.cqmu.Lock()
+		if len(c.cq) > 0 {
+			n := copy(out, c.cq)
+			c.cq = c.cq[:copy(c.cq, c.cq[n:])]
+			c.cqmu.Unlock()
+			return n, nil
+		}
+		err := c.cqErr
+		c.cqmu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		select {
+		case <-c.notify:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (c *conn) complete(ops []rdma.ReadOp, err error) {
+	c.cqmu.Lock()
+	for _, op := range ops {
+		c.cq = append(c.cq, rdma.Completion{Cookie: op.Cookie, Err: err})
+	}
+	c.cqmu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// fail marks the connection dead: every outstanding request completes with
+// err and later posts are refused.
+func (c *conn) fail(err error) {
+	c.pmu.Lock()
+	if c.failed != nil {
+		c.pmu.Unlock()
+		return
+	}
+	c.failed = err
+	ps := c.pending
+	c.pending = map[uint64]*pend{}
+	c.pmu.Unlock()
+	c.nc.Close()
+	for _, p := range ps {
+		if p.reply != nil {
+			p.reply <- reply{err: err}
+		} else {
+			c.complete(p.ops, err)
+		}
+	}
+	c.cqmu.Lock()
+	c.cqErr = err
+	c.cqmu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (c *conn) readLoop() {
+	defer close(c.done)
+	var hb [wire.HeaderSize]byte
+	var n8 [8]byte
+	for {
+		h, err := wire.ReadHeader(c.br, &hb)
+		if err != nil {
+			c.fail(fmt.Errorf("rdma/tcp: %s: connection lost: %w", c.node, err))
+			return
+		}
+		switch h.Op {
+		case wire.OpReadResp:
+			p := c.unregister(h.ID)
+			if p == nil || p.ops == nil {
+				// A read whose request was abandoned cannot exist (reads are
+				// only abandoned by Close), so this is a protocol violation.
+				c.fail(fmt.Errorf("rdma/tcp: %s: response for unknown request %d", c.node, h.ID))
+				return
+			}
+			if uint64(h.Len) != 8+p.total {
+				c.complete(p.ops, fmt.Errorf("rdma/tcp: %s: response of %d bytes for %d requested", c.node, h.Len, p.total))
+				c.fail(errors.New("rdma/tcp: protocol desynchronised"))
+				return
+			}
+			if _, err := io.ReadFull(c.br, n8[:]); err != nil {
+				c.complete(p.ops, err)
+				c.fail(err)
+				return
+			}
+			for _, op := range p.ops {
+				if _, err := io.ReadFull(c.br, op.Dst); err != nil {
+					err = fmt.Errorf("rdma/tcp: %s: connection lost mid-response: %w", c.node, err)
+					c.complete(p.ops, err)
+					c.fail(err)
+					return
+				}
+			}
+			c.complete(p.ops, nil)
+		case wire.OpError, wire.OpPutOK, wire.OpDeleteOK, wire.OpStatResp, wire.OpQPConnOK:
+			body, err := c.readBody(h, 64<<20)
+			if err != nil {
+				c.fail(fmt.Errorf("rdma/tcp: %s: %w", c.node, err))
+				return
+			}
+			var rerr error
+			if h.Op == wire.OpError {
+				rerr = wire.DecodeError(body)
+			}
+			if h.ID == 0 && h.Op == wire.OpError {
+				c.fail(rerr)
+				return
+			}
+			p := c.unregister(h.ID)
+			switch {
+			case p == nil:
+				// a synchronous call that gave up (ctx); drop the answer
+			case p.reply != nil:
+				p.reply <- reply{op: h.Op, body: body, err: rerr}
+			case rerr != nil:
+				c.complete(p.ops, rerr)
+			default:
+				c.fail(fmt.Errorf("rdma/tcp: %s: %s answers a read", c.node, h.Op))
+				return
+			}
+		default:
+			c.fail(fmt.Errorf("rdma/tcp: %s: unexpected %s frame", c.node, h.Op))
+			return
+		}
+	}
+}
+
+// Close implements rdma.Conn.
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.fail(rdma.ErrClosed)
+		<-c.done
+	})
+	return nil
+}
