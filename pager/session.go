@@ -14,6 +14,7 @@ import (
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/snapimage"
 	"github.com/aquifer-pool/aquifer/uffd"
+	"golang.org/x/sys/unix"
 )
 
 // Options tune a Session.
@@ -74,16 +75,16 @@ type Session struct {
 	readyErr error
 
 	hotReady chan struct{}
+	hotMu    sync.Mutex
 	hotSeg   []byte
-	hotErr   error
+	hotUsers sync.WaitGroup
+	hotOnce  sync.Once
 
 	arena        []byte
 	arenaRelease func() error
 	extMu        sync.Mutex
 	ext          map[int]*extent
 	demand       atomic.Int64
-
-	hotRelease func() error
 
 	rep     Report
 	bg      sync.WaitGroup
@@ -150,10 +151,17 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 	case snapimage.Hot:
 		atomic.AddUint64(&s.rep.HotFaults, 1)
 		<-s.hotReady
-		if s.hotErr != nil {
-			return 0, false, nil, s.hotErr
+		s.hotMu.Lock()
+		seg := s.hotSeg
+		if seg != nil {
+			// Faults during the pre-install window: the segment stays
+			// valid until every demand copy from it is done.
+			s.hotUsers.Add(1)
+			s.hotMu.Unlock()
+			return offheap.AddrOf(seg) + uintptr(idx*ps), false, func() { s.hotUsers.Done() }, nil
 		}
-		return offheap.AddrOf(s.hotSeg) + uintptr(idx*ps), false, nil, nil
+		s.hotMu.Unlock()
+		return s.latePage(idx)
 	default:
 		atomic.AddUint64(&s.rep.ColdFaults, 1)
 		x, ok := s.img.ExtentOf(idx)
@@ -280,16 +288,9 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 	return &s.rep, r.err
 }
 
-// Close releases the session's buffers and its hold on the hot source
-// (after Serve returned). For a CXL source, releasing re-validates the
-// extent's descriptor; a failure is reported but cannot have affected the
-// guest, whose every hot page was digest-verified before installation.
+// Close releases the session's buffers (after Serve returned).
 func (s *Session) Close() error {
 	var err error
-	if s.hotRelease != nil {
-		err = s.hotRelease()
-		s.hotRelease = nil
-	}
 	if s.arenaRelease != nil {
 		s.arenaRelease()
 		s.arenaRelease = nil
@@ -301,29 +302,41 @@ func (s *Session) preinstall(ctx context.Context) {
 	t0 := time.Now()
 	defer func() { s.rep.Preinstall = time.Since(t0) }()
 	_, nhot, _ := s.img.Counts()
-	var release func() error
+	var err error
 	if nhot > 0 {
-		seg, rel, err := s.acquireHot(ctx)
-		s.hotSeg, s.hotErr, release = seg, err, rel
+		err = s.withHot(ctx, func(seg []byte) error {
+			s.hotMu.Lock()
+			s.hotSeg = seg
+			s.hotMu.Unlock()
+			s.openHot()
+			defer func() {
+				// Close the window: no new demand copy from seg, and wait
+				// for the ones in flight before the tier may move on.
+				s.hotMu.Lock()
+				s.hotSeg = nil
+				s.hotMu.Unlock()
+				s.hotUsers.Wait()
+			}()
+			if s.opts.NoPreinstall {
+				return nil
+			}
+			base := offheap.AddrOf(seg)
+			for _, run := range s.img.HotRuns() {
+				n, err := s.h.Install(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
+				s.rep.PreinstallPages += n
+				if err != nil {
+					return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+				}
+			}
+			s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
+			return nil
+		})
 	}
-	close(s.hotReady)
-	if s.hotErr != nil {
-		s.readyErr = s.hotErr
+	s.openHot()
+	if err != nil {
+		s.readyErr = err
 		return
 	}
-	if nhot > 0 && !s.opts.NoPreinstall {
-		base := offheap.AddrOf(s.hotSeg)
-		for _, run := range s.img.HotRuns() {
-			n, err := s.h.Install(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
-			s.rep.PreinstallPages += n
-			if err != nil {
-				s.readyErr = fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
-				return
-			}
-		}
-		s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
-	}
-	s.hotRelease = release
 	if !s.opts.NoZeroUnregister {
 		for _, run := range s.img.Runs() {
 			if run.Class != snapimage.Zero || uint64(run.Count) < s.opts.ZeroRunMin {
@@ -338,37 +351,38 @@ func (s *Session) preinstall(ctx context.Context) {
 	}
 }
 
-// acquireHot gets the hot segment and verifies every page's digest, falling
-// back to HotFallback on any failure.
-func (s *Session) acquireHot(ctx context.Context) ([]byte, func() error, error) {
-	try := func(src HotSource) ([]byte, func() error, error) {
-		seg, rel, err := src.Acquire(ctx)
-		if err != nil {
-			return nil, nil, fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
-		}
-		_, nhot, _ := s.img.Counts()
-		if uint64(len(seg)) < nhot*s.ps {
-			rel()
-			return nil, nil, fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), nhot*s.ps)
-		}
-		for i := uint64(0); i < nhot; i++ {
-			if err := s.img.VerifyHotPage(i, seg[i*s.ps:(i+1)*s.ps]); err != nil {
-				rel()
-				return nil, nil, fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
+func (s *Session) openHot() {
+	s.hotOnce.Do(func() { close(s.hotReady) })
+}
+
+// withHot runs fn on the verified hot segment, falling back to HotFallback
+// when the hot tier fails or a page does not match its digest. Every page
+// is checked against the image's digest before anything is installed.
+func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error {
+	_, nhot, _ := s.img.Counts()
+	try := func(src HotSource) (bool, error) {
+		verified := false
+		err := src.With(ctx, func(seg []byte) error {
+			if uint64(len(seg)) < nhot*s.ps {
+				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), nhot*s.ps)
 			}
-		}
-		return seg, rel, nil
+			for i := uint64(0); i < nhot; i++ {
+				if err := s.img.VerifyHotPage(i, seg[i*s.ps:(i+1)*s.ps]); err != nil {
+					return fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
+				}
+			}
+			verified = true
+			return fn(seg)
+		})
+		return verified, err
 	}
-	seg, rel, err := try(s.hot)
-	if err != nil && s.opts.HotFallback != nil {
+	verified, err := try(s.hot)
+	if err != nil && !verified && s.opts.HotFallback != nil {
 		s.log.Warn("hot tier failed; falling back", "err", err, "fallback", s.opts.HotFallback.Name())
 		s.rep.HotSource = s.opts.HotFallback.Name() + " (fallback)"
-		seg, rel, err = try(s.opts.HotFallback)
+		_, err = try(s.opts.HotFallback)
 	}
-	if err != nil {
-		return nil, nil, err
-	}
-	return seg, rel, nil
+	return err
 }
 
 // prefetch streams touched cold extents in touch order, yielding to demand
@@ -433,4 +447,23 @@ func (s *Session) Inline(off, ps uint64) bool {
 	default:
 		return false
 	}
+}
+
+// latePage serves a hot page after the pre-install window closed (only with
+// NoPreinstall, or a page touched while the window was closing): it copies
+// the page out of a fresh validated read of the hot segment.
+func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
+	m, err := offheap.Anon(int(s.ps), unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		return 0, false, nil, err
+	}
+	err = s.withHot(s.ctx, func(seg []byte) error {
+		copy(m.B, seg[idx*s.ps:(idx+1)*s.ps])
+		return nil
+	})
+	if err != nil {
+		m.Unmap()
+		return 0, false, nil, err
+	}
+	return m.Addr(), false, func() { m.Unmap() }, nil
 }

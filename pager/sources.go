@@ -13,11 +13,11 @@ import (
 
 // HotSource yields a snapshot's hot segment.
 type HotSource interface {
-	// Acquire returns the whole hot segment as off-heap bytes, read under
-	// the tier's consistency rules, and a function that re-validates the
-	// source after the caller copied from it (for CXL: the descriptor's
-	// generation is unchanged) and releases it.
-	Acquire(ctx context.Context) (seg []byte, release func() error, err error)
+	// With validates the hot segment under the tier's consistency rules
+	// and calls fn with its bytes (off-heap, so they can be the source of
+	// UFFDIO_COPY directly: for CXL, the region's own mapping). The bytes
+	// are valid and stable only until fn returns.
+	With(ctx context.Context, fn func(seg []byte) error) error
 	// Name says where the pages come from ("cxl", "rdma", "local").
 	Name() string
 }
@@ -60,26 +60,28 @@ func LocalSegments(img *snapimage.Image, r io.ReaderAt) (*ReaderAtSource, *Reade
 // Name implements HotSource and ColdSource.
 func (s *ReaderAtSource) Name() string { return s.Kind }
 
-// Acquire implements HotSource: the segment is read once and shared.
-func (s *ReaderAtSource) Acquire(ctx context.Context) ([]byte, func() error, error) {
-	nop := func() error { return nil }
+// With implements HotSource: the segment is read once and shared.
+func (s *ReaderAtSource) With(ctx context.Context, fn func(seg []byte) error) error {
 	if s.Len == 0 {
-		return nil, nop, nil
+		return fn(nil)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.hot == nil {
 		m, err := offheap.Anon(int(s.Len), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_POPULATE)
 		if err != nil {
-			return nil, nil, err
+			s.mu.Unlock()
+			return err
 		}
 		if _, err := s.R.ReadAt(m.B, s.Off); err != nil && err != io.EOF {
 			m.Unmap()
-			return nil, nil, fmt.Errorf("pager: reading hot segment: %w", err)
+			s.mu.Unlock()
+			return fmt.Errorf("pager: reading hot segment: %w", err)
 		}
 		s.hot = m
 	}
-	return s.hot.B, nop, nil
+	seg := s.hot.B
+	s.mu.Unlock()
+	return fn(seg)
 }
 
 // Read implements ColdSource.
