@@ -1,0 +1,57 @@
+package pod
+
+import "github.com/aquifer-pool/aquifer/cxl"
+
+// SlotInfo is one host slot as seen on the device.
+type SlotInfo struct {
+	Host      int
+	Lease     uint64
+	Heartbeat uint64
+	ReadSeq   uint64
+}
+
+// Report summarises a pool for operators.
+type Report struct {
+	Geometry Geometry
+	Slots    []SlotInfo // registered slots only
+	States   [4]int     // descriptors per state (Free, Writing, Published, Retired)
+	Torn     int        // descriptors failing their CRC
+	Bytes    int64      // bytes in Published extents
+}
+
+// Inspect reads the superblock, host table and descriptors through
+// invalidate-then-load. It only reads.
+func Inspect(r cxl.Region) (Report, error) {
+	g, err := ReadGeometry(r)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Geometry: g}
+	for h := 0; h < g.HostSlots; h++ {
+		off := g.slotOff(h)
+		r.Invalidate(off, 2*cxl.LineSize+8)
+		r.FullFence()
+		if r.Load64(off+slotHostID) == 0 {
+			continue
+		}
+		rep.Slots = append(rep.Slots, SlotInfo{Host: h, Lease: r.Load64(off + slotLease),
+			Heartbeat: r.Load64(off + slotHeartbeat), ReadSeq: r.Load64(off + slotReadSeq)})
+	}
+	for i := 0; i < g.Descs(); i++ {
+		d, ok := loadDesc(r, g.descOff(i), true)
+		switch {
+		case !ok && d.Gen == 0 && d.State == 0:
+			rep.States[StateFree]++ // never written since format
+		case !ok:
+			rep.Torn++
+		case int(d.State) < len(rep.States):
+			rep.States[d.State]++
+			if d.State == StatePublished {
+				rep.Bytes += int64(d.Len)
+			}
+		default:
+			rep.Torn++
+		}
+	}
+	return rep, nil
+}

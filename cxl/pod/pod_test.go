@@ -1,0 +1,216 @@
+package pod
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/aquifer-pool/aquifer/cxl"
+	"github.com/aquifer-pool/aquifer/cxl/ncsim"
+	"github.com/aquifer-pool/aquifer/cxl/shm"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/uffd"
+	"golang.org/x/sys/unix"
+)
+
+func TestPlanDefault(t *testing.T) {
+	g, err := Plan(1<<30, 2<<20, FormatOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.DataOff%(2<<20) != 0 || g.HostTableOff != 2<<20 || g.SlotSize != 2<<20 || g.DescPerChunk != 512 {
+		t.Fatalf("devdax geometry %+v", g)
+	}
+	if g.DataOff+int64(g.Chunks)*g.ChunkSize > 1<<30 || g.Chunks < 400 {
+		t.Fatalf("geometry wastes or overflows: %+v", g)
+	}
+	g2, err := Plan(64<<20, 4096, FormatOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2.SlotSize != 4096 || g2.HostTableOff != 4096 {
+		t.Fatalf("shm geometry %+v", g2)
+	}
+	if _, err := Plan(1<<20, 4096, FormatOptions{}); err == nil {
+		t.Fatal("1 MiB region accepted for 2 MiB chunks")
+	}
+	if _, err := Plan(64<<20, 4096, FormatOptions{ChunkSize: 1000}); err == nil {
+		t.Fatal("unaligned chunk size accepted")
+	}
+}
+
+func TestSuperblockRoundTrip(t *testing.T) {
+	s := ncsim.New(ncsim.Config{Size: 1 << 20, Hosts: 1, Seed: 1})
+	h := s.Host(0)
+	if _, err := ReadGeometry(h); !errors.Is(err, ErrNotFormatted) {
+		t.Fatalf("blank region: %v", err)
+	}
+	g, err := Format(h, FormatOptions{ChunkSize: 64 << 10, HostSlots: 8, PodID: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadGeometry(h)
+	if err != nil || got != g {
+		t.Fatalf("read back %+v, %v; want %+v", got, err, g)
+	}
+	// A single flipped bit is rejected.
+	b := h.Load64(24)
+	h.Store64(24, b^1)
+	h.Flush(24, 8)
+	h.Fence()
+	if _, err := ReadGeometry(h); err == nil {
+		t.Fatal("corrupted superblock accepted")
+	}
+}
+
+// TestPublishGetReclaim covers the single-host life cycle on a real shared
+// mapping: publish, replace, reclaim, read-only reader, crash recovery of a
+// Writing descriptor, fencing of a host whose lease expired.
+func TestPublishGetReclaim(t *testing.T) {
+	ctx := context.Background()
+	path := shm.TempPath("aquifer-pod-unit")
+	size := int64(8 << 20)
+	if err := shm.Create(path, size); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(path)
+	fr, err := shm.Open(path, shm.All(size), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Format(fr, FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
+	fr.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coord := NewMemCoordinator()
+	wr, err := shm.Open(path, g.Windows(0, true), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wr.Close()
+	w, err := Open(ctx, wr, 0, coord, Options{Owner: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := shm.Open(path, g.Windows(1, false), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Close()
+	r, err := Open(ctx, rr, 1, coord, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Acquire(ctx, 0); err == nil {
+		t.Fatal("read-only host acquired a chunk")
+	}
+	if err := w.Acquire(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for v := uint64(1); v <= 40; v++ {
+		if _, err := w.Publish(ctx, "k", payload(7, v, 5000)); err != nil {
+			t.Fatalf("publish v%d: %v", v, err)
+		}
+		n, _, err := r.Get(ctx, "k", buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if key, ver, ok := check(buf[:n]); !ok || key != 7 || ver != v {
+			t.Fatalf("read v%d: key %d ver %d ok %v", v, key, ver, ok)
+		}
+	}
+	// 40 versions of 2 pages in a 16-page chunk: only possible if
+	// reclamation freed the old ones.
+	if st := w.Stats(); st.Freed < 30 {
+		t.Fatalf("only %d extents freed: %+v", st.Freed, st)
+	}
+	// A reader inside a read section blocks reclamation.
+	ref, _ := coord.Lookup(ctx, "k")
+	r.enter()
+	if _, err := w.Publish(ctx, "k", payload(7, 41, 100)); err != nil {
+		t.Fatal(err)
+	}
+	w.Reclaim(ctx)
+	if w.Pending() == 0 {
+		t.Fatal("extent freed while a live host was inside a read")
+	}
+	r.exit()
+	if _, err := r.ReadRef(ref, buf); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("retired version read: %v", err)
+	}
+	if n, _ := w.Reclaim(ctx); n == 0 || w.Pending() != 0 {
+		t.Fatalf("reclaim after the reader left freed %d, pending %d", n, w.Pending())
+	}
+	// Crash mid-publish: leave a Writing descriptor with half the data.
+	cs := w.owned[0]
+	doff := g.descOff(1)
+	storeDesc(wr, doff, &Desc{Gen: cs.gens[1] + 1, Token: cs.token, State: StateWriting, Off: uint64(g.chunkOff(0)), Len: 4096})
+	wr.Flush(doff, DescSize)
+	wr.Fence()
+	coord.Expire(0)
+	if _, err := w.Publish(ctx, "k", payload(7, 42, 100)); !errors.Is(err, ErrFenced) {
+		t.Fatalf("fenced host published: %v", err)
+	}
+	// Host 2 takes the chunk over and recovers it.
+	hr, err := shm.Open(path, g.Windows(2, true), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hr.Close()
+	h2, err := Open(ctx, hr, 2, coord, Options{Owner: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.Acquire(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if h2.Stats().RecoveredDescs == 0 {
+		t.Fatal("Writing descriptor left by the crashed owner was not recovered")
+	}
+	if _, _, err := h2.ReadDesc(1, buf); !errors.Is(err, ErrNotPublished) {
+		t.Fatalf("partial extent exposed after recovery: %v", err)
+	}
+	n, _, err := r.Get(ctx, "k", buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ver, ok := check(buf[:n]); !ok || ver != 41 {
+		t.Fatalf("after takeover read ver %d ok %v", ver, ok)
+	}
+	if _, err := h2.Publish(ctx, "k", payload(7, 43, 9000)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Install through userfaultfd straight from the region.
+	f, err := uffd.New()
+	if err != nil {
+		t.Skipf("userfaultfd unavailable: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.API(0); err != nil {
+		t.Fatal(err)
+	}
+	guest, err := offheap.Anon(16<<10, unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Unmap()
+	if _, err := f.Register(guest.Addr(), 16<<10, uffd.RegisterModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	ref, _ = coord.Lookup(ctx, "k")
+	n, err = r.Install(ref, func(addr uintptr, n int) error {
+		_, err := f.Copy(guest.Addr(), addr, uintptr((n+PageSize-1)/PageSize*PageSize), false)
+		return err
+	})
+	if err != nil || n != 9000 {
+		t.Fatalf("install: %d, %v", n, err)
+	}
+	if _, ver, ok := check(guest.B[:n]); !ok || ver != 43 {
+		t.Fatalf("installed ver %d ok %v", ver, ok)
+	}
+	var _ cxl.Region = rr
+}

@@ -1,0 +1,481 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/control"
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/pager"
+	"github.com/aquifer-pool/aquifer/pagerd"
+	"github.com/aquifer-pool/aquifer/rdma"
+	"github.com/aquifer-pool/aquifer/snapimage"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures a Pool.
+type Config struct {
+	Plane *control.Plane
+	RDMA  *rdma.Client
+	// Pod is this host's handle on the pod's CXL region; nil runs without
+	// a CXL tier (every hot segment is served from its RDMA copy).
+	Pod *pod.Pod
+	// PodChunks lists the chunks this host may acquire for publishing.
+	PodChunks []int
+	Logger    *slog.Logger
+}
+
+// Pool publishes and opens snapshots.
+type Pool struct {
+	cfg   Config
+	log   *slog.Logger
+	podMu sync.Mutex // a pod.Pod is not safe for concurrent use
+	owned map[int]bool
+
+	mu    sync.Mutex
+	cache map[string]*pagerd.Snapshot
+}
+
+// New creates a pool.
+func New(cfg Config) (*Pool, error) {
+	if cfg.Plane == nil || cfg.RDMA == nil {
+		return nil, errors.New("pool: needs a control plane and an RDMA client")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Pool{cfg: cfg, log: cfg.Logger, owned: map[int]bool{}, cache: map[string]*pagerd.Snapshot{}}, nil
+}
+
+// header is the catalog's image header: where the pieces live.
+type header struct {
+	Version  int          `json:"version"`
+	Meta     *rdma.Object `json:"meta"`
+	MetaLen  uint64       `json:"meta_len"`
+	ImageLen uint64       `json:"image_len"`
+	Pages    uint64       `json:"pages"`
+	Zero     uint64       `json:"zero_pages"`
+	HotPages uint64       `json:"hot_pages"`
+	Cold     uint64       `json:"cold_pages"`
+}
+
+// objects is stored after the image metadata in the meta object.
+type objects struct {
+	Hot  *rdma.Object `json:"hot,omitempty"`
+	Cold *rdma.Object `json:"cold,omitempty"`
+}
+
+func segBase(name, part string, at time.Time) rdma.SegmentID {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s/%s/%d", name, part, at.UnixNano())
+	return rdma.SegmentID(h.Sum64() &^ 0xFFFF) // room for 65536 segments per object
+}
+
+// Publish puts the image at path into the pool as name.
+func (p *Pool) Publish(ctx context.Context, path, name string) (*control.Snapshot, error) {
+	if err := control.ValidName(name); err != nil {
+		return nil, err
+	}
+	if _, err := p.cfg.Plane.GetSnapshot(ctx, name); err == nil {
+		return nil, fmt.Errorf("pool: snapshot %q: %w", name, control.ErrExists)
+	}
+	img, f, err := snapimage.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Check the segments before anything leaves this host.
+	if err := img.CheckSegments(f, nil); err != nil {
+		return nil, err
+	}
+	st, _ := f.Stat()
+	hs, cs := img.Section(snapimage.SecHotSegment), img.Section(snapimage.SecColdSegment)
+	read := func(off, n uint64) ([]byte, *offheap.Mapping, error) {
+		if n == 0 {
+			return nil, nil, nil
+		}
+		m, err := offheap.Anon(int(n), unix.PROT_READ|unix.PROT_WRITE, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := f.ReadAt(m.B, int64(off)); err != nil && err != io.EOF {
+			m.Unmap()
+			return nil, nil, err
+		}
+		return m.B, m, nil
+	}
+	now := time.Now()
+	var objs objects
+	ps := int(img.PageSize())
+	hot, hm, err := read(hs.Offset, hs.Length)
+	if err != nil {
+		return nil, err
+	}
+	defer hm.Unmap()
+	cold, cm, err := read(cs.Offset, cs.Length)
+	if err != nil {
+		return nil, err
+	}
+	defer cm.Unmap()
+	if len(cold) > 0 {
+		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
+			return nil, fmt.Errorf("pool: cold segment to memory nodes: %w", err)
+		}
+	}
+	if len(hot) > 0 {
+		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
+			return nil, fmt.Errorf("pool: hot segment copy to memory nodes: %w", err)
+		}
+	}
+	// Metadata object: the image up to the hot segment, the object
+	// descriptors, and the prefix length, padded to whole pages.
+	metaLen := hs.Offset
+	prefix := make([]byte, metaLen)
+	if _, err := f.ReadAt(prefix, 0); err != nil {
+		return nil, err
+	}
+	ob, _ := json.Marshal(objs)
+	blob := append(prefix, ob...)
+	var tail [16]byte
+	binary.LittleEndian.PutUint64(tail[:], uint64(len(ob)))
+	copy(tail[8:], "AQPOOLM1")
+	blob = append(blob, tail[:]...)
+	if pad := len(blob) % ps; pad != 0 {
+		blob = append(blob, make([]byte, ps-pad)...)
+	}
+	mm, err := offheap.Anon(len(blob), unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer mm.Unmap()
+	copy(mm.B, blob)
+	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pool: metadata to memory nodes: %w", err)
+	}
+	zero, nhot, ncold := img.Counts()
+	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(st.Size()), Pages: img.Pages(),
+		Zero: zero, HotPages: nhot, Cold: ncold}
+	hb, _ := json.Marshal(h)
+	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
+	if len(hot) > 0 && p.cfg.Pod != nil {
+		ref, err := p.publishHot(ctx, name, hot)
+		if err != nil {
+			p.log.Warn("hot segment not placed in CXL; restores will pre-install from its RDMA copy", "snapshot", name, "err", err)
+		} else {
+			snap.Hot = &control.HotPlacement{Descriptor: ref.Desc, Gen: ref.Gen, Token: ref.Token, Len: uint64(ref.Len)}
+		}
+	}
+	if err := p.cfg.Plane.PutSnapshot(ctx, snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// publishHot writes the hot segment into CXL, evicting least recently
+// restored snapshots' hot segments when the region is full.
+func (p *Pool) publishHot(ctx context.Context, name string, hot []byte) (pod.Ref, error) {
+	p.podMu.Lock()
+	defer p.podMu.Unlock()
+	if err := p.acquireChunks(ctx); err != nil {
+		return pod.Ref{}, err
+	}
+	for {
+		ref, err := p.cfg.Pod.Publish(ctx, name, hot)
+		if err == nil {
+			return ref, nil
+		}
+		if !errors.Is(err, pod.ErrNoSpace) {
+			return pod.Ref{}, err
+		}
+		evicted, eerr := p.evictOneLocked(ctx, name)
+		if eerr != nil {
+			return pod.Ref{}, fmt.Errorf("pool: CXL tier full and nothing to evict: %w", err)
+		}
+		p.log.Info("CXL tier full: demoted a hot segment to the RDMA tier", "evicted", evicted, "for", name)
+	}
+}
+
+func (p *Pool) acquireChunks(ctx context.Context) error {
+	for _, c := range p.cfg.PodChunks {
+		if p.owned[c] {
+			continue
+		}
+		if err := p.cfg.Pod.Acquire(ctx, c); err != nil {
+			return fmt.Errorf("pool: acquiring CXL chunk %d: %w", c, err)
+		}
+		p.owned[c] = true
+	}
+	return nil
+}
+
+// evictOneLocked demotes the least recently restored snapshot's hot
+// segment (other than keep) from CXL: its catalog entry drops the CXL
+// placement first, then the extent is unpublished and later reclaimed once
+// no host can still be reading it. The RDMA copy stays.
+func (p *Pool) evictOneLocked(ctx context.Context, keep string) (string, error) {
+	order, err := p.cfg.Plane.EvictionOrder(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, s := range order {
+		if s.Name == keep {
+			continue
+		}
+		s.Hot = nil
+		if err := p.cfg.Plane.UpdateSnapshot(ctx, s, nil); err != nil {
+			return "", err
+		}
+		if err := p.cfg.Pod.Unpublish(ctx, s.Name); err != nil && !errors.Is(err, pod.ErrNotFound) {
+			return "", err
+		}
+		if _, err := p.cfg.Pod.Reclaim(ctx); err != nil {
+			return "", err
+		}
+		p.mu.Lock()
+		delete(p.cache, s.Name)
+		p.mu.Unlock()
+		return s.Name, nil
+	}
+	return "", errors.New("pool: no hot segment to evict")
+}
+
+// Remove deletes a snapshot from the catalog and the tiers.
+func (p *Pool) Remove(ctx context.Context, name string) error {
+	s, err := p.cfg.Plane.GetSnapshot(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := p.cfg.Plane.DeleteSnapshot(ctx, name); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	delete(p.cache, name)
+	p.mu.Unlock()
+	if s.Hot != nil && p.cfg.Pod != nil {
+		p.podMu.Lock()
+		if err := p.cfg.Pod.Unpublish(ctx, name); err != nil && !errors.Is(err, pod.ErrNotFound) {
+			p.log.Warn("unpublishing CXL extent", "snapshot", name, "err", err)
+		}
+		p.cfg.Pod.Reclaim(ctx)
+		p.podMu.Unlock()
+	}
+	// Memory-node segments are immutable and unreferenced now; deleting
+	// them is the memory nodes' garbage collection (not yet implemented).
+	return nil
+}
+
+// List returns the catalog.
+func (p *Pool) List(ctx context.Context) ([]*control.Snapshot, error) { return p.cfg.Plane.ListSnapshots(ctx) }
+
+// Restored implements pagerd.Pool.
+func (p *Pool) Restored(ctx context.Context, name string) {
+	if err := p.cfg.Plane.TouchRestored(ctx, name, time.Now()); err != nil {
+		p.log.Warn("recording restore", "snapshot", name, "err", err)
+	}
+}
+
+// Open implements pagerd.Pool.
+func (p *Pool) Open(ctx context.Context, name string) (*pagerd.Snapshot, error) {
+	cat, err := p.cfg.Plane.GetSnapshot(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if s, ok := p.cache[name]; ok {
+		p.mu.Unlock()
+		s.Hot = p.hotSource(name, cat, s)
+		return s, nil
+	}
+	p.mu.Unlock()
+	var h header
+	if err := json.Unmarshal(cat.Header, &h); err != nil || h.Meta == nil {
+		return nil, fmt.Errorf("pool: snapshot %q: bad catalog header: %v", name, err)
+	}
+	src := &rdma.ObjectSource{C: p.cfg.RDMA, Obj: h.Meta}
+	buf, release, err := src.Arena(int(h.Meta.Len))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := src.Read(ctx, 0, buf, false); err != nil {
+		return nil, fmt.Errorf("pool: snapshot %q: reading metadata: %w", name, err)
+	}
+	meta := bytes.Clone(buf)
+	img, objs, err := decodeMeta(meta, h)
+	if err != nil {
+		return nil, fmt.Errorf("pool: snapshot %q: %w", name, err)
+	}
+	s := &pagerd.Snapshot{Name: name, Image: img}
+	if objs.Cold != nil {
+		s.Cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
+	}
+	if objs.Hot != nil {
+		s.HotFallback = &rdmaHot{src: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Hot}, n: int(objs.Hot.Len)}
+	}
+	s.Hot = p.hotSource(name, cat, s)
+	p.mu.Lock()
+	p.cache[name] = s
+	p.mu.Unlock()
+	return s, nil
+}
+
+func (p *Pool) hotSource(name string, cat *control.Snapshot, s *pagerd.Snapshot) pager.HotSource {
+	if cat.Hot != nil && p.cfg.Pod != nil {
+		return &cxlHot{p: p, key: name}
+	}
+	return s.HotFallback
+}
+
+func decodeMeta(meta []byte, h header) (*snapimage.Image, *objects, error) {
+	if uint64(len(meta)) < h.MetaLen+16 {
+		return nil, nil, errors.New("metadata object too short")
+	}
+	// The trailer sits right after the JSON, before the page padding: find
+	// it by scanning back from the end for the magic.
+	end := bytes.LastIndex(meta, []byte("AQPOOLM1"))
+	if end < 8 || uint64(end) < h.MetaLen+8 {
+		return nil, nil, errors.New("metadata object has no trailer")
+	}
+	n := binary.LittleEndian.Uint64(meta[end-8:])
+	js := meta[h.MetaLen:]
+	if n > uint64(len(js)) {
+		return nil, nil, errors.New("metadata object trailer out of range")
+	}
+	var objs objects
+	if err := json.Unmarshal(js[:n], &objs); err != nil {
+		return nil, nil, fmt.Errorf("metadata object descriptors: %w", err)
+	}
+	img, err := snapimage.Read(&prefixReader{b: meta[:h.MetaLen]}, int64(h.ImageLen))
+	if err != nil {
+		return nil, nil, err
+	}
+	return img, &objs, nil
+}
+
+// prefixReader serves the image metadata; the segments are elsewhere.
+type prefixReader struct{ b []byte }
+
+func (r *prefixReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(r.b)) {
+		return 0, fmt.Errorf("pool: image read at %d beyond the metadata (%d bytes): segments live in the tiers", off, len(r.b))
+	}
+	n := copy(p, r.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// cxlHot serves the hot segment straight from the pod's CXL region.
+type cxlHot struct {
+	p   *Pool
+	key string
+}
+
+func (h *cxlHot) Name() string { return "cxl" }
+
+func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
+	h.p.podMu.Lock()
+	defer h.p.podMu.Unlock()
+	ref, err := h.p.cfg.Plane.GetSnapshot(ctx, h.key)
+	if err != nil {
+		return err
+	}
+	if ref.Hot == nil {
+		return errors.New("pool: hot segment was evicted from CXL")
+	}
+	pref := pod.Ref{Desc: ref.Hot.Descriptor, Gen: ref.Hot.Gen, Token: ref.Hot.Token, Len: uint32(ref.Hot.Len)}
+	_, err = h.p.cfg.Pod.Install(pref, func(addr uintptr, n int) error {
+		return fn(offheap.At(addr, n))
+	})
+	return err
+}
+
+// rdmaHot reads the hot segment's RDMA copy into a recycled buffer.
+type rdmaHot struct {
+	src rdma.ObjectSource
+	n   int
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (h *rdmaHot) Name() string { return h.src.Name() }
+
+func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.buf == nil {
+		b, _, err := h.src.Arena(h.n)
+		if err != nil {
+			return err
+		}
+		h.buf = b
+	}
+	if err := h.src.Read(ctx, 0, h.buf, false); err != nil {
+		return err
+	}
+	return fn(h.buf)
+}
+
+// coldSource recycles read arenas across restores (fresh memory is
+// expensive to fault in).
+type coldSource struct {
+	rdma.ObjectSource
+	mu   sync.Mutex
+	free [][]byte
+	rel  map[*byte]func() error
+}
+
+func (c *coldSource) Arena(n int) ([]byte, func() error, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, b := range c.free {
+		if len(b) == n {
+			c.free = append(c.free[:i], c.free[i+1:]...)
+			return b, c.recycle(b), nil
+		}
+	}
+	b, rel, err := c.ObjectSource.Arena(n)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.rel == nil {
+		c.rel = map[*byte]func() error{}
+	}
+	if n > 0 {
+		c.rel[&b[0]] = rel
+	}
+	return b, c.recycle(b), nil
+}
+
+func (c *coldSource) recycle(b []byte) func() error {
+	return func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if len(c.free) < 64 {
+			c.free = append(c.free, b)
+			return nil
+		}
+		if len(b) > 0 {
+			if rel := c.rel[&b[0]]; rel != nil {
+				delete(c.rel, &b[0])
+				return rel()
+			}
+		}
+		return nil
+	}
+}
+
+var _ = os.Getpagesize
