@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/aquifer-pool/aquifer/control"
 )
 
 // Client talks to a daemon's control API over its Unix socket.
@@ -92,4 +94,24 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// Publish asks the daemon's pool to publish the image at path (on the
+// daemon's host) as name.
+func (c *Client) Publish(ctx context.Context, image, name string) (*control.Snapshot, error) {
+	var s control.Snapshot
+	err := c.do(ctx, "POST", "/v1/snapshots", map[string]string{"image": image, "name": name}, &s)
+	return &s, err
+}
+
+// Snapshots lists the pool's catalog.
+func (c *Client) Snapshots(ctx context.Context) ([]*control.Snapshot, error) {
+	var l []*control.Snapshot
+	err := c.do(ctx, "GET", "/v1/snapshots", nil, &l)
+	return l, err
+}
+
+// RemoveSnapshot deletes a snapshot from the pool.
+func (c *Client) RemoveSnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/snapshots/"+url.PathEscape(name), nil, nil)
 }

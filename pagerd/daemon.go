@@ -42,6 +42,14 @@ type Pool interface {
 	Restored(ctx context.Context, name string)
 }
 
+// Publisher is implemented by pools that accept new snapshots; the daemon
+// then serves /v1/snapshots.
+type Publisher interface {
+	Publish(ctx context.Context, image, name string) (*control.Snapshot, error)
+	Remove(ctx context.Context, name string) error
+	List(ctx context.Context) ([]*control.Snapshot, error)
+}
+
 // Config configures a Daemon.
 type Config struct {
 	Pool Pool
@@ -405,6 +413,41 @@ func (d *Daemon) Handler() http.Handler {
 			writeErr(w, statusOf(err), err)
 		}
 	})
+	if pub, ok := d.cfg.Pool.(Publisher); ok {
+		mux.HandleFunc("POST /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+			var body struct {
+				Image string `json:"image"`
+				Name  string `json:"name"`
+			}
+			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&body); err != nil || body.Image == "" || body.Name == "" {
+				writeErr(w, 400, fmt.Errorf("body must be {\"image\": PATH, \"name\": NAME}: %v", err))
+				return
+			}
+			s, err := pub.Publish(r.Context(), body.Image, body.Name)
+			if err != nil {
+				writeErr(w, statusOf(err), err)
+				return
+			}
+			writeJSON(w, 201, s)
+		})
+		mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+			l, err := pub.List(r.Context())
+			if err != nil {
+				writeErr(w, 500, err)
+				return
+			}
+			writeJSON(w, 200, l)
+		})
+		mux.HandleFunc("DELETE /v1/snapshots/{name}", func(w http.ResponseWriter, r *http.Request) {
+			if err := pub.Remove(r.Context(), r.PathValue("name")); err != nil {
+				writeErr(w, statusOf(err), err)
+				return
+			}
+			w.WriteHeader(204)
+		})
+	}
 	mux.HandleFunc("DELETE /v1/vms/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.Delete(r.PathValue("id")); err != nil {
 			writeErr(w, statusOf(err), err)
@@ -421,7 +464,7 @@ func statusOf(err error) int {
 		return 404
 	case errors.Is(err, control.ErrExists):
 		return 409
-	case strings.Contains(err.Error(), "invalid name"):
+	case strings.Contains(err.Error(), "invalid name"), errors.Is(err, os.ErrNotExist):
 		return 400
 	}
 	return 500

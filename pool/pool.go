@@ -277,7 +277,9 @@ func (p *Pool) Remove(ctx context.Context, name string) error {
 }
 
 // List returns the catalog.
-func (p *Pool) List(ctx context.Context) ([]*control.Snapshot, error) { return p.cfg.Plane.ListSnapshots(ctx) }
+func (p *Pool) List(ctx context.Context) ([]*control.Snapshot, error) {
+	return p.cfg.Plane.ListSnapshots(ctx)
+}
 
 // Restored implements pagerd.Pool.
 func (p *Pool) Restored(ctx context.Context, name string) {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -30,4 +31,11 @@ func parseSize(s string) (uint64, error) {
 		return 0, fmt.Errorf("size %q overflows", s)
 	}
 	return n * mult, nil
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
