@@ -20,6 +20,7 @@ type benchFlags struct {
 	workloads, strategies, conc      string
 	runs, vcpus                      int
 	jsonOut, plotOut, corpusDir, dir string
+	localPod                         bool
 }
 
 func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
@@ -34,6 +35,7 @@ func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl.StringVar(&f.plotOut, "plot", "", "write a chart here (.svg or .png)")
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus if present, else the synthetic one, generated if missing)")
 	fl.StringVar(&f.dir, "work-dir", "", "directory for derived files (default: a temporary one)")
+	fl.BoolVar(&f.localPod, "local-images", false, "aquifer strategies read images from local disk instead of the embedded pod (no tiers)")
 }
 
 func splitList(s string) []string {
@@ -106,7 +108,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	pod, err := startPod(ctx, o.Bin, o.WorkDir)
+	pod, err := startPod(ctx, o.Bin, o.WorkDir, f.localPod)
 	if err != nil {
 		return nil, err
 	}
@@ -135,8 +137,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 }
 
 // startPod starts the pod the aquifer strategies use.
-func startPod(ctx context.Context, bin, dir string) (bench.Pod, error) {
-	return bench.StartDirPod(ctx, bin, dir)
+func startPod(ctx context.Context, bin, dir string, local bool) (bench.Pod, error) {
+	if local {
+		return bench.StartDirPod(ctx, bin, dir)
+	}
+	return bench.StartPoolPod(ctx, bin, dir)
 }
 
 func init() {

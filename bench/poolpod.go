@@ -1,0 +1,70 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/aquifer-pool/aquifer/pagerd"
+)
+
+// PoolPod runs `aquifer serve --embedded`: an embedded etcd, an emulated
+// CXL region (a /dev/shm file) and memory nodes read through the emulated
+// RDMA transport (the documented latency model), with the pager daemon on
+// top. Aquifer strategies publish into it and restore from it.
+type PoolPod struct {
+	dir, api, cxl string
+	cmd           *exec.Cmd
+	client        *pagerd.Client
+}
+
+// StartPoolPod starts the pod in dir.
+func StartPoolPod(ctx context.Context, bin, dir string) (*PoolPod, error) {
+	p := &PoolPod{dir: dir, api: filepath.Join(dir, "api.sock"),
+		cxl: fmt.Sprintf("/dev/shm/aquifer-bench-%d-cxl", os.Getpid())}
+	os.Remove(p.cxl)
+	p.cmd = exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", filepath.Join(dir, "pod"),
+		"--api", p.api, "--socket-dir", filepath.Join(dir, "vms"), "--cxl-path", p.cxl, "--cxl-size", "4GiB",
+		"--cxl-chunk", "256MiB", "--rdma", "emu", "--log-level", "warn")
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := waitSocket(ctx, p.api); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("bench: embedded pod did not start: %w", err)
+	}
+	p.client = pagerd.NewClient(p.api)
+	return p, nil
+}
+
+// Publish implements Pod.
+func (p *PoolPod) Publish(ctx context.Context, image, name string) error {
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		return err
+	}
+	p.client.RemoveSnapshot(ctx, name) // a re-run replaces an old entry
+	_, err = p.client.Publish(ctx, abs, name)
+	return err
+}
+
+// API implements Pod.
+func (p *PoolPod) API() string { return p.api }
+
+// Kind implements Pod.
+func (p *PoolPod) Kind() string {
+	return "embedded pod: emulated CXL (shared /dev/shm region, copies at local-DRAM speed) + emulated RDMA (3 memory nodes, R=2, latency model 2.5us + 100 Gb/s)"
+}
+
+// Close implements Pod.
+func (p *PoolPod) Close() error {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(os.Interrupt)
+		p.cmd.Wait()
+	}
+	os.Remove(p.cxl)
+	return nil
+}
