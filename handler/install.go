@@ -126,6 +126,10 @@ func (h *Handler) LeaveToKernel(off uint64, npages uint64) error {
 	for _, s := range sp {
 		ps := s.r.PageSize
 		if err := h.u.Unregister(uintptr(s.r.BaseHostVirtAddr+s.first*ps), uintptr(s.n*ps)); err != nil {
+			if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.EINVAL) {
+				// The VM's mm is gone or its mapping changed: it is exiting.
+				return uffd.ErrGone
+			}
 			return err
 		}
 		atomic.AddUint64(&h.stats.Unregistered, s.n)

@@ -22,7 +22,9 @@ type Options struct {
 	// Workers serving demand faults (default 2).
 	Workers int
 	// ZeroRunMin: zero runs of at least this many pages are left to the
-	// kernel (unregistered); default 16. NoZeroUnregister disables it.
+	// kernel (unregistered); default 1 (all). The longest runs go first,
+	// before resume; the rest right after, in the background.
+	// NoZeroUnregister disables it.
 	ZeroRunMin       uint64
 	NoZeroUnregister bool
 	// NoPrefetch disables the background cold prefetcher.
@@ -79,6 +81,7 @@ type Session struct {
 	hotSeg   []byte
 	hotUsers sync.WaitGroup
 	hotOnce  sync.Once
+	lateZero []snapimage.Run
 
 	arena        []byte
 	arenaRelease func() error
@@ -97,7 +100,7 @@ func New(img *snapimage.Image, hot HotSource, cold ColdSource, opts Options) (*S
 		opts.Workers = 2
 	}
 	if opts.ZeroRunMin == 0 {
-		opts.ZeroRunMin = 16
+		opts.ZeroRunMin = 1
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -174,7 +177,17 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		if e.err != nil {
 			return 0, false, nil, e.err
 		}
-		return offheap.AddrOf(s.arena) + uintptr(idx*ps), false, func() { s.installExtent(x, e) }, nil
+		// The faulting page is installed (and its vCPU woken) first; the
+		// rest of the extent follows asynchronously, off the fault path.
+		return offheap.AddrOf(s.arena) + uintptr(idx*ps), false, func() {
+			if !e.installed.Load() {
+				s.bg.Add(1)
+				go func() {
+					defer s.bg.Done()
+					s.installExtent(x, e)
+				}()
+			}
+		}, nil
 	}
 }
 
@@ -276,9 +289,22 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 	close(s.ready)
 	if s.readyErr != nil {
 		s.log.Error("pre-install failed", "err", s.readyErr)
-	} else if !s.opts.NoPrefetch && s.cold != nil {
-		s.bg.Add(1)
-		go s.prefetch(ctx)
+	} else {
+		if len(s.lateZero) > 0 {
+			s.bg.Add(1)
+			go func() {
+				defer s.bg.Done()
+				for _, run := range s.lateZero {
+					if ctx.Err() != nil || !s.leaveZero(run) {
+						return
+					}
+				}
+			}()
+		}
+		if !s.opts.NoPrefetch && s.cold != nil {
+			s.bg.Add(1)
+			go s.prefetch(ctx)
+		}
 	}
 	r := <-done
 	cancel()
@@ -338,17 +364,34 @@ func (s *Session) preinstall(ctx context.Context) {
 		return
 	}
 	if !s.opts.NoZeroUnregister {
+		// Long zero runs before resume (they hold most zero pages), the
+		// short ones after it: each is one UFFDIO_UNREGISTER.
+		var short []snapimage.Run
 		for _, run := range s.img.Runs() {
 			if run.Class != snapimage.Zero || uint64(run.Count) < s.opts.ZeroRunMin {
 				continue
 			}
-			if err := s.h.LeaveToKernel(run.Page*s.ps, uint64(run.Count)); err != nil {
-				s.log.Warn("unregistering a zero run", "page", run.Page, "pages", run.Count, "err", err)
-				break
+			if run.Count < 64 {
+				short = append(short, run)
+				continue
 			}
-			s.rep.ZeroPagesToKernel += uint64(run.Count)
+			if !s.leaveZero(run) {
+				return
+			}
 		}
+		s.lateZero = short
 	}
+}
+
+func (s *Session) leaveZero(run snapimage.Run) bool {
+	if err := s.h.LeaveToKernel(run.Page*s.ps, uint64(run.Count)); err != nil {
+		if !uffd.IsGone(err) {
+			s.log.Warn("unregistering a zero run", "page", run.Page, "pages", run.Count, "err", err)
+		}
+		return false
+	}
+	atomic.AddUint64(&s.rep.ZeroPagesToKernel, uint64(run.Count))
+	return true
 }
 
 func (s *Session) openHot() {
