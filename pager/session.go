@@ -27,6 +27,12 @@ type Options struct {
 	// NoZeroUnregister disables it.
 	ZeroRunMin       uint64
 	NoZeroUnregister bool
+	// EarlyResume reports the VM ready as soon as the long zero runs are
+	// left to the kernel and streams the hot set in while it runs (in
+	// first-touch order, so the stream stays ahead of the guest; a hot page
+	// the guest reaches first is served on demand from the same validated
+	// window). The default waits for the whole hot set, as the paper does.
+	EarlyResume bool
 	// NoPrefetch disables the background cold prefetcher.
 	NoPrefetch bool
 	// NoPreinstall serves hot pages on demand instead of before resume
@@ -80,7 +86,8 @@ type Session struct {
 	hotMu    sync.Mutex
 	hotSeg   []byte
 	hotUsers sync.WaitGroup
-	hotOnce  sync.Once
+	hotOnce   sync.Once
+	readyOnce sync.Once
 	lateZero []snapimage.Run
 
 	arena        []byte
@@ -127,6 +134,8 @@ func New(img *snapimage.Image, hot HotSource, cold ColdSource, opts Options) (*S
 	}
 	return s, nil
 }
+
+func (s *Session) markReady() { s.readyOnce.Do(func() { close(s.ready) }) }
 
 // Ready is closed once the hot set is installed (or installing failed: see
 // ReadyErr). Resume the VM only after it.
@@ -286,7 +295,7 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 	}()
 
 	s.preinstall(ctx)
-	close(s.ready)
+	s.markReady()
 	if s.readyErr != nil {
 		s.log.Error("pre-install failed", "err", s.readyErr)
 	} else {
@@ -327,6 +336,12 @@ func (s *Session) Close() error {
 func (s *Session) preinstall(ctx context.Context) {
 	t0 := time.Now()
 	defer func() { s.rep.Preinstall = time.Since(t0) }()
+	if s.opts.EarlyResume {
+		if !s.zeroRuns() {
+			return
+		}
+		s.markReady()
+	}
 	_, nhot, _ := s.img.Counts()
 	var err error
 	if nhot > 0 {
@@ -363,6 +378,14 @@ func (s *Session) preinstall(ctx context.Context) {
 		s.readyErr = err
 		return
 	}
+	if !s.opts.EarlyResume {
+		s.zeroRuns()
+	}
+}
+
+// zeroRuns leaves the long zero runs to the kernel now and queues the short
+// ones for after resume. It reports false when the VM is gone.
+func (s *Session) zeroRuns() bool {
 	if !s.opts.NoZeroUnregister {
 		// Long zero runs before resume (they hold most zero pages), the
 		// short ones after it: each is one UFFDIO_UNREGISTER.
@@ -376,11 +399,12 @@ func (s *Session) preinstall(ctx context.Context) {
 				continue
 			}
 			if !s.leaveZero(run) {
-				return
+				return false
 			}
 		}
 		s.lateZero = short
 	}
+	return true
 }
 
 func (s *Session) leaveZero(run snapimage.Run) bool {

@@ -18,6 +18,13 @@
 // evicts the least recently restored snapshots' hot segments from CXL; their
 // restores then pre-install from the RDMA copy.
 //
+// StartEmbedded runs a whole pod in one process (embedded etcd, an emulated
+// CXL region, in-process memory nodes on loopback, or external `aquifer
+// memnode` processes); Init prepares its persistent state (data directory,
+// pod secret, formatted region) for `aquifer pool init`. Both keep what a
+// restart needs: the region file, etcd's data, and each in-process memory
+// node's segments and address (segments name their nodes by address).
+//
 // This package composes tiers and the control plane; it must not serve
 // faults (package pager) or speak the Firecracker protocol.
 package pool

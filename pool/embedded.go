@@ -3,12 +3,14 @@ package pool
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control"
@@ -42,32 +44,39 @@ type EmbeddedConfig struct {
 	ChunkSize int64
 	// Transport the pager reads the memory nodes with: "emu" (in-process,
 	// the documented RDMA latency model; figures are emulated) or "tcp"
-	// (real loopback network). Default "emu".
+	// (real loopback network). Default "emu", and "tcp" (the only choice)
+	// with ExternalMemNodes.
 	Transport string
-	Logger    *slog.Logger
+	// ExternalMemNodes are the addresses of `aquifer memnode` processes to
+	// use instead of in-process memory nodes (then MemNodes is ignored and
+	// MemNodeCapacity is the capacity recorded for each in the catalog).
+	ExternalMemNodes []string
+	// SecretFile holds the pod's shared admission secret (read with
+	// memnode.ParseSecret). Default Dir/pod.secret, created if missing for
+	// in-process nodes; external nodes need it to exist (aquifer pool init).
+	SecretFile string
+	Logger     *slog.Logger
 }
 
-// Embedded is a running in-process pod.
-type Embedded struct {
-	Pool   *Pool
-	Plane  *control.Plane
-	Nodes  []*memnode.Node
-	Addrs  []string
-	Region *shm.Region
-	Pod    *pod.Pod
-	client *rdma.Client
-	tr     rdma.Transport
-	lis    []net.Listener
-	regs   []*control.Registration
-}
+// SecretFileName is the pod secret's name inside the data directory.
+const SecretFileName = "pod.secret"
 
-// StartEmbedded starts (or restarts, keeping its data) an embedded pod.
-func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+// defaults fills in every default; StartEmbedded and Init share them.
+func (c *EmbeddedConfig) defaults() error {
 	if c.Dir == "" {
-		return nil, errors.New("pool: embedded pod needs a data directory")
+		return errors.New("pool: embedded pod needs a data directory")
 	}
 	if c.Name == "" {
 		c.Name = "pod0"
+	}
+	if len(c.ExternalMemNodes) > 0 {
+		c.MemNodes = len(c.ExternalMemNodes)
+		if c.Transport == "" {
+			c.Transport = "tcp"
+		}
+		if c.Transport != "tcp" {
+			return fmt.Errorf("pool: external memory nodes are read over tcp, not %q", c.Transport)
+		}
 	}
 	if c.MemNodes <= 0 {
 		c.MemNodes = 3
@@ -87,11 +96,36 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	if c.CXLPath == "" {
 		c.CXLPath = fmt.Sprintf("/dev/shm/aquifer-%s-cxl", c.Name)
 	}
+	if c.SecretFile == "" {
+		c.SecretFile = filepath.Join(c.Dir, SecretFileName)
+	}
 	if c.Transport == "" {
 		c.Transport = "emu"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Embedded is a running in-process pod.
+type Embedded struct {
+	Pool   *Pool
+	Plane  *control.Plane
+	Nodes  []*memnode.Node
+	Addrs  []string
+	Region *shm.Region
+	Pod    *pod.Pod
+	client *rdma.Client
+	tr     rdma.Transport
+	lis    []net.Listener
+	regs   []*control.Registration
+}
+
+// StartEmbedded starts (or restarts, keeping its data) an embedded pod.
+func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+	if err := c.defaults(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, err
@@ -107,14 +141,36 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	if e.Plane, err = control.StartEmbedded(ctx, control.EmbeddedConfig{Dir: c.Dir}); err != nil {
 		return nil, err
 	}
-	secret, err := podSecret(filepath.Join(c.Dir, "pod.secret"))
-	if err != nil {
+	var secret []byte
+	if len(c.ExternalMemNodes) > 0 {
+		// The memory nodes already run with a secret: never invent one.
+		secret, err = memnode.ParseSecret(c.SecretFile)
+		if err == nil && len(secret) < 16 {
+			err = fmt.Errorf("pool: pod secret %s holds %d bytes, want at least 16", c.SecretFile, len(secret))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w (create one with `aquifer pool init` and give the memory nodes the same --secret-file)", err)
+		}
+	} else if secret, err = podSecret(c.SecretFile); err != nil {
 		return nil, err
+	}
+	// External memory nodes: recorded in the catalog under this host's
+	// lease (the entry means "served to this pod", not a liveness probe).
+	for i, a := range c.ExternalMemNodes {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("pool: memory node address %q: %w", a, err)
+		}
+		e.Addrs = append(e.Addrs, a)
+		reg, err := e.Plane.RegisterMemNode(ctx, control.Member{ID: memberID(i, a), Addr: a, Capacity: c.MemNodeCapacity}, 10)
+		if err != nil {
+			return nil, err
+		}
+		e.regs = append(e.regs, reg)
 	}
 	// Memory nodes on loopback.
 	var ids []rdma.NodeID
-	for i := 0; i < c.MemNodes; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for i := 0; len(c.ExternalMemNodes) == 0 && i < c.MemNodes; i++ {
+		l, err := listenMemNode(filepath.Join(c.Dir, fmt.Sprintf("memnode-%d", i)))
 		if err != nil {
 			return nil, err
 		}
@@ -214,15 +270,183 @@ func openPod(ctx context.Context, r *shm.Region, coord pod.Coordinator) (*pod.Po
 	}
 }
 
-func podSecret(path string) ([]byte, error) {
-	if b, err := os.ReadFile(path); err == nil && len(b) >= 16 {
-		return b, nil
-	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
+// listenMemNode listens for in-process memory node dir. Published
+// segments name their memory nodes by address, so a node keeps the address
+// it was first given (recorded in dir/listen.addr) across restarts:
+// otherwise a restarted pod could not find any snapshot published before.
+func listenMemNode(dir string) (net.Listener, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return b, os.WriteFile(path, b, 0o600)
+	file := filepath.Join(dir, "listen.addr")
+	if b, err := os.ReadFile(file); err == nil {
+		addr := strings.TrimSpace(string(b))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("pool: in-process memory node %s must listen on %s again (its published segments are recorded there): %w", dir, addr, err)
+		}
+		return l, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	tmp := file + ".tmp"
+	if err := writeSync(tmp, []byte(l.Addr().String()+"\n")); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func writeSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// memberID names an external memory node in the catalog.
+func memberID(i int, addr string) string {
+	id := []byte(fmt.Sprintf("memnode-%d-%s", i, addr))
+	for j, b := range id {
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '.' || b == '-' || b == '_') {
+			id[j] = '_'
+		}
+	}
+	return string(id)
+}
+
+// podSecret reads the pod secret at path, creating it if it is missing.
+// It is written as base64 text so that memnode.ParseSecret (which trims
+// trailing whitespace) reads the same bytes as this process does.
+func podSecret(path string) ([]byte, error) {
+	if b, err := memnode.ParseSecret(path); err == nil && len(b) >= 16 {
+		return b, nil
+	}
+	if _, err := writeSecret(path, false); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	return memnode.ParseSecret(path)
+}
+
+// writeSecret creates a fresh 256-bit secret at path (mode 0600), written
+// atomically (temp file, fsync, rename). Unless replace, an existing file
+// is kept and os.ErrExist returned.
+func writeSecret(path string, replace bool) (bool, error) {
+	if !replace {
+		if _, err := os.Stat(path); err == nil {
+			return false, fmt.Errorf("pool: pod secret %s: %w", path, os.ErrExist)
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return false, err
+	}
+	txt := base64.StdEncoding.EncodeToString(raw) + "\n"
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".pod.secret-*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if _, err := tmp.WriteString(txt); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	if !replace {
+		// Link fails if someone created the file meanwhile.
+		if err := os.Link(tmp.Name(), path); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	return true, os.Rename(tmp.Name(), path)
+}
+
+// InitResult says what Init made.
+type InitResult struct {
+	Dir           string
+	SecretFile    string
+	SecretCreated bool // false: an existing secret was kept
+	CXLPath       string
+	Geometry      pod.Geometry
+}
+
+// Init prepares an embedded pod's persistent state, what `aquifer pool
+// init` does: the data directory (0700), the pod secret (0600, kept if it
+// exists) and the formatted emulated CXL region. An existing region is
+// refused unless force, which recreates it empty: every hot placement in
+// an existing catalog then fails its generation check and restores fall
+// back to the RDMA copies, so nothing wrong is ever served.
+func Init(c EmbeddedConfig, force bool) (*InitResult, error) {
+	if err := c.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	res := &InitResult{Dir: c.Dir, SecretFile: c.SecretFile, CXLPath: c.CXLPath}
+	created, err := writeSecret(c.SecretFile, false)
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	res.SecretCreated = created
+	if !created {
+		if b, err := memnode.ParseSecret(c.SecretFile); err != nil || len(b) < 16 {
+			return nil, fmt.Errorf("pool: existing pod secret %s is unreadable or shorter than 16 bytes (%v): remove it to make a new one", c.SecretFile, err)
+		}
+	}
+	if _, err := os.Stat(c.CXLPath); err == nil {
+		if !force {
+			return nil, fmt.Errorf("pool: CXL region %s already exists; pass --force to format it again (its hot segments are lost; snapshots fall back to their RDMA copies)", c.CXLPath)
+		}
+		if err := os.Remove(c.CXLPath); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := pod.Plan(c.CXLSize, pod.PageSize, pod.FormatOptions{ChunkSize: c.ChunkSize}); err != nil {
+		return nil, fmt.Errorf("pool: CXL region of %d bytes with %d-byte chunks: %w", c.CXLSize, c.ChunkSize, err)
+	}
+	if err := shm.Create(c.CXLPath, c.CXLSize); err != nil {
+		return nil, err
+	}
+	r, err := shm.Open(c.CXLPath, shm.All(c.CXLSize), nil)
+	if err != nil {
+		os.Remove(c.CXLPath)
+		return nil, err
+	}
+	defer r.Close()
+	if res.Geometry, err = pod.Format(r, pod.FormatOptions{ChunkSize: c.ChunkSize}); err != nil {
+		os.Remove(c.CXLPath)
+		return nil, err
+	}
+	return res, nil
 }
 
 // Close stops the pod's pieces (data stays on disk and in the region file).

@@ -15,8 +15,10 @@ import (
 )
 
 func init() {
-	var api, sockDir, images, dataDir, transport, cxlSize, cxlPath string
+	var api, sockDir, images, dataDir, transport, cxlSize, cxlPath, cxlChunk, secretFile string
+	var memnodeAddrs []string
 	var workers, memnodes int
+	var earlyResume bool
 	var embedded bool
 	cmd := &cobra.Command{
 		Use:   "serve (--embedded | --images DIR)",
@@ -30,8 +32,13 @@ resumed. See docs/operations.md.
 With --embedded the daemon also runs the whole pod in this process: an
 embedded etcd member, an emulated CXL region (/dev/shm) and --memnodes memory
 nodes on loopback; aquifer publish / pool ls / pool rm talk to it through
-the same API. With --images DIR, snapshots are Aquifer images DIR/NAME.img on
-local disk (no tiers).`,
+the same API. With --memnode-addrs it uses those aquifer memnode processes
+instead (over tcp, admitted with the pod secret --secret-file). aquifer pool
+init prepares the data directory, secret and CXL region beforehand; without
+it they are created on first start.
+
+With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
+(no tiers).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -41,15 +48,24 @@ local disk (no tiers).`,
 			case embedded:
 				size, err := parseSize(cxlSize)
 				if err != nil {
-					return err
+					return fmt.Errorf("--cxl-size: %w", err)
+				}
+				chunk, err := parseSize(cxlChunk)
+				if err != nil {
+					return fmt.Errorf("--cxl-chunk: %w", err)
+				}
+				tr := transport
+				if len(memnodeAddrs) > 0 && !cmd.Flags().Changed("rdma") {
+					tr = "tcp"
 				}
 				e, err := pool.StartEmbedded(ctx, pool.EmbeddedConfig{Dir: dataDir, MemNodes: memnodes,
-					CXLSize: int64(size), CXLPath: cxlPath, Transport: transport})
+					CXLSize: int64(size), CXLPath: cxlPath, ChunkSize: int64(chunk), Transport: tr,
+					ExternalMemNodes: memnodeAddrs, SecretFile: secretFile})
 				if err != nil {
 					return err
 				}
 				defer e.Close()
-				slog.Info("embedded pod running", "etcd", e.Plane.Endpoints, "memnodes", e.Addrs, "rdma", transport, "data_dir", dataDir)
+				slog.Info("embedded pod running", "etcd", e.Plane.Endpoints, "memnodes", e.Addrs, "rdma", tr, "data_dir", dataDir)
 				p = e.Pool
 			case images != "":
 				p = &pagerd.DirPool{Dir: images}
@@ -61,6 +77,7 @@ local disk (no tiers).`,
 			}
 			cfg := pagerd.Config{Pool: p, SocketDir: sockDir, AllowUID: -1}
 			cfg.Pager.Workers = workers
+			cfg.Pager.EarlyResume = earlyResume
 			d, err := pagerd.New(cfg)
 			if err != nil {
 				return err
@@ -80,6 +97,10 @@ local disk (no tiers).`,
 	f.StringVar(&transport, "rdma", "emu", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated) or tcp (loopback network)")
 	f.StringVar(&cxlSize, "cxl-size", "1GiB", "with --embedded: size of the emulated CXL region")
 	f.StringVar(&cxlPath, "cxl-path", "", "with --embedded: emulated CXL region file (default /dev/shm/aquifer-pod0-cxl)")
+	f.StringVar(&cxlChunk, "cxl-chunk", "64MiB", "with --embedded: chunk size when the region is formatted here (the largest hot segment)")
+	f.StringSliceVar(&memnodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
+	f.StringVar(&secretFile, "secret-file", "", "with --embedded: the pod secret file (default DATA-DIR/pod.secret)")
 	f.IntVar(&workers, "workers", 2, "fault-serving threads per VM")
+	f.BoolVar(&earlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
 	register(cmd)
 }
