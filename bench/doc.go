@@ -9,6 +9,7 @@
 //	reap               REAP as vHive implements it (baseline.REAPSource), one handler process per VM
 //	faasnap            FaaSnap's loading set and per-region mapping (guest faasnap backend)
 //	aquifer            the pager daemon with the pool: hot set pre-installed, cold pages demand-paged
+//	aquifer-early      the same, resumed before the hot set is complete (it streams in; beyond the paper)
 //	aquifer-cxl-only   every non-zero page in the hot (CXL) segment
 //	aquifer-rdma-only  nothing pre-installed: every non-zero page demand-paged from the cold tier
 //	warm               memory already resident (prefaulted private mapping): the lower bound

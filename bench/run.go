@@ -204,6 +204,14 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload) (*prepared, err
 	if err := convert(Aquifer, rec); err != nil {
 		return nil, err
 	}
+	if need(AquiferEarly) {
+		// Same image as aquifer; only the resume point differs.
+		if img, ok := p.images[Aquifer]; ok {
+			p.images[AquiferEarly], p.snapName[AquiferEarly] = img, p.snapName[Aquifer]
+		} else if err := convert(AquiferEarly, rec); err != nil {
+			return nil, err
+		}
+	}
 	if need(AquiferCXLOnly) {
 		// Every non-zero page hot: the recording first, then the rest in
 		// offset order.
@@ -329,11 +337,14 @@ func runVM(ctx context.Context, o Options, p *prepared, s, eval, dir string, n i
 			return Sample{}, err
 		}
 		args = append(args, "--backend", "uffd", "--socket", sock)
-	case Aquifer, AquiferCXLOnly, AquiferRDMAOnly:
+	case Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly:
 		if o.Pod == nil {
 			return Sample{}, fmt.Errorf("no pod for %s", s)
 		}
 		args = append(args, "--backend", "uffd", "--pager-api", o.Pod.API(), "--vm", id, "--snapshot", p.snapName[s])
+		if s == AquiferEarly {
+			args = append(args, "--early-resume")
+		}
 	}
 	cmd := exec.CommandContext(ctx, o.Bin, args...)
 	var out, errb bytes.Buffer

@@ -14,11 +14,15 @@ const (
 	Aquifer         = "aquifer"
 	AquiferCXLOnly  = "aquifer-cxl-only"
 	AquiferRDMAOnly = "aquifer-rdma-only"
+	AquiferEarly    = "aquifer-early"
 	Warm            = "warm"
 )
 
 // AllStrategies in report order.
-var AllStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferCXLOnly, AquiferRDMAOnly, Warm}
+var AllStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly, Warm}
+
+// DefaultStrategies are run unless told otherwise.
+var DefaultStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly, Warm}
 
 // CheckStrategies validates a strategy list.
 func CheckStrategies(s []string) error {

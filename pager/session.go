@@ -82,13 +82,13 @@ type Session struct {
 	ready    chan struct{}
 	readyErr error
 
-	hotReady chan struct{}
-	hotMu    sync.Mutex
-	hotSeg   []byte
-	hotUsers sync.WaitGroup
+	hotReady  chan struct{}
+	hotMu     sync.Mutex
+	hotSeg    []byte
+	hotUsers  sync.WaitGroup
 	hotOnce   sync.Once
 	readyOnce sync.Once
-	lateZero []snapimage.Run
+	lateZero  []snapimage.Run
 
 	arena        []byte
 	arenaRelease func() error

@@ -60,8 +60,17 @@ func (c *Client) do(ctx context.Context, method, path string, body any, out any)
 // Prepare asks the daemon to serve VM id from snapshot and returns the
 // UFFD socket path for Firecracker.
 func (c *Client) Prepare(ctx context.Context, id, snapshot string) (*VM, error) {
+	return c.PrepareWith(ctx, id, snapshot, PrepareOptions{})
+}
+
+// PrepareWith is Prepare with per-VM options.
+func (c *Client) PrepareWith(ctx context.Context, id, snapshot string, po PrepareOptions) (*VM, error) {
 	var vm VM
-	err := c.do(ctx, "PUT", "/v1/vms/"+url.PathEscape(id), map[string]string{"snapshot": snapshot}, &vm)
+	body := map[string]any{"snapshot": snapshot}
+	if po.EarlyResume {
+		body["early_resume"] = true
+	}
+	err := c.do(ctx, "PUT", "/v1/vms/"+url.PathEscape(id), body, &vm)
 	return &vm, err
 }
 

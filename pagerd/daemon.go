@@ -128,6 +128,18 @@ func New(cfg Config) (*Daemon, error) {
 // Prepare opens the snapshot and starts listening for the VM's
 // Firecracker. It returns the socket path for mem_backend.backend_path.
 func (d *Daemon) Prepare(ctx context.Context, id, snapshot string) (*VM, error) {
+	return d.PrepareWith(ctx, id, snapshot, PrepareOptions{})
+}
+
+// PrepareOptions are per-VM choices of the orchestrator.
+type PrepareOptions struct {
+	// EarlyResume reports the VM ready before its whole hot set is
+	// installed (see pager.Options.EarlyResume).
+	EarlyResume bool `json:"early_resume,omitempty"`
+}
+
+// PrepareWith is Prepare with per-VM options.
+func (d *Daemon) PrepareWith(ctx context.Context, id, snapshot string, po PrepareOptions) (*VM, error) {
 	if err := control.ValidName(id); err != nil {
 		return nil, err
 	}
@@ -149,7 +161,9 @@ func (d *Daemon) Prepare(ctx context.Context, id, snapshot string) (*VM, error) 
 	if err != nil {
 		return fail(err)
 	}
-	sess, err := pager.New(snap.Image, snap.Hot, snap.Cold, d.sessionOptions(snap))
+	so := d.sessionOptions(snap)
+	so.EarlyResume = so.EarlyResume || po.EarlyResume
+	sess, err := pager.New(snap.Image, snap.Hot, snap.Cold, so)
 	if err != nil {
 		return fail(err)
 	}
@@ -372,14 +386,15 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/vms/{id}", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
 			Snapshot string `json:"snapshot"`
+			PrepareOptions
 		}
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&body); err != nil || body.Snapshot == "" {
-			writeErr(w, 400, fmt.Errorf("body must be {\"snapshot\": NAME}: %v", err))
+			writeErr(w, 400, fmt.Errorf("body must be {\"snapshot\": NAME[, \"early_resume\": BOOL]}: %v", err))
 			return
 		}
-		vm, err := d.Prepare(r.Context(), r.PathValue("id"), body.Snapshot)
+		vm, err := d.PrepareWith(r.Context(), r.PathValue("id"), body.Snapshot, body.PrepareOptions)
 		if err != nil {
 			writeErr(w, statusOf(err), err)
 			return

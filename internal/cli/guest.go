@@ -26,6 +26,7 @@ func init() {
 		mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
 		waitReady, faasnapPlan                                        string
 		pagerAPI, vmID, snapshot                                      string
+		earlyResume                                                   bool
 		vcpus                                                         int
 		think                                                         float64
 		dropCache, noVerify, asJSON                                   bool
@@ -85,7 +86,7 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 					return fmt.Errorf("--pager-api needs --vm and --snapshot")
 				}
 				pc := pagerd.NewClient(pagerAPI)
-				vm, err := pc.Prepare(cmd.Context(), vmID, snapshot)
+				vm, err := pc.PrepareWith(cmd.Context(), vmID, snapshot, pagerd.PrepareOptions{EarlyResume: earlyResume})
 				if err != nil {
 					return err
 				}
@@ -125,6 +126,7 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 	f.StringVar(&backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
 	f.StringVar(&pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
 	f.StringVar(&vmID, "vm", "", "VM id for --pager-api")
+	f.BoolVar(&earlyResume, "early-resume", false, "with --pager-api: resume before the whole hot set is installed (it streams in)")
 	f.StringVar(&snapshot, "snapshot", "", "snapshot name for --pager-api")
 	f.StringVar(&faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
 	f.StringVar(&socket, "socket", "", "handler socket (uffd backend)")
