@@ -47,7 +47,9 @@ func (r *Report) WritePlot(path string) error {
 	}
 	w := vg.Points(float64(60) / float64(max(1, len(strategies))))
 	palette := []color.RGBA{{0x4e, 0x79, 0xa7, 255}, {0xf2, 0x8e, 0x2b, 255}, {0xe1, 0x57, 0x59, 255}, {0x76, 0xb7, 0xb2, 255},
-		{0x59, 0xa1, 0x4f, 255}, {0xed, 0xc9, 0x48, 255}, {0xb0, 0x7a, 0xa1, 255}, {0x9c, 0x75, 0x5f, 255}}
+		{0x59, 0xa1, 0x4f, 255}, {0xed, 0xc9, 0x48, 255}, {0xb0, 0x7a, 0xa1, 255}, {0x9c, 0x75, 0x5f, 255},
+		{0x55, 0x55, 0x55, 255}}
+	ymax := 0.0
 	for i, s := range strategies {
 		vals := make(plotter.Values, len(workloads))
 		for j, wl := range workloads {
@@ -56,6 +58,7 @@ func (r *Report) WritePlot(path string) error {
 				v /= b
 			}
 			vals[j] = v
+			ymax = max(ymax, v)
 		}
 		bars, err := plotter.NewBarChart(vals, w)
 		if err != nil {
@@ -67,7 +70,12 @@ func (r *Report) WritePlot(path string) error {
 		p.Add(bars)
 		p.Legend.Add(s, bars)
 	}
+	// Leave the top third free for the legend.
+	p.Y.Min, p.Y.Max = 0, ymax*1.55
 	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.Padding = vg.Points(2)
+	p.Legend.XOffs = vg.Points(10)
 	p.NominalX(workloads...)
 	return p.Save(vg.Length(120+70*len(workloads))*vg.Points(1), 320, path)
 }
