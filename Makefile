@@ -10,7 +10,7 @@ build:
 
 # test: everything CI checks — formatting, vet, the unit/integration suite,
 # the cgo RDMA build and the coherence model checks.
-test: fmtcheck vet rdmabuild unit modelcheck
+test: fmtcheck vet rdmabuild modelcheck unit
 
 fmtcheck:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
