@@ -47,6 +47,19 @@ func (h *Handler) spans(off uint64, npages uint64) ([]span, error) {
 // so a vCPU that faulted on one of these pages meanwhile is released. It
 // returns the number of pages installed.
 func (h *Handler) Install(off uint64, src uintptr, npages uint64) (uint64, error) {
+	return h.install(off, src, npages, true)
+}
+
+// InstallQuiet is Install without the final UFFDIO_WAKE. It is enough
+// whenever this handler's fault loop is running: a vCPU that faulted on one
+// of these pages has a pending event, and serving it either copies the page
+// (and wakes) or finds it present (EEXIST) and wakes. It saves one ioctl per
+// run, which matters when a hot set is installed as thousands of short runs.
+func (h *Handler) InstallQuiet(off uint64, src uintptr, npages uint64) (uint64, error) {
+	return h.install(off, src, npages, false)
+}
+
+func (h *Handler) install(off uint64, src uintptr, npages uint64, wake bool) (uint64, error) {
 	sp, err := h.spans(off, npages)
 	if err != nil {
 		return 0, err
@@ -59,9 +72,11 @@ func (h *Handler) Install(off uint64, src uintptr, npages uint64) (uint64, error
 		if err != nil {
 			return installed, err
 		}
-		base := uintptr(s.r.BaseHostVirtAddr + s.first*ps)
-		if err := h.u.Wake(base, uintptr(s.n*ps)); err != nil && !uffd.IsGone(err) {
-			return installed, err
+		if wake {
+			base := uintptr(s.r.BaseHostVirtAddr + s.first*ps)
+			if err := h.u.Wake(base, uintptr(s.n*ps)); err != nil && !uffd.IsGone(err) {
+				return installed, err
+			}
 		}
 		src += uintptr(s.n * ps)
 	}

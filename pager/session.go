@@ -255,7 +255,7 @@ func (s *Session) installExtent(x int, e *extent) {
 		for j < end && s.img.ColdPage(j) == g+(j-i) {
 			j++
 		}
-		if _, err := s.h.Install(g*s.ps, base+uintptr(i*s.ps), j-i); err != nil {
+		if _, err := s.h.InstallQuiet(g*s.ps, base+uintptr(i*s.ps), j-i); err != nil {
 			if !uffd.IsGone(err) {
 				s.log.Warn("installing cold extent", "extent", x, "err", err)
 			}
@@ -363,7 +363,7 @@ func (s *Session) preinstall(ctx context.Context) {
 			}
 			base := offheap.AddrOf(seg)
 			for _, run := range s.img.HotRuns() {
-				n, err := s.h.Install(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
+				n, err := s.h.InstallQuiet(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
 				s.rep.PreinstallPages += n
 				if err != nil {
 					return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)

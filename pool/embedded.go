@@ -55,7 +55,11 @@ type EmbeddedConfig struct {
 	// memnode.ParseSecret). Default Dir/pod.secret, created if missing for
 	// in-process nodes; external nodes need it to exist (aquifer pool init).
 	SecretFile string
-	Logger     *slog.Logger
+	// ReaderSlots is the number of extra CXL reader identities (host slots
+	// after this host's own) that let restores read the hot tier
+	// concurrently (default 3; -1 for none).
+	ReaderSlots int
+	Logger      *slog.Logger
 }
 
 // SecretFileName is the pod secret's name inside the data directory.
@@ -63,6 +67,9 @@ const SecretFileName = "pod.secret"
 
 // defaults fills in every default; StartEmbedded and Init share them.
 func (c *EmbeddedConfig) defaults() error {
+	if c.ReaderSlots == 0 {
+		c.ReaderSlots = 3
+	}
 	if c.Dir == "" {
 		return errors.New("pool: embedded pod needs a data directory")
 	}
@@ -116,10 +123,12 @@ type Embedded struct {
 	Addrs  []string
 	Region *shm.Region
 	Pod    *pod.Pod
-	client *rdma.Client
-	tr     rdma.Transport
-	lis    []net.Listener
-	regs   []*control.Registration
+
+	readers []*pod.Pod
+	client  *rdma.Client
+	tr      rdma.Transport
+	lis     []net.Listener
+	regs    []*control.Registration
 }
 
 // StartEmbedded starts (or restarts, keeping its data) an embedded pod.
@@ -247,7 +256,18 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	for i := range chunks {
 		chunks[i] = i
 	}
-	if e.Pool, err = New(Config{Plane: e.Plane, RDMA: e.client, Pod: e.Pod, PodChunks: chunks, Logger: c.Logger}); err != nil {
+	// Extra reader identities (host slots 1..n) let restores read the CXL
+	// tier concurrently.
+	var readers []*pod.Pod
+	for slot := 1; slot <= min(c.ReaderSlots, g.HostSlots-1); slot++ {
+		rp, err := openPodSlot(ctx, e.Region, coord, slot, false)
+		if err != nil {
+			return nil, err
+		}
+		readers = append(readers, rp)
+		e.readers = append(e.readers, rp)
+	}
+	if e.Pool, err = New(Config{Plane: e.Plane, RDMA: e.client, Pod: e.Pod, PodChunks: chunks, Readers: readers, Logger: c.Logger}); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -257,9 +277,13 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 // openPod joins the pod, waiting out the lease of a previous incarnation of
 // this host (a restarted daemon) if it still holds slot 0.
 func openPod(ctx context.Context, r *shm.Region, coord pod.Coordinator) (*pod.Pod, error) {
+	return openPodSlot(ctx, r, coord, 0, true)
+}
+
+func openPodSlot(ctx context.Context, r *shm.Region, coord pod.Coordinator, slot int, owner bool) (*pod.Pod, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		p, err := pod.Open(ctx, r, 0, coord, pod.Options{Owner: true})
+		p, err := pod.Open(ctx, r, slot, coord, pod.Options{Owner: owner})
 		if err == nil {
 			return p, nil
 		}
@@ -453,6 +477,9 @@ func Init(c EmbeddedConfig, force bool) (*InitResult, error) {
 func (e *Embedded) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	for _, r := range e.readers {
+		r.Close(ctx)
+	}
 	if e.Pod != nil {
 		e.Pod.Close(ctx)
 	}

@@ -33,7 +33,12 @@ type Config struct {
 	Pod *pod.Pod
 	// PodChunks lists the chunks this host may acquire for publishing.
 	PodChunks []int
-	Logger    *slog.Logger
+	// Readers are extra handles on the same region, each its own host slot
+	// (reader identity), so that several restores can read the CXL tier at
+	// once; a pod.Pod is not safe for concurrent use. Without them reads
+	// share Pod under a lock.
+	Readers []*pod.Pod
+	Logger  *slog.Logger
 }
 
 // Pool publishes and opens snapshots.
@@ -45,6 +50,8 @@ type Pool struct {
 
 	mu    sync.Mutex
 	cache map[string]*pagerd.Snapshot
+
+	readers chan *pod.Pod
 }
 
 // New creates a pool.
@@ -55,7 +62,14 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Pool{cfg: cfg, log: cfg.Logger, owned: map[int]bool{}, cache: map[string]*pagerd.Snapshot{}}, nil
+	p := &Pool{cfg: cfg, log: cfg.Logger, owned: map[int]bool{}, cache: map[string]*pagerd.Snapshot{}}
+	if len(cfg.Readers) > 0 {
+		p.readers = make(chan *pod.Pod, len(cfg.Readers))
+		for _, r := range cfg.Readers {
+			p.readers <- r
+		}
+	}
+	return p, nil
 }
 
 // header is the catalog's image header: where the pieces live.
@@ -389,8 +403,18 @@ type cxlHot struct {
 func (h *cxlHot) Name() string { return "cxl" }
 
 func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
-	h.p.podMu.Lock()
-	defer h.p.podMu.Unlock()
+	pd := h.p.cfg.Pod
+	if h.p.readers != nil {
+		select {
+		case pd = <-h.p.readers:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { h.p.readers <- pd }()
+	} else {
+		h.p.podMu.Lock()
+		defer h.p.podMu.Unlock()
+	}
 	ref, err := h.p.cfg.Plane.GetSnapshot(ctx, h.key)
 	if err != nil {
 		return err
@@ -399,7 +423,7 @@ func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
 		return errors.New("pool: hot segment was evicted from CXL")
 	}
 	pref := pod.Ref{Desc: ref.Hot.Descriptor, Gen: ref.Hot.Gen, Token: ref.Hot.Token, Len: uint32(ref.Hot.Len)}
-	_, err = h.p.cfg.Pod.Install(pref, func(addr uintptr, n int) error {
+	_, err = pd.Install(pref, func(addr uintptr, n int) error {
 		return fn(offheap.At(addr, n))
 	})
 	return err
