@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"os"
 	"strings"
 	"testing"
@@ -9,40 +8,29 @@ import (
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 )
 
-func runCXLCLI(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	var out bytes.Buffer
-	rootCmd.SetOut(&out)
-	rootCmd.SetArgs(args)
-	defer rootCmd.SetArgs(nil)
-	defer rootCmd.SetOut(nil)
-	err := rootCmd.Execute()
-	return out.String(), err
-}
-
 // TestCXLCommands formats an emulated pod file and inspects it.
 func TestCXLCommands(t *testing.T) {
 	path := shm.TempPath("aquifer-cli-pod")
 	defer os.Remove(path)
-	out, err := runCXLCLI(t, "cxl", "format", "--file", path, "--create", "--size", "16M", "--chunk", "1M", "--hosts", "4")
+	out, err := runCLI(t, "cxl", "format", "--file", path, "--create", "--size", "16M", "--chunk", "1M", "--hosts", "4")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out, "chunks of 1048576 bytes, 4 host slots") {
 		t.Fatalf("format printed %q", out)
 	}
-	out, err = runCXLCLI(t, "cxl", "info", "--file", path)
+	out, err = runCLI(t, "cxl", "info", "--file", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out, "descriptors: free ") || !strings.Contains(out, "torn 0") {
 		t.Fatalf("info printed %q", out)
 	}
-	out, err = runCXLCLI(t, "cxl", "prims")
+	out, err = runCLI(t, "cxl", "prims")
 	if err != nil || !strings.Contains(out, "flush=") {
 		t.Fatalf("prims: %q, %v", out, err)
 	}
-	if _, err := runCXLCLI(t, "cxl", "info", "--file", path+".missing"); err == nil {
+	if _, err := runCLI(t, "cxl", "info", "--file", path+".missing"); err == nil {
 		t.Fatal("info on a missing file succeeded")
 	}
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
-// runImageCLI runs the aquifer command tree with args and returns stdout.
-func runImageCLI(t *testing.T, args ...string) (string, error) {
+// runCLI runs the aquifer command tree with args and returns stdout.
+func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
 	rootCmd.SetOut(&out)
@@ -51,7 +51,7 @@ func TestImageCommands(t *testing.T) {
 	if err := os.WriteFile(memPath, mem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runImageCLI(t, "inspect", "--json", memPath)
+	out, err := runCLI(t, "inspect", "--json", memPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestImageCommands(t *testing.T) {
 	if err := wset.WriteFile(pb, b); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runImageCLI(t, "ws", "merge", pa, pb, "-o", pm); err != nil {
+	if _, err := runCLI(t, "ws", "merge", pa, pb, "-o", pm); err != nil {
 		t.Fatal(err)
 	}
 	m, err := wset.ReadFile(pm)
@@ -100,12 +100,12 @@ func TestImageCommands(t *testing.T) {
 	if got, want := order, []uint64{40, 42, 0, 41, 10, 1}; !equalU64(got, want) {
 		t.Fatalf("merged order %v, want %v", got, want)
 	}
-	out, err = runImageCLI(t, "ws", "show", "--json", "--limit", "-1", pm)
+	out, err = runCLI(t, "ws", "show", "--json", "--limit", "-1", pm)
 	if err != nil || !strings.Contains(out, `"distinct_pages": 6`) {
 		t.Fatalf("ws show: %v %s", err, out)
 	}
 
-	out, err = runImageCLI(t, "inspect", "--json", "--trace", pm, memPath)
+	out, err = runCLI(t, "inspect", "--json", "--trace", pm, memPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestImageCommands(t *testing.T) {
 	}
 
 	img := filepath.Join(dir, "img")
-	out, err = runImageCLI(t, "convert", "--mem", memPath, "--ws", pm, "--out", img, "--hot-budget", "3", "--json")
+	out, err = runCLI(t, "convert", "--mem", memPath, "--ws", pm, "--out", img, "--hot-budget", "3", "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestImageCommands(t *testing.T) {
 	if got["hot_pages"] != 3.0 || got["cold_pages"] != 17.0 || got["zero_pages"] != 44.0 || got["over_budget_pages"] != 1.0 {
 		t.Fatalf("convert: %s", out)
 	}
-	out, err = runImageCLI(t, "verify", img, "--mem", memPath)
+	out, err = runCLI(t, "verify", img, "--mem", memPath)
 	if err != nil || !strings.Contains(out, "OK") {
 		t.Fatalf("verify: %v %s", err, out)
 	}
@@ -134,7 +134,7 @@ func TestImageCommands(t *testing.T) {
 	raw[len(raw)-1] ^= 1
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, raw, 0o644)
-	_, err = runImageCLI(t, "verify", bad, "--mem", memPath)
+	_, err = runCLI(t, "verify", bad, "--mem", memPath)
 	var ee *exitError
 	if err == nil || !strings.Contains(err.Error(), "cold segment page") || !asExit(err, &ee) || ee.code != 2 {
 		t.Fatalf("verify of corrupt image: %v", err)
