@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +23,7 @@ const MaxMessage = 64 << 10
 type Listener struct {
 	*net.UnixListener
 	path string
+	once sync.Once
 }
 
 // Listen creates a Unix stream socket at path, mode 0600, removing a stale
@@ -36,22 +39,46 @@ func Listen(path string) (*Listener, error) {
 		}
 		os.Remove(path)
 	}
+	// Bind and listen under a temporary name, then rename into place: the
+	// socket appears only once it accepts connections (Firecracker
+	// connects exactly once, and a caller waiting for the path to exist
+	// must never see ECONNREFUSED).
+	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%d.%s", os.Getpid(), filepath.Base(path)))
+	if len(tmp) > 107 {
+		tmp = path // no room for a temporary name: bind in place
+	}
+	os.Remove(tmp)
 	old := unix.Umask(0o177)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	l.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		l.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("handshake: chmod %s: %w", path, err)
 	}
-	l.SetUnlinkOnClose(true)
+	if tmp != path {
+		if err := os.Rename(tmp, path); err != nil {
+			l.Close()
+			os.Remove(tmp)
+			return nil, fmt.Errorf("handshake: placing socket %s: %w", path, err)
+		}
+	}
 	return &Listener{UnixListener: l, path: path}, nil
 }
 
 // Path returns the socket path.
 func (l *Listener) Path() string { return l.path }
+
+// Close stops listening and removes the socket file (once).
+func (l *Listener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { os.Remove(l.path) })
+	return err
+}
 
 // Accept waits for Firecracker's connection until ctx is done.
 func (l *Listener) Accept(ctx context.Context) (*net.UnixConn, error) {

@@ -498,13 +498,12 @@ func writeErr(w http.ResponseWriter, code int, err error) {
 // Serve runs the control API on a Unix socket (mode 0600) until ctx ends.
 // Only clients running as the daemon's uid (or root) are answered.
 func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
-	os.Remove(apiSocket)
-	old := unix.Umask(0o177)
-	l, err := net.Listen("unix", apiSocket)
-	unix.Umask(old)
+	// The socket appears (mode 0600) only once it accepts connections.
+	l, err := handshake.Listen(apiSocket)
 	if err != nil {
-		return fmt.Errorf("pagerd: listen %s: %w", apiSocket, err)
+		return fmt.Errorf("pagerd: control API: %w", err)
 	}
+	defer l.Close()
 	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return ctx }}
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
@@ -527,7 +526,7 @@ func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	err = srv.Serve(l)
+	err = srv.Serve(l.UnixListener)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

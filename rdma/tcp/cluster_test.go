@@ -505,6 +505,12 @@ func TestHungNodeTimesOut(t *testing.T) {
 	for i := range segs {
 		read(i) // warm both connections
 	}
+	// Freeze the node the client tries first for segment 0 (the client
+	// starts at replica ID mod R), so at least one read must time out.
+	first := segs[0].Replicas[int(uint64(segs[0].ID)%uint64(len(segs[0].Replicas)))].Node
+	if string(first) == b.addr {
+		a, b = b, a
+	}
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
