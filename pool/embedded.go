@@ -55,6 +55,9 @@ type EmbeddedConfig struct {
 	// memnode.ParseSecret). Default Dir/pod.secret, created if missing for
 	// in-process nodes; external nodes need it to exist (aquifer pool init).
 	SecretFile string
+	// EtcdEndpoints, if set, is an external etcd cluster to use instead of
+	// the embedded member (several pods may share one: keys are per pod).
+	EtcdEndpoints []string
 	// ReaderSlots is the number of extra CXL reader identities (host slots
 	// after this host's own) that let restores read the hot tier
 	// concurrently (default 3; -1 for none).
@@ -147,9 +150,21 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 		}
 	}()
 	var err error
-	if e.Plane, err = control.StartEmbedded(ctx, control.EmbeddedConfig{Dir: c.Dir}); err != nil {
+	if len(c.EtcdEndpoints) > 0 {
+		e.Plane, err = control.Connect(ctx, c.EtcdEndpoints)
+	} else {
+		e.Plane, err = control.StartEmbedded(ctx, control.EmbeddedConfig{Dir: c.Dir})
+	}
+	if err != nil {
 		return nil, err
 	}
+	// This host is a member of the pod while its lease lives.
+	host, _ := os.Hostname()
+	hreg, err := e.Plane.RegisterHost(ctx, control.Member{ID: sanitizeID(fmt.Sprintf("%s-%s-%d", c.Name, host, os.Getpid()))}, 10)
+	if err != nil {
+		return nil, err
+	}
+	e.regs = append(e.regs, hreg)
 	var secret []byte
 	if len(c.ExternalMemNodes) > 0 {
 		// The memory nodes already run with a secret: never invent one.
@@ -499,4 +514,19 @@ func (e *Embedded) Close() error {
 		e.Plane.Close()
 	}
 	return nil
+}
+
+// sanitizeID maps s to a valid control-plane name.
+func sanitizeID(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !ok {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 128 {
+		b = b[:128]
+	}
+	return string(b)
 }

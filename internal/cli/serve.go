@@ -19,6 +19,8 @@ func init() {
 	var memnodeAddrs []string
 	var workers, memnodes int
 	var earlyResume bool
+	var etcdEndpoints []string
+	var podName string
 	var embedded bool
 	cmd := &cobra.Command{
 		Use:   "serve (--embedded | --images DIR)",
@@ -60,7 +62,7 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 				}
 				e, err := pool.StartEmbedded(ctx, pool.EmbeddedConfig{Dir: dataDir, MemNodes: memnodes,
 					CXLSize: int64(size), CXLPath: cxlPath, ChunkSize: int64(chunk), Transport: tr,
-					ExternalMemNodes: memnodeAddrs, SecretFile: secretFile})
+					ExternalMemNodes: memnodeAddrs, SecretFile: secretFile, EtcdEndpoints: etcdEndpoints, Name: podName})
 				if err != nil {
 					return err
 				}
@@ -93,6 +95,8 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.StringVar(&images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
 	f.BoolVar(&embedded, "embedded", false, "run etcd, an emulated CXL region and memory nodes in this process")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/aquifer", "with --embedded: data directory (etcd, memory nodes, pod secret)")
+	f.StringSliceVar(&etcdEndpoints, "etcd-endpoints", nil, "with --embedded: use this external etcd cluster (http://host:2379,...) for the control plane instead of an embedded member")
+	f.StringVar(&podName, "pod", "pod0", "with --embedded: pod name (its CXL coordination keys in etcd and its default region path); one pod per etcd cluster for now")
 	f.IntVar(&memnodes, "memnodes", 3, "with --embedded: memory nodes")
 	f.StringVar(&transport, "rdma", "emu", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated) or tcp (loopback network)")
 	f.StringVar(&cxlSize, "cxl-size", "1GiB", "with --embedded: size of the emulated CXL region")
