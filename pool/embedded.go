@@ -132,6 +132,9 @@ type Embedded struct {
 	tr      rdma.Transport
 	lis     []net.Listener
 	regs    []*control.Registration
+
+	nodeRegs []*control.Registration // in-process memory nodes, same order as Nodes
+	members  []control.Member
 }
 
 // StartEmbedded starts (or restarts, keeping its data) an embedded pod.
@@ -214,6 +217,8 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 			return nil, err
 		}
 		e.regs = append(e.regs, reg)
+		e.nodeRegs = append(e.nodeRegs, reg)
+		e.members = append(e.members, control.Member{ID: fmt.Sprintf("memnode-%d", i), Addr: l.Addr().String(), Capacity: c.MemNodeCapacity})
 	}
 	switch c.Transport {
 	case "emu":
@@ -232,7 +237,8 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	default:
 		return nil, fmt.Errorf("pool: unknown transport %q (emu or tcp)", c.Transport)
 	}
-	if e.client, err = rdma.NewClient(rdma.Options{Transport: e.tr, Nodes: ids, Replicas: c.Replicas, Logger: c.Logger}); err != nil {
+	if e.client, err = rdma.NewClient(rdma.Options{Transport: e.tr, Nodes: ids, Replicas: c.Replicas, Logger: c.Logger,
+		Place: e.place}); err != nil {
 		return nil, err
 	}
 	// The emulated CXL region: formatted once, kept across restarts (its
@@ -529,4 +535,41 @@ func sanitizeID(s string) string {
 		b = b[:128]
 	}
 	return string(b)
+}
+
+// place is capacity-aware placement: it refreshes the in-process memory
+// nodes' usage in the control plane, then orders the registered nodes that
+// can hold n bytes by free capacity (control.PlaceSegment).
+func (e *Embedded) place(id rdma.SegmentID, n int) []rdma.NodeID {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i, node := range e.Nodes {
+		if i < len(e.nodeRegs) {
+			m := e.members[i]
+			m.Used = node.Store().Used()
+			e.Plane.UpdateUsage(ctx, e.nodeRegs[i], m)
+		}
+	}
+	nodes, err := e.Plane.MemNodes(ctx)
+	if err != nil {
+		return nil
+	}
+	var room int
+	for _, m := range nodes {
+		if m.Free() >= uint64(n) {
+			room++
+		}
+	}
+	if room == 0 {
+		return nil
+	}
+	pl, err := control.PlaceSegment(nodes, uint64(n), room)
+	if err != nil {
+		return nil
+	}
+	out := make([]rdma.NodeID, 0, len(pl))
+	for _, m := range pl {
+		out = append(out, rdma.NodeID(m.Addr))
+	}
+	return out
 }

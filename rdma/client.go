@@ -48,6 +48,10 @@ type Options struct {
 	DownFor time.Duration
 	// MaxBatch bounds the reads per posted batch (default and max 1024).
 	MaxBatch int
+	// Place, if set, orders the candidate nodes for a new replicated
+	// segment of n bytes (capacity-aware placement by the control plane);
+	// nodes it leaves out follow in rendezvous order.
+	Place func(id SegmentID, n int) []NodeID
 	// PrefetchQueue is the prefetch queue length (default 4096 requests).
 	PrefetchQueue int
 	Logger        *slog.Logger
@@ -690,6 +694,21 @@ func (c *Client) Publish(ctx context.Context, id SegmentID, pageSize int, data [
 		err error
 	}
 	cands := c.rank(id)
+	if c.o.Place != nil {
+		// Capacity-aware placement from the control plane; the rendezvous
+		// order stays behind it as the fallback for full or failing nodes.
+		if pl := c.o.Place(id, len(data)); len(pl) > 0 {
+			seen := map[NodeID]bool{}
+			ordered := make([]NodeID, 0, len(cands))
+			for _, n := range append(pl, cands...) {
+				if !seen[n] && slices.Contains(cands, n) {
+					seen[n] = true
+					ordered = append(ordered, n)
+				}
+			}
+			cands = ordered
+		}
+	}
 	next := 0
 	var errs []error
 	for len(seg.Replicas) < c.o.Replicas && next < len(cands) {

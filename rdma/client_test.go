@@ -326,3 +326,29 @@ func TestObjectSource(t *testing.T) {
 		t.Fatal("unaligned read accepted")
 	}
 }
+
+// TestPlaceHook checks that a control-plane placement decides where new
+// segments go, with rendezvous order behind it.
+func TestPlaceHook(t *testing.T) {
+	tr, ids := cluster(t, 4)
+	want := []rdma.NodeID{ids[3], ids[1]}
+	c, err := rdma.NewClient(rdma.Options{Transport: tr, Nodes: ids, Replicas: 2, Logger: quiet,
+		Place: func(rdma.SegmentID, int) []rdma.NodeID { return []rdma.NodeID{ids[3], "not-a-node", ids[1]} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for id := rdma.SegmentID(1); id <= 8; id++ {
+		s, err := c.Publish(context.Background(), id, pageSize, segData(uint64(id), 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[rdma.NodeID]bool{}
+		for _, r := range s.Replicas {
+			got[r.Node] = true
+		}
+		if !got[want[0]] || !got[want[1]] {
+			t.Fatalf("segment %d on %v, want %v", id, s.Replicas, want)
+		}
+	}
+}
