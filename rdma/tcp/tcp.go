@@ -56,7 +56,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 		nc.SetDeadline(dl)
 	}
 	c := &conn{t: t, node: node, nc: nc, br: bufio.NewReaderSize(nc, 256<<10), bw: bufio.NewWriterSize(nc, 64<<10),
-		pending: map[uint64]*pend{}, notify: make(chan struct{}, 1), done: make(chan struct{})}
+		pending: map[uint64]*pend{}, done: make(chan struct{})}
 	if err := c.handshake(); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("rdma/tcp: %s: %w", node, err)
@@ -93,10 +93,7 @@ type conn struct {
 	pending map[uint64]*pend
 	failed  error
 
-	cqmu   sync.Mutex
-	cq     []rdma.Completion
-	cqErr  error
-	notify chan struct{}
+	cq rdma.CompletionQueue
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -316,38 +313,10 @@ func (c *conn) ExchangeQP(ctx context.Context, local wire.QPInfo) (wire.QPInfo, 
 
 // Poll implements rdma.Conn.
 func (c *conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
-	for {
-		c.cqmu.Lock()
-		if len(c.cq) > 0 {
-			n := copy(out, c.cq)
-			c.cq = c.cq[:copy(c.cq, c.cq[n:])]
-			c.cqmu.Unlock()
-			return n, nil
-		}
-		err := c.cqErr
-		c.cqmu.Unlock()
-		if err != nil {
-			return 0, err
-		}
-		select {
-		case <-c.notify:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
+	return c.cq.Poll(ctx, out)
 }
 
-func (c *conn) complete(ops []rdma.ReadOp, err error) {
-	c.cqmu.Lock()
-	for _, op := range ops {
-		c.cq = append(c.cq, rdma.Completion{Cookie: op.Cookie, Err: err})
-	}
-	c.cqmu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default:
-	}
-}
+func (c *conn) complete(ops []rdma.ReadOp, err error) { c.cq.CompleteOps(ops, err) }
 
 // fail marks the connection dead: every outstanding request completes with
 // err and later posts are refused.
@@ -369,13 +338,7 @@ func (c *conn) fail(err error) {
 			c.complete(p.ops, err)
 		}
 	}
-	c.cqmu.Lock()
-	c.cqErr = err
-	c.cqmu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default:
-	}
+	c.cq.Fail(err)
 }
 
 func (c *conn) readLoop() {

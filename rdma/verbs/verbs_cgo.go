@@ -398,7 +398,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 		p.destroy()
 		return fail(fmt.Errorf("rdma/verbs: connect to %s: %w", node, err))
 	}
-	c := &conn{t: t, node: node, cq: p.cq, qp: p.qp, ctl: ctl, batches: map[uint64][]uint64{}, notify: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	c := &conn{t: t, node: node, cq: p.cq, qp: p.qp, ctl: ctl, batches: map[uint64][]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go c.pollLoop()
 	return c, nil
 }
@@ -451,10 +451,7 @@ type conn struct {
 	batches map[uint64][]uint64 // signalled wr_id → cookies of the chain
 	failed  error
 
-	cqmu   sync.Mutex
-	cq2    []rdma.Completion
-	cqErr  error
-	notify chan struct{}
+	cq2 rdma.CompletionQueue // completions for Poll (cq is the verbs CQ)
 
 	stop, done chan struct{}
 	once       sync.Once
@@ -551,17 +548,7 @@ func (c *conn) pollLoop() {
 	}
 }
 
-func (c *conn) complete(cookies []uint64, err error) {
-	c.cqmu.Lock()
-	for _, k := range cookies {
-		c.cq2 = append(c.cq2, rdma.Completion{Cookie: k, Err: err})
-	}
-	c.cqmu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default:
-	}
-}
+func (c *conn) complete(cookies []uint64, err error) { c.cq2.CompleteCookies(cookies, err) }
 
 func (c *conn) fail(err error) {
 	c.pmu.Lock()
@@ -576,36 +563,12 @@ func (c *conn) fail(err error) {
 	for _, cookies := range bs {
 		c.complete(cookies, err)
 	}
-	c.cqmu.Lock()
-	c.cqErr = err
-	c.cqmu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default:
-	}
+	c.cq2.Fail(err)
 }
 
 // Poll implements rdma.Conn.
 func (c *conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
-	for {
-		c.cqmu.Lock()
-		if len(c.cq2) > 0 {
-			n := copy(out, c.cq2)
-			c.cq2 = c.cq2[:copy(c.cq2, c.cq2[n:])]
-			c.cqmu.Unlock()
-			return n, nil
-		}
-		err := c.cqErr
-		c.cqmu.Unlock()
-		if err != nil {
-			return 0, err
-		}
-		select {
-		case <-c.notify:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
+	return c.cq2.Poll(ctx, out)
 }
 
 // Write implements rdma.Conn over the control connection.
