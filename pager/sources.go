@@ -46,7 +46,7 @@ type ReaderAtSource struct {
 
 	mu     sync.Mutex
 	hot    *offheap.Mapping
-	arenas []*offheap.Mapping
+	arenas ArenaPool
 }
 
 // LocalSegments returns hot and cold sources that read an image file's
@@ -98,32 +98,64 @@ func (s *ReaderAtSource) Read(ctx context.Context, off uint64, dst []byte, prefe
 
 // Arena implements ColdSource: arenas are recycled across sessions.
 func (s *ReaderAtSource) Arena(n int) ([]byte, func() error, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, m := range s.arenas {
-		if m.Len() == n {
-			s.arenas = append(s.arenas[:i], s.arenas[i+1:]...)
-			return m.B, s.recycle(m), nil
+	return s.arenas.Get(n, func(n int) ([]byte, func() error, error) {
+		m, err := offheap.Anon(n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
+		if err != nil {
+			return nil, nil, err
 		}
-	}
+		return m.B, m.Unmap, nil
+	})
+}
+
+// ArenaPool recycles off-heap read arenas across sessions: a restore's
+// cold arena is as large as the cold segment, and faulting fresh memory in
+// is expensive (very much so on virtualised hosts). The zero value is
+// ready to use.
+type ArenaPool struct {
+	mu   sync.Mutex
+	free []pooledArena
+}
+
+type pooledArena struct {
+	b       []byte
+	release func() error
+}
+
+// maxPooledArenas bounds the arenas kept for reuse.
+const maxPooledArenas = 64
+
+// Get returns a free arena of n bytes, or a new one from alloc. Its
+// release function returns it to the pool (or really releases it when the
+// pool is full).
+func (p *ArenaPool) Get(n int, alloc func(n int) ([]byte, func() error, error)) ([]byte, func() error, error) {
 	if n == 0 {
 		return nil, func() error { return nil }, nil
 	}
-	m, err := offheap.Anon(n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
+	p.mu.Lock()
+	for i, a := range p.free {
+		if len(a.b) == n {
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			p.mu.Unlock()
+			return a.b, p.put(a), nil
+		}
+	}
+	p.mu.Unlock()
+	b, rel, err := alloc(n)
 	if err != nil {
 		return nil, nil, err
 	}
-	return m.B, s.recycle(m), nil
+	return b, p.put(pooledArena{b, rel}), nil
 }
 
-func (s *ReaderAtSource) recycle(m *offheap.Mapping) func() error {
+func (p *ArenaPool) put(a pooledArena) func() error {
 	return func() error {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if len(s.arenas) >= 64 {
-			return m.Unmap()
+		p.mu.Lock()
+		if len(p.free) < maxPooledArenas {
+			p.free = append(p.free, a)
+			p.mu.Unlock()
+			return nil
 		}
-		s.arenas = append(s.arenas, m)
-		return nil
+		p.mu.Unlock()
+		return a.release()
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -455,53 +454,12 @@ func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
 	return fn(h.buf)
 }
 
-// coldSource recycles read arenas across restores (fresh memory is
-// expensive to fault in).
+// coldSource recycles registered read arenas across restores.
 type coldSource struct {
 	rdma.ObjectSource
-	mu   sync.Mutex
-	free [][]byte
-	rel  map[*byte]func() error
+	arenas pager.ArenaPool
 }
 
 func (c *coldSource) Arena(n int) ([]byte, func() error, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, b := range c.free {
-		if len(b) == n {
-			c.free = append(c.free[:i], c.free[i+1:]...)
-			return b, c.recycle(b), nil
-		}
-	}
-	b, rel, err := c.ObjectSource.Arena(n)
-	if err != nil {
-		return nil, nil, err
-	}
-	if c.rel == nil {
-		c.rel = map[*byte]func() error{}
-	}
-	if n > 0 {
-		c.rel[&b[0]] = rel
-	}
-	return b, c.recycle(b), nil
+	return c.arenas.Get(n, c.ObjectSource.Arena)
 }
-
-func (c *coldSource) recycle(b []byte) func() error {
-	return func() error {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if len(c.free) < 64 {
-			c.free = append(c.free, b)
-			return nil
-		}
-		if len(b) > 0 {
-			if rel := c.rel[&b[0]]; rel != nil {
-				delete(c.rel, &b[0])
-				return rel()
-			}
-		}
-		return nil
-	}
-}
-
-var _ = os.Getpagesize
