@@ -90,18 +90,12 @@ func (v *vm) restoreFaaSnap(layout []Region) error {
 	}
 	mapFile := func(f *os.File, firstPage, pages, fileOff uint64) error {
 		for pages > 0 {
-			addr, ok := v.hostAddr(firstPage)
+			// Stop at the end of the region that holds firstPage.
+			addr, room, ok := v.at(firstPage * v.ps)
 			if !ok {
 				return fmt.Errorf("guest: FaaSnap plan page %d outside guest memory", firstPage)
 			}
-			// Stop at the end of the region that holds firstPage.
-			var room uint64
-			for _, r := range v.regions {
-				if off := firstPage * v.ps; off >= r.FileOffset && off < r.FileOffset+r.Size {
-					room = (r.FileOffset + r.Size - off) / v.ps
-				}
-			}
-			n := min(pages, room)
+			n := min(pages, room/v.ps)
 			_, _, errno := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(n*v.ps), unix.PROT_READ|unix.PROT_WRITE,
 				unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE, f.Fd(), uintptr(fileOff))
 			if errno != 0 {

@@ -274,15 +274,21 @@ func (v *vm) restoreFile(layout []Region) error {
 	return nil
 }
 
-// hostAddr returns the host address of file page p.
-func (v *vm) hostAddr(p uint64) (uintptr, bool) {
-	off := p * v.ps
+// at maps memory-file offset off to its host address and the bytes left
+// in its region; ok is false outside guest memory.
+func (v *vm) at(off uint64) (addr uintptr, room uint64, ok bool) {
 	for _, r := range v.regions {
 		if off >= r.FileOffset && off < r.FileOffset+r.Size {
-			return r.addr + uintptr(off-r.FileOffset), true
+			return r.addr + uintptr(off-r.FileOffset), r.FileOffset + r.Size - off, true
 		}
 	}
-	return 0, false
+	return 0, 0, false
+}
+
+// hostAddr returns the host address of file page p.
+func (v *vm) hostAddr(p uint64) (uintptr, bool) {
+	addr, _, ok := v.at(p * v.ps)
+	return addr, ok
 }
 
 type cpuResult struct {
@@ -459,17 +465,11 @@ func (v *vm) inflate(b Balloon) error {
 		return fmt.Errorf("guest: balloon range [%d,+%d) not page aligned", b.Offset, b.Len)
 	}
 	for off := b.Offset; off < b.Offset+b.Len; {
-		var r *mapped
-		for _, x := range v.regions {
-			if off >= x.FileOffset && off < x.FileOffset+x.Size {
-				r = x
-			}
-		}
-		if r == nil {
+		addr, room, ok := v.at(off)
+		if !ok {
 			return fmt.Errorf("guest: balloon offset %d outside guest memory", off)
 		}
-		n := min(b.Offset+b.Len, r.FileOffset+r.Size) - off
-		addr := r.addr + uintptr(off-r.FileOffset)
+		n := min(b.Offset+b.Len-off, room)
 		switch v.cfg.Backend {
 		case BackendUffd:
 			if err := unix.Madvise(offheap.At(addr, int(n)), unix.MADV_DONTNEED); err != nil {
