@@ -281,3 +281,41 @@ func SendRaw(path string, body, oob []byte) (*net.UnixConn, error) {
 	}
 	return c, nil
 }
+
+// ExitWatch holds the descriptors that tell a handler its VM is gone: a
+// pidfd of the peer (readable when it exits) and, for Firecracker 1.12+
+// which keeps the handshake socket open until it exits, that socket. Each
+// is -1 when unavailable.
+type ExitWatch struct {
+	PidFD, HangupFD int
+	hup             *os.File
+}
+
+// WatchExit opens the exit watchers for a completed handshake on c.
+func WatchExit(c *net.UnixConn, r *Result) (*ExitWatch, error) {
+	w := &ExitWatch{PidFD: -1, HangupFD: -1}
+	var err error
+	if fd, perr := PidFD(r.Peer.Pid); perr != nil {
+		err = perr
+	} else {
+		w.PidFD = fd
+	}
+	if r.Dialect.KeepsSocketOpen() {
+		if f, ferr := c.File(); ferr == nil {
+			w.hup, w.HangupFD = f, int(f.Fd())
+		}
+	}
+	return w, err
+}
+
+// Close releases the watchers.
+func (w *ExitWatch) Close() {
+	if w.PidFD >= 0 {
+		unix.Close(w.PidFD)
+		w.PidFD = -1
+	}
+	if w.hup != nil {
+		w.hup.Close()
+		w.hup, w.HangupFD = nil, -1
+	}
+}

@@ -22,7 +22,6 @@ import (
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sys/unix"
 )
 
 // Snapshot is an opened snapshot: its image metadata and where its
@@ -241,18 +240,11 @@ func (d *Daemon) run(ctx context.Context, vm *VM, snap *Snapshot, sess *pager.Se
 		finish(fmt.Errorf("pagerd: peer pid %d runs as uid %d, only uid %d may connect", res.Peer.Pid, res.Peer.Uid, d.cfg.AllowUID))
 		return
 	}
-	pidfd := -1
-	if fd, err := handshake.PidFD(res.Peer.Pid); err == nil {
-		pidfd = fd
-		defer unix.Close(pidfd)
+	w, err := handshake.WatchExit(conn, res)
+	if err != nil {
+		log.Warn("cannot watch the VM process; serving until ESRCH or the socket closes", "err", err)
 	}
-	hup := -1
-	if res.Dialect.KeepsSocketOpen() {
-		if f, err := conn.File(); err == nil {
-			defer f.Close()
-			hup = int(f.Fd())
-		}
-	}
+	defer w.Close()
 	d.setState(vm, StateInstalling, nil)
 	start := time.Now()
 	go func() {
@@ -273,7 +265,7 @@ func (d *Daemon) run(ctx context.Context, vm *VM, snap *Snapshot, sess *pager.Se
 		close(vm.ready)
 		d.cfg.Pool.Restored(context.Background(), vm.Snapshot)
 	}()
-	rep, err := sess.Serve(ctx, u, res.Regions, pidfd, hup)
+	rep, err := sess.Serve(ctx, u, res.Regions, w.PidFD, w.HangupFD)
 	if rep != nil {
 		d.metrics.PreinstallSecs.Observe(rep.Preinstall.Seconds())
 		d.metrics.PreinstallBytes.Add(float64(rep.PreinstallBytes))

@@ -17,7 +17,6 @@ import (
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/aquifer-pool/aquifer/wset"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -167,19 +166,12 @@ func acceptVM(ctx context.Context, socket string, memSize int64, acceptTimeout t
 	v.u = uffd.FromFd(res.UFFD)
 	v.closers = append(v.closers, func() { v.u.Close() })
 	slog.Info("handshake", "peer_pid", res.Peer.Pid, "dialect", res.Dialect.String(), "regions", len(res.Regions))
-	if pidfd, err := handshake.PidFD(res.Peer.Pid); err != nil {
+	w, err := handshake.WatchExit(conn, res)
+	if err != nil {
 		slog.Warn("cannot watch the VM process; serving until ESRCH or a signal", "err", err)
-	} else {
-		v.pidfd = pidfd
-		v.closers = append(v.closers, func() { unix.Close(pidfd) })
 	}
-	if res.Dialect.KeepsSocketOpen() {
-		// Firecracker 1.12+ holds the socket open until it exits.
-		if f, err := conn.File(); err == nil {
-			v.hangupFD = int(f.Fd())
-			v.closers = append(v.closers, func() { f.Close() })
-		}
-	}
+	v.pidfd, v.hangupFD = w.PidFD, w.HangupFD
+	v.closers = append(v.closers, w.Close)
 	return v, nil
 }
 
