@@ -5,10 +5,15 @@
 // recording hooks in here, and the Aquifer pager builds on the same loop.
 //
 // Shape: one event reader on a locked OS thread polls the userfaultfd, the
-// VM's pidfd and a stop eventfd; it decodes events, applies REMOVE ranges to
-// a per-page "removed" bitmap and hands page faults to a pool of workers,
-// each on its own locked OS thread, so faults of several vCPUs are served
-// concurrently. A worker installs a page with one UFFDIO_COPY straight from
+// VM's pidfd, the 1.12+ handshake socket and a stop eventfd; it decodes
+// events, applies REMOVE ranges to a per-page "removed" bitmap, serves the
+// last fault of each batch itself when the source says it will not block
+// (a thread hand-off costs as much as the copy on virtualised hosts) and
+// hands the others to a pool of workers, each on its own locked OS thread,
+// so faults of several vCPUs are served concurrently. Install and
+// LeaveToKernel let a pager place pages ahead of faults and leave zero
+// ranges to the kernel under the same REMOVE rules. A fault is served by
+// installing a page with one UFFDIO_COPY straight from
 // the mmap'd source (no intermediate buffer); a page inside a removed range
 // gets UFFDIO_ZEROPAGE (or a copy of zeros for 2 MiB pages) and never
 // snapshot content again. EEXIST is answered with UFFDIO_WAKE, EAGAIN by

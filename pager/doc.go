@@ -10,15 +10,19 @@
 //  2. Pre-install: the hot segment (HotSource: a validated CXL extent, or
 //     a local copy) is verified page by page against the image's digests
 //     and installed in first-touch order, one UFFDIO_COPY per hot run with
-//     DONTWAKE, then woken. Ready() closes when it is done: the orchestrator
-//     resumes the VM only then.
-//  3. Zero pages are never stored: long zero runs are unregistered so the
-//     kernel fills them without a round trip; other zero pages get
-//     UFFDIO_ZEROPAGE on fault.
+//     DONTWAKE and no wake of its own (a vCPU that faulted on such a page
+//     is woken when the fault loop serves its event). Ready() closes when it
+//     is done: the orchestrator resumes the VM only then — or, with
+//     Options.EarlyResume, as soon as the long zero runs are set up, the
+//     hot set then streaming in while the VM runs.
+//  3. Zero pages are never stored: zero runs are unregistered so the
+//     kernel fills them without a round trip (runs of 64 pages and more
+//     before resume, shorter ones right after); a zero page faulted before
+//     its run is unregistered gets UFFDIO_ZEROPAGE.
 //  4. Cold faults: the faulting page's cold extent (its recorded neighbours)
 //     is read in one batched read from the ColdSource into an off-heap arena,
 //     verified, the faulting page installed and woken first, the rest of the
-//     extent installed right after.
+//     extent installed right after on a background goroutine.
 //  5. A background prefetcher streams the cold extents past restores touched,
 //     in touch order, at low priority; demand reads always go first, and an
 //     extent being prefetched is shared with a demand fault, never read

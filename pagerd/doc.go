@@ -3,11 +3,13 @@
 // a control API for the orchestrator on a Unix socket (HTTP, mode 0600,
 // peer credentials checked):
 //
-//	PUT    /v1/vms/{id}        {"snapshot": NAME}  → 201 {"id", "snapshot", "uffd_socket"}
+//	PUT    /v1/vms/{id}        {"snapshot": NAME[, "early_resume": true]}  → 201 {"id", "snapshot", "uffd_socket"}
 //	GET    /v1/vms/{id}                             → the VM's state and report
 //	GET    /v1/vms/{id}/ready?timeout=10s           → 200 once the hot set is installed
 //	DELETE /v1/vms/{id}                             → stop serving it
 //	GET    /v1/vms                                  → all VMs
+//	POST   /v1/snapshots       {"image": PATH, "name": NAME}  → publish (pools that accept it)
+//	GET    /v1/snapshots, DELETE /v1/snapshots/{name}
 //	GET    /metrics                                 → Prometheus metrics
 //
 // A restore goes: PUT prepares the session (image metadata, hot and cold
