@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
+
 	"github.com/aquifer-pool/aquifer/guest"
 	"github.com/aquifer-pool/aquifer/pagestat"
 	"github.com/aquifer-pool/aquifer/wset"
@@ -55,44 +57,32 @@ func BuildFaaSnap(memPath string, rec *wset.Trace, dir string) (string, error) {
 		p = end
 	}
 	// The loading set, in first-touch order.
-	tmp, err := os.CreateTemp(dir, ".ls-*")
+	err = atomicfile.Write(plan.LoadingSet, 0o644, func(w io.Writer) error {
+		buf := make([]byte, ps)
+		var n uint64
+		for _, a := range rec.FirstTouches() {
+			if a.Page >= pages || zero.Get(a.Page) {
+				continue
+			}
+			if _, err := mem.ReadAt(buf, int64(a.Page*ps)); err != nil && err != io.EOF {
+				return fmt.Errorf("baseline: reading page %d: %w", a.Page, err)
+			}
+			if _, err := w.Write(buf); err != nil {
+				return err
+			}
+			if k := len(plan.LS) - 1; k >= 0 && plan.LS[k][0]+plan.LS[k][2] == a.Page && plan.LS[k][1]+plan.LS[k][2] == n {
+				plan.LS[k][2]++
+			} else {
+				plan.LS = append(plan.LS, [3]uint64{a.Page, n, 1})
+			}
+			n++
+		}
+		return nil
+	})
 	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	buf := make([]byte, ps)
-	var n uint64
-	for _, a := range rec.FirstTouches() {
-		if a.Page >= pages || zero.Get(a.Page) {
-			continue
-		}
-		if _, err := mem.ReadAt(buf, int64(a.Page*ps)); err != nil && err != io.EOF {
-			tmp.Close()
-			return "", fmt.Errorf("baseline: reading page %d: %w", a.Page, err)
-		}
-		if _, err := tmp.Write(buf); err != nil {
-			tmp.Close()
-			return "", err
-		}
-		if k := len(plan.LS) - 1; k >= 0 && plan.LS[k][0]+plan.LS[k][2] == a.Page && plan.LS[k][1]+plan.LS[k][2] == n {
-			plan.LS[k][2]++
-		} else {
-			plan.LS = append(plan.LS, [3]uint64{a.Page, n, 1})
-		}
-		n++
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	tmp.Close()
-	if err := os.Rename(tmp.Name(), plan.LoadingSet); err != nil {
 		return "", err
 	}
 	b, _ := json.Marshal(plan)
 	out := filepath.Join(dir, "faasnap.json")
-	if err := os.WriteFile(out+".tmp", b, 0o644); err != nil {
-		return "", err
-	}
-	return out, os.Rename(out+".tmp", out)
+	return out, atomicfile.WriteFile(out, b, 0o644)
 }

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
 	"github.com/aquifer-pool/aquifer/handler"
 	"github.com/aquifer-pool/aquifer/offheap"
@@ -33,11 +34,6 @@ func BuildREAP(memPath string, rec *wset.Trace, out string) error {
 		return err
 	}
 	defer mem.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".reap-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
 	hdr := make([]byte, 24)
 	copy(hdr, reapMagic)
 	binary.LittleEndian.PutUint64(hdr[8:], ps)
@@ -46,29 +42,21 @@ func BuildREAP(memPath string, rec *wset.Trace, out string) error {
 	for i, p := range pages {
 		binary.LittleEndian.PutUint64(idx[8*i:], p)
 	}
-	if _, err := tmp.Write(append(hdr, idx...)); err != nil {
-		tmp.Close()
-		return err
-	}
-	buf := make([]byte, ps)
-	for _, p := range pages {
-		if _, err := mem.ReadAt(buf, int64(p*ps)); err != nil && err != io.EOF {
-			tmp.Close()
-			return fmt.Errorf("baseline: reading page %d of %s: %w", p, memPath, err)
-		}
-		if _, err := tmp.Write(buf); err != nil {
-			tmp.Close()
+	return atomicfile.Write(out, 0o644, func(w io.Writer) error {
+		if _, err := w.Write(append(hdr, idx...)); err != nil {
 			return err
 		}
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), out)
+		buf := make([]byte, ps)
+		for _, p := range pages {
+			if _, err := mem.ReadAt(buf, int64(p*ps)); err != nil && err != io.EOF {
+				return fmt.Errorf("baseline: reading page %d of %s: %w", p, memPath, err)
+			}
+			if _, err := w.Write(buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // REAPSource serves a VM the way vHive's REAP does: on the first fault it

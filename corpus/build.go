@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
+
 	"github.com/cavaliergopher/cpio"
 	"golang.org/x/sys/unix"
 )
@@ -481,30 +483,9 @@ func mkfs(ctx context.Context, root, img string) error {
 	return os.Rename(tmp, img)
 }
 
-// writeFileAtomic writes data to a temp file, fsyncs and renames it.
-func writeFileAtomic(path string, data []byte) error {
-	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err })
-}
+// writeFileAtomic writes data atomically and durably (package atomicfile).
+func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }
 
 func writeAtomic(path string, fill func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := fill(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, 0o644, fill)
 }

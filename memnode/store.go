@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/rdma/wire"
@@ -314,7 +317,7 @@ func (s *Store) Delete(id uint64) error {
 		if err := os.Remove(s.segPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		return syncDir(s.dataDir)
+		return atomicfile.SyncDir(s.dataDir)
 	}
 	return nil
 }
@@ -369,45 +372,17 @@ func encodeFileHeader(g *segment) []byte {
 }
 
 func (s *Store) persist(g *segment) error {
-	final := s.segPath(g.id)
-	f, err := os.CreateTemp(s.dataDir, ".tmp-seg-*")
-	if err != nil {
-		return fmt.Errorf("memnode: persist segment %#x: %w", g.id, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
+	err := atomicfile.Write(s.segPath(g.id), 0o600, func(w io.Writer) error {
+		if _, err := w.Write(encodeFileHeader(g)); err != nil {
+			return err
 		}
-	}()
-	if _, err := f.Write(encodeFileHeader(g)); err != nil {
-		return fmt.Errorf("memnode: persist segment %#x: %w", g.id, err)
-	}
-	if _, err := f.Write(g.data); err != nil {
-		return fmt.Errorf("memnode: persist segment %#x: %w", g.id, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("memnode: fsync segment %#x: %w", g.id, err)
-	}
-	if err := f.Close(); err != nil {
+		_, err := w.Write(g.data)
 		return err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("memnode: publish segment %#x: %w", g.id, err)
-	}
-	ok = true
-	return syncDir(s.dataDir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("memnode: persist segment %#x: %w", g.id, err)
 	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // load reads every segment file; damaged files are renamed *.corrupt and
@@ -420,7 +395,7 @@ func (s *Store) load() error {
 	for _, e := range ents {
 		name := e.Name()
 		path := filepath.Join(s.dataDir, name)
-		if strings.HasPrefix(name, ".tmp-seg-") {
+		if strings.HasPrefix(name, ".") { // a temporary file (atomicfile) left by a crash
 			s.log.Warn("removing partial segment left by a crash", "file", path)
 			os.Remove(path)
 			continue

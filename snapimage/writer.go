@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/pagestat"
@@ -271,18 +272,11 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 	}
 	total = int64(len(mem)) + int64((st.HotPages+st.ColdPages)*p.ps)
 
-	dir := filepath.Dir(out)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(out)+".tmp-*")
+	f, err := atomicfile.Create(out, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Close() // discards the file unless committed
 	h := &p.hdr
 	// Segments, streamed.
 	hotSec, coldSec := &h.sections[SecHotSegment], &h.sections[SecColdSegment]
@@ -366,24 +360,8 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 	if err = f.Truncate(int64(st.ImageBytes)); err != nil {
 		return nil, err
 	}
-	if err = f.Chmod(0o644); err != nil {
+	if err = f.Commit(); err != nil {
 		return nil, err
-	}
-	if err = f.Sync(); err != nil {
-		return nil, err
-	}
-	if err = f.Close(); err != nil {
-		return nil, err
-	}
-	if err = os.Rename(tmp, out); err != nil {
-		return nil, err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		derr = d.Sync()
-		d.Close()
-		if derr != nil {
-			return nil, fmt.Errorf("fsync %s: %w", dir, derr)
-		}
 	}
 	return st, nil
 }

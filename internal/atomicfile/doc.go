@@ -1,0 +1,12 @@
+// Package atomicfile writes files that other processes read: a reader sees
+// either the previous file or the complete new one, never a partial write,
+// and a file reported written survives a crash.
+//
+// A write goes to a temporary file in the destination's directory
+// (github.com/google/renameio/v2), which is fsynced, renamed over the
+// destination, and then the directory itself is fsynced so the rename is
+// durable.
+//
+// This package owns that one sequence. It must not know what the files
+// hold; formats stay with their packages (wset, snapimage, memnode, ...).
+package atomicfile
