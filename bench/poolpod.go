@@ -7,7 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/aquifer-pool/aquifer/pagerd"
+	"github.com/aquifer-pool/aquifer/api/client"
 )
 
 // PoolPod runs `aquifer serve --embedded`: an embedded etcd, an emulated
@@ -17,7 +17,7 @@ import (
 type PoolPod struct {
 	dir, api, cxl string
 	cmd           *exec.Cmd
-	client        *pagerd.Client
+	client        *client.Client
 }
 
 // StartPoolPod starts the pod in dir.
@@ -36,7 +36,7 @@ func StartPoolPod(ctx context.Context, bin, dir string) (*PoolPod, error) {
 		p.Close()
 		return nil, fmt.Errorf("bench: embedded pod did not start: %w", err)
 	}
-	p.client = pagerd.NewClient(p.api)
+	p.client = client.New(p.api, client.Options{})
 	return p, nil
 }
 

@@ -22,13 +22,13 @@ const (
 )
 
 // ErrNotFound is returned for a snapshot the catalog does not hold.
-var ErrNotFound = errors.New("control: not found")
+var ErrNotFound = errors.New("not found")
 
 // ErrExists is returned when publishing a name that is taken.
-var ErrExists = errors.New("control: already exists")
+var ErrExists = errors.New("already exists")
 
 // ErrFenced is returned when a write is made with a stale fencing token.
-var ErrFenced = errors.New("control: fencing token is stale (ownership lost)")
+var ErrFenced = errors.New("fencing token is stale (ownership lost)")
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
@@ -90,13 +90,15 @@ func (p *Plane) PutSnapshot(ctx context.Context, s *Snapshot) error {
 		return err
 	}
 	k := prefixSnap + s.Name
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
 		Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
-		return fmt.Errorf("control: put %s: %w", s.Name, err)
+		return p.fail("put snapshot "+s.Name, err)
 	}
 	if !r.Succeeded {
-		return fmt.Errorf("control: snapshot %q: %w", s.Name, ErrExists)
+		return fmt.Errorf("snapshot %q: %w", s.Name, ErrExists)
 	}
 	return nil
 }
@@ -114,9 +116,11 @@ func (p *Plane) UpdateSnapshot(ctx context.Context, s *Snapshot, fence *Token) e
 	if fence != nil {
 		cmps = append(cmps, fence.cmp())
 	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Txn(ctx).If(cmps...).Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
-		return fmt.Errorf("control: update %s: %w", s.Name, err)
+		return p.fail("update snapshot "+s.Name, err)
 	}
 	if !r.Succeeded {
 		if fence != nil {
@@ -124,7 +128,7 @@ func (p *Plane) UpdateSnapshot(ctx context.Context, s *Snapshot, fence *Token) e
 				return ErrFenced
 			}
 		}
-		return fmt.Errorf("control: snapshot %q changed concurrently; retry", s.Name)
+		return fmt.Errorf("snapshot %q changed concurrently; retry", s.Name)
 	}
 	return nil
 }
@@ -134,16 +138,18 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Get(ctx, prefixSnap+name)
 	if err != nil {
-		return nil, fmt.Errorf("control: get %s: %w", name, err)
+		return nil, p.fail("get snapshot "+name, err)
 	}
 	if len(r.Kvs) == 0 {
-		return nil, fmt.Errorf("control: snapshot %q: %w", name, ErrNotFound)
+		return nil, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
 	}
 	var s Snapshot
 	if err := json.Unmarshal(r.Kvs[0].Value, &s); err != nil {
-		return nil, fmt.Errorf("control: snapshot %q: corrupt catalog entry: %w", name, err)
+		return nil, fmt.Errorf("snapshot %q: corrupt catalog entry: %w", name, err)
 	}
 	s.Rev = r.Kvs[0].ModRevision
 	return &s, nil
@@ -151,9 +157,11 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 
 // ListSnapshots returns all entries sorted by name.
 func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Get(ctx, prefixSnap, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("control: list: %w", err)
+		return nil, p.fail("list snapshots", err)
 	}
 	out := make([]*Snapshot, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
@@ -173,20 +181,24 @@ func (p *Plane) DeleteSnapshot(ctx context.Context, name string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Txn(ctx).Then(clientv3.OpDelete(prefixSnap+name), clientv3.OpDelete(prefixLRU+name)).Commit()
 	if err != nil {
-		return fmt.Errorf("control: delete %s: %w", name, err)
+		return p.fail("delete snapshot "+name, err)
 	}
 	if r.Responses[0].GetResponseDeleteRange().Deleted == 0 {
-		return fmt.Errorf("control: snapshot %q: %w", name, ErrNotFound)
+		return fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
 	}
 	return nil
 }
 
 // TouchRestored stamps a snapshot as restored now (eviction order).
 func (p *Plane) TouchRestored(ctx context.Context, name string, at time.Time) error {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	_, err := p.Client.Put(ctx, prefixLRU+name, strconv.FormatInt(at.UnixNano(), 10))
-	return err
+	return p.fail("record restore of "+name, err)
 }
 
 // EvictionOrder returns snapshot names holding CXL space, least recently
@@ -196,9 +208,11 @@ func (p *Plane) EvictionOrder(ctx context.Context) ([]*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Get(ctx, prefixLRU, clientv3.WithPrefix())
 	if err != nil {
-		return nil, err
+		return nil, p.fail("read restore order", err)
 	}
 	last := map[string]int64{}
 	for _, kv := range r.Kvs {
@@ -219,4 +233,34 @@ func (p *Plane) EvictionOrder(ctx context.Context) ([]*Snapshot, error) {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
 	return out, nil
+}
+
+// WatchSnapshots calls fn with every change of a catalog entry (s is nil
+// when the entry was deleted) until ctx ends. The watch survives etcd
+// outages (the client resumes it); fn runs on the watch's goroutine.
+func (p *Plane) WatchSnapshots(ctx context.Context, fn func(name string, s *Snapshot)) {
+	go func() {
+		for ctx.Err() == nil {
+			wch := p.Client.Watch(clientv3.WithRequireLeader(ctx), prefixSnap, clientv3.WithPrefix())
+			for wr := range wch {
+				for _, ev := range wr.Events {
+					name := string(ev.Kv.Key[len(prefixSnap):])
+					if ev.Type == clientv3.EventTypeDelete {
+						fn(name, nil)
+						continue
+					}
+					var s Snapshot
+					if json.Unmarshal(ev.Kv.Value, &s) != nil {
+						continue
+					}
+					s.Rev = ev.Kv.ModRevision
+					fn(name, &s)
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
 }

@@ -21,6 +21,8 @@ type Plane struct {
 	emb    *embed.Etcd
 	// Endpoints clients use to reach etcd.
 	Endpoints []string
+	// Timeout bounds each call (default DefaultTimeout).
+	Timeout time.Duration
 }
 
 // EmbeddedConfig configures an in-process etcd member.

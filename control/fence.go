@@ -39,16 +39,19 @@ func (p *Plane) Acquire(ctx context.Context, resource, holder string, ttlSeconds
 	}
 	key := prefixOwner + resource
 	for {
-		l, err := p.Client.Grant(ctx, ttlSeconds)
+		octx, ocancel := p.op(ctx)
+		l, err := p.Client.Grant(octx, ttlSeconds)
 		if err != nil {
-			return nil, fmt.Errorf("control: lease: %w", err)
+			ocancel()
+			return nil, p.fail("lease for "+resource, err)
 		}
-		r, err := p.Client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		r, err := p.Client.Txn(octx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, holder, clientv3.WithLease(l.ID))).
 			Else(clientv3.OpGet(key)).Commit()
+		ocancel()
 		if err != nil {
-			p.Client.Revoke(context.Background(), l.ID)
-			return nil, fmt.Errorf("control: acquire %s: %w", resource, err)
+			p.revokeLater(l.ID)
+			return nil, p.fail("acquire "+resource, err)
 		}
 		if r.Succeeded {
 			kctx, cancel := context.WithCancel(context.Background())
@@ -64,7 +67,7 @@ func (p *Plane) Acquire(ctx context.Context, resource, holder string, ttlSeconds
 			return &Token{Resource: resource, Holder: holder, Rev: r.Header.Revision, Lease: l.ID, key: key,
 				reg: &Registration{Lease: l.ID, cancel: cancel, p: p, key: key}}, nil
 		}
-		p.Client.Revoke(context.Background(), l.ID)
+		p.revokeLater(l.ID)
 		// Someone holds it: wait for the key to go away.
 		cur := r.Responses[0].GetResponseRange()
 		rev := int64(0)
@@ -103,9 +106,19 @@ func (p *Plane) Release(ctx context.Context, t *Token) error {
 func (p *Plane) Valid(ctx context.Context, t *Token) (bool, error) { return p.fenceValid(ctx, t) }
 
 func (p *Plane) fenceValid(ctx context.Context, t *Token) (bool, error) {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Get(ctx, t.key)
 	if err != nil {
-		return false, err
+		return false, p.fail("check ownership of "+t.Resource, err)
 	}
 	return len(r.Kvs) == 1 && r.Kvs[0].CreateRevision == t.Rev, nil
+}
+
+// revokeLater revokes a lease that is no longer needed, bounded by the
+// plane's timeout (an unreachable etcd lets it expire by itself).
+func (p *Plane) revokeLater(id clientv3.LeaseID) {
+	ctx, cancel := p.op(context.Background())
+	defer cancel()
+	p.Client.Revoke(ctx, id)
 }

@@ -39,8 +39,10 @@ type Registration struct {
 // Close revokes the lease, removing the member at once.
 func (r *Registration) Close(ctx context.Context) error {
 	r.cancel()
+	ctx, cancel := r.p.op(ctx)
+	defer cancel()
 	_, err := r.p.Client.Revoke(ctx, r.Lease)
-	return err
+	return r.p.fail("revoke "+r.key, err)
 }
 
 // RegisterHost registers a pager host.
@@ -60,34 +62,38 @@ func (p *Plane) register(ctx context.Context, prefix string, m Member, ttl int64
 	if ttl <= 0 {
 		ttl = 5
 	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	l, err := p.Client.Grant(ctx, ttl)
 	if err != nil {
-		return nil, fmt.Errorf("control: lease: %w", err)
+		return nil, p.fail("lease for "+m.ID, err)
 	}
 	m.Epoch = int64(l.ID)
 	b, _ := json.Marshal(m)
 	if _, err := p.Client.Put(ctx, prefix+m.ID, string(b), clientv3.WithLease(l.ID)); err != nil {
-		return nil, fmt.Errorf("control: register %s: %w", m.ID, err)
+		return nil, p.fail("register "+m.ID, err)
 	}
-	kctx, cancel := context.WithCancel(context.Background())
+	kctx, kcancel := context.WithCancel(context.Background())
 	ch, err := p.Client.KeepAlive(kctx, l.ID)
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("control: keepalive: %w", err)
+		kcancel()
+		return nil, p.fail("keep "+m.ID+" alive", err)
 	}
 	go func() {
 		for range ch {
 		}
 	}()
-	return &Registration{Lease: l.ID, cancel: cancel, p: p, key: prefix + m.ID}, nil
+	return &Registration{Lease: l.ID, cancel: kcancel, p: p, key: prefix + m.ID}, nil
 }
 
 // UpdateUsage records a memory node's used bytes under its lease.
 func (p *Plane) UpdateUsage(ctx context.Context, r *Registration, m Member) error {
 	m.Epoch = int64(r.Lease)
 	b, _ := json.Marshal(m)
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	_, err := p.Client.Put(ctx, r.key, string(b), clientv3.WithLease(r.Lease))
-	return err
+	return p.fail("update "+m.ID, err)
 }
 
 // Hosts lists live pager hosts.
@@ -97,9 +103,11 @@ func (p *Plane) Hosts(ctx context.Context) ([]Member, error) { return p.members(
 func (p *Plane) MemNodes(ctx context.Context) ([]Member, error) { return p.members(ctx, prefixMemnode) }
 
 func (p *Plane) members(ctx context.Context, prefix string) ([]Member, error) {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
 	r, err := p.Client.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, err
+		return nil, p.fail("list members", err)
 	}
 	out := make([]Member, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {

@@ -23,21 +23,82 @@ const MaxMessage = 64 << 10
 type Listener struct {
 	*net.UnixListener
 	path string
+	lock *os.File
 	once sync.Once
 }
 
-// Listen creates a Unix stream socket at path, mode 0600, removing a stale
-// socket file left by a dead handler (but never a regular file).
-func Listen(path string) (*Listener, error) {
+// ListenOptions tune Listen.
+type ListenOptions struct {
+	// DirLocked says the caller holds an exclusive lock on the socket's
+	// directory (see LockDir), so any socket file already at path is a
+	// stale one of its own and no per-socket lock is taken.
+	DirLocked bool
+}
+
+// Listen creates a Unix stream socket at path, mode 0600. Only one process
+// listens on a path: an exclusive lock on path+".lock" (held while
+// listening) tells a live listener from a stale socket file left by a dead
+// one, which is replaced (a regular file never is). Liveness is never
+// checked by connecting: a connection to a VM's socket is taken by its
+// handler for the VMM.
+func Listen(path string) (*Listener, error) { return ListenWith(path, ListenOptions{}) }
+
+// ListenWith is Listen with options.
+func ListenWith(path string, o ListenOptions) (*Listener, error) {
+	var lock *os.File
+	if !o.DirLocked {
+		var err error
+		if lock, err = lockFile(path+".lock", "another handler is listening on "+path); err != nil {
+			return nil, err
+		}
+	}
+	l, err := listen(path)
+	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
+		return nil, err
+	}
+	return &Listener{UnixListener: l, path: path, lock: lock}, nil
+}
+
+// LockDir takes an exclusive lock on dir (creating it, mode 0700): the
+// holder owns every socket in it. The lock lives until the returned file is
+// closed or the process exits.
+func LockDir(dir, what string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return lockFile(filepath.Join(dir, ".lock"), what)
+}
+
+// lockFile takes a non-blocking exclusive flock on path, recording this
+// process's pid in it.
+func lockFile(path, busy string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("handshake: lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b := make([]byte, 32)
+		n, _ := f.ReadAt(b, 0)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s (pid %s holds %s)", busy, bytes.TrimSpace(b[:n]), path)
+		}
+		return nil, fmt.Errorf("handshake: lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return f, nil
+}
+
+func listen(path string) (*net.UnixListener, error) {
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("handshake: %s exists and is not a socket; refusing to replace it", path)
 		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("handshake: %s: another handler is listening", path)
-		}
-		os.Remove(path)
+		os.Remove(path) // stale: its listener would hold the lock
 	}
 	// Bind and listen under a temporary name, then rename into place: the
 	// socket appears only once it accepts connections (Firecracker
@@ -67,7 +128,7 @@ func Listen(path string) (*Listener, error) {
 			return nil, fmt.Errorf("handshake: placing socket %s: %w", path, err)
 		}
 	}
-	return &Listener{UnixListener: l, path: path}, nil
+	return l, nil
 }
 
 // Path returns the socket path.
@@ -76,7 +137,12 @@ func (l *Listener) Path() string { return l.path }
 // Close stops listening and removes the socket file (once).
 func (l *Listener) Close() error {
 	err := l.UnixListener.Close()
-	l.once.Do(func() { os.Remove(l.path) })
+	l.once.Do(func() {
+		os.Remove(l.path)
+		if l.lock != nil {
+			l.lock.Close() // the lock file stays: removing it would race a newcomer
+		}
+	})
 	return err
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/restore"
+
 	"github.com/aquifer-pool/aquifer/handler"
 	"github.com/aquifer-pool/aquifer/handshake"
 	"github.com/aquifer-pool/aquifer/offheap"
@@ -21,45 +23,37 @@ import (
 type Options struct {
 	// Workers serving demand faults (default 2).
 	Workers int
-	// ZeroRunMin: zero runs of at least this many pages are left to the
-	// kernel (unregistered); default 1 (all). The longest runs go first,
-	// before resume; the rest right after, in the background.
-	// NoZeroUnregister disables it.
-	ZeroRunMin       uint64
-	NoZeroUnregister bool
 	// EarlyResume reports the VM ready as soon as the long zero runs are
 	// left to the kernel and streams the hot set in while it runs (in
 	// first-touch order, so the stream stays ahead of the guest; a hot page
 	// the guest reaches first is served on demand from the same validated
 	// window). The default waits for the whole hot set, as the paper does.
 	EarlyResume bool
-	// NoPrefetch disables the background cold prefetcher.
+	// NoPrefetch disables the background cold prefetcher (an ablation:
+	// cold pages then come only on demand).
 	NoPrefetch bool
 	// NoPreinstall serves hot pages on demand instead of before resume
-	// (an ablation).
+	// (an ablation: what the pre-install buys).
 	NoPreinstall bool
-	// HotFallback, if set, is used when the hot source fails or returns a
-	// page that does not match its digest (the demoted copy on RDMA).
-	HotFallback HotSource
-	Logger      *slog.Logger
+	Logger       *slog.Logger
 }
 
 // Report describes one served restore.
 type Report struct {
-	HotSource          string        `json:"hot_source"`
-	ColdSource         string        `json:"cold_source"`
-	Preinstall         time.Duration `json:"preinstall_ns"`
-	PreinstallPages    uint64        `json:"preinstall_pages"`
-	PreinstallBytes    uint64        `json:"preinstall_bytes"`
-	ZeroPagesToKernel  uint64        `json:"zero_pages_to_kernel"`
-	ColdDemandExtents  uint64        `json:"cold_demand_extents"`
-	ColdPrefetchExtent uint64        `json:"cold_prefetch_extents"`
-	ColdBytesRead      uint64        `json:"cold_bytes_read"`
-	ColdFaults         uint64        `json:"cold_faults"`
-	HotFaults          uint64        `json:"hot_faults"`
-	ZeroFaults         uint64        `json:"zero_faults"`
-	ColdReadTime       time.Duration `json:"cold_read_ns"`
-	Handler            handler.Stats `json:"handler"`
+	HotSource          string
+	ColdSource         string
+	Preinstall         time.Duration
+	PreinstallPages    uint64
+	PreinstallBytes    uint64
+	ZeroPagesToKernel  uint64
+	ColdDemandExtents  uint64
+	ColdPrefetchExtent uint64
+	ColdBytesRead      uint64
+	ColdFaults         uint64
+	HotFaults          uint64
+	ZeroFaults         uint64
+	ColdReadTime       time.Duration
+	Handler            handler.Stats
 }
 
 type extent struct {
@@ -70,12 +64,13 @@ type extent struct {
 
 // Session serves one VM from an image.
 type Session struct {
-	img  *snapimage.Image
-	hot  HotSource
-	cold ColdSource
-	opts Options
-	log  *slog.Logger
-	ps   uint64
+	img      *snapimage.Image
+	hot      restore.HotSource
+	fallback restore.HotSource
+	cold     restore.ColdSource
+	opts     Options
+	log      *slog.Logger
+	ps       uint64
 
 	h        *handler.Handler
 	ctx      context.Context
@@ -101,14 +96,13 @@ type Session struct {
 	coldDur atomic.Int64
 }
 
-// New prepares a session. hot may be nil when the image has no hot pages.
-func New(img *snapimage.Image, hot HotSource, cold ColdSource, opts Options) (*Session, error) {
+// New prepares a session that restores snap. Its hot source may be nil
+// when the image has no hot pages, its cold source when it has no cold ones.
+func New(snap *restore.Snapshot, opts Options) (*Session, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 2
 	}
-	if opts.ZeroRunMin == 0 {
-		opts.ZeroRunMin = 1
-	}
+	img, hot, cold := snap.Image, snap.Hot, snap.Cold
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -119,7 +113,7 @@ func New(img *snapimage.Image, hot HotSource, cold ColdSource, opts Options) (*S
 	if ncold > 0 && cold == nil {
 		return nil, errors.New("pager: the image has cold pages but no cold source")
 	}
-	s := &Session{img: img, hot: hot, cold: cold, opts: opts, log: opts.Logger, ps: uint64(img.PageSize()),
+	s := &Session{img: img, hot: hot, fallback: snap.HotFallback, cold: cold, opts: opts, log: opts.Logger, ps: uint64(img.PageSize()),
 		ready: make(chan struct{}), hotReady: make(chan struct{}), ext: map[int]*extent{}}
 	if hot != nil {
 		s.rep.HotSource = hot.Name()
@@ -386,24 +380,22 @@ func (s *Session) preinstall(ctx context.Context) {
 // zeroRuns leaves the long zero runs to the kernel now and queues the short
 // ones for after resume. It reports false when the VM is gone.
 func (s *Session) zeroRuns() bool {
-	if !s.opts.NoZeroUnregister {
-		// Long zero runs before resume (they hold most zero pages), the
-		// short ones after it: each is one UFFDIO_UNREGISTER.
-		var short []snapimage.Run
-		for _, run := range s.img.Runs() {
-			if run.Class != snapimage.Zero || uint64(run.Count) < s.opts.ZeroRunMin {
-				continue
-			}
-			if run.Count < 64 {
-				short = append(short, run)
-				continue
-			}
-			if !s.leaveZero(run) {
-				return false
-			}
+	// Long zero runs before resume (they hold most zero pages), the short
+	// ones after it: each is one UFFDIO_UNREGISTER.
+	var short []snapimage.Run
+	for _, run := range s.img.Runs() {
+		if run.Class != snapimage.Zero {
+			continue
 		}
-		s.lateZero = short
+		if run.Count < 64 {
+			short = append(short, run)
+			continue
+		}
+		if !s.leaveZero(run) {
+			return false
+		}
 	}
+	s.lateZero = short
 	return true
 }
 
@@ -422,12 +414,12 @@ func (s *Session) openHot() {
 	s.hotOnce.Do(func() { close(s.hotReady) })
 }
 
-// withHot runs fn on the verified hot segment, falling back to HotFallback
+// withHot runs fn on the verified hot segment, falling back to the snapshot's HotFallback
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
 func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error {
 	_, nhot, _ := s.img.Counts()
-	try := func(src HotSource) (bool, error) {
+	try := func(src restore.HotSource) (bool, error) {
 		verified := false
 		err := src.With(ctx, func(seg []byte) error {
 			if uint64(len(seg)) < nhot*s.ps {
@@ -444,10 +436,10 @@ func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error 
 		return verified, err
 	}
 	verified, err := try(s.hot)
-	if err != nil && !verified && s.opts.HotFallback != nil {
-		s.log.Warn("hot tier failed; falling back", "err", err, "fallback", s.opts.HotFallback.Name())
-		s.rep.HotSource = s.opts.HotFallback.Name() + " (fallback)"
-		_, err = try(s.opts.HotFallback)
+	if err != nil && !verified && s.fallback != nil {
+		s.log.Warn("hot tier failed; falling back", "err", err, "fallback", s.fallback.Name())
+		s.rep.HotSource = s.fallback.Name() + " (fallback)"
+		_, err = try(s.fallback)
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package pagerd
 
 import (
+	"github.com/aquifer-pool/aquifer/pager"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -14,6 +15,7 @@ type Metrics struct {
 	ColdReadSeconds prometheus.Histogram
 	ColdBytes       prometheus.Counter
 	ActiveVMs       prometheus.Gauge
+	RefusedPeers    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -45,8 +47,21 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		ActiveVMs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aquifer_active_vms", Help: "VMs currently served.",
 		}),
+		RefusedPeers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aquifer_uffd_refused_peers_total", Help: "Connections to VM sockets refused because the peer was not the expected VMM.",
+		}),
 	}
 	reg.MustRegister(m.Restores, m.RestoreSeconds, m.PreinstallSecs, m.PreinstallBytes, m.Faults,
-		m.ColdReadSeconds, m.ColdBytes, m.ActiveVMs)
+		m.ColdReadSeconds, m.ColdBytes, m.ActiveVMs, m.RefusedPeers)
 	return m
+}
+
+func (m *Metrics) observe(rep *pager.Report) {
+	m.PreinstallSecs.Observe(rep.Preinstall.Seconds())
+	m.PreinstallBytes.Add(float64(rep.PreinstallBytes))
+	m.Faults.WithLabelValues("zero").Add(float64(rep.ZeroFaults))
+	m.Faults.WithLabelValues("hot").Add(float64(rep.HotFaults))
+	m.Faults.WithLabelValues("cold").Add(float64(rep.ColdFaults))
+	m.ColdReadSeconds.Observe(rep.ColdReadTime.Seconds())
+	m.ColdBytes.Add(float64(rep.ColdBytesRead))
 }

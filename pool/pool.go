@@ -10,15 +10,16 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/cxl/pod"
 	"github.com/aquifer-pool/aquifer/offheap"
-	"github.com/aquifer-pool/aquifer/pager"
-	"github.com/aquifer-pool/aquifer/pagerd"
 	"github.com/aquifer-pool/aquifer/rdma"
+	"github.com/aquifer-pool/aquifer/restore"
 	"github.com/aquifer-pool/aquifer/snapimage"
 	"golang.org/x/sys/unix"
 )
@@ -48,12 +49,24 @@ type Pool struct {
 	owned map[int]bool
 
 	mu    sync.Mutex
-	cache map[string]*pagerd.Snapshot
+	cache map[string]*entry
 
 	readers chan *pod.Pod
+	stop    context.CancelFunc
 }
 
-// New creates a pool.
+// entry is an opened snapshot's metadata and RDMA sources, shared by every
+// restore of the same published version, and its CXL placement as last
+// seen in the catalog (kept current by a watch).
+type entry struct {
+	published time.Time
+	img       *snapimage.Image
+	cold      restore.ColdSource
+	fallback  restore.HotSource
+	hot       atomic.Pointer[control.HotPlacement]
+}
+
+// New creates a pool. Close stops its catalog watch.
 func New(cfg Config) (*Pool, error) {
 	if cfg.Plane == nil || cfg.RDMA == nil {
 		return nil, errors.New("pool: needs a control plane and an RDMA client")
@@ -61,14 +74,37 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, owned: map[int]bool{}, cache: map[string]*pagerd.Snapshot{}}
+	p := &Pool{cfg: cfg, log: cfg.Logger, owned: map[int]bool{}, cache: map[string]*entry{}}
 	if len(cfg.Readers) > 0 {
 		p.readers = make(chan *pod.Pod, len(cfg.Readers))
 		for _, r := range cfg.Readers {
 			p.readers <- r
 		}
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	cfg.Plane.WatchSnapshots(ctx, p.catalogChanged)
 	return p, nil
+}
+
+// Close stops the pool's background work.
+func (p *Pool) Close() { p.stop() }
+
+// catalogChanged keeps cached placements current: an eviction or removal
+// seen here stops restores from trying CXL for a segment that is gone.
+func (p *Pool) catalogChanged(name string, s *control.Snapshot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.cache[name]
+	if !ok {
+		return
+	}
+	if s == nil || !s.Published.Equal(e.published) {
+		delete(p.cache, name)
+		e.hot.Store(nil)
+		return
+	}
+	e.hot.Store(s.Hot)
 }
 
 // header is the catalog's image header: where the pieces live.
@@ -81,6 +117,7 @@ type header struct {
 	Zero     uint64       `json:"zero_pages"`
 	HotPages uint64       `json:"hot_pages"`
 	Cold     uint64       `json:"cold_pages"`
+	PageSize uint64       `json:"page_size,omitempty"`
 }
 
 // objects is stored after the image metadata in the meta object.
@@ -96,23 +133,38 @@ func segBase(name, part string, at time.Time) rdma.SegmentID {
 }
 
 // Publish puts the image at path into the pool as name.
-func (p *Pool) Publish(ctx context.Context, path, name string) (*control.Snapshot, error) {
-	if err := control.ValidName(name); err != nil {
+func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, error) {
+	if err := restore.ValidName(name); err != nil {
 		return nil, err
 	}
 	if _, err := p.cfg.Plane.GetSnapshot(ctx, name); err == nil {
-		return nil, fmt.Errorf("pool: snapshot %q: %w", name, control.ErrExists)
+		return nil, fmt.Errorf("snapshot %q: %w", name, restore.ErrExists)
+	} else if !errors.Is(err, control.ErrNotFound) {
+		return nil, seamErr(err)
 	}
 	img, f, err := snapimage.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: %w", path, restore.ImageError(err)))
 	}
 	defer f.Close()
 	// Check the segments before anything leaves this host.
 	if err := img.CheckSegments(f, nil); err != nil {
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: image is corrupt: %w", path, err))
+	}
+	st, err := f.Stat()
+	if err != nil {
 		return nil, err
 	}
-	st, _ := f.Stat()
+	snap, err := p.publish(ctx, img, f, st.Size(), name)
+	if err != nil {
+		return nil, seamErr(err)
+	}
+	return p.info(snap)
+}
+
+// publish places an opened, checked image: segments and metadata on the
+// memory nodes, the hot segment in CXL, then the catalog entry.
+func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, size int64, name string) (*control.Snapshot, error) {
 	hs, cs := img.Section(snapimage.SecHotSegment), img.Section(snapimage.SecColdSegment)
 	read := func(off, n uint64) ([]byte, *offheap.Mapping, error) {
 		if n == 0 {
@@ -143,12 +195,12 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*control.Snapsho
 	defer cm.Unmap()
 	if len(cold) > 0 {
 		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
-			return nil, fmt.Errorf("pool: cold segment to memory nodes: %w", err)
+			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
 		}
 	}
 	if len(hot) > 0 {
 		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
-			return nil, fmt.Errorf("pool: hot segment copy to memory nodes: %w", err)
+			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
 		}
 	}
 	// Metadata object: the image up to the hot segment, the object
@@ -175,11 +227,11 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*control.Snapsho
 	copy(mm.B, blob)
 	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pool: metadata to memory nodes: %w", err)
+		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
 	}
 	zero, nhot, ncold := img.Counts()
-	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(st.Size()), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold}
+	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps)}
 	hb, _ := json.Marshal(h)
 	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
 	if len(hot) > 0 && p.cfg.Pod != nil {
@@ -194,6 +246,39 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*control.Snapsho
 		return nil, err
 	}
 	return snap, nil
+}
+
+// seamErr classifies control-plane errors for the daemon.
+func seamErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, control.ErrNotFound):
+		return restore.Mark(restore.ErrNotFound, err)
+	case errors.Is(err, control.ErrExists):
+		return restore.Mark(restore.ErrExists, err)
+	case errors.Is(err, control.ErrUnavailable):
+		return restore.Mark(restore.ErrUnavailable, err)
+	}
+	return err
+}
+
+// info describes a catalog entry.
+func (p *Pool) info(s *control.Snapshot) (*restore.Info, error) {
+	var h header
+	if err := json.Unmarshal(s.Header, &h); err != nil {
+		return nil, fmt.Errorf("snapshot %q: bad catalog header: %w", s.Name, err)
+	}
+	in := &restore.Info{Name: s.Name, Pages: h.Pages, ZeroPages: h.Zero, HotPages: h.HotPages, ColdPages: h.Cold,
+		HotBytes: s.HotBytes, ColdBytes: s.ColdBytes, HotTier: "rdma", Published: s.Published}
+	if h.PageSize == 0 {
+		h.PageSize = 4096 // entries published before the header recorded it
+	}
+	in.MemBytes = h.Pages * h.PageSize
+	if s.Hot != nil {
+		in.HotTier = "cxl"
+	}
+	return in, nil
 }
 
 // publishHot writes the hot segment into CXL, evicting least recently
@@ -257,7 +342,9 @@ func (p *Pool) evictOneLocked(ctx context.Context, keep string) (string, error) 
 			return "", err
 		}
 		p.mu.Lock()
-		delete(p.cache, s.Name)
+		if e, ok := p.cache[s.Name]; ok {
+			e.hot.Store(nil)
+		}
 		p.mu.Unlock()
 		return s.Name, nil
 	}
@@ -266,15 +353,21 @@ func (p *Pool) evictOneLocked(ctx context.Context, keep string) (string, error) 
 
 // Remove deletes a snapshot from the catalog and the tiers.
 func (p *Pool) Remove(ctx context.Context, name string) error {
+	if err := restore.ValidName(name); err != nil {
+		return err
+	}
 	s, err := p.cfg.Plane.GetSnapshot(ctx, name)
 	if err != nil {
-		return err
+		return seamErr(err)
 	}
 	if err := p.cfg.Plane.DeleteSnapshot(ctx, name); err != nil {
-		return err
+		return seamErr(err)
 	}
 	p.mu.Lock()
-	delete(p.cache, name)
+	if e, ok := p.cache[name]; ok {
+		e.hot.Store(nil)
+		delete(p.cache, name)
+	}
 	p.mu.Unlock()
 	if s.Hot != nil && p.cfg.Pod != nil {
 		p.podMu.Lock()
@@ -290,33 +383,65 @@ func (p *Pool) Remove(ctx context.Context, name string) error {
 }
 
 // List returns the catalog.
-func (p *Pool) List(ctx context.Context) ([]*control.Snapshot, error) {
-	return p.cfg.Plane.ListSnapshots(ctx)
+func (p *Pool) List(ctx context.Context) ([]*restore.Info, error) {
+	l, err := p.cfg.Plane.ListSnapshots(ctx)
+	if err != nil {
+		return nil, seamErr(err)
+	}
+	out := make([]*restore.Info, 0, len(l))
+	for _, s := range l {
+		in, err := p.info(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
 }
 
-// Restored implements pagerd.Pool.
+// Restored implements restore.Opener.
 func (p *Pool) Restored(ctx context.Context, name string) {
 	if err := p.cfg.Plane.TouchRestored(ctx, name, time.Now()); err != nil {
 		p.log.Warn("recording restore", "snapshot", name, "err", err)
 	}
 }
 
-// Open implements pagerd.Pool.
-func (p *Pool) Open(ctx context.Context, name string) (*pagerd.Snapshot, error) {
+// Open implements restore.Opener: it reads the catalog entry once, and the
+// image metadata from the memory nodes the first time a published version
+// is opened. The returned snapshot's CXL source carries the placement the
+// entry named; nothing on the restore path reads the control plane.
+func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error) {
+	if err := restore.ValidName(name); err != nil {
+		return nil, err
+	}
 	cat, err := p.cfg.Plane.GetSnapshot(ctx, name)
+	if err != nil {
+		return nil, seamErr(err)
+	}
+	e, err := p.entry(ctx, cat)
 	if err != nil {
 		return nil, err
 	}
+	s := &restore.Snapshot{Name: name, Image: e.img, Cold: e.cold, HotFallback: e.fallback, Hot: e.fallback}
+	if cat.Hot != nil && p.cfg.Pod != nil {
+		s.Hot = &cxlHot{p: p, e: e, place: cat.Hot}
+	}
+	return s, nil
+}
+
+// entry returns the cached metadata of the published version cat names,
+// reading it from the memory nodes on first use.
+func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error) {
 	p.mu.Lock()
-	if s, ok := p.cache[name]; ok {
+	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
+		e.hot.Store(cat.Hot)
 		p.mu.Unlock()
-		s.Hot = p.hotSource(name, cat, s)
-		return s, nil
+		return e, nil
 	}
 	p.mu.Unlock()
 	var h header
 	if err := json.Unmarshal(cat.Header, &h); err != nil || h.Meta == nil {
-		return nil, fmt.Errorf("pool: snapshot %q: bad catalog header: %v", name, err)
+		return nil, fmt.Errorf("snapshot %q: bad catalog header: %v", cat.Name, err)
 	}
 	src := &rdma.ObjectSource{C: p.cfg.RDMA, Obj: h.Meta}
 	buf, release, err := src.Arena(int(h.Meta.Len))
@@ -325,32 +450,24 @@ func (p *Pool) Open(ctx context.Context, name string) (*pagerd.Snapshot, error) 
 	}
 	defer release()
 	if err := src.Read(ctx, 0, buf, false); err != nil {
-		return nil, fmt.Errorf("pool: snapshot %q: reading metadata: %w", name, err)
+		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("snapshot %q: reading its metadata from the memory nodes: %w", cat.Name, err))
 	}
-	meta := bytes.Clone(buf)
-	img, objs, err := decodeMeta(meta, h)
+	img, objs, err := decodeMeta(bytes.Clone(buf), h)
 	if err != nil {
-		return nil, fmt.Errorf("pool: snapshot %q: %w", name, err)
+		return nil, fmt.Errorf("snapshot %q: %w", cat.Name, err)
 	}
-	s := &pagerd.Snapshot{Name: name, Image: img}
+	e := &entry{published: cat.Published, img: img}
 	if objs.Cold != nil {
-		s.Cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
+		e.cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
 	}
 	if objs.Hot != nil {
-		s.HotFallback = &rdmaHot{src: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Hot}, n: int(objs.Hot.Len)}
+		e.fallback = &rdmaHot{src: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Hot}, n: int(objs.Hot.Len)}
 	}
-	s.Hot = p.hotSource(name, cat, s)
+	e.hot.Store(cat.Hot)
 	p.mu.Lock()
-	p.cache[name] = s
+	p.cache[cat.Name] = e
 	p.mu.Unlock()
-	return s, nil
-}
-
-func (p *Pool) hotSource(name string, cat *control.Snapshot, s *pagerd.Snapshot) pager.HotSource {
-	if cat.Hot != nil && p.cfg.Pod != nil {
-		return &cxlHot{p: p, key: name}
-	}
-	return s.HotFallback
+	return e, nil
 }
 
 func decodeMeta(meta []byte, h header) (*snapimage.Image, *objects, error) {
@@ -393,15 +510,24 @@ func (r *prefixReader) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// cxlHot serves the hot segment straight from the pod's CXL region.
+// errEvicted: the catalog no longer places the hot segment where this
+// restore was prepared to read it.
+var errEvicted = errors.New("hot segment is no longer in CXL (evicted or replaced)")
+
+// cxlHot serves the hot segment straight from the pod's CXL region, at the
+// placement resolved when the VM was prepared.
 type cxlHot struct {
-	p   *Pool
-	key string
+	p     *Pool
+	e     *entry
+	place *control.HotPlacement
 }
 
 func (h *cxlHot) Name() string { return "cxl" }
 
 func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
+	if cur := h.e.hot.Load(); cur == nil || *cur != *h.place {
+		return errEvicted
+	}
 	pd := h.p.cfg.Pod
 	if h.p.readers != nil {
 		select {
@@ -414,15 +540,8 @@ func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
 		h.p.podMu.Lock()
 		defer h.p.podMu.Unlock()
 	}
-	ref, err := h.p.cfg.Plane.GetSnapshot(ctx, h.key)
-	if err != nil {
-		return err
-	}
-	if ref.Hot == nil {
-		return errors.New("pool: hot segment was evicted from CXL")
-	}
-	pref := pod.Ref{Desc: ref.Hot.Descriptor, Gen: ref.Hot.Gen, Token: ref.Hot.Token, Len: uint32(ref.Hot.Len)}
-	_, err = pd.Install(pref, func(addr uintptr, n int) error {
+	ref := pod.Ref{Desc: h.place.Descriptor, Gen: h.place.Gen, Token: h.place.Token, Len: uint32(h.place.Len)}
+	_, err := pd.Install(ref, func(addr uintptr, n int) error {
 		return fn(offheap.At(addr, n))
 	})
 	return err
@@ -457,7 +576,7 @@ func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
 // coldSource recycles registered read arenas across restores.
 type coldSource struct {
 	rdma.ObjectSource
-	arenas pager.ArenaPool
+	arenas restore.ArenaPool
 }
 
 func (c *coldSource) Arena(n int) ([]byte, func() error, error) {

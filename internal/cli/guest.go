@@ -10,9 +10,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/api"
+	"github.com/aquifer-pool/aquifer/api/client"
 	"github.com/aquifer-pool/aquifer/guest"
 	"github.com/aquifer-pool/aquifer/handshake"
-	"github.com/aquifer-pool/aquifer/pagerd"
 	"github.com/aquifer-pool/aquifer/wset"
 	"github.com/spf13/cobra"
 )
@@ -85,8 +86,8 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 				if vmID == "" || snapshot == "" {
 					return fmt.Errorf("--pager-api needs --vm and --snapshot")
 				}
-				pc := pagerd.NewClient(pagerAPI)
-				vm, err := pc.PrepareWith(cmd.Context(), vmID, snapshot, pagerd.PrepareOptions{EarlyResume: earlyResume})
+				pc := client.New(pagerAPI, client.Options{})
+				vm, err := pc.Prepare(cmd.Context(), vmID, api.PrepareRequest{Snapshot: snapshot, EarlyResume: earlyResume})
 				if err != nil {
 					return err
 				}

@@ -5,7 +5,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aquifer-pool/aquifer/pagerd"
+	"github.com/aquifer-pool/aquifer/api/client"
 	"github.com/spf13/cobra"
 )
 
@@ -20,20 +20,20 @@ func init() {
 			if name == "" {
 				return fmt.Errorf("--name is required")
 			}
-			s, err := pagerd.NewClient(api).Publish(cmd.Context(), absPath(args[0]), name)
+			s, err := apiClient(api).Publish(cmd.Context(), absPath(args[0]), name)
 			if err != nil {
 				return err
 			}
-			where := "RDMA only (not in CXL)"
-			if s.Hot != nil {
-				where = fmt.Sprintf("CXL descriptor %d gen %d", s.Hot.Descriptor, s.Hot.Gen)
+			where := "hot set served from its RDMA copy (not in CXL)"
+			if s.HotTier == "cxl" {
+				where = "hot set in CXL"
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "published %s: hot %d bytes (%s), cold %d bytes on memory nodes\n", s.Name, s.HotBytes, where, s.ColdBytes)
 			return nil
 		},
 	}
 	publish.Flags().String("name", "", "snapshot name")
-	publish.Flags().StringVar(&api, "api", "/run/aquifer/api.sock", "pager daemon control socket")
+	apiFlag(publish, &api)
 
 	p := &cobra.Command{Use: "pool", Short: "Inspect and manage the pool's snapshots (through the pager daemon)"}
 	ls := &cobra.Command{
@@ -41,18 +41,14 @@ func init() {
 		Short: "List published snapshots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := pagerd.NewClient(api).Snapshots(cmd.Context())
+			l, err := apiClient(api).Snapshots(cmd.Context())
 			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tHOT\tHOT TIER\tCOLD\tPUBLISHED")
 			for _, s := range l {
-				tier := "rdma (demoted)"
-				if s.Hot != nil {
-					tier = "cxl"
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", s.Name, s.HotBytes, tier, s.ColdBytes, s.Published.Format(time.RFC3339))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", s.Name, s.HotBytes, s.HotTier, s.ColdBytes, s.Published.Format(time.RFC3339))
 			}
 			return tw.Flush()
 		},
@@ -62,12 +58,25 @@ func init() {
 		Short: "Remove a snapshot from the pool",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return pagerd.NewClient(api).RemoveSnapshot(cmd.Context(), args[0])
+			if err := apiClient(api).RemoveSnapshot(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
+			return nil
 		},
 	}
 	for _, c := range []*cobra.Command{ls, rm} {
-		c.Flags().StringVar(&api, "api", "/run/aquifer/api.sock", "pager daemon control socket")
+		apiFlag(c, &api)
 		p.AddCommand(c)
 	}
 	register(publish, p)
 }
+
+// apiFlag adds the --api flag every daemon client has.
+func apiFlag(c *cobra.Command, api *string) {
+	c.Flags().StringVar(api, "api", "", "pager daemon control socket (default $"+client.EnvAPI+", else "+client.DefaultSocket+")")
+}
+
+// apiClient returns a client of the daemon at flag, $AQUIFER_API or the
+// default socket.
+func apiClient(flag string) *client.Client { return client.New(client.Socket(flag), client.Options{}) }

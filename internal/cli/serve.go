@@ -6,22 +6,25 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
-	"github.com/aquifer-pool/aquifer/pagerd"
-	"github.com/aquifer-pool/aquifer/pool"
+	"github.com/aquifer-pool/aquifer/api/client"
+	"github.com/aquifer-pool/aquifer/embed"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
+// podFlags are the flags of serve that apply to --embedded only.
+var podFlags = []string{"data-dir", "etcd-endpoints", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
+	"cxl-size", "cxl-chunk", "secret-file", "replicas"}
+
 func init() {
-	var api, sockDir, images, dataDir, transport, cxlSize, cxlPath, cxlChunk, secretFile string
-	var memnodeAddrs []string
-	var workers, memnodes int
-	var earlyResume bool
-	var etcdEndpoints []string
-	var podName string
-	var embedded bool
+	var (
+		cfg                        embed.Config
+		pc                         embed.PodConfig
+		embedded                   bool
+		cxlSize, cxlChunk, cxlPath string
+	)
 	cmd := &cobra.Command{
 		Use:   "serve (--embedded | --images DIR)",
 		Short: "Run the per-host pager daemon: restore many VMs from the pool",
@@ -31,13 +34,15 @@ UFFD socket to give Firecracker as mem_backend.backend_path; GET
 /v1/vms/{id}/ready returns once the hot set is installed, when the VM may be
 resumed. See docs/operations.md.
 
-With --embedded the daemon also runs the whole pod in this process: an
-embedded etcd member, an emulated CXL region (/dev/shm) and --memnodes memory
-nodes on loopback; aquifer publish / pool ls / pool rm talk to it through
-the same API. With --memnode-addrs it uses those aquifer memnode processes
-instead (over tcp, admitted with the pod secret --secret-file). aquifer pool
-init prepares the data directory, secret and CXL region beforehand; without
-it they are created on first start.
+With --embedded this host is a member of a pod and runs what the pod needs
+that it is not told to find elsewhere: an etcd member (unless
+--etcd-endpoints), memory nodes on loopback (unless --memnode-addrs names
+aquifer memnode processes, admitted with the pod secret --secret-file), and
+the pod's CXL region (--cxl shm:PATH, the emulated region, created on first
+start; devdax:/dev/daxX.Y, a real device formatted with aquifer cxl format;
+or none). aquifer publish / pool ls / pool rm talk to it through the same
+API. aquifer pool init prepares the data directory, secret and region
+beforehand; without it they are created on first start.
 
 With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 (no tiers).`,
@@ -45,66 +50,98 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			var p pagerd.Pool
-			switch {
-			case embedded:
-				size, err := parseSize(cxlSize)
-				if err != nil {
-					return fmt.Errorf("--cxl-size: %w", err)
-				}
-				chunk, err := parseSize(cxlChunk)
-				if err != nil {
-					return fmt.Errorf("--cxl-chunk: %w", err)
-				}
-				tr := transport
-				if len(memnodeAddrs) > 0 && !cmd.Flags().Changed("rdma") {
-					tr = "tcp"
-				}
-				e, err := pool.StartEmbedded(ctx, pool.EmbeddedConfig{Dir: dataDir, MemNodes: memnodes,
-					CXLSize: int64(size), CXLPath: cxlPath, ChunkSize: int64(chunk), Transport: tr,
-					ExternalMemNodes: memnodeAddrs, SecretFile: secretFile, EtcdEndpoints: etcdEndpoints, Name: podName})
-				if err != nil {
+			if err := podMode(cmd, embedded, cfg.Images); err != nil {
+				return err
+			}
+			if embedded {
+				if err := podSizes(cmd, &pc, cxlSize, cxlChunk, cxlPath); err != nil {
 					return err
 				}
-				defer e.Close()
-				slog.Info("embedded pod running", "etcd", e.Plane.Endpoints, "memnodes", e.Addrs, "rdma", tr, "data_dir", dataDir)
-				p = e.Pool
-			case images != "":
-				p = &pagerd.DirPool{Dir: images}
-			default:
-				return fmt.Errorf("give --embedded (a whole pod in this process) or --images DIR (local images)")
+				cfg.Pod = &pc
 			}
-			if sockDir == "" {
-				sockDir = filepath.Join(filepath.Dir(api), "vms")
-			}
-			cfg := pagerd.Config{Pool: p, SocketDir: sockDir, AllowUID: -1}
-			cfg.Pager.Workers = workers
-			cfg.Pager.EarlyResume = earlyResume
-			d, err := pagerd.New(cfg)
+			cfg.API = client.Socket(cfg.API)
+			s, err := embed.Start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			defer d.Close()
-			slog.Info("pager daemon serving", "api", api, "socket_dir", sockDir)
-			return d.Serve(ctx, api)
+			defer s.Stop()
+			if s.Pool != nil {
+				slog.Info("pod member running", "pod", pc.Name, "etcd", s.Plane.Endpoints, "memnodes", s.MemNodes,
+					"rdma", pc.RDMA, "cxl", pc.CXL, "data_dir", pc.DataDir)
+			}
+			slog.Info("pager daemon serving", "api", cfg.API, "socket_dir", cfg.SocketDir)
+			return s.Serve(ctx)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&api, "api", "/run/aquifer/api.sock", "control API socket")
-	f.StringVar(&sockDir, "socket-dir", "", "directory of per-VM UFFD sockets (default: vms/ beside --api)")
-	f.StringVar(&images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
-	f.BoolVar(&embedded, "embedded", false, "run etcd, an emulated CXL region and memory nodes in this process")
-	f.StringVar(&dataDir, "data-dir", "/var/lib/aquifer", "with --embedded: data directory (etcd, memory nodes, pod secret)")
-	f.StringSliceVar(&etcdEndpoints, "etcd-endpoints", nil, "with --embedded: use this external etcd cluster (http://host:2379,...) for the control plane instead of an embedded member")
-	f.StringVar(&podName, "pod", "pod0", "with --embedded: pod name (its CXL coordination keys in etcd and its default region path); one pod per etcd cluster for now")
-	f.IntVar(&memnodes, "memnodes", 3, "with --embedded: memory nodes")
-	f.StringVar(&transport, "rdma", "emu", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated) or tcp (loopback network)")
-	f.StringVar(&cxlSize, "cxl-size", "1GiB", "with --embedded: size of the emulated CXL region")
-	f.StringVar(&cxlPath, "cxl-path", "", "with --embedded: emulated CXL region file (default /dev/shm/aquifer-pod0-cxl)")
-	f.StringVar(&cxlChunk, "cxl-chunk", "64MiB", "with --embedded: chunk size when the region is formatted here (the largest hot segment)")
-	f.StringSliceVar(&memnodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
-	f.StringVar(&secretFile, "secret-file", "", "with --embedded: the pod secret file (default DATA-DIR/pod.secret)")
-	f.IntVar(&workers, "workers", 2, "fault-serving threads per VM")
-	f.BoolVar(&earlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
+	f.StringVar(&cfg.API, "api", "", "control API socket (default $AQUIFER_API, else "+client.DefaultSocket+")")
+	f.StringVar(&cfg.SocketDir, "socket-dir", "", "directory of per-VM UFFD sockets, one daemon's own (default: vms/ beside --api)")
+	f.StringVar(&cfg.Images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
+	f.IntVar(&cfg.Workers, "workers", 2, "fault-serving threads per VM")
+	f.BoolVar(&cfg.EarlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
+	f.IntVar(&cfg.VMMUID, "vmm-uid", -1, "uid Firecracker runs as (under the jailer): the only uid admitted on VM sockets (default: this daemon's uid)")
+	f.DurationVar(&cfg.AcceptTimeout, "accept-timeout", 0, "give up on a prepared VM whose Firecracker has not connected after this long (default 60s)")
+	f.BoolVar(&embedded, "embedded", false, "run this host as a member of a pod: etcd, memory nodes and the CXL region as the flags below say")
+	f.StringVar(&pc.DataDir, "data-dir", "/var/lib/aquifer", "with --embedded: data directory (etcd, memory nodes, pod secret)")
+	f.StringSliceVar(&pc.EtcdEndpoints, "etcd-endpoints", nil, "with --embedded: use this external etcd cluster (http://host:2379,...) instead of an embedded member")
+	f.StringVar(&pc.Name, "pod", "pod0", "with --embedded: pod name (its coordination keys in etcd and its default region path)")
+	f.IntVar(&pc.MemNodes, "memnodes", 3, "with --embedded: in-process memory nodes")
+	f.StringSliceVar(&pc.MemNodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
+	f.IntVar(&pc.Replicas, "replicas", 0, "with --embedded: copies of each segment on the memory nodes (default 2, or 1 with one node)")
+	f.StringVar(&pc.RDMA, "rdma", "", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated; default with in-process nodes), tcp (default with --memnode-addrs) or verbs (RNIC; binary built with -tags rdma)")
+	f.StringVar(&pc.CXL, "cxl", "", "with --embedded: the pod's CXL region: shm:PATH (emulated), devdax:/dev/daxX.Y or none (default shm:/dev/shm/aquifer-POD-cxl)")
+	f.StringVar(&cxlPath, "cxl-path", "", "with --embedded: emulated CXL region file (same as --cxl shm:PATH)")
+	f.StringVar(&cxlSize, "cxl-size", "1GiB", "with --embedded: size of a new emulated CXL region")
+	f.StringVar(&cxlChunk, "cxl-chunk", "64MiB", "with --embedded: chunk size of a new emulated CXL region (the largest hot segment)")
+	f.StringVar(&pc.SecretFile, "secret-file", "", "with --embedded: the pod secret file (default DATA-DIR/pod.secret)")
 	register(cmd)
+}
+
+// podMode refuses flags that do not apply to the chosen mode.
+func podMode(cmd *cobra.Command, embedded bool, images string) error {
+	switch {
+	case embedded && images != "":
+		return fmt.Errorf("--embedded and --images are two modes: give one")
+	case !embedded && images == "":
+		return fmt.Errorf("give --embedded (this host in a pod) or --images DIR (local images)")
+	case images != "":
+		var bad []string
+		cmd.Flags().Visit(func(f *pflag.Flag) {
+			for _, n := range podFlags {
+				if f.Name == n {
+					bad = append(bad, "--"+n)
+				}
+			}
+		})
+		if len(bad) > 0 {
+			return fmt.Errorf("%v apply to --embedded only, not to --images", bad)
+		}
+	}
+	return nil
+}
+
+// podSizes applies the size flags a user set (the defaults apply to a new
+// emulated region only, so unset ones are left to embed).
+func podSizes(cmd *cobra.Command, pc *embed.PodConfig, size, chunk, path string) error {
+	if path != "" {
+		if pc.CXL != "" {
+			return fmt.Errorf("--cxl-path and --cxl both name the region: give --cxl shm:%s", path)
+		}
+		pc.CXL = "shm:" + absPath(path)
+	}
+	if cmd.Flags().Changed("cxl-size") {
+		n, err := parseSize(size)
+		if err != nil {
+			return fmt.Errorf("--cxl-size: %w", err)
+		}
+		pc.CXLSize = int64(n)
+	}
+	if cmd.Flags().Changed("cxl-chunk") {
+		n, err := parseSize(chunk)
+		if err != nil {
+			return fmt.Errorf("--cxl-chunk: %w", err)
+		}
+		pc.CXLChunk = int64(n)
+	}
+	return nil
 }

@@ -19,7 +19,8 @@ import (
 	"time"
 
 	"github.com/aquifer-pool/aquifer/internal/testsnap"
-	"github.com/aquifer-pool/aquifer/pagerd"
+	"github.com/aquifer-pool/aquifer/api"
+	"github.com/aquifer-pool/aquifer/api/client"
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
@@ -72,7 +73,7 @@ func slow(t *testing.T, f *fixture) *fixture {
 type poolServer struct {
 	cmd *exec.Cmd
 	api string
-	pc  *pagerd.Client
+	pc  *client.Client
 }
 
 // startPool runs `aquifer serve --embedded` on data directory dir and the
@@ -88,7 +89,7 @@ func startPool(t *testing.T, ctx context.Context, dir string, args ...string) *p
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &poolServer{cmd: cmd, api: api, pc: pagerd.NewClient(api)}
+	s := &poolServer{cmd: cmd, api: api, pc: client.New(api, client.Options{})}
 	t.Cleanup(func() { s.kill() })
 	// A restarted daemon waits out its predecessor's CXL lease (10 s).
 	deadline := time.Now().Add(45 * time.Second)
@@ -150,7 +151,7 @@ func (s *poolServer) poolLS(t *testing.T, ctx context.Context) map[string]string
 // UFFD socket, resume once the daemon says the hot set is installed,
 // replay the trace verifying every byte. It returns the daemon's view of
 // the VM after the guest exited. Safe to call from any goroutine.
-func (s *poolServer) restore(ctx context.Context, f *fixture, vm, snap string) (*pagerd.VM, error) {
+func (s *poolServer) restore(ctx context.Context, f *fixture, vm, snap string) (*api.VM, error) {
 	cmd := exec.CommandContext(ctx, bin, "guest", "run", "--json", "--mem", f.mem, "--trace", f.trace,
 		"--pager-api", s.api, "--vm", vm, "--snapshot", snap, "--vcpus", "2")
 	var out, errb bytes.Buffer
@@ -172,8 +173,8 @@ func (s *poolServer) restore(ctx context.Context, f *fixture, vm, snap string) (
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm, err)
 		}
-		if v.State == pagerd.StateExited || v.State == pagerd.StateFailed || time.Now().After(deadline) {
-			if v.State != pagerd.StateExited || v.Report == nil {
+		if v.State == api.StateExited || v.State == api.StateFailed || time.Now().After(deadline) {
+			if v.State != api.StateExited || v.Report == nil {
 				return nil, fmt.Errorf("vm %s: daemon state %s (%s), report %v", vm, v.State, v.Error, v.Report)
 			}
 			return v, nil
@@ -183,7 +184,7 @@ func (s *poolServer) restore(ctx context.Context, f *fixture, vm, snap string) (
 }
 
 // restore1 is restore on the test's goroutine.
-func (s *poolServer) restore1(t *testing.T, ctx context.Context, f *fixture, vm, snap string) *pagerd.VM {
+func (s *poolServer) restore1(t *testing.T, ctx context.Context, f *fixture, vm, snap string) *api.VM {
 	t.Helper()
 	v, err := s.restore(ctx, f, vm, snap)
 	if err != nil {
@@ -194,9 +195,9 @@ func (s *poolServer) restore1(t *testing.T, ctx context.Context, f *fixture, vm,
 
 // restoreMany runs n restores at once, VM ids prefix-0..n-1; all must
 // succeed.
-func (s *poolServer) restoreMany(t *testing.T, ctx context.Context, f *fixture, prefix, snap string, n int) []*pagerd.VM {
+func (s *poolServer) restoreMany(t *testing.T, ctx context.Context, f *fixture, prefix, snap string, n int) []*api.VM {
 	t.Helper()
-	vms, errs := make([]*pagerd.VM, n), make([]error, n)
+	vms, errs := make([]*api.VM, n), make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -237,7 +238,7 @@ func TestPoolPublishRestore(t *testing.T) {
 	f, img := poolFixture(t, ctx)
 	s := startPool(t, ctx, t.TempDir())
 	out := s.publish(t, ctx, img, "fn")
-	if !strings.Contains(out, "CXL descriptor") {
+	if !strings.Contains(out, "hot set in CXL") {
 		t.Fatalf("hot segment not placed in CXL: %s", out)
 	}
 	if tiers := s.poolLS(t, ctx); tiers["fn"] != "cxl" {
@@ -380,10 +381,10 @@ func TestPoolMemnodeFailure(t *testing.T) {
 }
 
 // inFlight counts VMs prefix0..prefix(n-1) the daemon is still serving.
-func inFlight(ctx context.Context, pc *pagerd.Client, prefix string, n int) int {
+func inFlight(ctx context.Context, pc *client.Client, prefix string, n int) int {
 	live := 0
 	for i := range n {
-		if v, err := pc.Get(ctx, fmt.Sprint(prefix, i)); err == nil && (v.State == pagerd.StateInstalling || v.State == pagerd.StateReady) {
+		if v, err := pc.Get(ctx, fmt.Sprint(prefix, i)); err == nil && (v.State == api.StateInstalling || v.State == api.StateReady) {
 			live++
 		}
 	}
@@ -392,7 +393,7 @@ func inFlight(ctx context.Context, pc *pagerd.Client, prefix string, n int) int 
 
 // waitInFlight waits until at least want of VMs prefix0..prefix(n-1) are
 // being served (installing or ready) and returns how many are.
-func waitInFlight(t *testing.T, ctx context.Context, pc *pagerd.Client, prefix string, n, want int) int {
+func waitInFlight(t *testing.T, ctx context.Context, pc *client.Client, prefix string, n, want int) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -470,7 +471,7 @@ func TestPoolCXLEviction(t *testing.T) {
 	}
 	s := startPool(t, ctx, dir)
 	for _, name := range []string{"a", "b"} {
-		if out := s.publish(t, ctx, img, name); !strings.Contains(out, "CXL descriptor") {
+		if out := s.publish(t, ctx, img, name); !strings.Contains(out, "hot set in CXL") {
 			t.Fatalf("%s not placed in CXL: %s", name, out)
 		}
 	}
@@ -478,7 +479,7 @@ func TestPoolCXLEviction(t *testing.T) {
 	if v := s.restore1(t, ctx, f, "a1", "a"); v.Report.HotSource != "cxl" {
 		t.Fatalf("a: %+v", v.Report)
 	}
-	if out := s.publish(t, ctx, img, "c"); !strings.Contains(out, "CXL descriptor") {
+	if out := s.publish(t, ctx, img, "c"); !strings.Contains(out, "hot set in CXL") {
 		t.Fatalf("c not placed in CXL: %s", out)
 	} else {
 		t.Log(out)

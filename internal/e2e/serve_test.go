@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,21 +12,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aquifer-pool/aquifer/pagerd"
+	"github.com/aquifer-pool/aquifer/api"
+	"github.com/aquifer-pool/aquifer/api/client"
 )
 
 // startServe runs `aquifer serve` with extra args and returns its API
 // socket and a stop function.
 func startServe(t *testing.T, ctx context.Context, dir string, args ...string) (string, func()) {
 	t.Helper()
-	api := filepath.Join(dir, "api.sock")
-	cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "--api", api, "--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn"}, args...)...)
+	apiSock := filepath.Join(dir, "api.sock")
+	cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "--api", apiSock, "--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn"}, args...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitSocket(t, api)
-	return api, func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }
+	waitSocket(t, apiSock)
+	return apiSock, func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }
 }
 
 // TestServeConcurrent publishes an image to a directory pool and restores
@@ -41,7 +43,7 @@ func TestServeConcurrent(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", f.mem, "--ws", rec, "--out", filepath.Join(images, "fn.img"), "--hot-budget", "500").CombinedOutput(); err != nil {
 		t.Fatalf("convert: %v\n%s", err, out)
 	}
-	api, stop := startServe(t, ctx, f.dir, "--images", images)
+	sock, stop := startServe(t, ctx, f.dir, "--images", images)
 	defer stop()
 	for _, conc := range []int{1, 16} {
 		t.Run(fmt.Sprint("c", conc), func(t *testing.T) {
@@ -50,7 +52,7 @@ func TestServeConcurrent(t *testing.T) {
 				wg.Add(1)
 				go func(i int) {
 					defer wg.Done()
-					rep := runGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--pager-api", api,
+					rep := runGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--pager-api", sock,
 						"--vm", fmt.Sprintf("vm-%d-%d", conc, i), "--snapshot", "fn", "--vcpus", "2")
 					if rep.Mismatches != 0 || rep.Verified == 0 {
 						t.Errorf("vm %d: %+v", i, rep)
@@ -60,7 +62,7 @@ func TestServeConcurrent(t *testing.T) {
 			wg.Wait()
 		})
 	}
-	pc := pagerd.NewClient(api)
+	pc := client.New(sock, client.Options{})
 	m, err := pc.Metrics(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -76,14 +78,18 @@ func TestServeConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.State != pagerd.StateExited || vm.Report == nil || vm.Report.PreinstallPages == 0 || vm.ReadyNS == 0 {
+	if vm.State != api.StateExited || vm.Report == nil || vm.Report.PreinstallPages == 0 || vm.ReadyNS == 0 {
 		t.Fatalf("vm state %+v", vm)
 	}
 	// Unknown snapshots and bad names are refused clearly.
-	if _, err := pc.Prepare(ctx, "x", "missing"); err == nil || !strings.Contains(err.Error(), "404") {
+	if _, err := pc.Prepare(ctx, "x", api.PrepareRequest{Snapshot: "missing"}); !errors.Is(err, api.ErrNotFound) || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("unknown snapshot: %v", err)
 	}
-	if _, err := pc.Prepare(ctx, "../x", "fn"); err == nil {
-		t.Fatal("bad VM id accepted")
+	if _, err := pc.Prepare(ctx, "../x", api.PrepareRequest{Snapshot: "fn"}); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("bad VM id: %v", err)
+	}
+	// The daemon serves image files: it has no catalog to publish to.
+	if _, err := pc.Publish(ctx, f.mem, "y"); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("publish to an --images daemon: %v", err)
 	}
 }

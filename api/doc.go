@@ -1,0 +1,29 @@
+// Package api is the wire contract of the pager daemon's control API
+// (`aquifer serve`): HTTP/1.1 with JSON bodies on a Unix socket (mode 0600;
+// only the daemon's uid and root are answered), versioned under /v1.
+//
+//	PUT    /v1/vms/{id}          PrepareRequest          → 201 VM (its uffd_socket for Firecracker)
+//	GET    /v1/vms/{id}                                  → 200 VM
+//	GET    /v1/vms/{id}/ready?timeout=30s                → 200 VM once its hot set is installed; 504 on timeout
+//	DELETE /v1/vms/{id}                                  → 204
+//	GET    /v1/vms                                       → 200 [VM]
+//	POST   /v1/snapshots         PublishRequest          → 201 Snapshot  (pools that publish)
+//	GET    /v1/snapshots                                 → 200 [Snapshot]
+//	DELETE /v1/snapshots/{name}                          → 204
+//	GET    /metrics                                      → Prometheus text
+//
+// Errors are an Error body with a status: 400 bad input (including a file
+// that is not an Aquifer image, or a truncated or corrupt one), 404 unknown
+// VM or snapshot, 409 a name in use, 503 when the control plane or a tier
+// cannot be reached (retry later), 504 when a wait timed out. A restore
+// goes: PUT prepares the VM and returns the socket to give Firecracker as
+// mem_backend.backend_path; Firecracker loads the snapshot (resume_vm
+// false) and connects; the daemon pre-installs the hot set; /ready returns;
+// the orchestrator resumes the VM.
+//
+// The types here are the wire format and nothing else: no channels, no
+// internal structs. Package api/client is a client that imports only this
+// package (it never links the daemon or etcd).
+//
+// This package must not import any other Aquifer package.
+package api

@@ -1,0 +1,281 @@
+package embed
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/cxl/devdax"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config describes one host's pager daemon and, in pod mode, the pod
+// pieces it runs or joins. Exactly one of Images and Pod is set.
+type Config struct {
+	// API is the control API socket (required).
+	API string
+	// SocketDir holds the per-VM UFFD sockets (default: vms/ beside API).
+	SocketDir string
+	// VMMUID is the uid Firecracker runs as (under the jailer); -1 means
+	// this process's own uid.
+	VMMUID int
+	// Workers serve demand faults per VM (default 2).
+	Workers int
+	// EarlyResume makes every VM ready once zero runs are set up (the hot
+	// set then streams in while it runs).
+	EarlyResume bool
+	// AcceptTimeout bounds the wait for a VM's Firecracker (default 60s).
+	AcceptTimeout time.Duration
+
+	// Images serves Aquifer images DIR/NAME.img from local disk (no tiers).
+	Images string
+	// Pod makes this host a member of a pod.
+	Pod *PodConfig
+
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+}
+
+// PodConfig describes the pod pieces of a host.
+type PodConfig struct {
+	// Name of the pod (default "pod0").
+	Name string
+	// DataDir holds the embedded etcd member's data, in-process memory
+	// nodes' segments and the pod secret.
+	DataDir string
+	// EtcdEndpoints, if set, is an external etcd cluster; otherwise an etcd
+	// member runs in this process with its data in DataDir.
+	EtcdEndpoints []string
+	// CXL is the pod's CXL region: "shm:PATH" (the emulated region, a
+	// shared memory file; created and formatted on first start),
+	// "devdax:/dev/daxX.Y" (a real device, formatted with `aquifer cxl
+	// format`) or "none" (every hot set is served from its RDMA copy).
+	// Default "shm:/dev/shm/aquifer-<name>-cxl".
+	CXL string
+	// CXLSize and CXLChunk size a new emulated region (defaults 1 GiB and
+	// 64 MiB: the largest hot segment one extent holds).
+	CXLSize, CXLChunk int64
+	// RDMA is how the pager reads memory nodes: "emu" (in-process nodes
+	// behind the documented latency model; figures are emulated), "tcp"
+	// (the memory-node protocol over TCP) or "verbs" (one-sided RDMA READs
+	// through an RNIC; needs a binary built with -tags rdma). Default emu
+	// for in-process nodes, tcp for external ones.
+	RDMA string
+	// MemNodes in-process memory nodes (default 3) unless MemNodeAddrs
+	// names external `aquifer memnode` processes.
+	MemNodes     int
+	MemNodeAddrs []string
+	// MemNodeCapacity in bytes per node (default 4 GiB, reserved lazily).
+	MemNodeCapacity uint64
+	// Replicas per segment (default min(2, nodes)).
+	Replicas int
+	// SecretFile holds the pod's admission secret (default
+	// DataDir/pod.secret, created for in-process nodes; external nodes need
+	// it to exist: `aquifer pool init`).
+	SecretFile string
+	// ReaderSlots extra CXL reader identities so that restores read the
+	// hot tier concurrently (default 3; -1 for none).
+	ReaderSlots int
+}
+
+// FieldError is a Config validation error: Field is the option's
+// `aquifer serve` flag name.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("--%s: %v", e.Field, e.Err) }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// backend is a parsed "kind:arg" option.
+type backend struct{ kind, arg string }
+
+func parseCXL(s, pod string) (backend, error) {
+	if s == "" {
+		return backend{"shm", fmt.Sprintf("/dev/shm/aquifer-%s-cxl", pod)}, nil
+	}
+	if s == "none" {
+		return backend{kind: "none"}, nil
+	}
+	kind, arg, ok := strings.Cut(s, ":")
+	if !ok || arg == "" || (kind != "shm" && kind != "devdax") {
+		return backend{}, fieldErr("cxl", "%q: want shm:PATH (emulated region), devdax:/dev/daxX.Y (a CXL device) or none", s)
+	}
+	if !filepath.IsAbs(arg) {
+		return backend{}, fieldErr("cxl", "%q: give an absolute path", s)
+	}
+	return backend{kind, arg}, nil
+}
+
+// defaults fills every default of a pod config and validates it.
+func (c *PodConfig) defaults() error {
+	if c.Name == "" {
+		c.Name = "pod0"
+	}
+	if !validPod(c.Name) {
+		return fieldErr("pod", "%q: use letters, digits, '.', '_' or '-'", c.Name)
+	}
+	if c.DataDir == "" {
+		return fieldErr("data-dir", "a pod needs a data directory")
+	}
+	for _, e := range c.EtcdEndpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			return fieldErr("etcd-endpoints", "%q: want http://HOST:PORT or https://HOST:PORT", e)
+		}
+	}
+	if len(c.MemNodeAddrs) > 0 {
+		if c.MemNodes != 0 && c.MemNodes != len(c.MemNodeAddrs) {
+			return fieldErr("memnodes", "%d in-process memory nodes and %d external ones (--memnode-addrs): give one or the other", c.MemNodes, len(c.MemNodeAddrs))
+		}
+		for _, a := range c.MemNodeAddrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fieldErr("memnode-addrs", "%q: %v", a, err)
+			}
+		}
+		c.MemNodes = len(c.MemNodeAddrs)
+	}
+	if c.MemNodes < 0 {
+		return fieldErr("memnodes", "%d: want at least 1", c.MemNodes)
+	}
+	if c.MemNodes == 0 {
+		c.MemNodes = 3
+	}
+	if c.Replicas < 0 || c.Replicas > c.MemNodes {
+		return fieldErr("replicas", "%d copies on %d memory nodes", c.Replicas, c.MemNodes)
+	}
+	if c.Replicas == 0 {
+		c.Replicas = min(2, c.MemNodes)
+	}
+	if c.MemNodeCapacity == 0 {
+		c.MemNodeCapacity = 4 << 30
+	}
+	switch c.RDMA {
+	case "":
+		c.RDMA = "emu"
+		if len(c.MemNodeAddrs) > 0 {
+			c.RDMA = "tcp"
+		}
+	case "emu":
+		if len(c.MemNodeAddrs) > 0 {
+			return fieldErr("rdma", "emu models in-process memory nodes; external ones (--memnode-addrs) are read with tcp or verbs")
+		}
+	case "tcp", "verbs":
+	default:
+		return fieldErr("rdma", "%q: want emu, tcp or verbs", c.RDMA)
+	}
+	cxl, err := parseCXL(c.CXL, c.Name)
+	if err != nil {
+		return err
+	}
+	if cxl.kind != "shm" && (c.CXLSize != 0 || c.CXLChunk != 0) {
+		return fieldErr("cxl-size", "sizes apply to an emulated region (shm:PATH) only; a %s region was formatted with `aquifer cxl format`", cxl.kind)
+	}
+	if c.CXLSize == 0 {
+		c.CXLSize = 1 << 30
+	}
+	if c.CXLChunk == 0 {
+		c.CXLChunk = 64 << 20
+	}
+	if c.CXLSize < 0 || c.CXLChunk <= 0 {
+		return fieldErr("cxl-size", "region %d bytes, chunks %d bytes: both must be positive", c.CXLSize, c.CXLChunk)
+	}
+	if c.SecretFile == "" {
+		c.SecretFile = filepath.Join(c.DataDir, SecretFileName)
+	}
+	if c.ReaderSlots == 0 {
+		c.ReaderSlots = 3
+	}
+	return nil
+}
+
+func validPod(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks c and fills in its defaults. Start calls it.
+func (c *Config) Validate() error {
+	if c.API == "" {
+		return fieldErr("api", "no control API socket")
+	}
+	if len(c.API) > 107 {
+		return fieldErr("api", "%q is longer than a Unix socket path may be (107 bytes)", c.API)
+	}
+	if (c.Images == "") == (c.Pod == nil) {
+		return errors.New("give exactly one mode: --embedded (this host in a pod) or --images DIR (local image files)")
+	}
+	if c.Images != "" {
+		if st, err := os.Stat(c.Images); err != nil || !st.IsDir() {
+			return fieldErr("images", "%s is not a directory", c.Images)
+		}
+	}
+	if c.SocketDir == "" {
+		c.SocketDir = filepath.Join(filepath.Dir(c.API), "vms")
+	}
+	if c.Workers < 0 {
+		return fieldErr("workers", "%d: want at least 1", c.Workers)
+	}
+	if c.Workers == 0 {
+		c.Workers = 2
+	}
+	if c.VMMUID < -1 {
+		return fieldErr("vmm-uid", "%d is not a uid", c.VMMUID)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Pod != nil {
+		if err := c.Pod.defaults(); err != nil {
+			return err
+		}
+		if err := c.Pod.available(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// available refuses, before anything starts, backends this machine cannot
+// provide.
+func (c *PodConfig) available() error {
+	cxl, _ := parseCXL(c.CXL, c.Name)
+	if cxl.kind == "devdax" {
+		if _, err := os.Stat(cxl.arg); err != nil {
+			have := devdax.Devices()
+			hint := "this machine has no /dev/dax* device; use shm:PATH for the emulated region"
+			if len(have) > 0 {
+				hint = "devices here: " + strings.Join(have, ", ")
+			}
+			return fieldErr("cxl", "devdax:%s: %v (%s)", cxl.arg, errors.Unwrap(err), hint)
+		}
+		if _, _, err := devdax.Info(cxl.arg); err != nil {
+			return fieldErr("cxl", "devdax:%s: %v", cxl.arg, err)
+		}
+	}
+	if c.RDMA == "verbs" {
+		if err := verbsAvailable(); err != nil {
+			return fieldErr("rdma", "verbs: %v", err)
+		}
+	}
+	return nil
+}

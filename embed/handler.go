@@ -1,0 +1,207 @@
+package embed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/baseline"
+	"github.com/aquifer-pool/aquifer/handler"
+	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/internal/atomicfile"
+	"github.com/aquifer-pool/aquifer/pager"
+	"github.com/aquifer-pool/aquifer/restore"
+	"github.com/aquifer-pool/aquifer/uffd"
+	"github.com/aquifer-pool/aquifer/wset"
+)
+
+// HandlerConfig describes a single-VM UFFD handler (`aquifer handle`):
+// one socket, one Firecracker, pages from a raw memory file or an Aquifer
+// image on local disk. Exactly one of Mem and Image is set.
+type HandlerConfig struct {
+	// Socket is the path Firecracker's mem_backend.backend_path names.
+	Socket string
+	// Mem is a raw Firecracker memory file; every fault is served from it.
+	Mem string
+	// Record (with Mem) writes the VM's working set here when it exits.
+	Record string
+	// REAPWS (with Mem) is a REAP working-set file installed whole at the
+	// first fault (the REAP baseline).
+	REAPWS string
+	// Image is an Aquifer image served by the pager (hot set pre-installed).
+	Image string
+	// ReadyFile (with Image) is created once the hot set is installed.
+	ReadyFile string
+	// VMMUID is the uid Firecracker runs as; -1 means this process's uid.
+	VMMUID int
+	// Workers serve faults (default 2).
+	Workers int
+	// AcceptTimeout bounds the wait for Firecracker (0: until ctx ends).
+	AcceptTimeout time.Duration
+	Logger        *slog.Logger
+}
+
+// ErrHandshake is wrapped by errors in what the VMM sent (malformed
+// region list, wrong fd count, regions that do not fit the memory).
+var ErrHandshake = errors.New("bad handshake")
+
+// HandlerResult summarises a served VM.
+type HandlerResult struct {
+	Stats handler.Stats
+	// Report is the pager's report (Image only).
+	Report *pager.Report
+	// RecordedPages is the working set written to Record.
+	RecordedPages int
+}
+
+func (c *HandlerConfig) validate() error {
+	if c.Socket == "" {
+		return fieldErr("socket", "no socket path")
+	}
+	if (c.Mem == "") == (c.Image == "") {
+		return errors.New("give exactly one of --mem (raw memory file) and --image (Aquifer image)")
+	}
+	if c.Image != "" && (c.Record != "" || c.REAPWS != "") {
+		return fieldErr("image", "--record and --reap-ws work with --mem only")
+	}
+	if c.Mem != "" && c.ReadyFile != "" {
+		return fieldErr("ready-file", "works with --image only (a raw memory file has no hot set to wait for)")
+	}
+	if c.REAPWS != "" && c.Record != "" {
+		return fieldErr("reap-ws", "cannot be combined with --record")
+	}
+	if c.Workers == 0 {
+		c.Workers = 2
+	}
+	if c.Workers < 0 {
+		return fieldErr("workers", "%d: want at least 1", c.Workers)
+	}
+	if c.VMMUID < -1 {
+		return fieldErr("vmm-uid", "%d is not a uid", c.VMMUID)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// RunHandler serves one VM until it exits (or ctx ends).
+func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.Image != "" {
+		return runImage(ctx, c)
+	}
+	var src handler.Source
+	var reap *baseline.REAPSource
+	if c.REAPWS != "" {
+		// REAP: the working-set file is fetched before the load.
+		r, err := baseline.OpenREAP(c.Mem, c.REAPWS)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		src, reap = r, r
+	} else {
+		m, err := handler.OpenMemFile(c.Mem)
+		if err != nil {
+			return nil, err
+		}
+		defer m.Close()
+		src = m
+	}
+	vm, u, err := accept(ctx, c, src.Size())
+	if err != nil {
+		return nil, err
+	}
+	defer vm.Close()
+	defer u.Close()
+	h, err := handler.New(u, vm.Regions, src, handler.Options{Workers: c.Workers, Record: c.Record != "", Logger: c.Logger,
+		HangupFD: vm.Watch.HangupFD, NoHangup: vm.Watch.HangupFD < 0})
+	if err != nil {
+		return nil, restore.Mark(ErrHandshake, err)
+	}
+	defer h.Close()
+	if reap != nil {
+		reap.Attach(h)
+	}
+	res := &HandlerResult{}
+	res.Stats, err = h.Serve(ctx, vm.Watch.PidFD)
+	if err != nil {
+		return res, err
+	}
+	if c.Record != "" {
+		tr := h.Trace()
+		if err := wset.WriteFile(c.Record, tr); err != nil {
+			return res, fmt.Errorf("writing working set: %w", err)
+		}
+		res.RecordedPages = len(tr.Accesses)
+	}
+	return res, nil
+}
+
+func runImage(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
+	snap, err := restore.OpenLocal("image", c.Image)
+	if err != nil {
+		return nil, err
+	}
+	s, err := pager.New(snap, pager.Options{Workers: c.Workers, Logger: c.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	vm, u, err := accept(ctx, c, int64(snap.Image.MemSize()))
+	if err != nil {
+		return nil, err
+	}
+	defer vm.Close()
+	defer u.Close()
+	if c.ReadyFile != "" {
+		go func() {
+			<-s.Ready()
+			if s.ReadyErr() == nil {
+				if err := atomicfile.WriteFile(c.ReadyFile, []byte("ready\n"), 0o600); err != nil {
+					c.Logger.Error("writing the ready file", "file", c.ReadyFile, "err", err)
+				}
+			}
+		}()
+	}
+	rep, err := s.Serve(ctx, u, vm.Regions, vm.Watch.PidFD, vm.Watch.HangupFD)
+	res := &HandlerResult{Report: rep}
+	if rep != nil {
+		res.Stats = rep.Handler
+	}
+	if err == nil {
+		err = s.ReadyErr()
+	}
+	return res, err
+}
+
+// accept listens on the socket and completes Firecracker's handshake.
+func accept(ctx context.Context, c HandlerConfig, memSize int64) (*handshake.VM, *uffd.FD, error) {
+	l, err := handshake.Listen(c.Socket)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer l.Close() // Firecracker connects exactly once
+	c.Logger.Info("waiting for Firecracker", "socket", c.Socket, "mem_bytes", memSize)
+	if c.AcceptTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.AcceptTimeout)
+		defer cancel()
+	}
+	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: memSize, UID: c.VMMUID, Logger: c.Logger}, nil)
+	if err != nil {
+		if ctx.Err() == nil {
+			err = restore.Mark(ErrHandshake, err)
+		}
+		return nil, nil, err
+	}
+	u := uffd.FromFd(vm.UFFD)
+	vm.UFFD = -1
+	c.Logger.Info("handshake", "peer_pid", vm.Peer.Pid, "dialect", vm.Dialect.String(), "regions", len(vm.Regions))
+	return vm, u, nil
+}
