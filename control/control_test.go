@@ -5,13 +5,20 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/aquifer-pool/aquifer/control/member"
 )
 
 func startPlane(t *testing.T) *Plane {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := StartEmbedded(ctx, EmbeddedConfig{Dir: t.TempDir()})
+	m, err := member.Start(ctx, member.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	p, err := Connect(ctx, m.Endpoints)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/control/member"
+
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/cxl"
 	"github.com/aquifer-pool/aquifer/cxl/devdax"
@@ -34,6 +36,7 @@ type Server struct {
 	// Pod mode only:
 	Pool     *pool.Pool
 	Plane    *control.Plane
+	member   *member.Member
 	MemNodes []string // memory node addresses
 	nodes    []*memnode.Node
 	region   cxl.Region
@@ -125,7 +128,10 @@ func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
 	if len(c.EtcdEndpoints) > 0 {
 		s.Plane, err = control.Connect(ctx, c.EtcdEndpoints)
 	} else {
-		s.Plane, err = control.StartEmbedded(ctx, control.EmbeddedConfig{Dir: c.DataDir})
+		if s.member, err = member.Start(ctx, member.Config{Dir: c.DataDir}); err != nil {
+			return err
+		}
+		s.Plane, err = control.Connect(ctx, s.member.Endpoints)
 	}
 	if err != nil {
 		return err
@@ -331,6 +337,9 @@ func (s *Server) Stop() {
 	}
 	if s.Plane != nil {
 		s.Plane.Close()
+	}
+	if s.member != nil {
+		s.member.Stop()
 	}
 }
 
