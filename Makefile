@@ -1,7 +1,7 @@
 # Aquifer build and test entry points. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: all build test vet fmtcheck unit rdmabuild modelcheck
+.PHONY: all build test vet fmtcheck layering unit rdmabuild modelcheck
 
 all: build
 
@@ -10,7 +10,7 @@ build:
 
 # test: everything CI checks — formatting, vet, the unit/integration suite,
 # the cgo RDMA build and the coherence model checks.
-test: fmtcheck vet rdmabuild modelcheck unit
+test: fmtcheck vet layering rdmabuild modelcheck unit
 
 fmtcheck:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -18,6 +18,10 @@ fmtcheck:
 
 vet:
 	$(GO) vet ./...
+
+# The package layering written down in docs/architecture.md.
+layering:
+	$(GO) test -count=1 ./internal/arch
 
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
