@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -78,9 +79,23 @@ type PodConfig struct {
 	// DataDir/pod.secret, created for in-process nodes; external nodes need
 	// it to exist: `aquifer pool init`).
 	SecretFile string
-	// ReaderSlots extra CXL reader identities so that restores read the
-	// hot tier concurrently (default 3; -1 for none).
+	// HostName names this host in the pod (default the machine's host
+	// name). A restarted daemon with the same name takes over from its
+	// crashed predecessor at once; another live daemon may not use it.
+	HostName string
+	// HostAddr is this host's address in the pod (recorded in its member
+	// record; the source address of its memory-node connections).
+	HostAddr string
+	// ReaderSlots extra CXL reader identities (host slots from the pod's
+	// slot table) so that restores pre-install from the hot tier
+	// concurrently: the number of concurrent pre-installs is ReaderSlots,
+	// default twice this machine's cores; -1 for none (reads share the
+	// owner identity).
 	ReaderSlots int
+	// LeaseTTL is the pod lease's time to live in seconds (default 10): a
+	// host silent for that long is fenced and its slots and chunks are
+	// reclaimed.
+	LeaseTTL int64
 }
 
 // FieldError is a Config validation error: Field is the option's
@@ -192,8 +207,30 @@ func (c *PodConfig) defaults() error {
 	if c.SecretFile == "" {
 		c.SecretFile = filepath.Join(c.DataDir, SecretFileName)
 	}
-	if c.ReaderSlots == 0 {
-		c.ReaderSlots = 3
+	switch {
+	case c.ReaderSlots == 0:
+		c.ReaderSlots = 2 * runtime.NumCPU()
+	case c.ReaderSlots < 0:
+		c.ReaderSlots = 0
+	}
+	if c.HostName == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "host"
+		}
+		c.HostName = sanitizeID(h)
+	}
+	if !validPod(c.HostName) {
+		return fieldErr("host-name", "%q: use letters, digits, '.', '_' or '-'", c.HostName)
+	}
+	if c.HostAddr != "" && net.ParseIP(c.HostAddr) == nil {
+		return fieldErr("host-addr", "%q is not an IP address", c.HostAddr)
+	}
+	if c.LeaseTTL < 0 {
+		return fieldErr("lease-ttl", "%d: want a positive number of seconds", c.LeaseTTL)
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control/member"
@@ -34,21 +35,25 @@ type Server struct {
 	log    *slog.Logger
 	Daemon *pagerd.Daemon
 	// Pod mode only:
-	Pool     *pool.Pool
-	Plane    *control.Plane
-	member   *member.Member
-	MemNodes []string // memory node addresses
-	nodes    []*memnode.Node
-	region   cxl.Region
-	closeReg func() error
-	pods     []*pod.Pod // this host's identities on the region: owner first, then readers
-	client   *rdma.Client
-	tr       rdma.Transport
-	lis      []net.Listener
-	regs     []*control.Registration
-	nodeRegs []*control.Registration
-	members  []control.Member
-	done     chan struct{}
+	Pool                 *pool.Pool
+	Plane                *control.Plane
+	etcd                 *member.Member
+	MemNodes             []string // memory node addresses
+	nodes                []*memnode.Node
+	region               cxl.Region
+	closeReg             func() error
+	cxlDown              string // why the CXL tier is out of service on this host
+	podState             *control.PodState
+	member               atomic.Pointer[control.PodMember]
+	stopSuper, superDone chan struct{}
+	rejoins              atomic.Uint64
+	client               *rdma.Client
+	tr                   rdma.Transport
+	lis                  []net.Listener
+	regs                 []*control.Registration
+	nodeRegs             []*control.Registration
+	members              []control.Member
+	done                 chan struct{}
 }
 
 // Start validates cfg and starts everything it names. On error nothing is
@@ -95,6 +100,9 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return fieldErr("data-dir", "%v", err)
 	}
+	if err := s.mapRegion(c); err != nil {
+		return err
+	}
 	if err := s.startControlPlane(ctx, c); err != nil {
 		return err
 	}
@@ -108,19 +116,37 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if err := s.startRDMA(c, secret); err != nil {
 		return err
 	}
-	if err := s.openRegion(ctx, c); err != nil {
-		return err
-	}
+	// The pool first (it receives the host's identities), then the claim
+	// and the join.
 	pc := pool.Config{Plane: s.Plane, RDMA: s.client, Logger: s.log}
-	if len(s.pods) > 0 {
-		pc.Pod, pc.Readers = s.pods[0], s.pods[1:]
-		g := s.pods[0].Geometry()
-		for i := 0; i < g.Chunks; i++ {
-			pc.PodChunks = append(pc.PodChunks, i)
+	if s.region != nil && s.cxlDown == "" {
+		if s.podState, err = s.Plane.NewPodState(c.Name, c.LeaseTTL); err != nil {
+			return err
+		}
+		pc.PodState = s.podState
+		region, n := s.region, 0
+		pc.CheckRegion = func() error {
+			n++
+			return pod.Check(region, n%20 == 0)
 		}
 	}
-	s.Pool, err = pool.New(pc)
-	return err
+	if s.Pool, err = pool.New(pc); err != nil {
+		return err
+	}
+	if s.cxlDown != "" {
+		s.Pool.ClearCXL(s.cxlDown)
+	}
+	if err := s.joinRegion(ctx, c); err != nil {
+		return err
+	}
+	if s.cxlDown != "" {
+		s.Pool.ClearCXL(s.cxlDown)
+	}
+	if s.member.Load() != nil {
+		s.stopSuper, s.superDone = make(chan struct{}), make(chan struct{})
+		go s.supervise(c)
+	}
+	return nil
 }
 
 func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
@@ -128,10 +154,10 @@ func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
 	if len(c.EtcdEndpoints) > 0 {
 		s.Plane, err = control.Connect(ctx, c.EtcdEndpoints)
 	} else {
-		if s.member, err = member.Start(ctx, member.Config{Dir: c.DataDir}); err != nil {
+		if s.etcd, err = member.Start(ctx, member.Config{Dir: c.DataDir}); err != nil {
 			return err
 		}
-		s.Plane, err = control.Connect(ctx, s.member.Endpoints)
+		s.Plane, err = control.Connect(ctx, s.etcd.Endpoints)
 	}
 	if err != nil {
 		return err
@@ -228,9 +254,13 @@ func (s *Server) startRDMA(c *PodConfig, secret []byte) error {
 	return err
 }
 
-// openRegion maps the pod's CXL region and joins it: host slot 0 as the
-// owner that publishes, then ReaderSlots reader identities.
-func (s *Server) openRegion(ctx context.Context, c *PodConfig) error {
+// mapRegion maps the pod's CXL region (creating and formatting a new
+// emulated one) and checks that it belongs to this pod, before anything
+// else starts: a region of another pod is refused at once. A region that is
+// there but unreadable (corrupt superblock or identity) is not fatal: the
+// host runs with its CXL tier out of service and restores read the RDMA
+// copies.
+func (s *Server) mapRegion(c *PodConfig) error {
 	b, _ := parseCXL(c.CXL, c.Name)
 	switch b.kind {
 	case "none":
@@ -253,7 +283,7 @@ func (s *Server) openRegion(ctx context.Context, c *PodConfig) error {
 		}
 		s.region, s.closeReg = r, r.Close
 		if fresh {
-			if _, err := pod.Format(r, pod.FormatOptions{ChunkSize: c.CXLChunk}); err != nil {
+			if _, err := pod.Format(r, pod.FormatOptions{ChunkSize: c.CXLChunk, Pod: c.Name}); err != nil {
 				return fieldErr("cxl-chunk", "formatting %s: %v", b.arg, err)
 			}
 		}
@@ -268,39 +298,112 @@ func (s *Server) openRegion(ctx context.Context, c *PodConfig) error {
 		}
 		s.region, s.closeReg = m, m.Close
 	}
-	g, err := pod.ReadGeometry(s.region)
-	if err != nil {
-		return fieldErr("cxl", "%s:%s: %v (format it: `aquifer cxl format`; an emulated region can be removed to start a new pod)", b.kind, b.arg, err)
-	}
-	coord, err := s.Plane.NewPodState(c.Name, 10)
-	if err != nil {
-		return err
-	}
-	slots := 1 + max(0, min(c.ReaderSlots, g.HostSlots-1))
-	for slot := 0; slot < slots; slot++ {
-		p, err := joinSlot(ctx, s.region, pool.NewCoordinator(coord), slot, slot == 0)
-		if err != nil {
-			return err
-		}
-		s.pods = append(s.pods, p)
+	id, claimed, err := pod.ReadIdentity(s.region)
+	switch {
+	case err != nil:
+		s.outOfService(fmt.Sprintf("CXL region %s:%s is unreadable: %v (restores read the RDMA copies; reformat it with aquifer pool init --force or aquifer cxl format)", b.kind, b.arg, err))
+	case claimed && id.Pod != c.Name:
+		return fieldErr("cxl", "%s:%s belongs to %s, not to pod %q: give this pod its own region", b.kind, b.arg, id, c.Name)
 	}
 	return nil
 }
 
-// joinSlot joins the pod in host slot slot, waiting out the lease of a
-// previous incarnation of this host (a restarted daemon) if it still holds
-// the slot.
-func joinSlot(ctx context.Context, r cxl.Region, coord pod.Coordinator, slot int, owner bool) (*pod.Pod, error) {
-	deadline := time.Now().Add(30 * time.Second)
+// outOfService runs this host without its CXL tier.
+func (s *Server) outOfService(why string) {
+	s.log.Error("CXL tier out of service", "why", why)
+	s.cxlDown = why
+}
+
+// joinRegion claims the region for this pod's control plane (refusing a
+// region claimed by another) and joins the pod as a member: a lease, and
+// host slots from the pod's slot table for the owner identity and
+// c.ReaderSlots readers.
+func (s *Server) joinRegion(ctx context.Context, c *PodConfig) error {
+	if s.region == nil || s.cxlDown != "" {
+		return nil
+	}
+	b, _ := parseCXL(c.CXL, c.Name)
+	cid, err := s.Plane.ClusterID(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := pod.Claim(s.region, c.Name, cid); err != nil {
+		if errors.Is(err, pod.ErrOtherOwner) {
+			return fieldErr("cxl", "%s:%s: %v", b.kind, b.arg, err)
+		}
+		s.outOfService(err.Error())
+		return nil
+	}
+	return s.join(ctx, c)
+}
+
+// join takes this host's slots and opens its identities on the region.
+func (s *Server) join(ctx context.Context, c *PodConfig) error {
+	g, err := pod.ReadGeometry(s.region)
+	if err != nil {
+		s.outOfService(err.Error())
+		return nil
+	}
+	m, err := s.podState.JoinMember(ctx, control.MemberSpec{Name: c.HostName, Addr: c.HostAddr, API: s.cfg.API,
+		Slots: 1 + c.ReaderSlots, MinSlots: 1, HostSlots: g.HostSlots})
+	if err != nil {
+		return err
+	}
+	coord := pool.NewMemberCoordinator(s.podState, m)
+	var pods []*pod.Pod
+	for i, l := range m.Slots {
+		p, err := pod.Open(ctx, s.region, l.Host, coord, pod.Options{Owner: i == 0, Valid: m.Valid})
+		if err != nil {
+			for _, q := range pods {
+				q.Close(ctx)
+			}
+			m.Leave(ctx)
+			return err
+		}
+		pods = append(pods, p)
+	}
+	s.member.Store(m)
+	s.Pool.SetCXL(m, pods[0], pods[1:])
+	slots := make([]int, len(m.Slots))
+	for i, l := range m.Slots {
+		slots[i] = l.Host
+	}
+	s.log.Info("joined the pod", "pod", c.Name, "host", c.HostName, "slots", slots, "readers", len(slots)-1)
+	return nil
+}
+
+// supervise rejoins the pod whenever this host's lease is lost: its slots
+// and chunks are gone (fenced; other hosts may already reuse them), so it
+// drops its identities, serves from the RDMA copies meanwhile, and joins
+// again as a new member.
+func (s *Server) supervise(c *PodConfig) {
+	defer close(s.superDone)
 	for {
-		p, err := pod.Open(ctx, r, slot, coord, pod.Options{Owner: owner})
-		if err == nil {
-			return p, nil
+		m := s.member.Load()
+		if m == nil {
+			return
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, err
+		select {
+		case <-s.stopSuper:
+			return
+		case <-m.Lost():
 		}
-		time.Sleep(200 * time.Millisecond)
+		s.Pool.ClearCXL("this host's pod lease was lost (crash, partition or a stop longer than the TTL): fenced, rejoining")
+		s.rejoins.Add(1)
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+			select {
+			case <-s.stopSuper:
+				return
+			case <-time.After(backoff):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			err := s.join(ctx, c)
+			cancel()
+			if err == nil && s.cxlDown == "" {
+				break
+			}
+			s.log.Warn("rejoining the pod", "err", err)
+		}
 	}
 }
 
@@ -314,11 +417,15 @@ func (s *Server) Stop() {
 	if s.Daemon != nil {
 		s.Daemon.Close()
 	}
-	if s.Pool != nil {
-		s.Pool.Close()
+	if s.stopSuper != nil {
+		close(s.stopSuper)
+		<-s.superDone
 	}
-	for i := len(s.pods) - 1; i >= 0; i-- {
-		s.pods[i].Close(ctx)
+	if s.Pool != nil {
+		s.Pool.Close() // leaves the region: chunks released, slots given up
+	}
+	if m := s.member.Load(); m != nil {
+		m.Leave(ctx)
 	}
 	if s.closeReg != nil {
 		s.closeReg()
@@ -338,8 +445,8 @@ func (s *Server) Stop() {
 	if s.Plane != nil {
 		s.Plane.Close()
 	}
-	if s.member != nil {
-		s.member.Stop()
+	if s.etcd != nil {
+		s.etcd.Stop()
 	}
 }
 

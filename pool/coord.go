@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/cxl/pod"
@@ -85,3 +86,28 @@ func (c coordinator) Lookup(ctx context.Context, key string) (pod.Ref, error) {
 // NewCoordinator returns the CXL protocol's Coordinator over a pod's state
 // in the control plane.
 func NewCoordinator(s *control.PodState) pod.Coordinator { return coordinator{s} }
+
+// memberCoordinator is the Coordinator of one pod member's slots: Join
+// hands out the slot leases the member was allocated (it never takes a
+// slot of its own), Leave gives one slot up.
+type memberCoordinator struct {
+	coordinator
+	m *control.PodMember
+}
+
+// NewMemberCoordinator returns the Coordinator for the slots of member m.
+func NewMemberCoordinator(s *control.PodState, m *control.PodMember) pod.Coordinator {
+	return memberCoordinator{coordinator{s}, m}
+}
+
+func (c memberCoordinator) Join(ctx context.Context, host int) (pod.Lease, error) {
+	l, ok := c.m.Lease(host)
+	if !ok {
+		return pod.Lease{}, fmt.Errorf("host slot %d is not one of member %s's slots %v: %w", host, c.m.Name, c.m.Slots, pod.ErrFenced)
+	}
+	return toPod(l), nil
+}
+
+func (c memberCoordinator) Leave(ctx context.Context, l pod.Lease) error {
+	return podErr(c.s.LeaveSlot(ctx, fromPod(l)))
+}

@@ -1,6 +1,11 @@
 package pod
 
-import "github.com/aquifer-pool/aquifer/cxl"
+import (
+	"fmt"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/cxl"
+)
 
 // SlotInfo is one host slot as seen on the device.
 type SlotInfo struct {
@@ -54,4 +59,42 @@ func Inspect(r cxl.Region) (Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// Check verifies what every host relies on: the superblock, the identity
+// record and, with descs, every descriptor ever written (its CRC). A
+// descriptor that fails its CRC is read again after a moment before it
+// counts (its owner may have been writing it). A region that fails Check
+// must be taken out of service: restores then read the RDMA copies.
+func Check(r cxl.Region, descs bool) error {
+	g, err := ReadGeometry(r)
+	if err != nil {
+		return fmt.Errorf("superblock: %w", err)
+	}
+	if _, _, err := ReadIdentity(r); err != nil {
+		return err
+	}
+	if !descs {
+		return nil
+	}
+	var torn []int
+	for i := 0; i < g.Descs(); i++ {
+		if d, ok := loadDesc(r, g.descOff(i), true); !ok && (d.Gen != 0 || d.State != 0) {
+			torn = append(torn, i)
+		}
+	}
+	if len(torn) == 0 {
+		return nil
+	}
+	time.Sleep(10 * time.Millisecond)
+	bad := 0
+	for _, i := range torn {
+		if d, ok := loadDesc(r, g.descOff(i), true); !ok && (d.Gen != 0 || d.State != 0) {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("descriptor table: %d descriptors fail their checksum (first: %d)", bad, torn[0])
+	}
+	return nil
 }

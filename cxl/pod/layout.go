@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,7 +17,7 @@ const (
 	PageSize         = 4096
 	DescSize         = cxl.LineSize // one descriptor = one cache line
 	DefaultChunkSize = 2 << 20      // devdax alignment and x86 huge page
-	DefaultHostSlots = 16
+	DefaultHostSlots = 64
 	minSlotSize      = 256
 
 	// Offsets inside a host slot. Every field is written only by the
@@ -56,7 +57,10 @@ type Geometry struct {
 type FormatOptions struct {
 	ChunkSize int64  // default DefaultChunkSize; a multiple of PageSize
 	HostSlots int    // default DefaultHostSlots
-	PodID     uint64 // identifies this pool incarnation; default 1
+	PodID     uint64 // identifies this pool incarnation; default random
+	// Pod, if set, records the pod the region is formatted for (its
+	// identity; the first host to join adds the control plane's id).
+	Pod string
 }
 
 func roundUp(v, a int64) int64 { return (v + a - 1) / a * a }
@@ -71,7 +75,9 @@ func Plan(size, regionAlign int64, o FormatOptions) (Geometry, error) {
 		o.HostSlots = DefaultHostSlots
 	}
 	if o.PodID == 0 {
-		o.PodID = 1
+		var b [8]byte
+		rand.Read(b[:])
+		o.PodID = binary.LittleEndian.Uint64(b[:]) | 1
 	}
 	if o.ChunkSize < PageSize || o.ChunkSize%PageSize != 0 {
 		return Geometry{}, fmt.Errorf("pod: chunk size %d is not a positive multiple of %d", o.ChunkSize, PageSize)
@@ -170,6 +176,14 @@ func Format(r cxl.Region, o FormatOptions) (Geometry, error) {
 		return g, fmt.Errorf("pod: format needs the metadata area [0, %d) writable", g.DataOff)
 	}
 	zero := make([]byte, 64<<10)
+	// The identity of a previous incarnation goes with it.
+	r.WriteAt(zero[:2*cxl.LineSize], identityOff)
+	r.Flush(identityOff, 2*cxl.LineSize)
+	if o.Pod != "" {
+		if err := writeIdentity(r, Identity{Pod: o.Pod}); err != nil {
+			return g, err
+		}
+	}
 	for off := g.HostTableOff; off < g.DataOff; off += int64(len(zero)) {
 		n := min(int64(len(zero)), g.DataOff-off)
 		r.WriteAt(zero[:n], off)

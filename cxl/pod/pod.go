@@ -19,6 +19,12 @@ type Options struct {
 	// Yield, if set, is called around control-plane calls (the simulator
 	// uses it to interleave them with region operations).
 	Yield func()
+	// Valid, if set, says whether the host's lease is certainly still
+	// held. A host that cannot be sure (it was stopped or cut off for
+	// about a TTL) must not touch the region as a member any more: reads,
+	// publishes and reclamation then fail with ErrFenced before their
+	// first store, and the host has to join again.
+	Valid func() bool
 }
 
 // ErrFallback means a read did not validate within MaxAttempts: the caller
@@ -136,6 +142,9 @@ func (p *Pod) Serial() uint64 { return p.serial }
 
 // Stats returns the event counters.
 func (p *Pod) Stats() Stats { return p.stats }
+
+// fenced reports a host that can no longer be sure of its lease.
+func (p *Pod) fenced() bool { return p.opts.Valid != nil && !p.opts.Valid() }
 
 func (p *Pod) yield() {
 	if p.opts.Yield != nil {
@@ -299,6 +308,9 @@ func (p *Pod) Publish(ctx context.Context, key string, data []byte) (Ref, error)
 			return Ref{}, ErrNoSpace
 		}
 	}
+	if p.fenced() {
+		return Ref{}, ErrFenced
+	}
 	cs := p.owned[chunk]
 	cs.used[di] = true
 	markPages(cs, first, n, true)
@@ -312,7 +324,11 @@ func (p *Pod) Publish(ctx context.Context, key string, data []byte) (Ref, error)
 	storeDesc(p.r, doff, &d)
 	p.r.Flush(doff, DescSize)
 	p.r.Fence()
-	// 2. Data.
+	// 2. Data (not if the lease may have lapsed meanwhile: a new owner
+	// may be reusing these pages).
+	if p.fenced() {
+		return Ref{}, ErrFenced
+	}
 	p.r.WriteAt(data, eoff)
 	if !p.bugs.noWriterFlush {
 		p.r.Flush(eoff, int64(len(data)))
@@ -321,6 +337,9 @@ func (p *Pod) Publish(ctx context.Context, key string, data []byte) (Ref, error)
 		p.r.Fence()
 	}
 	// 3. Published.
+	if p.fenced() {
+		return Ref{}, ErrFenced
+	}
 	d.Gen++
 	d.State = StatePublished
 	d.Hash = xxhash.Sum64(data)
@@ -380,6 +399,9 @@ func (p *Pod) retire(ctx context.Context, ref Ref) error {
 	di := ref.Desc % p.g.DescPerChunk
 	if cs.gens[di] != ref.Gen || !cs.used[di] {
 		return nil // already retired
+	}
+	if p.fenced() {
+		return ErrFenced
 	}
 	doff := p.g.descOff(ref.Desc)
 	d, _ := loadDesc(p.r, doff, false) // our own line: the cache is authoritative
@@ -446,6 +468,9 @@ func (p *Pod) Reclaim(ctx context.Context) (int, error) {
 	if len(p.retired) == 0 {
 		return 0, nil
 	}
+	if p.fenced() {
+		return 0, ErrFenced
+	}
 	p.yield()
 	live, err := p.coord.Live(ctx)
 	p.yield()
@@ -494,6 +519,77 @@ func (p *Pod) Reclaim(ctx context.Context) (int, error) {
 		p.r.Fence()
 	}
 	return freed, nil
+}
+
+// Owns reports whether this host owns the chunk of descriptor desc (only
+// the owner may retire the extents in it).
+func (p *Pod) Owns(desc int) bool {
+	return desc >= 0 && desc < p.g.Descs() && p.owned[desc/p.g.DescPerChunk] != nil
+}
+
+// Extents lists the published extents of the chunks this host owns, as
+// the Refs a catalog would hold for them.
+func (p *Pod) Extents() []Ref {
+	var out []Ref
+	for c := 0; c < p.g.Chunks; c++ {
+		cs := p.owned[c]
+		if cs == nil {
+			continue
+		}
+		for i, used := range cs.used {
+			if !used {
+				continue
+			}
+			desc := c*p.g.DescPerChunk + i
+			d, ok := loadDesc(p.r, p.g.descOff(desc), false) // our own lines
+			if ok && d.State == StatePublished && d.Gen == cs.gens[i] {
+				out = append(out, Ref{Desc: desc, Gen: d.Gen, Token: d.Token, Len: d.Len})
+			}
+		}
+	}
+	return out
+}
+
+// Retire retires a published extent of a chunk this host owns that no
+// catalog key names any more (an orphan: its publish died before the
+// catalog, or the key moved to another host's extent). It is reclaimed
+// after the grace period.
+func (p *Pod) Retire(ctx context.Context, ref Ref) error { return p.retire(ctx, ref) }
+
+// Owned returns the chunks this host owns, in order.
+func (p *Pod) Owned() []int {
+	var out []int
+	for c := 0; c < p.g.Chunks; c++ {
+		if p.owned[c] != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ReleaseEmpty gives up owned chunks that hold no extent (published,
+// retired or being written), so that other hosts of the pod can acquire
+// them. It returns the chunks released.
+func (p *Pod) ReleaseEmpty(ctx context.Context) ([]int, error) {
+	var out []int
+	for c, cs := range p.owned {
+		busy := false
+		for _, u := range cs.used {
+			busy = busy || u
+		}
+		if busy {
+			continue
+		}
+		p.yield()
+		err := p.coord.ReleaseChunk(ctx, p.lease, c, cs.token)
+		p.yield()
+		if err != nil && !errors.Is(err, ErrFenced) {
+			return out, err
+		}
+		delete(p.owned, c)
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // Pending returns the number of retired extents awaiting their grace period.
@@ -621,6 +717,9 @@ func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc
 	chunk := ref.Desc / p.g.DescPerChunk
 	doff := p.g.descOff(ref.Desc)
 	p.stats.Reads++
+	if p.fenced() {
+		return Desc{}, 0, ErrFenced
+	}
 	p.enter()
 	defer p.exit()
 	for attempt := 0; attempt < p.opts.MaxAttempts; attempt++ {

@@ -16,7 +16,7 @@ import (
 
 // podFlags are the flags of serve that apply to --embedded only.
 var podFlags = []string{"data-dir", "etcd-endpoints", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
-	"cxl-size", "cxl-chunk", "secret-file", "replicas"}
+	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "lease-ttl"}
 
 func init() {
 	var (
@@ -94,6 +94,10 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.StringVar(&cxlSize, "cxl-size", "1GiB", "with --embedded: size of a new emulated CXL region")
 	f.StringVar(&cxlChunk, "cxl-chunk", "64MiB", "with --embedded: chunk size of a new emulated CXL region (the largest hot segment)")
 	f.StringVar(&pc.SecretFile, "secret-file", "", "with --embedded: the pod secret file (default DATA-DIR/pod.secret)")
+	f.StringVar(&pc.HostName, "host-name", "", "with --embedded: this host's name in the pod (default the machine's host name; one daemon per name)")
+	f.StringVar(&pc.HostAddr, "host-addr", "", "with --embedded: this host's IP address in the pod (source address of its memory-node connections)")
+	f.IntVar(&pc.ReaderSlots, "readers", 0, "with --embedded: CXL reader identities, the concurrent pre-installs of this host (default twice its cores; -1: none)")
+	f.Int64Var(&pc.LeaseTTL, "lease-ttl", 10, "with --embedded: seconds of silence after which this host is fenced and its slots and chunks reclaimed")
 	register(cmd)
 }
 

@@ -1,0 +1,161 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/aquifer-pool/aquifer/control"
+	"github.com/aquifer-pool/aquifer/rdma"
+	"github.com/aquifer-pool/aquifer/restore"
+	"github.com/aquifer-pool/aquifer/snapimage"
+)
+
+// Open implements restore.Opener: it reads the catalog entry once, and the
+// image metadata from the memory nodes the first time a published version
+// is opened. The returned snapshot's CXL source carries the placement the
+// entry named; nothing on the restore path reads the control plane.
+func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error) {
+	if err := restore.ValidName(name); err != nil {
+		return nil, err
+	}
+	cat, err := p.cfg.Plane.GetSnapshot(ctx, name)
+	if err != nil {
+		return nil, seamErr(err)
+	}
+	e, err := p.entry(ctx, cat)
+	if err != nil {
+		return nil, err
+	}
+	s := &restore.Snapshot{Name: name, Image: e.img, Cold: e.cold, HotFallback: e.fallback, Hot: e.fallback}
+	if cat.Hot != nil && p.cxl.Load() != nil {
+		s.Hot = &cxlHot{p: p, e: e, place: cat.Hot}
+	}
+	return s, nil
+}
+
+// entry returns the cached metadata of the published version cat names,
+// reading it from the memory nodes on first use.
+func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error) {
+	p.mu.Lock()
+	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
+		e.hot.Store(cat.Hot)
+		p.mu.Unlock()
+		return e, nil
+	}
+	p.mu.Unlock()
+	var h header
+	if err := json.Unmarshal(cat.Header, &h); err != nil || h.Meta == nil {
+		return nil, fmt.Errorf("snapshot %q: bad catalog header: %v", cat.Name, err)
+	}
+	src := &rdma.ObjectSource{C: p.cfg.RDMA, Obj: h.Meta}
+	buf, release, err := src.Arena(int(h.Meta.Len))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := src.Read(ctx, 0, buf, false); err != nil {
+		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("snapshot %q: reading its metadata from the memory nodes: %w", cat.Name, err))
+	}
+	img, objs, err := decodeMeta(bytes.Clone(buf), h)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", cat.Name, err)
+	}
+	e := &entry{published: cat.Published, img: img}
+	if objs.Cold != nil {
+		e.cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
+	}
+	if objs.Hot != nil {
+		e.fallback = &rdmaHot{src: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Hot}, n: int(objs.Hot.Len)}
+	}
+	e.hot.Store(cat.Hot)
+	p.mu.Lock()
+	p.cache[cat.Name] = e
+	p.mu.Unlock()
+	return e, nil
+}
+
+func decodeMeta(meta []byte, h header) (*snapimage.Image, *objects, error) {
+	if uint64(len(meta)) < h.MetaLen+16 {
+		return nil, nil, errors.New("metadata object too short")
+	}
+	// The trailer sits right after the JSON, before the page padding: find
+	// it by scanning back from the end for the magic.
+	end := bytes.LastIndex(meta, []byte("AQPOOLM1"))
+	if end < 8 || uint64(end) < h.MetaLen+8 {
+		return nil, nil, errors.New("metadata object has no trailer")
+	}
+	n := binary.LittleEndian.Uint64(meta[end-8:])
+	js := meta[h.MetaLen:]
+	if n > uint64(len(js)) {
+		return nil, nil, errors.New("metadata object trailer out of range")
+	}
+	var objs objects
+	if err := json.Unmarshal(js[:n], &objs); err != nil {
+		return nil, nil, fmt.Errorf("metadata object descriptors: %w", err)
+	}
+	img, err := snapimage.Read(&prefixReader{b: meta[:h.MetaLen]}, int64(h.ImageLen))
+	if err != nil {
+		return nil, nil, err
+	}
+	return img, &objs, nil
+}
+
+// prefixReader serves the image metadata; the segments are elsewhere.
+type prefixReader struct{ b []byte }
+
+func (r *prefixReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(r.b)) {
+		return 0, fmt.Errorf("pool: image read at %d beyond the metadata (%d bytes): segments live in the tiers", off, len(r.b))
+	}
+	n := copy(p, r.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// errEvicted: the catalog no longer places the hot segment where this
+// restore was prepared to read it.
+var errEvicted = errors.New("hot segment is no longer in CXL (evicted or replaced)")
+
+// rdmaHot reads the hot segment's RDMA copy into a recycled buffer.
+type rdmaHot struct {
+	src rdma.ObjectSource
+	n   int
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (h *rdmaHot) Name() string { return h.src.Name() }
+
+func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.buf == nil {
+		b, _, err := h.src.Arena(h.n)
+		if err != nil {
+			return err
+		}
+		h.buf = b
+	}
+	if err := h.src.Read(ctx, 0, h.buf, false); err != nil {
+		return err
+	}
+	return fn(h.buf)
+}
+
+// coldSource recycles registered read arenas across restores.
+type coldSource struct {
+	rdma.ObjectSource
+	arenas restore.ArenaPool
+}
+
+func (c *coldSource) Arena(n int) ([]byte, func() error, error) {
+	return c.arenas.Get(n, c.ObjectSource.Arena)
+}

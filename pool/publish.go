@@ -1,0 +1,162 @@
+package pool
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/control"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/restore"
+	"github.com/aquifer-pool/aquifer/snapimage"
+	"golang.org/x/sys/unix"
+)
+
+// Publish puts the image at path into the pool as name.
+func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, error) {
+	if err := restore.ValidName(name); err != nil {
+		return nil, err
+	}
+	if _, err := p.cfg.Plane.GetSnapshot(ctx, name); err == nil {
+		return nil, fmt.Errorf("snapshot %q: %w", name, restore.ErrExists)
+	} else if !errors.Is(err, control.ErrNotFound) {
+		return nil, seamErr(err)
+	}
+	img, f, err := snapimage.Open(path)
+	if err != nil {
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: %w", path, restore.ImageError(err)))
+	}
+	defer f.Close()
+	// Check the segments before anything leaves this host.
+	if err := img.CheckSegments(f, nil); err != nil {
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: image is corrupt: %w", path, err))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := p.publish(ctx, img, f, st.Size(), name)
+	if err != nil {
+		return nil, seamErr(err)
+	}
+	return p.info(snap)
+}
+
+// publish places an opened, checked image: segments and metadata on the
+// memory nodes, the hot segment in CXL, then the catalog entry.
+func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, size int64, name string) (*control.Snapshot, error) {
+	hs, cs := img.Section(snapimage.SecHotSegment), img.Section(snapimage.SecColdSegment)
+	read := func(off, n uint64) ([]byte, *offheap.Mapping, error) {
+		if n == 0 {
+			return nil, nil, nil
+		}
+		m, err := offheap.Anon(int(n), unix.PROT_READ|unix.PROT_WRITE, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := f.ReadAt(m.B, int64(off)); err != nil && err != io.EOF {
+			m.Unmap()
+			return nil, nil, err
+		}
+		return m.B, m, nil
+	}
+	now := time.Now()
+	var objs objects
+	ps := int(img.PageSize())
+	hot, hm, err := read(hs.Offset, hs.Length)
+	if err != nil {
+		return nil, err
+	}
+	defer hm.Unmap()
+	cold, cm, err := read(cs.Offset, cs.Length)
+	if err != nil {
+		return nil, err
+	}
+	defer cm.Unmap()
+	if len(cold) > 0 {
+		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
+			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
+		}
+	}
+	if len(hot) > 0 {
+		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
+			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
+		}
+	}
+	// Metadata object: the image up to the hot segment, the object
+	// descriptors, and the prefix length, padded to whole pages.
+	metaLen := hs.Offset
+	prefix := make([]byte, metaLen)
+	if _, err := f.ReadAt(prefix, 0); err != nil {
+		return nil, err
+	}
+	ob, _ := json.Marshal(objs)
+	blob := append(prefix, ob...)
+	var tail [16]byte
+	binary.LittleEndian.PutUint64(tail[:], uint64(len(ob)))
+	copy(tail[8:], "AQPOOLM1")
+	blob = append(blob, tail[:]...)
+	if pad := len(blob) % ps; pad != 0 {
+		blob = append(blob, make([]byte, ps-pad)...)
+	}
+	mm, err := offheap.Anon(len(blob), unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer mm.Unmap()
+	copy(mm.B, blob)
+	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
+	if err != nil {
+		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
+	}
+	zero, nhot, ncold := img.Counts()
+	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps)}
+	hb, _ := json.Marshal(h)
+	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
+	if len(hot) > 0 && p.cfg.PodState != nil {
+		ref, err := p.publishHot(ctx, name, hot)
+		if err != nil {
+			p.log.Warn("hot segment not placed in CXL; restores will pre-install from its RDMA copy", "snapshot", name, "err", err)
+		} else {
+			snap.Hot = &control.HotPlacement{Descriptor: ref.Desc, Gen: ref.Gen, Token: ref.Token, Len: uint64(ref.Len)}
+		}
+	}
+	if err := p.cfg.Plane.PutSnapshot(ctx, snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// Remove deletes a snapshot from the catalog and the tiers.
+func (p *Pool) Remove(ctx context.Context, name string) error {
+	if err := restore.ValidName(name); err != nil {
+		return err
+	}
+	s, err := p.cfg.Plane.GetSnapshot(ctx, name)
+	if err != nil {
+		return seamErr(err)
+	}
+	if err := p.cfg.Plane.DeleteSnapshot(ctx, name); err != nil {
+		return seamErr(err)
+	}
+	p.mu.Lock()
+	if e, ok := p.cache[name]; ok {
+		e.hot.Store(nil)
+		delete(p.cache, name)
+	}
+	p.mu.Unlock()
+	if s.Hot != nil {
+		// Its extent is retired now if this host owns the chunk, else by
+		// the owner's sweep, which finds it orphaned.
+		p.retireKey(ctx, name)
+	}
+	// Memory-node segments are immutable and unreferenced now; deleting
+	// them is the memory nodes' garbage collection (not yet implemented).
+	return nil
+}
