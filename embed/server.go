@@ -241,9 +241,13 @@ func (s *Server) startRDMA(c *PodConfig, secret []byte) error {
 		}
 		s.tr = t
 	case "tcp":
-		s.tr = tcp.New(secret, c.Name)
+		t := tcp.New(secret, c.Name)
+		t.LocalIP = net.ParseIP(c.HostAddr)
+		s.tr = t
 	case "verbs":
-		t, err := verbs.New(verbs.Config{Control: tcp.New(secret, c.Name)})
+		ctl := tcp.New(secret, c.Name)
+		ctl.LocalIP = net.ParseIP(c.HostAddr)
+		t, err := verbs.New(verbs.Config{Control: ctl})
 		if err != nil {
 			return fieldErr("rdma", "verbs: %v", err)
 		}

@@ -22,6 +22,9 @@ type Config struct {
 	ClientAddr, PeerAddr string
 	// Name of the member (default "aquifer").
 	Name string
+	// InitialCluster lists every member of a new multi-member cluster as
+	// name=http://peer,... (default: this member alone).
+	InitialCluster string
 }
 
 // Member is a running etcd member.
@@ -64,6 +67,10 @@ func Start(ctx context.Context, c Config) (*Member, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if c.InitialCluster != "" {
+		cfg.InitialCluster = c.InitialCluster
+		cfg.InitialClusterToken = "aquifer"
+	}
 	cfg.LogLevel = "error"
 	cfg.LogOutputs = []string{filepath.Join(c.Dir, "etcd.log")}
 	e, err := embed.StartEtcd(cfg)
@@ -72,9 +79,9 @@ func Start(ctx context.Context, c Config) (*Member, error) {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
+	case <-time.After(60 * time.Second):
 		e.Close()
-		return nil, fmt.Errorf("etcd member in %s not ready after 30s", c.Dir)
+		return nil, fmt.Errorf("etcd member in %s not ready after 60s (are the other members of %q running?)", c.Dir, cfg.InitialCluster)
 	case <-ctx.Done():
 		e.Close()
 		return nil, ctx.Err()

@@ -99,9 +99,18 @@ func writeIdentity(r cxl.Region, id Identity) error {
 	return nil
 }
 
-// ErrOtherOwner is wrapped when a region belongs to another pod or
-// another control plane.
+// ErrOtherOwner is matched (errors.Is) by the error of a region that
+// belongs to another pod or another control plane.
 var ErrOtherOwner = errors.New("region belongs to another owner")
+
+type ownerError struct{ msg string }
+
+func (e *ownerError) Error() string        { return e.msg }
+func (e *ownerError) Is(target error) bool { return target == ErrOtherOwner }
+
+func otherOwner(format string, args ...any) error {
+	return &ownerError{fmt.Sprintf(format, args...)}
+}
 
 // Claim binds the region to pod of the control plane clusterID, or checks
 // that it is bound to them already. A region of another pod, or of the same
@@ -117,11 +126,11 @@ func Claim(r cxl.Region, pod string, clusterID uint64) (Identity, error) {
 		return Identity{}, err
 	}
 	if ok && cur.Pod != pod {
-		return cur, fmt.Errorf("%w: the region belongs to %s, not to pod %q", ErrOtherOwner, cur, pod)
+		return cur, otherOwner("the region belongs to %s, not to pod %q", cur, pod)
 	}
 	if ok && cur.ClusterID != 0 {
 		if cur.ClusterID != clusterID {
-			return cur, fmt.Errorf("%w: the region belongs to %s, and this host's control plane is %#x (another etcd cluster)", ErrOtherOwner, cur, clusterID)
+			return cur, otherOwner("the region belongs to %s, and this host's control plane is %#x (another etcd cluster): give each pod its own region, or point this host at that control plane", cur, clusterID)
 		}
 		return cur, nil
 	}
@@ -131,7 +140,7 @@ func Claim(r cxl.Region, pod string, clusterID uint64) (Identity, error) {
 	}
 	got, ok, err := ReadIdentity(r)
 	if err != nil || !ok || got.Pod != pod || got.ClusterID != clusterID {
-		return got, fmt.Errorf("%w: another host claimed the region at the same time (%s)", ErrOtherOwner, got)
+		return got, otherOwner("another host claimed the region at the same time: it belongs to %s", got)
 	}
 	return got, nil
 }

@@ -39,6 +39,7 @@ client endpoint and serves until interrupted; its data stays in --data-dir.`,
 	f.StringVar(&c.ClientAddr, "client-addr", "127.0.0.1:2379", "address clients connect to")
 	f.StringVar(&c.PeerAddr, "peer-addr", "127.0.0.1:2380", "address for peer traffic")
 	f.StringVar(&c.Name, "name", "aquifer", "member name")
+	f.StringVar(&c.InitialCluster, "initial-cluster", "", "every member of a new multi-member cluster: NAME=http://PEER-ADDR,... (default: this member alone)")
 	cmd.MarkFlagRequired("data-dir")
 	register(cmd)
 }

@@ -16,14 +16,14 @@ import (
 
 // podFlags are the flags of serve that apply to --embedded only.
 var podFlags = []string{"data-dir", "etcd-endpoints", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
-	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "lease-ttl"}
+	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "lease-ttl", "memnode-capacity"}
 
 func init() {
 	var (
-		cfg                        embed.Config
-		pc                         embed.PodConfig
-		embedded                   bool
-		cxlSize, cxlChunk, cxlPath string
+		cfg                                 embed.Config
+		pc                                  embed.PodConfig
+		embedded                            bool
+		cxlSize, cxlChunk, cxlPath, nodeCap string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve (--embedded | --images DIR)",
@@ -57,6 +57,11 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 				if err := podSizes(cmd, &pc, cxlSize, cxlChunk, cxlPath); err != nil {
 					return err
 				}
+				n, err := parseSize(nodeCap)
+				if err != nil {
+					return fmt.Errorf("--memnode-capacity: %w", err)
+				}
+				pc.MemNodeCapacity = n
 				cfg.Pod = &pc
 			}
 			cfg.API = client.Socket(cfg.API)
@@ -87,6 +92,7 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.StringVar(&pc.Name, "pod", "pod0", "with --embedded: pod name (its coordination keys in etcd and its default region path)")
 	f.IntVar(&pc.MemNodes, "memnodes", 3, "with --embedded: in-process memory nodes")
 	f.StringSliceVar(&pc.MemNodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
+	f.StringVar(&nodeCap, "memnode-capacity", "4GiB", "with --embedded: capacity of each memory node (in-process ones reserve it lazily; external ones are recorded with it)")
 	f.IntVar(&pc.Replicas, "replicas", 0, "with --embedded: copies of each segment on the memory nodes (default 2, or 1 with one node)")
 	f.StringVar(&pc.RDMA, "rdma", "", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated; default with in-process nodes), tcp (default with --memnode-addrs) or verbs (RNIC; binary built with -tags rdma)")
 	f.StringVar(&pc.CXL, "cxl", "", "with --embedded: the pod's CXL region: shm:PATH (emulated), devdax:/dev/daxX.Y or none (default shm:/dev/shm/aquifer-POD-cxl)")

@@ -24,6 +24,9 @@ type Transport struct {
 	reg    rdma.Registry
 	// DialTimeout bounds connect + admission when ctx has no deadline.
 	DialTimeout time.Duration
+	// LocalIP, if set, is the source address of connections (a host's own
+	// address, e.g. 127.0.0.x for each host of a local cluster).
+	LocalIP net.IP
 }
 
 // New returns a transport that authenticates as pod with the pod's secret.
@@ -48,6 +51,9 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 		defer cancel()
 	}
 	var d net.Dialer
+	if t.LocalIP != nil {
+		d.LocalAddr = &net.TCPAddr{IP: t.LocalIP}
+	}
 	nc, err := d.DialContext(ctx, "tcp", string(node))
 	if err != nil {
 		return nil, fmt.Errorf("rdma/tcp: dial %s: %w", node, err)
