@@ -161,9 +161,23 @@ func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string) (s
 	if err != nil {
 		return "", err
 	}
+	owners, err := p.cfg.PodState.ChunkOwners(ctx)
+	if err != nil {
+		return "", err
+	}
+	per := m.owner.Geometry().DescPerChunk
 	for _, s := range order {
 		if s.Name == keep || s.Hot == nil {
 			continue
+		}
+		if chunk := s.Hot.Descriptor / per; !m.owner.Owns(s.Hot.Descriptor) {
+			if _, owned := owners[chunk]; !owned {
+				// Its owner is gone (lease expired): take the chunk
+				// over; its published extents stay readable.
+				if err := m.owner.Acquire(ctx, chunk); err == nil {
+					p.Counters.ChunksAcquired.Add(1)
+				}
+			}
 		}
 		if m.owner.Owns(s.Hot.Descriptor) {
 			if err := p.evictLocal(ctx, m, s); err != nil {

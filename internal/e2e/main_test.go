@@ -12,6 +12,9 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(fcDoubleEnv); spec != "" {
+		fcDoubleMain(spec)
+	}
 	dir, err := os.MkdirTemp("", "aquifer-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// An independent Firecracker double: it shares no code with Aquifer's
+// handshake, uffd or guest packages. It maps guest memory the way
+// Firecracker does (anonymous, MAP_PRIVATE|MAP_NORESERVE), registers it
+// MISSING on a userfaultfd (O_CLOEXEC|O_NONBLOCK, UFFDIO_API with
+// EVENT_REMOVE), sends the region list in the chosen dialect with the fd in
+// one sendmsg, then reads every page of guest memory and compares it with
+// the memory file. It runs in its own process (this test binary, started
+// with fcDoubleEnv set), because a userfaultfd's faults must come from a
+// process other than the handler's.
+
+const fcDoubleEnv = "AQUIFER_E2E_FCDOUBLE" // socket|mem|dialect
+
+// Kernel ABI constants (linux/userfaultfd.h), written out here on purpose.
+const (
+	uffdAPI          = 0xAA
+	uffdioAPI        = 0xc018aa3f
+	uffdioRegister   = 0xc020aa00
+	uffdModeMissing  = 1
+	uffdFeatRemove   = 1 << 3 // UFFD_FEATURE_EVENT_REMOVE
+	fcDoubleExitDiff = 3
+)
+
+type fcDoubleResult struct {
+	Pages      int    `json:"pages"`
+	Mismatches int    `json:"mismatches"`
+	First      int    `json:"first_mismatch"`
+	Err        string `json:"err,omitempty"`
+}
+
+// runFCDouble runs the double against socket and returns what it read.
+func runFCDouble(t *testing.T, ctx context.Context, socket, mem, dialect string) fcDoubleResult {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%s", fcDoubleEnv, socket, mem, dialect))
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Run()
+	var r fcDoubleResult
+	for _, line := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "FCDOUBLE "); ok {
+			if err := json.Unmarshal([]byte(rest), &r); err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	}
+	t.Fatalf("firecracker double printed no result: %s %s", out.String(), errb.String())
+	return r
+}
+
+// fcDoubleMain is the double's process; it never returns.
+func fcDoubleMain(spec string) {
+	parts := strings.Split(spec, "|")
+	var r fcDoubleResult
+	err := fcDouble(parts[0], parts[1], parts[2], &r)
+	if err != nil {
+		r.Err = err.Error()
+	}
+	b, _ := json.Marshal(r)
+	fmt.Printf("FCDOUBLE %s\n", b)
+	switch {
+	case err != nil:
+		os.Exit(1)
+	case r.Mismatches > 0:
+		os.Exit(fcDoubleExitDiff)
+	}
+	os.Exit(0)
+}
+
+func fcDouble(socket, memPath, dialect string, r *fcDoubleResult) error {
+	want, err := os.ReadFile(memPath)
+	if err != nil {
+		return err
+	}
+	size := len(want)
+	guest, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return fmt.Errorf("mmap guest memory: %w", err)
+	}
+	fd, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("userfaultfd: %w", errno)
+	}
+	api := [3]uint64{uffdAPI, uffdFeatRemove, 0}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, uffdioAPI, uintptr(unsafe.Pointer(&api))); errno != 0 {
+		return fmt.Errorf("UFFDIO_API: %w", errno)
+	}
+	base := uintptr(unsafe.Pointer(&guest[0]))
+	reg := [4]uint64{uint64(base), uint64(size), uffdModeMissing, 0}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, uffdioRegister, uintptr(unsafe.Pointer(&reg))); errno != 0 {
+		return fmt.Errorf("UFFDIO_REGISTER: %w", errno)
+	}
+	var body string
+	switch dialect {
+	case "1.1":
+		body = fmt.Sprintf(`[{"base_host_virt_addr":%d,"size":%d,"offset":0}]`, base, size)
+	case "1.10":
+		body = fmt.Sprintf(`[{"base_host_virt_addr":%d,"size":%d,"offset":0,"page_size_kib":4096}]`, base, size)
+	default:
+		body = fmt.Sprintf(`[{"base_host_virt_addr":%d,"size":%d,"offset":0,"page_size":4096,"page_size_kib":4096}]`, base, size)
+	}
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.WriteMsgUnix([]byte(body), unix.UnixRights(int(fd)), nil); err != nil {
+		return fmt.Errorf("sendmsg: %w", err)
+	}
+	if dialect == "1.1" || dialect == "1.10" {
+		c.Close() // before 1.12 Firecracker closes the socket after the handshake
+	} else {
+		defer c.Close()
+	}
+	// The daemon pre-installs the hot set; read everything (faults on the
+	// rest are served on demand) with a deadline on the whole read.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.First = -1
+		for p := 0; p*4096 < size; p++ {
+			r.Pages++
+			if !bytes.Equal(guest[p*4096:(p+1)*4096], want[p*4096:(p+1)*4096]) {
+				if r.Mismatches == 0 {
+					r.First = p
+				}
+				r.Mismatches++
+			}
+		}
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("reading guest memory hung after %d pages", r.Pages)
+	}
+}
