@@ -207,4 +207,3 @@ func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
 	}
 	return err
 }
-

@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aquifer-pool/aquifer/internal/testsnap"
 	"github.com/aquifer-pool/aquifer/api"
 	"github.com/aquifer-pool/aquifer/api/client"
+	"github.com/aquifer-pool/aquifer/internal/testsnap"
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
