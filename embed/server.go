@@ -133,6 +133,7 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if s.Pool, err = pool.New(pc); err != nil {
 		return err
 	}
+	s.registerPodMetrics(s.cfg.Registry)
 	if s.cxlDown != "" {
 		s.Pool.ClearCXL(s.cxlDown)
 	}

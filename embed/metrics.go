@@ -1,0 +1,40 @@
+package embed
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// registerPodMetrics exports the pod membership and CXL tier state of this
+// host (the daemon registers its own restore metrics).
+func (s *Server) registerPodMetrics(reg prometheus.Registerer) {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	c := &s.Pool.Counters
+	reg.MustRegister(
+		gauge("aquifer_cxl_in_service", "1 while this host serves from the pod's CXL tier, 0 while it is out of service (corrupt region, lost lease).", func() float64 {
+			if ok, _ := s.Pool.CXLStatus(); ok {
+				return 1
+			}
+			return 0
+		}),
+		gauge("aquifer_cxl_owned_chunks", "CXL chunks this host owns (publishes into).", func() float64 { return float64(len(s.Pool.OwnedChunks())) }),
+		gauge("aquifer_pod_slots", "Host slots (reader identities) this host holds in the pod's slot table.", func() float64 {
+			if m := s.member.Load(); m != nil {
+				return float64(len(m.Slots))
+			}
+			return 0
+		}),
+		counter("aquifer_pod_rejoins_total", "Times this host lost its pod lease (fenced) and rejoined as a new member.", &s.rejoins),
+		counter("aquifer_cxl_evictions_total", "Hot sets this host demoted from CXL to their RDMA copies.", &c.Evicted),
+		counter("aquifer_cxl_eviction_requests_total", "Evictions this host asked the owner of another chunk for.", &c.EvictRequests),
+		counter("aquifer_cxl_orphans_retired_total", "Extents of this host's chunks retired because no snapshot referenced them.", &c.OrphansRetired),
+		counter("aquifer_cxl_chunks_acquired_total", "CXL chunks this host acquired.", &c.ChunksAcquired),
+		counter("aquifer_cxl_chunks_released_total", "Empty CXL chunks this host gave back.", &c.ChunksReleased),
+	)
+}
