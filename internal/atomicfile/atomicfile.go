@@ -53,14 +53,15 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 }
 
 // Write writes path atomically and durably with fill, which streams the
-// content. If fill fails nothing changes at path.
+// content (w is the temporary *os.File, so fill may also WriteAt, Seek or
+// Truncate it). If fill fails nothing changes at path.
 func Write(path string, perm os.FileMode, fill func(w io.Writer) error) error {
 	f, err := Create(path, perm)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := fill(f); err != nil {
+	if err := fill(f.PendingFile.File); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Commit()
