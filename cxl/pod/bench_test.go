@@ -1,4 +1,4 @@
-package pod
+package pod_test
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/uffd"
@@ -30,7 +32,7 @@ import (
 // Run: go test -run '^$' -bench HotSegment ./cxl/pod
 func BenchmarkHotSegmentInstall(b *testing.B) {
 	const seg = 2 << 20
-	const batch = 64 * PageSize
+	const batch = 64 * pod.PageSize
 	path := shm.TempPath("aquifer-bench")
 	size := int64(16 << 20)
 	if err := shm.Create(path, size); err != nil {
@@ -42,11 +44,11 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	if _, err := Format(r, FormatOptions{}); err != nil {
+	if _, err := pod.Format(r, pod.FormatOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	p, err := Open(ctx, r, 0, NewMemCoordinator(), Options{Owner: true})
+	p, err := pod.Open(ctx, r, 0, podtest.NewMemCoordinator(), pod.Options{Owner: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d, _ := loadDesc(r, p.g.descOff(ref.Desc), true)
+	d, _ := pod.LoadDesc(r, p.Geometry().DescOffset(ref.Desc), true)
 	src := r.Addr(int64(d.Off))
 
 	f, err := uffd.New()
@@ -114,7 +116,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 		zap()
 		b.StartTimer()
 		t0 = time.Now()
-		uffdCopy(PageSize)
+		uffdCopy(pod.PageSize)
 		tPage += time.Since(t0)
 
 		b.StopTimer()
@@ -123,7 +125,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 		t0 = time.Now()
 		n, err := p.Install(ref, func(addr uintptr, n int) error {
 			for o := 0; o < n; o += batch {
-				l := min(batch, (n-o+PageSize-1)/PageSize*PageSize)
+				l := min(batch, (n-o+pod.PageSize-1)/pod.PageSize*pod.PageSize)
 				if _, err := f.Copy(guest.Addr()+uintptr(o), addr+uintptr(o), uintptr(l), true); err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package pod
+package pod_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/aquifer-pool/aquifer/cxl/ncsim"
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 )
 
 // Payload format used by the tests: word 0 = key id, word 1 = version (or
@@ -62,10 +64,10 @@ type simResult struct {
 // scan selects descriptor-scan readers (no catalog): they accept any
 // Published descriptor and check its payload serial against the
 // descriptor's, which is what the writer-fence step protects.
-func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
+func simRun(t *testing.T, seed uint64, b pod.Bugs, scan bool) simResult {
 	const size = 64 << 10
 	s := ncsim.New(ncsim.DefaultConfig(size, 4, seed))
-	g, err := Format(s.Host(0), FormatOptions{ChunkSize: 16 << 10, HostSlots: 4})
+	g, err := pod.Format(s.Host(0), pod.FormatOptions{ChunkSize: 16 << 10, HostSlots: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,7 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 	for h := 0; h < 4; h++ {
 		s.Host(h).SetWindows(g.Windows(h, h == 0 || h == 3))
 	}
-	coord := NewMemCoordinator()
+	coord := podtest.NewMemCoordinator()
 	ctx := context.Background()
 	rng := s.Rand()
 	var (
@@ -90,11 +92,11 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 	}
 	publisher := func(h *ncsim.Host, chunks []int) func() {
 		return func() {
-			p, err := Open(ctx, h, h.ID(), coord, Options{Owner: true, Yield: h.Yield})
+			p, err := pod.Open(ctx, h, h.ID(), coord, pod.Options{Owner: true, Yield: h.Yield})
 			if err != nil {
 				panic(err)
 			}
-			p.bugs = b
+			p.SetBugs(b)
 			for _, c := range chunks {
 				if err := p.Acquire(ctx, c); err != nil {
 					panic(err)
@@ -109,7 +111,7 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 					}
 					n := 200 + rng.IntN(1800)
 					ref, err := p.Publish(ctx, fmt.Sprint(k), payload(k, ver, n))
-					if errors.Is(err, ErrNoSpace) {
+					if errors.Is(err, pod.ErrNoSpace) {
 						h.Yield()
 						continue
 					}
@@ -141,16 +143,16 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 		publisher(h, []int{0, 1})()
 	}
 	reader := func(h *ncsim.Host) {
-		p, err := Open(ctx, h, h.ID(), coord, Options{Yield: h.Yield})
+		p, err := pod.Open(ctx, h, h.ID(), coord, pod.Options{Yield: h.Yield})
 		if err != nil {
 			panic(err)
 		}
-		p.bugs = b
+		p.SetBugs(b)
 		buf := make([]byte, 16<<10)
 		mine := 0
 		for i := 0; i < 400 && mine < 25; i++ {
 			if scan {
-				desc := rng.IntN(2 * p.g.DescPerChunk)
+				desc := rng.IntN(2 * p.Geometry().DescPerChunk)
 				d, n, err := p.ReadDesc(desc, buf)
 				if err != nil {
 					continue // nothing published there, or fallback
@@ -167,9 +169,9 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 			want := latest[k]
 			n, _, err := p.Get(ctx, fmt.Sprint(k), buf)
 			switch {
-			case errors.Is(err, ErrNotFound):
+			case errors.Is(err, pod.ErrNotFound):
 				continue
-			case errors.Is(err, ErrFallback):
+			case errors.Is(err, pod.ErrFallback):
 				res.fallbacks++
 				continue
 			case err != nil:
@@ -190,11 +192,11 @@ func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
 
 const simSeeds = 300
 
-func runSeeds(t *testing.T, seeds uint64, b bugs, scan bool) simResult {
+func runSeeds(t *testing.T, seeds uint64, b pod.Bugs, scan bool) simResult {
 	var tot simResult
 	for seed := uint64(1); seed <= seeds; seed++ {
 		r := simRun(t, seed, b, scan)
-		if b == (bugs{}) && r.bad > 0 {
+		if b == (pod.Bugs{}) && r.bad > 0 {
 			t.Errorf("seed %d: full protocol returned %d stale or torn copies", seed, r.bad)
 		}
 		tot.reads += r.reads
@@ -214,7 +216,7 @@ func runSeeds(t *testing.T, seeds uint64, b bugs, scan bool) simResult {
 func TestSimFullProtocol(t *testing.T) {
 	for _, scan := range []bool{false, true} {
 		t.Run(fmt.Sprintf("scan=%v", scan), func(t *testing.T) {
-			r := runSeeds(t, simSeeds, bugs{}, scan)
+			r := runSeeds(t, simSeeds, pod.Bugs{}, scan)
 			if r.bad != 0 {
 				t.Fatalf("%d stale/torn reads", r.bad)
 			}
@@ -234,13 +236,13 @@ func TestSimFullProtocol(t *testing.T) {
 func TestSimSeededBugs(t *testing.T) {
 	cases := []struct {
 		name string
-		b    bugs
+		b    pod.Bugs
 		scan bool
 	}{
-		{"no-writer-flush", bugs{noWriterFlush: true, noValidation: true}, false},
-		{"no-writer-fence", bugs{noWriterFence: true, noValidation: true}, true},
-		{"no-reader-invalidate", bugs{noReaderInvalidate: true, noValidation: true}, false},
-		{"no-grace-period", bugs{noGracePeriod: true, noValidation: true}, false},
+		{"no-writer-flush", pod.Bugs{NoWriterFlush: true, NoValidation: true}, false},
+		{"no-writer-fence", pod.Bugs{NoWriterFence: true, NoValidation: true}, true},
+		{"no-reader-invalidate", pod.Bugs{NoReaderInvalidate: true, NoValidation: true}, false},
+		{"no-grace-period", pod.Bugs{NoGracePeriod: true, NoValidation: true}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -255,7 +257,7 @@ func TestSimSeededBugs(t *testing.T) {
 // TestSimValidationCatchesBugs: with validation on, the same missing steps
 // become retries or fallbacks, never stale copies.
 func TestSimValidationCatchesBugs(t *testing.T) {
-	for _, b := range []bugs{{noWriterFlush: true}, {noReaderInvalidate: true}, {noGracePeriod: true}} {
+	for _, b := range []pod.Bugs{{NoWriterFlush: true}, {NoReaderInvalidate: true}, {NoGracePeriod: true}} {
 		r := runSeeds(t, 100, b, false)
 		if r.bad != 0 {
 			t.Fatalf("%+v: validation let %d stale/torn copies through", b, r.bad)
