@@ -2,7 +2,6 @@ package pod_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -33,20 +32,13 @@ import (
 func BenchmarkHotSegmentInstall(b *testing.B) {
 	const seg = 2 << 20
 	const batch = 64 * pod.PageSize
-	path := shm.TempPath("aquifer-bench")
-	size := int64(16 << 20)
-	if err := shm.Create(path, size); err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(path)
+	const size = 16 << 20
+	path, _ := formatTempPod(b, "aquifer-bench", size, pod.FormatOptions{})
 	r, err := shm.Open(path, shm.All(size), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	if _, err := pod.Format(r, pod.FormatOptions{}); err != nil {
-		b.Fatal(err)
-	}
 	ctx := context.Background()
 	p, err := pod.Open(ctx, r, 0, podtest.NewMemCoordinator(), pod.Options{Owner: true})
 	if err != nil {

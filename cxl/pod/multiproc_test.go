@@ -49,21 +49,7 @@ func TestMultiProcessPod(t *testing.T) {
 }
 
 func runMultiProcess(t *testing.T, readsPerHost int) (total, bad int) {
-	path := shm.TempPath("aquifer-pod-test")
-	size := int64(16 << 20)
-	if err := shm.Create(path, size); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(path)
-	r, err := shm.Open(path, shm.All(size), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := pod.Format(r, pod.FormatOptions{ChunkSize: mpChunkSize, HostSlots: mpHosts})
-	r.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, g := formatTempPod(t, "aquifer-pod-test", 16<<20, pod.FormatOptions{ChunkSize: mpChunkSize, HostSlots: mpHosts})
 	if g.Chunks < 2*mpHosts {
 		t.Fatalf("geometry has %d chunks", g.Chunks)
 	}

@@ -71,21 +71,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 // Writing descriptor, fencing of a host whose lease expired.
 func TestPublishGetReclaim(t *testing.T) {
 	ctx := context.Background()
-	path := shm.TempPath("aquifer-pod-unit")
-	size := int64(8 << 20)
-	if err := shm.Create(path, size); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(path)
-	fr, err := shm.Open(path, shm.All(size), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := pod.Format(fr, pod.FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
-	fr.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, g := formatTempPod(t, "aquifer-pod-unit", 8<<20, pod.FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
 	coord := podtest.NewMemCoordinator()
 	wr, err := shm.Open(path, g.Windows(0, true), nil)
 	if err != nil {
@@ -214,4 +200,25 @@ func TestPublishGetReclaim(t *testing.T) {
 		t.Fatalf("installed ver %d ok %v", ver, ok)
 	}
 	var _ cxl.Region = rr
+}
+
+// formatTempPod creates an emulated pod file of size bytes in /dev/shm,
+// removed when tb ends, and formats it with o.
+func formatTempPod(tb testing.TB, prefix string, size int64, o pod.FormatOptions) (string, pod.Geometry) {
+	tb.Helper()
+	path := shm.TempPath(prefix)
+	if err := shm.Create(path, size); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.Remove(path) })
+	r, err := shm.Open(path, shm.All(size), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g, err := pod.Format(r, o)
+	r.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return path, g
 }
