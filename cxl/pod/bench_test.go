@@ -9,7 +9,6 @@ import (
 	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 	"github.com/aquifer-pool/aquifer/offheap"
-	"github.com/aquifer-pool/aquifer/uffd"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,22 +53,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 	d, _ := pod.LoadDesc(r, p.Geometry().DescOffset(ref.Desc), true)
 	src := r.Addr(int64(d.Off))
 
-	f, err := uffd.New()
-	if err != nil {
-		b.Skipf("userfaultfd unavailable: %v", err)
-	}
-	defer f.Close()
-	if _, err := f.API(0); err != nil {
-		b.Fatal(err)
-	}
-	guest, err := offheap.Anon(seg, unix.PROT_READ|unix.PROT_WRITE, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer guest.Unmap()
-	if _, err := f.Register(guest.Addr(), seg, uffd.RegisterModeMissing); err != nil {
-		b.Fatal(err)
-	}
+	f, guest := uffdGuest(b, seg)
 	plain, err := offheap.Anon(seg, unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {
 		b.Fatal(err)

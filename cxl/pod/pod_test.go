@@ -172,22 +172,7 @@ func TestPublishGetReclaim(t *testing.T) {
 	}
 
 	// Install through userfaultfd straight from the region.
-	f, err := uffd.New()
-	if err != nil {
-		t.Skipf("userfaultfd unavailable: %v", err)
-	}
-	defer f.Close()
-	if _, err := f.API(0); err != nil {
-		t.Fatal(err)
-	}
-	guest, err := offheap.Anon(16<<10, unix.PROT_READ|unix.PROT_WRITE, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer guest.Unmap()
-	if _, err := f.Register(guest.Addr(), 16<<10, uffd.RegisterModeMissing); err != nil {
-		t.Fatal(err)
-	}
+	f, guest := uffdGuest(t, 16<<10)
 	ref, _ = coord.Lookup(ctx, "k")
 	n, err = r.Install(ref, func(addr uintptr, n int) error {
 		_, err := f.Copy(guest.Addr(), addr, uintptr((n+pod.PageSize-1)/pod.PageSize*pod.PageSize), false)
@@ -221,4 +206,28 @@ func formatTempPod(tb testing.TB, prefix string, size int64, o pod.FormatOptions
 		tb.Fatal(err)
 	}
 	return path, g
+}
+
+// uffdGuest maps size bytes of anonymous guest memory registered (MISSING)
+// with a new userfaultfd, both released when tb ends; it skips tb where
+// userfaultfd is unavailable.
+func uffdGuest(tb testing.TB, size int) (*uffd.FD, *offheap.Mapping) {
+	tb.Helper()
+	f, err := uffd.New()
+	if err != nil {
+		tb.Skipf("userfaultfd unavailable: %v", err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	if _, err := f.API(0); err != nil {
+		tb.Fatal(err)
+	}
+	guest, err := offheap.Anon(size, unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { guest.Unmap() })
+	if _, err := f.Register(guest.Addr(), uintptr(size), uffd.RegisterModeMissing); err != nil {
+		tb.Fatal(err)
+	}
+	return f, guest
 }
