@@ -12,7 +12,7 @@ import (
 
 // The control plane over net/rpc, so several processes of one machine can
 // share a MemCoordinator (the multi-process pod test and local
-// experiments). Production uses etcd (pool.NewCoordinator); this is not a
+// experiments). Production uses etcd (package pool); this is not a
 // replacement for it: the server is a single point of failure.
 
 // RPCArgs and RPCReply carry every pod.Coordinator call.
