@@ -1,6 +1,7 @@
 package snapimage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -189,4 +190,46 @@ func (h *header) encode() []byte {
 	}
 	binary.LittleEndian.PutUint64(b[checksumAt:], digest(b[:checksumAt]))
 	return b
+}
+
+// decodeHeader decodes the fixed header hb (HeaderSize bytes) and checks
+// what needs no other field: magic, checksum, version, header size,
+// reserved bytes and flags.
+func decodeHeader(hb []byte) (header, error) {
+	var h header
+	if !bytes.Equal(hb[:8], magic[:]) {
+		return h, ferr("header magic", 0, "got %q, want %q (not an Aquifer image)", hb[:8], magic[:])
+	}
+	if want, got := binary.LittleEndian.Uint64(hb[checksumAt:]), digest(hb[:checksumAt]); want != got {
+		return h, &FormatError{"header", checksumAt, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, want)}
+	}
+	if v := binary.LittleEndian.Uint32(hb[8:]); v != Version {
+		return h, ferr("header version", 8, "version %d not supported (this build reads %d)", v, Version)
+	}
+	if v := binary.LittleEndian.Uint32(hb[12:]); v != HeaderSize {
+		return h, ferr("header size", 12, "%d, want %d", v, HeaderSize)
+	}
+	h.pageSize = binary.LittleEndian.Uint32(hb[16:])
+	h.flags = binary.LittleEndian.Uint32(hb[20:])
+	h.memSize = binary.LittleEndian.Uint64(hb[24:])
+	h.pages = binary.LittleEndian.Uint64(hb[32:])
+	h.zeroPages = binary.LittleEndian.Uint64(hb[40:])
+	h.hotPages = binary.LittleEndian.Uint64(hb[48:])
+	h.coldPages = binary.LittleEndian.Uint64(hb[56:])
+	h.regions = binary.LittleEndian.Uint32(hb[64:])
+	h.extentPages = binary.LittleEndian.Uint32(hb[68:])
+	h.runs = binary.LittleEndian.Uint64(hb[72:])
+	h.extents = binary.LittleEndian.Uint64(hb[80:])
+	h.coldTouched = binary.LittleEndian.Uint64(hb[88:])
+	for i := range h.sections {
+		o := sectionAt + i*24
+		h.sections[i] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+	}
+	if !isZero(hb[sectionAt+24*int(numSections) : checksumAt]) {
+		return h, ferr("header reserved bytes", sectionAt+24*uint64(numSections), "not zero")
+	}
+	if h.flags != 0 {
+		return h, ferr("header flags", 20, "unknown flags %#x", h.flags)
+	}
+	return h, nil
 }

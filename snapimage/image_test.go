@@ -131,41 +131,72 @@ func TestConvertVerify(t *testing.T) {
 // checkImage recomputes the expected layout independently and compares it
 // with what the reader reports, then reconstructs every page.
 func checkImage(t *testing.T, mem []byte, tr *wset.Trace, budget Budget, s memSpec, st *Stats, out string) {
-	pages := (len(mem) + ps - 1) / ps
-	zero := make([]bool, pages)
-	nz := 0
-	for i := range zero {
-		zero[i] = isZeroPage(pageOf(mem, i))
-		if zero[i] {
-			nz++
+	want := expectLayout(mem, tr, budget)
+	checkStats(t, want, st, out)
+	im, f, err := Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	checkOrder(t, im, want)
+	checkExtents(t, im, f, want)
+	if len(s.regions) > 0 {
+		checkRegions(t, im, s)
+	}
+	checkPages(t, im, f, mem, want)
+}
+
+// layoutOracle is what the image of a memory must hold, computed from the
+// memory and the trace without the writer's code.
+type layoutOracle struct {
+	pages       int
+	zero        []bool
+	nz          int // zero pages
+	hot, over   []uint64
+	cold        []uint64 // over-budget pages first, then the untouched
+	touchedZero int
+}
+
+func expectLayout(mem []byte, tr *wset.Trace, budget Budget) layoutOracle {
+	var o layoutOracle
+	o.pages = (len(mem) + ps - 1) / ps
+	o.zero = make([]bool, o.pages)
+	for i := range o.zero {
+		o.zero[i] = isZeroPage(pageOf(mem, i))
+		if o.zero[i] {
+			o.nz++
 		}
 	}
-	var wantHot, over []uint64
 	touched := map[uint64]bool{}
-	touchedZero := 0
 	if tr != nil {
-		limit := budget.Limit(uint64(pages))
+		limit := budget.Limit(uint64(o.pages))
 		for _, a := range tr.FirstTouches() {
 			touched[a.Page] = true
 			switch {
-			case zero[a.Page]:
-				touchedZero++
-			case uint64(len(wantHot)) < limit:
-				wantHot = append(wantHot, a.Page)
+			case o.zero[a.Page]:
+				o.touchedZero++
+			case uint64(len(o.hot)) < limit:
+				o.hot = append(o.hot, a.Page)
 			default:
-				over = append(over, a.Page)
+				o.over = append(o.over, a.Page)
 			}
 		}
 	}
-	wantCold := append([]uint64(nil), over...)
-	for i := range zero {
-		if !zero[i] && !touched[uint64(i)] {
-			wantCold = append(wantCold, uint64(i))
+	o.cold = append([]uint64(nil), o.over...)
+	for i := range o.zero {
+		if !o.zero[i] && !touched[uint64(i)] {
+			o.cold = append(o.cold, uint64(i))
 		}
 	}
-	if st.ZeroPages != uint64(nz) || st.HotPages != uint64(len(wantHot)) || st.ColdPages != uint64(len(wantCold)) ||
-		st.TouchedZeroPages != uint64(touchedZero) || st.OverBudgetPages != uint64(len(over)) {
-		t.Fatalf("stats %+v; want zero %d hot %d cold %d touched-zero %d over %d", st, nz, len(wantHot), len(wantCold), touchedZero, len(over))
+	return o
+}
+
+// checkStats checks the conversion statistics and the image file's size.
+func checkStats(t *testing.T, want layoutOracle, st *Stats, out string) {
+	t.Helper()
+	if st.ZeroPages != uint64(want.nz) || st.HotPages != uint64(len(want.hot)) || st.ColdPages != uint64(len(want.cold)) ||
+		st.TouchedZeroPages != uint64(want.touchedZero) || st.OverBudgetPages != uint64(len(want.over)) {
+		t.Fatalf("stats %+v; want zero %d hot %d cold %d touched-zero %d over %d", st, want.nz, len(want.hot), len(want.cold), want.touchedZero, len(want.over))
 	}
 	fi, err := os.Stat(out)
 	if err != nil || uint64(fi.Size()) != st.ImageBytes {
@@ -175,13 +206,14 @@ func checkImage(t *testing.T, mem []byte, tr *wset.Trace, budget Budget, s memSp
 	if want := alignUp(st.MetadataBytes, SegmentAlign) + (st.HotPages+st.ColdPages)*ps; st.ImageBytes != want {
 		t.Fatalf("image %d bytes, want %d", st.ImageBytes, want)
 	}
-	im, f, err := Open(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if got := im.HotOrder(); !(len(got) == 0 && len(wantHot) == 0) && !reflect.DeepEqual(got, wantHot) {
-		t.Fatalf("hot order differs: got %d pages, want %d", len(got), len(wantHot))
+}
+
+// checkOrder checks the hot order (directly and as runs) and every hot and
+// cold segment index.
+func checkOrder(t *testing.T, im *Image, want layoutOracle) {
+	t.Helper()
+	if got := im.HotOrder(); !(len(got) == 0 && len(want.hot) == 0) && !reflect.DeepEqual(got, want.hot) {
+		t.Fatalf("hot order differs: got %d pages, want %d", len(got), len(want.hot))
 	}
 	var fromRuns []uint64
 	for _, r := range im.HotRuns() {
@@ -192,27 +224,31 @@ func checkImage(t *testing.T, mem []byte, tr *wset.Trace, budget Budget, s memSp
 			fromRuns = append(fromRuns, r.Page+k)
 		}
 	}
-	if len(fromRuns) != len(wantHot) || (len(wantHot) > 0 && !reflect.DeepEqual(fromRuns, wantHot)) {
+	if len(fromRuns) != len(want.hot) || (len(want.hot) > 0 && !reflect.DeepEqual(fromRuns, want.hot)) {
 		t.Fatal("HotRuns do not spell the hot order")
 	}
-	for i, pg := range wantCold {
+	for i, pg := range want.cold {
 		if got := im.ColdPage(uint64(i)); got != pg {
 			t.Fatalf("cold page %d is guest page %d, want %d", i, got, pg)
 		}
 	}
-	for i, pg := range wantHot {
+	for i, pg := range want.hot {
 		if got := im.HotPage(uint64(i)); got != pg {
 			t.Fatalf("hot page %d is guest page %d, want %d", i, got, pg)
 		}
 	}
-	if im.TouchedColdPages() != uint64(len(over)) {
-		t.Fatalf("touched cold pages %d, want %d", im.TouchedColdPages(), len(over))
+	if im.TouchedColdPages() != uint64(len(want.over)) {
+		t.Fatalf("touched cold pages %d, want %d", im.TouchedColdPages(), len(want.over))
 	}
-	// Extents: touched ones first, none larger than 16 pages, covering
-	// the cold segment.
+}
+
+// checkExtents: touched extents first, none larger than 16 pages, covering
+// the cold segment, each verifying against its digest.
+func checkExtents(t *testing.T, im *Image, f io.ReaderAt, want layoutOracle) {
+	t.Helper()
 	var next uint64
 	for i, e := range im.ColdExtents() {
-		if e.First != next || e.Pages == 0 || e.Pages > 16 || e.Touched != (e.First < uint64(len(over))) {
+		if e.First != next || e.Pages == 0 || e.Pages > 16 || e.Touched != (e.First < uint64(len(want.over))) {
 			t.Fatalf("extent %d: %+v", i, e)
 		}
 		for k := e.First; k < e.First+uint64(e.Pages); k++ {
@@ -233,27 +269,36 @@ func checkImage(t *testing.T, mem []byte, tr *wset.Trace, budget Budget, s memSp
 	if _, ok := im.ExtentOf(next); ok {
 		t.Fatal("ExtentOf beyond the cold segment succeeded")
 	}
-	if next != uint64(len(wantCold)) {
-		t.Fatalf("extents cover %d of %d cold pages", next, len(wantCold))
+	if next != uint64(len(want.cold)) {
+		t.Fatalf("extents cover %d of %d cold pages", next, len(want.cold))
 	}
-	if len(s.regions) > 0 {
-		if pg, ok := im.GuestToPage(s.regions[1].GuestAddr + 5*ps); !ok || pg != s.regions[0].Size/ps+5 {
-			t.Fatalf("GuestToPage in region 1: %d %v", pg, ok)
-		}
-		if _, ok := im.GuestToPage(s.regions[0].Size); ok {
-			t.Fatal("GuestToPage in the gap succeeded")
-		}
-		if !reflect.DeepEqual(im.Regions(), []Region{{0, 4 << 20, 0}, {1 << 32, 2 << 20, 4 << 20}}) {
-			t.Fatalf("regions %+v", im.Regions())
-		}
+}
+
+// checkRegions checks the two-region layout of s and guest address
+// translation in and between its regions.
+func checkRegions(t *testing.T, im *Image, s memSpec) {
+	t.Helper()
+	if pg, ok := im.GuestToPage(s.regions[1].GuestAddr + 5*ps); !ok || pg != s.regions[0].Size/ps+5 {
+		t.Fatalf("GuestToPage in region 1: %d %v", pg, ok)
 	}
-	// Every page through ReadPage and Classify.
+	if _, ok := im.GuestToPage(s.regions[0].Size); ok {
+		t.Fatal("GuestToPage in the gap succeeded")
+	}
+	if !reflect.DeepEqual(im.Regions(), []Region{{0, 4 << 20, 0}, {1 << 32, 2 << 20, 4 << 20}}) {
+		t.Fatalf("regions %+v", im.Regions())
+	}
+}
+
+// checkPages reads every page through Classify and ReadPage, and the whole
+// memory through Reconstruct, against mem.
+func checkPages(t *testing.T, im *Image, f io.ReaderAt, mem []byte, want layoutOracle) {
+	t.Helper()
 	hot, cold := im.Segment(f, SecHotSegment), im.Segment(f, SecColdSegment)
 	buf := make([]byte, ps)
-	for i := 0; i < pages; i++ {
+	for i := 0; i < want.pages; i++ {
 		c, _, ok := im.Classify(uint64(i))
-		if !ok || (c == Zero) != zero[i] {
-			t.Fatalf("page %d classified %v, zero=%v", i, c, zero[i])
+		if !ok || (c == Zero) != want.zero[i] {
+			t.Fatalf("page %d classified %v, zero=%v", i, c, want.zero[i])
 		}
 		if err := im.ReadPage(uint64(i), hot, cold, buf); err != nil {
 			t.Fatal(err)
@@ -262,7 +307,7 @@ func checkImage(t *testing.T, mem []byte, tr *wset.Trace, budget Budget, s memSp
 			t.Fatalf("page %d differs", i)
 		}
 	}
-	if _, _, ok := im.Classify(uint64(pages)); ok {
+	if _, _, ok := im.Classify(uint64(want.pages)); ok {
 		t.Fatal("page beyond memory classified")
 	}
 	var rec bytes.Buffer

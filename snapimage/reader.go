@@ -1,7 +1,6 @@
 package snapimage
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -205,116 +204,25 @@ func Read(r io.ReaderAt, size int64) (*Image, error) {
 	if n, err := r.ReadAt(hb, 0); n < HeaderSize {
 		return nil, ferr("header", uint64(n), "truncated: image has %d bytes, header needs %d (%v)", max(size, 0), HeaderSize, err)
 	}
-	if !bytes.Equal(hb[:8], magic[:]) {
-		return nil, ferr("header magic", 0, "got %q, want %q (not an Aquifer image)", hb[:8], magic[:])
-	}
-	if want, got := binary.LittleEndian.Uint64(hb[checksumAt:]), digest(hb[:checksumAt]); want != got {
-		return nil, &FormatError{"header", checksumAt, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, want)}
-	}
-	if v := binary.LittleEndian.Uint32(hb[8:]); v != Version {
-		return nil, ferr("header version", 8, "version %d not supported (this build reads %d)", v, Version)
-	}
-	if v := binary.LittleEndian.Uint32(hb[12:]); v != HeaderSize {
-		return nil, ferr("header size", 12, "%d, want %d", v, HeaderSize)
-	}
 	im := &Image{}
 	h := &im.hdr
-	h.pageSize = binary.LittleEndian.Uint32(hb[16:])
-	h.flags = binary.LittleEndian.Uint32(hb[20:])
-	h.memSize = binary.LittleEndian.Uint64(hb[24:])
-	h.pages = binary.LittleEndian.Uint64(hb[32:])
-	h.zeroPages = binary.LittleEndian.Uint64(hb[40:])
-	h.hotPages = binary.LittleEndian.Uint64(hb[48:])
-	h.coldPages = binary.LittleEndian.Uint64(hb[56:])
-	h.regions = binary.LittleEndian.Uint32(hb[64:])
-	h.extentPages = binary.LittleEndian.Uint32(hb[68:])
-	h.runs = binary.LittleEndian.Uint64(hb[72:])
-	h.extents = binary.LittleEndian.Uint64(hb[80:])
-	h.coldTouched = binary.LittleEndian.Uint64(hb[88:])
-	for i := range h.sections {
-		o := sectionAt + i*24
-		h.sections[i] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+	var err error
+	if *h, err = decodeHeader(hb); err != nil {
+		return nil, err
 	}
-	if !isZero(hb[sectionAt+24*int(numSections) : checksumAt]) {
-		return nil, ferr("header reserved bytes", sectionAt+24*uint64(numSections), "not zero")
+	if err := h.checkCounts(); err != nil {
+		return nil, err
 	}
-	if h.flags != 0 {
-		return nil, ferr("header flags", 20, "unknown flags %#x", h.flags)
+	if err := h.checkLayout(size); err != nil {
+		return nil, err
 	}
-	ps := uint64(h.pageSize)
-	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
-		return nil, ferr("header page size", 16, "%d is not a power of two in [4096, 1 GiB]", ps)
-	}
-	if h.pages != (h.memSize+ps-1)/ps {
-		return nil, ferr("header page count", 32, "%d pages for %d bytes of %d-byte pages", h.pages, h.memSize, ps)
-	}
-	if h.zeroPages > h.pages || h.hotPages > h.pages-h.zeroPages || h.hotPages+h.coldPages+h.zeroPages != h.pages {
-		return nil, ferr("header page counts", 40, "zero %d + hot %d + cold %d != %d pages", h.zeroPages, h.hotPages, h.coldPages, h.pages)
-	}
-	if h.coldTouched > h.coldPages {
-		return nil, ferr("header touched cold pages", 88, "%d of %d cold pages", h.coldTouched, h.coldPages)
-	}
-	if h.extentPages == 0 {
-		return nil, ferr("header extent size", 68, "zero pages per extent")
-	}
-	// Section layout: expected lengths, order, alignment, file size.
-	lens := [numSections]uint64{
-		uint64(h.regions) * regionSize, h.runs * runSize, h.hotPages * digestSize,
-		h.coldPages * digestSize, h.extents * extentSize, h.hotPages * ps, h.coldPages * ps,
-	}
-	if h.runs > h.pages || h.extents > h.coldPages || uint64(h.regions) > h.pages+1 {
-		return nil, ferr("header counts", 64, "%d regions, %d runs, %d extents for %d pages", h.regions, h.runs, h.extents, h.pages)
-	}
-	end := uint64(HeaderSize)
-	for i, s := range h.sections {
-		id := SectionID(i)
-		at := uint64(sectionAt + i*24)
-		if s.Length != lens[i] {
-			return nil, ferr("header: "+id.String()+" length", at+8, "%d, want %d from the header counts", s.Length, lens[i])
-		}
-		want := end
-		if id >= SecHotSegment {
-			want = alignUp(end, SegmentAlign)
-		}
-		if s.Offset != want {
-			return nil, ferr("header: "+id.String()+" offset", at, "%d, want %d", s.Offset, want)
-		}
-		end = s.Offset + s.Length
-	}
-	if size < 0 || uint64(size) != end {
-		what := "image"
-		if uint64(max(size, 0)) < end {
-			what = "image (truncated)"
-		}
-		return nil, ferr(what, uint64(max(size, 0)), "file has %d bytes, sections end at %d", size, end)
-	}
-	// Metadata sections.
-	metaEnd := h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
-	meta := make([]byte, metaEnd-HeaderSize)
-	if n, err := r.ReadAt(meta, HeaderSize); n != len(meta) {
-		return nil, ferr("metadata", HeaderSize+uint64(n), "short read: %v", err)
+	meta, err := h.readMetadata(r)
+	if err != nil {
+		return nil, err
 	}
 	sec := func(id SectionID) []byte {
 		s := h.sections[id]
 		return meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]
-	}
-	for id := SecRegions; id <= SecColdExtents; id++ {
-		if got := digest(sec(id)); got != h.sections[id].Digest {
-			return nil, &FormatError{id.String(), h.sections[id].Offset, fmt.Errorf("%w: computed %#016x, stored %#016x in the header", ErrDigest, got, h.sections[id].Digest)}
-		}
-	}
-	// The padding before the hot segment is covered by no digest, so it
-	// must be zero.
-	if gap := h.sections[SecHotSegment].Offset - metaEnd; gap > 0 {
-		pad := make([]byte, gap)
-		if n, err := r.ReadAt(pad, int64(metaEnd)); uint64(n) != gap {
-			return nil, ferr("padding before the hot segment", metaEnd+uint64(n), "short read: %v", err)
-		}
-		for i, c := range pad {
-			if c != 0 {
-				return nil, ferr("padding before the hot segment", metaEnd+uint64(i), "byte %#x, want 0", c)
-			}
-		}
 	}
 	if err := im.decodeRegions(sec(SecRegions)); err != nil {
 		return nil, err
@@ -328,6 +236,94 @@ func Read(r io.ReaderAt, size int64) (*Image, error) {
 		return nil, err
 	}
 	return im, nil
+}
+
+// checkCounts checks the header's page size and counts against each other.
+func (h *header) checkCounts() error {
+	ps := uint64(h.pageSize)
+	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
+		return ferr("header page size", 16, "%d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	if h.pages != (h.memSize+ps-1)/ps {
+		return ferr("header page count", 32, "%d pages for %d bytes of %d-byte pages", h.pages, h.memSize, ps)
+	}
+	if h.zeroPages > h.pages || h.hotPages > h.pages-h.zeroPages || h.hotPages+h.coldPages+h.zeroPages != h.pages {
+		return ferr("header page counts", 40, "zero %d + hot %d + cold %d != %d pages", h.zeroPages, h.hotPages, h.coldPages, h.pages)
+	}
+	if h.coldTouched > h.coldPages {
+		return ferr("header touched cold pages", 88, "%d of %d cold pages", h.coldTouched, h.coldPages)
+	}
+	if h.extentPages == 0 {
+		return ferr("header extent size", 68, "zero pages per extent")
+	}
+	return nil
+}
+
+// checkLayout checks the section table: every section as long as the
+// header's counts make it, in order, the segments aligned, and the last one
+// ending at the end of a file of size bytes.
+func (h *header) checkLayout(size int64) error {
+	ps := uint64(h.pageSize)
+	lens := [numSections]uint64{
+		uint64(h.regions) * regionSize, h.runs * runSize, h.hotPages * digestSize,
+		h.coldPages * digestSize, h.extents * extentSize, h.hotPages * ps, h.coldPages * ps,
+	}
+	if h.runs > h.pages || h.extents > h.coldPages || uint64(h.regions) > h.pages+1 {
+		return ferr("header counts", 64, "%d regions, %d runs, %d extents for %d pages", h.regions, h.runs, h.extents, h.pages)
+	}
+	end := uint64(HeaderSize)
+	for i, s := range h.sections {
+		id := SectionID(i)
+		at := uint64(sectionAt + i*24)
+		if s.Length != lens[i] {
+			return ferr("header: "+id.String()+" length", at+8, "%d, want %d from the header counts", s.Length, lens[i])
+		}
+		want := end
+		if id >= SecHotSegment {
+			want = alignUp(end, SegmentAlign)
+		}
+		if s.Offset != want {
+			return ferr("header: "+id.String()+" offset", at, "%d, want %d", s.Offset, want)
+		}
+		end = s.Offset + s.Length
+	}
+	if size < 0 || uint64(size) != end {
+		what := "image"
+		if uint64(max(size, 0)) < end {
+			what = "image (truncated)"
+		}
+		return ferr(what, uint64(max(size, 0)), "file has %d bytes, sections end at %d", size, end)
+	}
+	return nil
+}
+
+// readMetadata reads the metadata sections (from the end of the header to
+// the end of the cold extents) and checks each one's digest, and that the
+// padding before the hot segment, which no digest covers, is zero.
+func (h *header) readMetadata(r io.ReaderAt) ([]byte, error) {
+	metaEnd := h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+	meta := make([]byte, metaEnd-HeaderSize)
+	if n, err := r.ReadAt(meta, HeaderSize); n != len(meta) {
+		return nil, ferr("metadata", HeaderSize+uint64(n), "short read: %v", err)
+	}
+	for id := SecRegions; id <= SecColdExtents; id++ {
+		s := h.sections[id]
+		if got := digest(meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]); got != s.Digest {
+			return nil, &FormatError{id.String(), s.Offset, fmt.Errorf("%w: computed %#016x, stored %#016x in the header", ErrDigest, got, s.Digest)}
+		}
+	}
+	if gap := h.sections[SecHotSegment].Offset - metaEnd; gap > 0 {
+		pad := make([]byte, gap)
+		if n, err := r.ReadAt(pad, int64(metaEnd)); uint64(n) != gap {
+			return nil, ferr("padding before the hot segment", metaEnd+uint64(n), "short read: %v", err)
+		}
+		for i, c := range pad {
+			if c != 0 {
+				return nil, ferr("padding before the hot segment", metaEnd+uint64(i), "byte %#x, want 0", c)
+			}
+		}
+	}
+	return meta, nil
 }
 
 func isZero(b []byte) bool {

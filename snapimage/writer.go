@@ -89,25 +89,13 @@ type plan struct {
 	hdr         header
 }
 
+// makePlan decides the image's layout: page size, regions, which pages are
+// zero (a streamed classification pass over f), the hot and cold order, the
+// page map, the cold extents and the section offsets.
 func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64)) (*plan, *Stats, error) {
-	ps := opt.PageSize
-	if opt.Trace != nil {
-		if err := opt.Trace.Validate(); err != nil {
-			return nil, nil, fmt.Errorf("working set: %w", err)
-		}
-		if ps != 0 && ps != opt.Trace.PageSize {
-			return nil, nil, fmt.Errorf("page size %d differs from the working set's %d", ps, opt.Trace.PageSize)
-		}
-		ps = opt.Trace.PageSize
-		if opt.Trace.MemSize != 0 && opt.Trace.MemSize != uint64(len(mem)) {
-			return nil, nil, fmt.Errorf("working set %q is for a memory of %d bytes, memory file has %d", opt.Trace.Source, opt.Trace.MemSize, len(mem))
-		}
-	}
-	if ps == 0 {
-		ps = 4096
-	}
-	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
-		return nil, nil, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
+	ps, err := planPageSize(opt, uint64(len(mem)))
+	if err != nil {
+		return nil, nil, err
 	}
 	ep := opt.ExtentPages
 	if ep == 0 {
@@ -116,52 +104,99 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 	p := &plan{ps: uint64(ps), memSize: uint64(len(mem))}
 	p.pages = (p.memSize + p.ps - 1) / p.ps
 	st := &Stats{Pages: p.pages, PageSize: ps}
-
-	// Regions.
-	if opt.Regions == nil {
-		if p.memSize > 0 {
-			p.regions = []Region{{GuestAddr: 0, Size: p.memSize}}
-		}
-	} else {
-		var off uint64
-		for i, r := range opt.Regions {
-			if r.Size == 0 {
-				return nil, nil, fmt.Errorf("region %d is empty", i)
-			}
-			if i > 0 {
-				prev := p.regions[i-1]
-				if r.GuestAddr < prev.GuestAddr+prev.Size {
-					return nil, nil, fmt.Errorf("region %d at guest address %#x overlaps or precedes region %d [%#x, %#x)", i, r.GuestAddr, i-1, prev.GuestAddr, prev.GuestAddr+prev.Size)
-				}
-			}
-			p.regions = append(p.regions, Region{GuestAddr: r.GuestAddr, Size: r.Size, FileOffset: off})
-			off += r.Size
-		}
-		if off != p.memSize {
-			return nil, nil, fmt.Errorf("regions add up to %d bytes, memory file has %d", off, p.memSize)
-		}
+	if p.regions, err = planRegions(opt.Regions, p.memSize); err != nil {
+		return nil, nil, err
 	}
-
 	// Classification pass: streamed reads, not the mapping, so zero pages
 	// are never faulted in.
-	var err error
 	p.zero, st.ZeroPages, err = pagestat.ZeroPages(f, int64(p.memSize), int(ps), progress)
 	if err != nil {
 		return nil, nil, err
 	}
+	slot, err := p.order(opt.Trace, opt.HotBudget, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.pageMap(slot)
+	p.coldExtents(ep)
+	p.layout(ep, st)
+	return p, st, nil
+}
 
-	// Hot and cold order.
+// planPageSize is the image's page size: the working set's, or
+// opt.PageSize (default 4096), a power of two in [4096, 1 GiB]. A working
+// set must be valid and, if it names one, for a memory of memSize bytes.
+func planPageSize(opt ConvertOptions, memSize uint64) (uint32, error) {
+	ps := opt.PageSize
+	if opt.Trace != nil {
+		if err := opt.Trace.Validate(); err != nil {
+			return 0, fmt.Errorf("working set: %w", err)
+		}
+		if ps != 0 && ps != opt.Trace.PageSize {
+			return 0, fmt.Errorf("page size %d differs from the working set's %d", ps, opt.Trace.PageSize)
+		}
+		ps = opt.Trace.PageSize
+		if opt.Trace.MemSize != 0 && opt.Trace.MemSize != memSize {
+			return 0, fmt.Errorf("working set %q is for a memory of %d bytes, memory file has %d", opt.Trace.Source, opt.Trace.MemSize, memSize)
+		}
+	}
+	if ps == 0 {
+		ps = 4096
+	}
+	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
+		return 0, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	return ps, nil
+}
+
+// planRegions checks the guest regions (non-empty, in increasing guest
+// address order, adding up to memSize) and gives them cumulative file
+// offsets; nil means one region at guest address 0 covering the file.
+func planRegions(in []Region, memSize uint64) ([]Region, error) {
+	if in == nil {
+		if memSize > 0 {
+			return []Region{{GuestAddr: 0, Size: memSize}}, nil
+		}
+		return nil, nil
+	}
+	var out []Region
+	var off uint64
+	for i, r := range in {
+		if r.Size == 0 {
+			return nil, fmt.Errorf("region %d is empty", i)
+		}
+		if i > 0 {
+			prev := out[i-1]
+			if r.GuestAddr < prev.GuestAddr+prev.Size {
+				return nil, fmt.Errorf("region %d at guest address %#x overlaps or precedes region %d [%#x, %#x)", i, r.GuestAddr, i-1, prev.GuestAddr, prev.GuestAddr+prev.Size)
+			}
+		}
+		out = append(out, Region{GuestAddr: r.GuestAddr, Size: r.Size, FileOffset: off})
+		off += r.Size
+	}
+	if off != memSize {
+		return nil, fmt.Errorf("regions add up to %d bytes, memory file has %d", off, memSize)
+	}
+	return out, nil
+}
+
+// order puts the non-zero pages in hot and cold order: the working set's
+// first touches go hot up to the budget, the touched pages over it lead
+// the cold segment in touch order, the untouched pages follow in offset
+// order. It returns every page's slot (class<<62 | index in its segment;
+// zero pages keep unassigned).
+func (p *plan) order(trace *wset.Trace, budget Budget, st *Stats) ([]uint64, error) {
 	const unassigned = ^uint64(0)
-	slot := make([]uint64, p.pages) // class<<62 | index
+	slot := make([]uint64, p.pages)
 	for i := range slot {
 		slot[i] = unassigned
 	}
-	limit := opt.HotBudget.Limit(p.pages)
+	limit := budget.Limit(p.pages)
 	var over []uint64
-	if opt.Trace != nil {
-		for i, a := range opt.Trace.FirstTouches() {
+	if trace != nil {
+		for i, a := range trace.FirstTouches() {
 			if a.Page >= p.pages {
-				return nil, nil, fmt.Errorf("working set first touch %d: page %d beyond the memory file's %d pages", i, a.Page, p.pages)
+				return nil, fmt.Errorf("working set first touch %d: page %d beyond the memory file's %d pages", i, a.Page, p.pages)
 			}
 			switch {
 			case p.zero.Get(a.Page):
@@ -189,8 +224,11 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 		}
 	}
 	st.HotPages, st.ColdPages = uint64(len(p.hot)), uint64(len(p.cold))
+	return slot, nil
+}
 
-	// Page map runs.
+// pageMap run-length encodes the page classes and segment indexes.
+func (p *plan) pageMap(slot []uint64) {
 	for pg := uint64(0); pg < p.pages; pg++ {
 		c, idx := Zero, uint64(0)
 		if !p.zero.Get(pg) {
@@ -205,8 +243,11 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 		}
 		p.runs = append(p.runs, Run{Page: pg, Index: idx, Count: 1, Class: c})
 	}
+}
 
-	// Cold extents: touched pages first, then untouched, never mixed.
+// coldExtents cuts the cold segment into extents of at most ep pages:
+// touched pages first, then untouched, never mixed.
+func (p *plan) coldExtents(ep uint32) {
 	for first := uint64(0); first < uint64(len(p.cold)); {
 		end := min(first+uint64(ep), uint64(len(p.cold)))
 		touched := first < p.coldTouched
@@ -216,10 +257,13 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 		p.extents = append(p.extents, Extent{First: first, Pages: uint32(end - first), Touched: touched})
 		first = end
 	}
+}
 
-	// Layout.
+// layout fills the header's counts and places the sections one after the
+// other, the segments aligned to SegmentAlign.
+func (p *plan) layout(ep uint32, st *Stats) {
 	h := &p.hdr
-	h.pageSize, h.memSize, h.pages = ps, p.memSize, p.pages
+	h.pageSize, h.memSize, h.pages = uint32(p.ps), p.memSize, p.pages
 	h.zeroPages, h.hotPages, h.coldPages = st.ZeroPages, st.HotPages, st.ColdPages
 	h.regions, h.extentPages = uint32(len(p.regions)), ep
 	h.runs, h.extents = uint64(len(p.runs)), uint64(len(p.extents))
@@ -240,7 +284,6 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 	st.Runs, st.Extents = h.runs, h.extents
 	st.MetadataBytes = h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
 	st.ImageBytes = off
-	return p, st, nil
 }
 
 func alignUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
@@ -258,7 +301,10 @@ func (p *plan) page(mem []byte, i uint64) []byte {
 	return b
 }
 
-func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Stats, err error) {
+// build plans the image of mem (read through src for the classification
+// pass) and writes it atomically to out: the segments streamed first, then
+// the metadata sections, the header last.
+func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (*Stats, error) {
 	var total int64
 	progress := func(done int64) {
 		if opt.Progress != nil {
@@ -277,14 +323,39 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 		return nil, err
 	}
 	defer f.Close() // discards the file unless committed
-	h := &p.hdr
-	// Segments, streamed.
-	hotSec, coldSec := &h.sections[SecHotSegment], &h.sections[SecColdSegment]
-	if _, err = f.Seek(int64(hotSec.Offset), io.SeekStart); err != nil {
+	hotDigs, coldDigs, err := p.writeSegments(f, mem, int64(len(mem)), progress)
+	if err != nil {
 		return nil, err
 	}
+	p.extentDigests(mem)
+	if _, err = f.WriteAt(p.metadata(hotDigs, coldDigs), HeaderSize); err != nil {
+		return nil, err
+	}
+	if _, err = f.WriteAt(p.hdr.encode(), 0); err != nil {
+		return nil, err
+	}
+	// The file must end exactly at the end of the cold segment, even when
+	// the trailing sections are empty.
+	if err = f.Truncate(int64(st.ImageBytes)); err != nil {
+		return nil, err
+	}
+	if err = f.Commit(); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// writeSegments streams the hot and then the cold pages into f from the hot
+// segment's offset on (zeros fill the alignment gap between them), sets each
+// segment section's digest and returns every stored page's digest. done is
+// the progress already made.
+func (p *plan) writeSegments(f io.WriteSeeker, mem []byte, done int64, progress func(int64)) (hot, cold []uint64, err error) {
+	h := &p.hdr
+	hotSec, coldSec := &h.sections[SecHotSegment], &h.sections[SecColdSegment]
+	if _, err = f.Seek(int64(hotSec.Offset), io.SeekStart); err != nil {
+		return nil, nil, err
+	}
 	bw := bufio.NewWriterSize(f, 4<<20)
-	done := int64(len(mem))
 	writeSeg := func(pages []uint64, sec *Section, gap uint64) ([]uint64, error) {
 		digs := make([]uint64, len(pages))
 		sd := xxhash.New()
@@ -308,19 +379,21 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 		}
 		return digs, nil
 	}
-	hotDigs, err := writeSeg(p.hot, hotSec, coldSec.Offset-(hotSec.Offset+hotSec.Length))
-	if err != nil {
-		return nil, err
+	if hot, err = writeSeg(p.hot, hotSec, coldSec.Offset-(hotSec.Offset+hotSec.Length)); err != nil {
+		return nil, nil, err
 	}
-	coldDigs, err := writeSeg(p.cold, coldSec, 0)
-	if err != nil {
-		return nil, err
+	if cold, err = writeSeg(p.cold, coldSec, 0); err != nil {
+		return nil, nil, err
 	}
 	if err = bw.Flush(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	progress(done)
-	// Extent digests from the stored pages.
+	return hot, cold, nil
+}
+
+// extentDigests sets every cold extent's digest from its pages.
+func (p *plan) extentDigests(mem []byte) {
 	for i := range p.extents {
 		e := &p.extents[i]
 		d := xxhash.New()
@@ -329,7 +402,13 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 		}
 		e.Digest = d.Sum64()
 	}
-	// Metadata sections.
+}
+
+// metadata encodes the metadata sections (regions, page map, hot and cold
+// page digests, cold extents), which lie between the header and the hot
+// segment, and sets their digests in the header.
+func (p *plan) metadata(hotDigs, coldDigs []uint64) []byte {
+	h := &p.hdr
 	meta := make([]byte, h.sections[SecColdExtents].Offset+h.sections[SecColdExtents].Length-HeaderSize)
 	sec := func(id SectionID) []byte {
 		s := h.sections[id]
@@ -349,21 +428,7 @@ func build(src io.ReaderAt, mem []byte, out string, opt ConvertOptions) (st *Sta
 	for id := SecRegions; id <= SecColdExtents; id++ {
 		h.sections[id].Digest = digest(sec(id))
 	}
-	if _, err = f.WriteAt(meta, HeaderSize); err != nil {
-		return nil, err
-	}
-	if _, err = f.WriteAt(h.encode(), 0); err != nil {
-		return nil, err
-	}
-	// The file must end exactly at the end of the cold segment, even when
-	// the trailing sections are empty.
-	if err = f.Truncate(int64(st.ImageBytes)); err != nil {
-		return nil, err
-	}
-	if err = f.Commit(); err != nil {
-		return nil, err
-	}
-	return st, nil
+	return meta
 }
 
 func putDigests(b []byte, d []uint64) {

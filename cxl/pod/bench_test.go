@@ -1,14 +1,14 @@
-package pod
+package pod_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 	"github.com/aquifer-pool/aquifer/offheap"
-	"github.com/aquifer-pool/aquifer/uffd"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,23 +30,16 @@ import (
 // Run: go test -run '^$' -bench HotSegment ./cxl/pod
 func BenchmarkHotSegmentInstall(b *testing.B) {
 	const seg = 2 << 20
-	const batch = 64 * PageSize
-	path := shm.TempPath("aquifer-bench")
-	size := int64(16 << 20)
-	if err := shm.Create(path, size); err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(path)
+	const batch = 64 * pod.PageSize
+	const size = 16 << 20
+	path, _ := formatTempPod(b, "aquifer-bench", size, pod.FormatOptions{})
 	r, err := shm.Open(path, shm.All(size), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	if _, err := Format(r, FormatOptions{}); err != nil {
-		b.Fatal(err)
-	}
 	ctx := context.Background()
-	p, err := Open(ctx, r, 0, NewMemCoordinator(), Options{Owner: true})
+	p, err := pod.Open(ctx, r, 0, podtest.NewMemCoordinator(), pod.Options{Owner: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,25 +50,10 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d, _ := loadDesc(r, p.g.descOff(ref.Desc), true)
+	d, _ := pod.LoadDesc(r, p.Geometry().DescOffset(ref.Desc), true)
 	src := r.Addr(int64(d.Off))
 
-	f, err := uffd.New()
-	if err != nil {
-		b.Skipf("userfaultfd unavailable: %v", err)
-	}
-	defer f.Close()
-	if _, err := f.API(0); err != nil {
-		b.Fatal(err)
-	}
-	guest, err := offheap.Anon(seg, unix.PROT_READ|unix.PROT_WRITE, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer guest.Unmap()
-	if _, err := f.Register(guest.Addr(), seg, uffd.RegisterModeMissing); err != nil {
-		b.Fatal(err)
-	}
+	f, guest := uffdGuest(b, seg)
 	plain, err := offheap.Anon(seg, unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {
 		b.Fatal(err)
@@ -114,7 +92,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 		zap()
 		b.StartTimer()
 		t0 = time.Now()
-		uffdCopy(PageSize)
+		uffdCopy(pod.PageSize)
 		tPage += time.Since(t0)
 
 		b.StopTimer()
@@ -123,7 +101,7 @@ func BenchmarkHotSegmentInstall(b *testing.B) {
 		t0 = time.Now()
 		n, err := p.Install(ref, func(addr uintptr, n int) error {
 			for o := 0; o < n; o += batch {
-				l := min(batch, (n-o+PageSize-1)/PageSize*PageSize)
+				l := min(batch, (n-o+pod.PageSize-1)/pod.PageSize*pod.PageSize)
 				if _, err := f.Copy(guest.Addr()+uintptr(o), addr+uintptr(o), uintptr(l), true); err != nil {
 					return err
 				}

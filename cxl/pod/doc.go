@@ -30,9 +30,9 @@
 // # Control plane
 //
 // [Coordinator] is the seam to etcd (leases, chunk ownership with fencing
-// tokens, the catalog); [MemCoordinator] is the in-memory implementation and
-// [ServeCoordinator]/[DialCoordinator] share one between processes of a
-// machine for tests.
+// tokens, the catalog). Production implements it over etcd (package pool);
+// the tests take an in-memory one, shared between processes over net/rpc,
+// from package podtest.
 //
 // # Boundaries
 //

@@ -1,4 +1,4 @@
-package pod
+package pod_test
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 )
 
@@ -47,21 +49,7 @@ func TestMultiProcessPod(t *testing.T) {
 }
 
 func runMultiProcess(t *testing.T, readsPerHost int) (total, bad int) {
-	path := shm.TempPath("aquifer-pod-test")
-	size := int64(16 << 20)
-	if err := shm.Create(path, size); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(path)
-	r, err := shm.Open(path, shm.All(size), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := Format(r, FormatOptions{ChunkSize: mpChunkSize, HostSlots: mpHosts})
-	r.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, g := formatTempPod(t, "aquifer-pod-test", 16<<20, pod.FormatOptions{ChunkSize: mpChunkSize, HostSlots: mpHosts})
 	if g.Chunks < 2*mpHosts {
 		t.Fatalf("geometry has %d chunks", g.Chunks)
 	}
@@ -71,7 +59,7 @@ func runMultiProcess(t *testing.T, readsPerHost int) (total, bad int) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go ServeCoordinator(l, NewMemCoordinator())
+	go podtest.ServeCoordinator(l, podtest.NewMemCoordinator())
 
 	var wg sync.WaitGroup
 	reports := make([]hostReport, mpHosts)
@@ -137,7 +125,7 @@ func runHost(host, reads int, path, sock string) (rep hostReport) {
 	rep.Host = host
 	fail := func(err error) hostReport { rep.Err = err.Error(); return rep }
 	ctx := context.Background()
-	coord, err := DialCoordinator("unix", sock)
+	coord, err := podtest.DialCoordinator("unix", sock)
 	if err != nil {
 		return fail(err)
 	}
@@ -148,7 +136,7 @@ func runHost(host, reads int, path, sock string) (rep hostReport) {
 	if err != nil {
 		return fail(err)
 	}
-	g, err := ReadGeometry(ro)
+	g, err := pod.ReadGeometry(ro)
 	ro.Close()
 	if err != nil {
 		return fail(err)
@@ -158,7 +146,7 @@ func runHost(host, reads int, path, sock string) (rep hostReport) {
 		return fail(err)
 	}
 	defer r.Close()
-	p, err := Open(ctx, r, host, coord, Options{Owner: true})
+	p, err := pod.Open(ctx, r, host, coord, pod.Options{Owner: true})
 	if err != nil {
 		return fail(err)
 	}
@@ -177,7 +165,7 @@ func runHost(host, reads int, path, sock string) (rep hostReport) {
 		key := uint64(host*16 + j + 1)
 		n := 1024 + rng.IntN(15*1024)
 		_, err := p.Publish(ctx, strconv.FormatUint(key, 10), payload(key, version[j], n))
-		if errors.Is(err, ErrNoSpace) {
+		if errors.Is(err, pod.ErrNoSpace) {
 			version[j]--
 			return nil
 		}
@@ -203,10 +191,10 @@ func runHost(host, reads int, path, sock string) (rep hostReport) {
 		key := uint64(other*16 + rng.IntN(mpKeysPerHost) + 1)
 		n, _, err := p.Get(ctx, strconv.FormatUint(key, 10), buf)
 		switch {
-		case errors.Is(err, ErrNotFound):
+		case errors.Is(err, pod.ErrNotFound):
 			rep.NotFound++
 			continue
-		case errors.Is(err, ErrFallback):
+		case errors.Is(err, pod.ErrFallback):
 			rep.Fallbacks++
 			continue
 		case err != nil:

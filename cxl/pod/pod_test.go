@@ -1,4 +1,4 @@
-package pod
+package pod_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 
 	"github.com/aquifer-pool/aquifer/cxl"
 	"github.com/aquifer-pool/aquifer/cxl/ncsim"
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 	"github.com/aquifer-pool/aquifer/cxl/shm"
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/uffd"
@@ -15,7 +17,7 @@ import (
 )
 
 func TestPlanDefault(t *testing.T) {
-	g, err := Plan(1<<30, 2<<20, FormatOptions{})
+	g, err := pod.Plan(1<<30, 2<<20, pod.FormatOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,17 +27,17 @@ func TestPlanDefault(t *testing.T) {
 	if g.DataOff+int64(g.Chunks)*g.ChunkSize > 1<<30 || g.Chunks < 400 {
 		t.Fatalf("geometry wastes or overflows: %+v", g)
 	}
-	g2, err := Plan(64<<20, 4096, FormatOptions{})
+	g2, err := pod.Plan(64<<20, 4096, pod.FormatOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g2.SlotSize != 4096 || g2.HostTableOff != 4096 {
 		t.Fatalf("shm geometry %+v", g2)
 	}
-	if _, err := Plan(1<<20, 4096, FormatOptions{}); err == nil {
+	if _, err := pod.Plan(1<<20, 4096, pod.FormatOptions{}); err == nil {
 		t.Fatal("1 MiB region accepted for 2 MiB chunks")
 	}
-	if _, err := Plan(64<<20, 4096, FormatOptions{ChunkSize: 1000}); err == nil {
+	if _, err := pod.Plan(64<<20, 4096, pod.FormatOptions{ChunkSize: 1000}); err == nil {
 		t.Fatal("unaligned chunk size accepted")
 	}
 }
@@ -43,14 +45,14 @@ func TestPlanDefault(t *testing.T) {
 func TestSuperblockRoundTrip(t *testing.T) {
 	s := ncsim.New(ncsim.Config{Size: 1 << 20, Hosts: 1, Seed: 1})
 	h := s.Host(0)
-	if _, err := ReadGeometry(h); !errors.Is(err, ErrNotFormatted) {
+	if _, err := pod.ReadGeometry(h); !errors.Is(err, pod.ErrNotFormatted) {
 		t.Fatalf("blank region: %v", err)
 	}
-	g, err := Format(h, FormatOptions{ChunkSize: 64 << 10, HostSlots: 8, PodID: 9})
+	g, err := pod.Format(h, pod.FormatOptions{ChunkSize: 64 << 10, HostSlots: 8, PodID: 9})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadGeometry(h)
+	got, err := pod.ReadGeometry(h)
 	if err != nil || got != g {
 		t.Fatalf("read back %+v, %v; want %+v", got, err, g)
 	}
@@ -59,7 +61,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 	h.Store64(24, b^1)
 	h.Flush(24, 8)
 	h.Fence()
-	if _, err := ReadGeometry(h); err == nil {
+	if _, err := pod.ReadGeometry(h); err == nil {
 		t.Fatal("corrupted superblock accepted")
 	}
 }
@@ -69,28 +71,14 @@ func TestSuperblockRoundTrip(t *testing.T) {
 // Writing descriptor, fencing of a host whose lease expired.
 func TestPublishGetReclaim(t *testing.T) {
 	ctx := context.Background()
-	path := shm.TempPath("aquifer-pod-unit")
-	size := int64(8 << 20)
-	if err := shm.Create(path, size); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(path)
-	fr, err := shm.Open(path, shm.All(size), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := Format(fr, FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
-	fr.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	coord := NewMemCoordinator()
+	path, g := formatTempPod(t, "aquifer-pod-unit", 8<<20, pod.FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
+	coord := podtest.NewMemCoordinator()
 	wr, err := shm.Open(path, g.Windows(0, true), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer wr.Close()
-	w, err := Open(ctx, wr, 0, coord, Options{Owner: true})
+	w, err := pod.Open(ctx, wr, 0, coord, pod.Options{Owner: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +87,7 @@ func TestPublishGetReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rr.Close()
-	r, err := Open(ctx, rr, 1, coord, Options{})
+	r, err := pod.Open(ctx, rr, 1, coord, pod.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +117,7 @@ func TestPublishGetReclaim(t *testing.T) {
 	}
 	// A reader inside a read section blocks reclamation.
 	ref, _ := coord.Lookup(ctx, "k")
-	r.enter()
+	r.Enter()
 	if _, err := w.Publish(ctx, "k", payload(7, 41, 100)); err != nil {
 		t.Fatal(err)
 	}
@@ -137,21 +125,20 @@ func TestPublishGetReclaim(t *testing.T) {
 	if w.Pending() == 0 {
 		t.Fatal("extent freed while a live host was inside a read")
 	}
-	r.exit()
-	if _, err := r.ReadRef(ref, buf); !errors.Is(err, ErrSuperseded) {
+	r.Exit()
+	if _, err := r.ReadRef(ref, buf); !errors.Is(err, pod.ErrSuperseded) {
 		t.Fatalf("retired version read: %v", err)
 	}
 	if n, _ := w.Reclaim(ctx); n == 0 || w.Pending() != 0 {
 		t.Fatalf("reclaim after the reader left freed %d, pending %d", n, w.Pending())
 	}
 	// Crash mid-publish: leave a Writing descriptor with half the data.
-	cs := w.owned[0]
-	doff := g.descOff(1)
-	storeDesc(wr, doff, &Desc{Gen: cs.gens[1] + 1, Token: cs.token, State: StateWriting, Off: uint64(g.chunkOff(0)), Len: 4096})
-	wr.Flush(doff, DescSize)
+	doff := g.DescOffset(1)
+	pod.StoreDesc(wr, doff, &pod.Desc{Gen: w.DescGen(0, 1) + 1, Token: w.ChunkToken(0), State: pod.StateWriting, Off: uint64(g.ChunkOffset(0)), Len: 4096})
+	wr.Flush(doff, pod.DescSize)
 	wr.Fence()
 	coord.Expire(0)
-	if _, err := w.Publish(ctx, "k", payload(7, 42, 100)); !errors.Is(err, ErrFenced) {
+	if _, err := w.Publish(ctx, "k", payload(7, 42, 100)); !errors.Is(err, pod.ErrFenced) {
 		t.Fatalf("fenced host published: %v", err)
 	}
 	// Host 2 takes the chunk over and recovers it.
@@ -160,7 +147,7 @@ func TestPublishGetReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hr.Close()
-	h2, err := Open(ctx, hr, 2, coord, Options{Owner: true})
+	h2, err := pod.Open(ctx, hr, 2, coord, pod.Options{Owner: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +157,7 @@ func TestPublishGetReclaim(t *testing.T) {
 	if h2.Stats().RecoveredDescs == 0 {
 		t.Fatal("Writing descriptor left by the crashed owner was not recovered")
 	}
-	if _, _, err := h2.ReadDesc(1, buf); !errors.Is(err, ErrNotPublished) {
+	if _, _, err := h2.ReadDesc(1, buf); !errors.Is(err, pod.ErrNotPublished) {
 		t.Fatalf("partial extent exposed after recovery: %v", err)
 	}
 	n, _, err := r.Get(ctx, "k", buf)
@@ -185,25 +172,10 @@ func TestPublishGetReclaim(t *testing.T) {
 	}
 
 	// Install through userfaultfd straight from the region.
-	f, err := uffd.New()
-	if err != nil {
-		t.Skipf("userfaultfd unavailable: %v", err)
-	}
-	defer f.Close()
-	if _, err := f.API(0); err != nil {
-		t.Fatal(err)
-	}
-	guest, err := offheap.Anon(16<<10, unix.PROT_READ|unix.PROT_WRITE, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer guest.Unmap()
-	if _, err := f.Register(guest.Addr(), 16<<10, uffd.RegisterModeMissing); err != nil {
-		t.Fatal(err)
-	}
+	f, guest := uffdGuest(t, 16<<10)
 	ref, _ = coord.Lookup(ctx, "k")
 	n, err = r.Install(ref, func(addr uintptr, n int) error {
-		_, err := f.Copy(guest.Addr(), addr, uintptr((n+PageSize-1)/PageSize*PageSize), false)
+		_, err := f.Copy(guest.Addr(), addr, uintptr((n+pod.PageSize-1)/pod.PageSize*pod.PageSize), false)
 		return err
 	})
 	if err != nil || n != 9000 {
@@ -213,4 +185,49 @@ func TestPublishGetReclaim(t *testing.T) {
 		t.Fatalf("installed ver %d ok %v", ver, ok)
 	}
 	var _ cxl.Region = rr
+}
+
+// formatTempPod creates an emulated pod file of size bytes in /dev/shm,
+// removed when tb ends, and formats it with o.
+func formatTempPod(tb testing.TB, prefix string, size int64, o pod.FormatOptions) (string, pod.Geometry) {
+	tb.Helper()
+	path := shm.TempPath(prefix)
+	if err := shm.Create(path, size); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.Remove(path) })
+	r, err := shm.Open(path, shm.All(size), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g, err := pod.Format(r, o)
+	r.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return path, g
+}
+
+// uffdGuest maps size bytes of anonymous guest memory registered (MISSING)
+// with a new userfaultfd, both released when tb ends; it skips tb where
+// userfaultfd is unavailable.
+func uffdGuest(tb testing.TB, size int) (*uffd.FD, *offheap.Mapping) {
+	tb.Helper()
+	f, err := uffd.New()
+	if err != nil {
+		tb.Skipf("userfaultfd unavailable: %v", err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	if _, err := f.API(0); err != nil {
+		tb.Fatal(err)
+	}
+	guest, err := offheap.Anon(size, unix.PROT_READ|unix.PROT_WRITE, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { guest.Unmap() })
+	if _, err := f.Register(guest.Addr(), uintptr(size), uffd.RegisterModeMissing); err != nil {
+		tb.Fatal(err)
+	}
+	return f, guest
 }

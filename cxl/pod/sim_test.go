@@ -1,4 +1,4 @@
-package pod
+package pod_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/aquifer-pool/aquifer/cxl/ncsim"
+	"github.com/aquifer-pool/aquifer/cxl/pod"
+	"github.com/aquifer-pool/aquifer/cxl/pod/podtest"
 )
 
 // Payload format used by the tests: word 0 = key id, word 1 = version (or
@@ -62,7 +64,7 @@ type simResult struct {
 // scan selects descriptor-scan readers (no catalog): they accept any
 // Published descriptor and check its payload serial against the
 // descriptor's, which is what the writer-fence step protects.
-func simRun(t *testing.T, seed uint64, b bugs, scan bool) simResult {
+func simRun(t *testing.T, seed uint64, b pod.Bugs, scan bool) simResult {
 	return simRunMode(t, seed, b, scan, simMode{})
 }
 
@@ -76,10 +78,10 @@ type simMode struct {
 	zombie, selfFence bool
 }
 
-func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simResult {
+func simRunMode(t *testing.T, seed uint64, b pod.Bugs, scan bool, mode simMode) simResult {
 	const size = 64 << 10
 	s := ncsim.New(ncsim.DefaultConfig(size, 4, seed))
-	g, err := Format(s.Host(0), FormatOptions{ChunkSize: 16 << 10, HostSlots: 4})
+	g, err := pod.Format(s.Host(0), pod.FormatOptions{ChunkSize: 16 << 10, HostSlots: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +90,7 @@ func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simR
 	for h := 0; h < 4; h++ {
 		s.Host(h).SetWindows(g.Windows(h, h == 0 || h == 3))
 	}
-	coord := NewMemCoordinator()
+	coord := podtest.NewMemCoordinator()
 	ctx := context.Background()
 	rng := s.Rand()
 	var (
@@ -109,15 +111,15 @@ func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simR
 	}
 	publisher := func(h *ncsim.Host, chunks []int) func() {
 		return func() {
-			opts := Options{Owner: true, Yield: h.Yield}
+			opts := pod.Options{Owner: true, Yield: h.Yield}
 			if h.ID() == 0 && mode.selfFence {
 				opts.Valid = func() bool { return !expired }
 			}
-			p, err := Open(ctx, h, h.ID(), coord, opts)
+			p, err := pod.Open(ctx, h, h.ID(), coord, opts)
 			if err != nil {
 				panic(err)
 			}
-			p.bugs = b
+			p.SetBugs(b)
 			for _, c := range chunks {
 				if err := p.Acquire(ctx, c); err != nil {
 					panic(err)
@@ -141,11 +143,11 @@ func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simR
 						published++
 					}
 					ref, err := p.Publish(ctx, fmt.Sprint(k), payload(k, ver, n))
-					if errors.Is(err, ErrNoSpace) {
+					if errors.Is(err, pod.ErrNoSpace) {
 						h.Yield()
 						continue
 					}
-					if mode.zombie && (errors.Is(err, ErrFenced) || !mode.selfFence && err != nil) {
+					if mode.zombie && (errors.Is(err, pod.ErrFenced) || !mode.selfFence && err != nil) {
 						// The fenced host stops (the daemon rejoins); without
 						// self-fencing its late stores may also have broken
 						// the new owner's descriptors, which then stops too.
@@ -199,16 +201,16 @@ func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simR
 		publisher(h, []int{0, 1})()
 	}
 	reader := func(h *ncsim.Host) {
-		p, err := Open(ctx, h, h.ID(), coord, Options{Yield: h.Yield})
+		p, err := pod.Open(ctx, h, h.ID(), coord, pod.Options{Yield: h.Yield})
 		if err != nil {
 			panic(err)
 		}
-		p.bugs = b
+		p.SetBugs(b)
 		buf := make([]byte, 16<<10)
 		mine := 0
 		for i := 0; i < 400 && mine < 25; i++ {
 			if scan {
-				desc := rng.IntN(2 * p.g.DescPerChunk)
+				desc := rng.IntN(2 * p.Geometry().DescPerChunk)
 				d, n, err := p.ReadDesc(desc, buf)
 				if err != nil {
 					continue // nothing published there, or fallback
@@ -225,9 +227,9 @@ func simRunMode(t *testing.T, seed uint64, b bugs, scan bool, mode simMode) simR
 			want := latest[k]
 			n, _, err := p.Get(ctx, fmt.Sprint(k), buf)
 			switch {
-			case errors.Is(err, ErrNotFound):
+			case errors.Is(err, pod.ErrNotFound):
 				continue
-			case errors.Is(err, ErrFallback):
+			case errors.Is(err, pod.ErrFallback):
 				res.fallbacks++
 				continue
 			case err != nil:
@@ -258,7 +260,7 @@ func TestSimFencedZombie(t *testing.T) {
 			t.Run(fmt.Sprintf("selffence=%v/scan=%v", self, scan), func(t *testing.T) {
 				var tot simResult
 				for seed := uint64(1); seed <= simSeeds; seed++ {
-					r := simRunMode(t, seed, bugs{}, scan, simMode{zombie: true, selfFence: self})
+					r := simRunMode(t, seed, pod.Bugs{}, scan, simMode{zombie: true, selfFence: self})
 					if r.bad > 0 {
 						t.Errorf("seed %d: %d stale or torn copies", seed, r.bad)
 					}
@@ -277,7 +279,7 @@ func TestSimFencedZombie(t *testing.T) {
 	// the zombie's late stores really do land under the new owner.
 	var bad int
 	for seed := uint64(1); seed <= simSeeds; seed++ {
-		bad += simRunMode(t, seed, bugs{noValidation: true}, false, simMode{zombie: true}).bad
+		bad += simRunMode(t, seed, pod.Bugs{NoValidation: true}, false, simMode{zombie: true}).bad
 	}
 	if bad == 0 {
 		t.Fatal("without validation the zombie scenario produced no bad copy: it does not exercise late writes")
@@ -285,11 +287,11 @@ func TestSimFencedZombie(t *testing.T) {
 	t.Logf("without validation: %d stale or torn copies (the check the protocol's validation makes)", bad)
 }
 
-func runSeeds(t *testing.T, seeds uint64, b bugs, scan bool) simResult {
+func runSeeds(t *testing.T, seeds uint64, b pod.Bugs, scan bool) simResult {
 	var tot simResult
 	for seed := uint64(1); seed <= seeds; seed++ {
 		r := simRun(t, seed, b, scan)
-		if b == (bugs{}) && r.bad > 0 {
+		if b == (pod.Bugs{}) && r.bad > 0 {
 			t.Errorf("seed %d: full protocol returned %d stale or torn copies", seed, r.bad)
 		}
 		tot.reads += r.reads
@@ -309,7 +311,7 @@ func runSeeds(t *testing.T, seeds uint64, b bugs, scan bool) simResult {
 func TestSimFullProtocol(t *testing.T) {
 	for _, scan := range []bool{false, true} {
 		t.Run(fmt.Sprintf("scan=%v", scan), func(t *testing.T) {
-			r := runSeeds(t, simSeeds, bugs{}, scan)
+			r := runSeeds(t, simSeeds, pod.Bugs{}, scan)
 			if r.bad != 0 {
 				t.Fatalf("%d stale/torn reads", r.bad)
 			}
@@ -329,13 +331,13 @@ func TestSimFullProtocol(t *testing.T) {
 func TestSimSeededBugs(t *testing.T) {
 	cases := []struct {
 		name string
-		b    bugs
+		b    pod.Bugs
 		scan bool
 	}{
-		{"no-writer-flush", bugs{noWriterFlush: true, noValidation: true}, false},
-		{"no-writer-fence", bugs{noWriterFence: true, noValidation: true}, true},
-		{"no-reader-invalidate", bugs{noReaderInvalidate: true, noValidation: true}, false},
-		{"no-grace-period", bugs{noGracePeriod: true, noValidation: true}, false},
+		{"no-writer-flush", pod.Bugs{NoWriterFlush: true, NoValidation: true}, false},
+		{"no-writer-fence", pod.Bugs{NoWriterFence: true, NoValidation: true}, true},
+		{"no-reader-invalidate", pod.Bugs{NoReaderInvalidate: true, NoValidation: true}, false},
+		{"no-grace-period", pod.Bugs{NoGracePeriod: true, NoValidation: true}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -350,7 +352,7 @@ func TestSimSeededBugs(t *testing.T) {
 // TestSimValidationCatchesBugs: with validation on, the same missing steps
 // become retries or fallbacks, never stale copies.
 func TestSimValidationCatchesBugs(t *testing.T) {
-	for _, b := range []bugs{{noWriterFlush: true}, {noReaderInvalidate: true}, {noGracePeriod: true}} {
+	for _, b := range []pod.Bugs{{NoWriterFlush: true}, {NoReaderInvalidate: true}, {NoGracePeriod: true}} {
 		r := runSeeds(t, 100, b, false)
 		if r.bad != 0 {
 			t.Fatalf("%+v: validation let %d stale/torn copies through", b, r.bad)

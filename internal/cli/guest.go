@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,15 +24,7 @@ func init() {
 		Use:   "guest",
 		Short: "Firecracker-faithful guest emulator: restore a VM and replay a page-access trace",
 	}
-	var (
-		mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
-		waitReady, faasnapPlan                                        string
-		pagerAPI, vmID, snapshot                                      string
-		earlyResume                                                   bool
-		vcpus                                                         int
-		think                                                         float64
-		dropCache, noVerify, asJSON                                   bool
-	)
+	var f guestRunFlags
 	run := &cobra.Command{
 		Use:   "run --mem FILE --trace FILE [--backend uffd|file]",
 		Short: "Restore like Firecracker (Uffd or File backend), replay the trace on vCPU threads, verify every byte",
@@ -46,104 +39,155 @@ restore cold). vCPU threads then touch the traced pages and verify every page
 against --mem. --balloon OFFSET:LEN discards that range at the trace's midpoint
 as Firecracker's balloon does; it must read as zeros afterwards.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			tr, err := wset.ReadFile(tracePath)
-			if err != nil {
-				return err
-			}
-			cfg := guest.Config{MemPath: mem, Backend: guest.Backend(backend), Socket: socket, VCPUs: vcpus,
-				Trace: tr, ThinkScale: think, DropCache: dropCache, NoVerify: noVerify}
-			if cfg.Dialect, err = handshake.ParseDialect(fcVersion); err != nil {
-				return err
-			}
-			if gapStart != "" {
-				if cfg.GapStart, err = parseSize(gapStart); err != nil {
-					return err
-				}
-			}
-			if balloon != "" {
-				off, ln, ok := strings.Cut(balloon, ":")
-				if !ok {
-					return fmt.Errorf("--balloon wants OFFSET:LEN, got %q", balloon)
-				}
-				var b guest.Balloon
-				if b.Offset, err = parseSize(off); err != nil {
-					return err
-				}
-				if b.Len, err = parseSize(ln); err != nil {
-					return err
-				}
-				cfg.Balloon = &b
-			}
-			if faasnapPlan != "" {
-				if cfg.FaaSnap, err = guest.ReadFaaSnapPlan(faasnapPlan); err != nil {
-					return err
-				}
-			}
-			if pagerAPI != "" {
-				// Act as the orchestrator: prepare the restore on the pager
-				// daemon, load through its socket, resume once it is ready.
-				if vmID == "" || snapshot == "" {
-					return fmt.Errorf("--pager-api needs --vm and --snapshot")
-				}
-				pc := client.New(pagerAPI, client.Options{})
-				vm, err := pc.Prepare(cmd.Context(), vmID, api.PrepareRequest{Snapshot: snapshot, EarlyResume: earlyResume})
-				if err != nil {
-					return err
-				}
-				cfg.Socket = vm.Socket
-				cfg.Resumed = func(ctx context.Context) error {
-					_, err := pc.WaitReady(ctx, vmID, time.Minute)
-					return err
-				}
-			}
-			if waitReady != "" {
-				cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, waitReady) }
-			}
-			if cfg.Backend == guest.BackendUffd && cfg.Socket == "" {
-				return fmt.Errorf("--backend uffd needs --socket")
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			rep, runErr := guest.Run(ctx, cfg)
-			if rep != nil {
-				if asJSON {
-					enc := json.NewEncoder(cmd.OutOrStdout())
-					enc.SetIndent("", "  ")
-					enc.Encode(rep)
-				} else {
-					fmt.Fprintf(cmd.OutOrStdout(),
-						"guest: backend %s dialect %s regions %d vcpus %d: %d accesses over %d pages, restore %v, first touch %v, end-to-end %v, verified %d pages, mismatches %d\n",
-						rep.Backend, rep.Dialect, rep.Regions, rep.VCPUs, rep.Accesses, rep.Pages,
-						rep.Restore, rep.FirstTouch, rep.EndToEnd, rep.Verified, rep.Mismatches)
-				}
-			}
-			return runErr
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runGuest(cmd, &f) },
 	}
-	f := run.Flags()
-	f.StringVar(&mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
-	f.StringVar(&tracePath, "trace", "", "working-set / access trace file to replay")
-	f.StringVar(&backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
-	f.StringVar(&pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
-	f.StringVar(&vmID, "vm", "", "VM id for --pager-api")
-	f.BoolVar(&earlyResume, "early-resume", false, "with --pager-api: resume before the whole hot set is installed (it streams in)")
-	f.StringVar(&snapshot, "snapshot", "", "snapshot name for --pager-api")
-	f.StringVar(&faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
-	f.StringVar(&socket, "socket", "", "handler socket (uffd backend)")
-	f.StringVar(&fcVersion, "fc-version", "1.12", "Firecracker version whose handshake dialect to speak (1.1–1.6, 1.7–1.11, 1.12+)")
-	f.StringVar(&gapStart, "gap-start", "", "start of the MMIO gap (default 3GiB; smaller values give small VMs two regions)")
-	f.StringVar(&balloon, "balloon", "", "OFFSET:LEN of guest memory to discard at the trace's midpoint")
-	f.IntVar(&vcpus, "vcpus", 2, "vCPU threads")
-	f.Float64Var(&think, "think-scale", 0, "multiply the trace's think times (0: none)")
-	f.BoolVar(&dropCache, "drop-cache", false, "drop the memory file's page cache first (File backend cold restore)")
-	f.BoolVar(&noVerify, "no-verify", false, "skip byte verification")
-	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	f.StringVar(&waitReady, "wait-ready", "", "after the restore, wait for this file to exist before resuming the vCPUs (the pager's hot set is installed)")
+	f.register(run)
 	run.MarkFlagRequired("mem")
 	run.MarkFlagRequired("trace")
 	g.AddCommand(run)
 	register(g)
+}
+
+// guestRunFlags are the flags of aquifer guest run.
+type guestRunFlags struct {
+	mem, tracePath, backend, socket, fcVersion, gapStart, balloon string
+	waitReady, faasnapPlan                                        string
+	pagerAPI, vmID, snapshot                                      string
+	earlyResume                                                   bool
+	vcpus                                                         int
+	think                                                         float64
+	dropCache, noVerify, asJSON                                   bool
+}
+
+func (g *guestRunFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&g.mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
+	f.StringVar(&g.tracePath, "trace", "", "working-set / access trace file to replay")
+	f.StringVar(&g.backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
+	f.StringVar(&g.pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
+	f.StringVar(&g.vmID, "vm", "", "VM id for --pager-api")
+	f.BoolVar(&g.earlyResume, "early-resume", false, "with --pager-api: resume before the whole hot set is installed (it streams in)")
+	f.StringVar(&g.snapshot, "snapshot", "", "snapshot name for --pager-api")
+	f.StringVar(&g.faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
+	f.StringVar(&g.socket, "socket", "", "handler socket (uffd backend)")
+	f.StringVar(&g.fcVersion, "fc-version", "1.12", "Firecracker version whose handshake dialect to speak (1.1–1.6, 1.7–1.11, 1.12+)")
+	f.StringVar(&g.gapStart, "gap-start", "", "start of the MMIO gap (default 3GiB; smaller values give small VMs two regions)")
+	f.StringVar(&g.balloon, "balloon", "", "OFFSET:LEN of guest memory to discard at the trace's midpoint")
+	f.IntVar(&g.vcpus, "vcpus", 2, "vCPU threads")
+	f.Float64Var(&g.think, "think-scale", 0, "multiply the trace's think times (0: none)")
+	f.BoolVar(&g.dropCache, "drop-cache", false, "drop the memory file's page cache first (File backend cold restore)")
+	f.BoolVar(&g.noVerify, "no-verify", false, "skip byte verification")
+	f.BoolVar(&g.asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&g.waitReady, "wait-ready", "", "after the restore, wait for this file to exist before resuming the vCPUs (the pager's hot set is installed)")
+}
+
+// runGuest is aquifer guest run: the flags become a guest.Config (through
+// the pager daemon with --pager-api), the guest runs until the trace is
+// replayed or a signal stops it, and its report is printed.
+func runGuest(cmd *cobra.Command, g *guestRunFlags) error {
+	cfg, err := g.config()
+	if err != nil {
+		return err
+	}
+	if g.pagerAPI != "" {
+		if err := g.prepareOnPager(cmd.Context(), &cfg); err != nil {
+			return err
+		}
+	}
+	if g.waitReady != "" {
+		cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, g.waitReady) }
+	}
+	if cfg.Backend == guest.BackendUffd && cfg.Socket == "" {
+		return fmt.Errorf("--backend uffd needs --socket")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, runErr := guest.Run(ctx, cfg)
+	if rep != nil {
+		printGuestReport(cmd.OutOrStdout(), rep, g.asJSON)
+	}
+	return runErr
+}
+
+// config reads the trace and parses the flags into a guest.Config.
+func (g *guestRunFlags) config() (guest.Config, error) {
+	tr, err := wset.ReadFile(g.tracePath)
+	if err != nil {
+		return guest.Config{}, err
+	}
+	cfg := guest.Config{MemPath: g.mem, Backend: guest.Backend(g.backend), Socket: g.socket, VCPUs: g.vcpus,
+		Trace: tr, ThinkScale: g.think, DropCache: g.dropCache, NoVerify: g.noVerify}
+	if cfg.Dialect, err = handshake.ParseDialect(g.fcVersion); err != nil {
+		return cfg, err
+	}
+	if g.gapStart != "" {
+		if cfg.GapStart, err = parseSize(g.gapStart); err != nil {
+			return cfg, err
+		}
+	}
+	if g.balloon != "" {
+		if cfg.Balloon, err = parseBalloon(g.balloon); err != nil {
+			return cfg, err
+		}
+	}
+	if g.faasnapPlan != "" {
+		if cfg.FaaSnap, err = guest.ReadFaaSnapPlan(g.faasnapPlan); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+// parseBalloon parses --balloon OFFSET:LEN.
+func parseBalloon(s string) (*guest.Balloon, error) {
+	off, ln, ok := strings.Cut(s, ":")
+	if !ok {
+		return nil, fmt.Errorf("--balloon wants OFFSET:LEN, got %q", s)
+	}
+	var b guest.Balloon
+	var err error
+	if b.Offset, err = parseSize(off); err != nil {
+		return nil, err
+	}
+	if b.Len, err = parseSize(ln); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// prepareOnPager acts as the orchestrator: it prepares the restore on the
+// pager daemon, loads through the socket the daemon names and resumes once
+// the daemon says the VM is ready.
+func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) error {
+	if g.vmID == "" || g.snapshot == "" {
+		return fmt.Errorf("--pager-api needs --vm and --snapshot")
+	}
+	pc := client.New(g.pagerAPI, client.Options{})
+	vm, err := pc.Prepare(ctx, g.vmID, api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume})
+	if err != nil {
+		return err
+	}
+	cfg.Socket = vm.Socket
+	cfg.Resumed = func(ctx context.Context) error {
+		_, err := pc.WaitReady(ctx, g.vmID, time.Minute)
+		return err
+	}
+	return nil
+}
+
+// printGuestReport prints a guest run's report, as indented JSON or as one
+// line.
+func printGuestReport(w io.Writer, rep *guest.Report, asJSON bool) {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+		return
+	}
+	fmt.Fprintf(w,
+		"guest: backend %s dialect %s regions %d vcpus %d: %d accesses over %d pages, restore %v, first touch %v, end-to-end %v, verified %d pages, mismatches %d\n",
+		rep.Backend, rep.Dialect, rep.Regions, rep.VCPUs, rep.Accesses, rep.Pages,
+		rep.Restore, rep.FirstTouch, rep.EndToEnd, rep.Verified, rep.Mismatches)
 }
 
 func waitForFile(ctx context.Context, path string) error {

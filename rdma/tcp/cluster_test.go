@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -515,6 +516,7 @@ func TestHungNodeTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.cmd.Process.Signal(syscall.SIGCONT)
+	waitStopped(t, a.cmd.Process.Pid)
 	start := time.Now()
 	for i := range segs {
 		read(i)
@@ -523,5 +525,34 @@ func TestHungNodeTimesOut(t *testing.T) {
 	t.Logf("6 segments read in %v with node %s frozen: %+v", time.Since(start), a.addr, st)
 	if st.Timeouts == 0 {
 		t.Fatalf("no read timed out although a replica was frozen: %+v", st)
+	}
+}
+
+// waitStopped waits until every thread of process pid is stopped: kill(2)
+// only queues SIGSTOP, and a thread that is running or about to run can
+// still answer a request before it stops.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of process %d: %v", pid, err)
+		}
+		stopped := 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			// The state follows the command name in parentheses.
+			if i := bytes.LastIndexByte(b, ')'); err == nil && i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
+				stopped++
+			}
+		}
+		if stopped == len(tasks) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d: %d of %d threads stopped 10 s after SIGSTOP", pid, stopped, len(tasks))
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
