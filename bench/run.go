@@ -45,6 +45,9 @@ type Options struct {
 	// Progress draws a progress bar on this writer (nil: none).
 	Progress io.Writer
 	Log      io.Writer
+	// VMM is where the VMs run: VMMEmulator (default, trace replay) or
+	// VMMQEMU (real guests, bench/qemu.go).
+	VMM string
 }
 
 // Pod is where aquifer strategies publish and restore.
@@ -86,6 +89,9 @@ type prepared struct {
 // Run executes the benchmark and returns every sample.
 func Run(ctx context.Context, o Options) ([]Sample, error) {
 	if err := CheckStrategies(o.Strategies); err != nil {
+		return nil, err
+	}
+	if err := CheckVMM(o.VMM); err != nil {
 		return nil, err
 	}
 	if o.Runs <= 0 {
@@ -275,6 +281,9 @@ var faultsRE = regexp.MustCompile(`faults served (\d+)`)
 
 // runBatch restores c VMs of one workload with one strategy at once.
 func runBatch(ctx context.Context, o Options, p *prepared, s string, c, round int) ([]Sample, error) {
+	if o.VMM == VMMQEMU {
+		return runQEMUBatch(ctx, o, p, s, c, round)
+	}
 	eval := p.eval[round%len(p.eval)]
 	// Socket paths must stay under 108 bytes: keep the run directory short.
 	dir, err := os.MkdirTemp(o.WorkDir, "r")

@@ -109,6 +109,9 @@ type VMConfig struct {
 	WorkDir string
 	// Incoming, when set, restores device state from this file (paused).
 	Incoming string
+	// RestoreLater starts QEMU waiting for Incoming (-incoming defer) but
+	// leaves loading it to the caller's VM.Restore.
+	RestoreLater bool
 	// Plugin, when set, is "path.so,arg=..,..".
 	Plugin string
 	// Env is added to QEMU's environment (e.g. LD_PRELOAD of a shim).
@@ -234,22 +237,30 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 		v.Kill()
 		return nil, fmt.Errorf("corpus: %w; console: %s", err, v.Log())
 	}
-	if c.Incoming != "" {
-		caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
-		if _, err := v.q.exec("migrate-set-capabilities", caps); err != nil {
+	if c.Incoming != "" && !c.RestoreLater {
+		if err := v.Restore(ctx, c.Incoming); err != nil {
 			v.Kill()
 			return nil, err
-		}
-		if _, err := v.q.exec("migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(c.Incoming)}); err != nil {
-			v.Kill()
-			return nil, err
-		}
-		if err := v.waitStatus(ctx, func(s string) bool { return s != "inmigrate" }); err != nil {
-			v.Kill()
-			return nil, fmt.Errorf("corpus: restoring device state: %w; console: %s", err, v.Log())
 		}
 	}
 	return v, nil
+}
+
+// Restore loads device state saved with x-ignore-shared (RAM comes from
+// the memory backend) into a QEMU started with -incoming defer, and waits
+// until the load is over (the VM stays paused).
+func (v *VM) Restore(ctx context.Context, state string) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if _, err := v.q.exec("migrate-set-capabilities", caps); err != nil {
+		return err
+	}
+	if _, err := v.q.exec("migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+		return err
+	}
+	if err := v.waitStatus(ctx, func(s string) bool { return s != "inmigrate" }); err != nil {
+		return fmt.Errorf("corpus: restoring device state: %w; console: %s", err, v.Log())
+	}
+	return nil
 }
 
 // Pid is QEMU's process id.
