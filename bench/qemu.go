@@ -111,6 +111,18 @@ func runQEMUBatch(ctx context.Context, o Options, p *prepared, s string, c, roun
 		}
 	}
 	base.KeepCache = true
+	// warm: every VM's resident copy is made before any clock starts.
+	resident := make([]string, c)
+	if s == Warm {
+		for i := range resident {
+			path, remove, err := realvm.ResidentCopy(p.w)
+			if err != nil {
+				return nil, err
+			}
+			defer remove()
+			resident[i] = path
+		}
+	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)
 	var wg sync.WaitGroup
@@ -120,6 +132,7 @@ func runQEMUBatch(ctx context.Context, o Options, p *prepared, s string, c, roun
 			defer wg.Done()
 			cfg := base
 			cfg.VMID = fmt.Sprintf("%s-%s-c%d-r%d-%d", p.w.Name, s, c, round, i)
+			cfg.Resident = resident[i]
 			res, err := realvm.Run(ctx, cfg)
 			if err != nil {
 				errs[i] = fmt.Errorf("%s: %w", cfg.VMID, err)

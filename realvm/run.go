@@ -77,6 +77,10 @@ type Config struct {
 	// HugePages restores through the shim's huge mode: 2 MiB pages
 	// (hugetlb; vm.nr_hugepages must cover guest RAM). uffd backends only.
 	HugePages bool
+	// Resident is warm's resident copy of the memory image (ResidentCopy),
+	// made by the caller before any VM of a batch starts; empty: Run makes
+	// one before its clock starts.
+	Resident string
 	// KeepCache leaves the page cache alone; by default the memory file
 	// and working-set files are evicted first (a cold restore from disk).
 	KeepCache bool
@@ -420,13 +424,32 @@ func (r *run) faasnap() error {
 // warm gives the VM its memory already resident: a shared tmpfs copy of the
 // image, made before the clock starts, mapped by QEMU itself (no shim).
 func (r *run) warm() error {
-	shm := r.shmPath("warm")
-	if err := copyFile(shm, r.c.Workload.Mem); err != nil {
-		return fmt.Errorf("realvm: warm copy of the image: %w", err)
+	shm := r.c.Resident
+	if shm == "" {
+		p, remove, err := ResidentCopy(r.c.Workload)
+		if err != nil {
+			return err
+		}
+		r.cleanups = append(r.cleanups, remove)
+		shm = p
 	}
 	r.mem = fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", r.c.Workload.Meta.MemSize>>20, shm)
 	r.res.Backend, r.res.FaultsKind = "resident", "process"
 	return nil
+}
+
+var residentSeq atomic.Uint64
+
+// ResidentCopy copies w's memory image into /dev/shm for the warm strategy
+// (each VM writes its own copy); remove deletes it.
+func ResidentCopy(w *corpus.Workload) (path string, remove func(), err error) {
+	path = fmt.Sprintf("/dev/shm/aquifer-realvm-%d-%d-warm", os.Getpid(), residentSeq.Add(1))
+	remove = func() { os.Remove(path) }
+	if err := copyFile(path, w.Mem); err != nil {
+		remove()
+		return "", nil, fmt.Errorf("realvm: warm copy of the image: %w", err)
+	}
+	return path, remove, nil
 }
 
 func copyFile(dst, src string) error {

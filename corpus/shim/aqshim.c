@@ -19,7 +19,7 @@
  * migration stream). Balloon: QEMU discards RAM of a shared block by punching
  * holes in its fd, which no longer backs the mapping; the shim turns that
  * into madvise(MADV_DONTNEED) on the mapping, so a userfaultfd handler sees
- * UFFD_EVENT_REMOVE as with Firecracker's balloon.
+ * UFFD_EVENT_REMOVE as with Firecracker's balloon, once per discard.
  * Real calls go through syscall(2): no dlsym, no recursion into the hooks. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,6 +44,8 @@
 
 static int ram_fd = -1;
 static char *ram;
+static __thread char *punched; /* last range discarded by fallocate */
+static __thread size_t punched_len;
 
 static void *raw_mmap(void *a, size_t n, int prot, int flags, int fd, off_t off) {
 	return (void *)syscall(SYS_mmap, a, n, prot, flags, fd, off);
@@ -127,8 +129,20 @@ EXPORT void *mmap(void *addr, size_t n, int prot, int flags, int fd, off_t off) 
 EXPORT void *mmap64(void *addr, size_t n, int prot, int flags, int fd, off_t off) { return mmap(addr, n, prot, flags, fd, off); }
 
 EXPORT int fallocate(int fd, int mode, off_t off, off_t len) {
-	if (fd == ram_fd && ram && (mode & FALLOC_FL_PUNCH_HOLE) && madvise(ram + off, len, MADV_DONTNEED) < 0)
-		return -1;
+	if (fd == ram_fd && ram && (mode & FALLOC_FL_PUNCH_HOLE)) {
+		if (syscall(SYS_madvise, ram + off, len, MADV_DONTNEED) < 0) return -1;
+		punched = ram + off, punched_len = len;
+	}
 	return syscall(SYS_fallocate, fd, mode, off, len) < 0 ? -1 : 0;
+}
+/* QEMU 7.2 follows the punch with its own MADV_DONTNEED when the block's
+ * page size is the host's: that range is discarded already, and a second
+ * zap would send the handler a second REMOVE for it. */
+EXPORT int madvise(void *a, size_t n, int advice) {
+	if (advice == MADV_DONTNEED && a == punched && n == punched_len) {
+		punched = NULL;
+		return 0;
+	}
+	return syscall(SYS_madvise, a, n, advice) < 0 ? -1 : 0;
 }
 EXPORT int fallocate64(int fd, int mode, off_t off, off_t len) { return fallocate(fd, mode, off, len); }

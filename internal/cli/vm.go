@@ -3,12 +3,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -92,7 +90,7 @@ func realGuestRun(ctx context.Context, log io.Writer, f *vmRunFlags) (*realvm.Re
 	if dir == "" {
 		dir = corpus.DefaultDir(corpus.KindCaptured)
 	}
-	w, err := restorableWorkload(ctx, log, dir, f.workload)
+	w, err := corpus.EnsureRestorable(ctx, log, dir, f.workload)
 	if err != nil {
 		return nil, err
 	}
@@ -129,31 +127,4 @@ func realGuestRun(ctx context.Context, log io.Writer, f *vmRunFlags) (*realvm.Re
 	}
 	cfg.Input, cfg.Timeout, cfg.HugePages = f.input, f.timeout, f.hugePages
 	return realvm.Run(ctx, cfg)
-}
-
-// restorableWorkload opens workload name in dir, capturing it first when
-// it is missing or was captured without device state.
-func restorableWorkload(ctx context.Context, log io.Writer, dir, name string) (*corpus.Workload, error) {
-	w, err := corpus.OpenWorkload(filepath.Join(dir, name))
-	if err == nil && w.Restorable() == nil {
-		return w, nil
-	}
-	why := "it is not in " + dir
-	if err == nil {
-		why = w.Restorable().Error()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	if err := corpus.CheckHost(); err != nil {
-		return nil, fmt.Errorf("cannot capture %s (%s): %w", name, why, err)
-	}
-	fmt.Fprintf(log, "vm: capturing %s first (%s)\n", name, why)
-	if _, err := corpus.Capture(ctx, corpus.Options{Functions: []string{name}, Out: dir}); err != nil {
-		return nil, err
-	}
-	w, err = corpus.OpenWorkload(filepath.Join(dir, name))
-	if err != nil {
-		return nil, err
-	}
-	return w, w.Restorable()
 }
