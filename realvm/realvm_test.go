@@ -26,7 +26,10 @@ import (
 // testLog adapts t.Logf to an io.Writer for progress notes.
 type testLog struct{ t *testing.T }
 
-func (l testLog) Write(b []byte) (int, error) { l.t.Log(strings.TrimSpace(string(b))); return len(b), nil }
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
 
 // realGuest returns a restorable helloworld (captured into the default
 // corpus if missing), its guest and the shim. It skips only where QEMU or
