@@ -62,6 +62,7 @@ func (r *run) prepareOnDaemon(ctx context.Context) (string, func(context.Context
 				var n uint64
 				if st.Report != nil {
 					n = st.Report.Handler.Faults
+					r.res.HotSource = st.Report.HotSource
 				}
 				if st.State == pagerd.StateFailed {
 					return n, fmt.Errorf("pager: VM %s failed: %s", id, st.Error)

@@ -116,6 +116,9 @@ type Result struct {
 	// resume and result ("process": minor + major, backends without uffd).
 	Faults     uint64 `json:"faults"`
 	FaultsKind string `json:"faults_kind"`
+	// HotSource is where a pool strategy's hot set came from (the CXL
+	// tier, or its RDMA copy after the CXL tier failed validation).
+	HotSource string `json:"hot_source,omitempty"`
 	// Backend is the shim mode (uffd, huge, file, faasnap) or "resident".
 	Backend string `json:"backend"`
 	// Error says why the run failed, if it did.
