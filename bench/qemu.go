@@ -87,7 +87,7 @@ func PrepareReal(ctx context.Context, o Options, w *corpus.Workload, s string) (
 	return p.realConfig(ctx, o, s)
 }
 
-// runQEMUBatch restores c real guests of one workload with one strategy at
+// runQEMUBatch (called by runBatch) restores c real guests of one workload with one strategy at
 // once, each checked by its output; the input rotates over the workload's
 // evaluation inputs by round.
 func runQEMUBatch(ctx context.Context, o Options, p *prepared, s string, c, round int) ([]Sample, error) {
@@ -101,15 +101,8 @@ func runQEMUBatch(ctx context.Context, o Options, p *prepared, s string, c, roun
 	}
 	base.Input = in[round%len(in)]
 	base.Timeout = time.Duration(c) * 3 * time.Minute
-	// One cold page cache per batch, not per VM (a VM must not evict what
-	// another of the batch just read).
-	switch s {
-	case Firecracker, FirecrackerUffd, REAP, FaaSnap:
-		dropCache(p.w.Mem, p.reapWS)
-		if p.faasnap != "" {
-			dropCache(filepath.Join(filepath.Dir(p.faasnap), "loading-set"))
-		}
-	}
+	// runBatch dropped the page cache once for the batch: a VM must not
+	// evict what another of the batch just read.
 	base.KeepCache = true
 	// warm: every VM's resident copy is made before any clock starts.
 	resident := make([]string, c)

@@ -281,9 +281,6 @@ var faultsRE = regexp.MustCompile(`faults served (\d+)`)
 
 // runBatch restores c VMs of one workload with one strategy at once.
 func runBatch(ctx context.Context, o Options, p *prepared, s string, c, round int) ([]Sample, error) {
-	if o.VMM == VMMQEMU {
-		return runQEMUBatch(ctx, o, p, s, c, round)
-	}
 	eval := p.eval[round%len(p.eval)]
 	// Socket paths must stay under 108 bytes: keep the run directory short.
 	dir, err := os.MkdirTemp(o.WorkDir, "r")
@@ -297,6 +294,9 @@ func runBatch(ctx context.Context, o Options, p *prepared, s string, c, round in
 		if p.faasnap != "" {
 			dropCache(filepath.Join(filepath.Dir(p.faasnap), "loading-set"))
 		}
+	}
+	if o.VMM == VMMQEMU {
+		return runQEMUBatch(ctx, o, p, s, c, round)
 	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,11 +35,8 @@ func (l testLog) Write(b []byte) (int, error) {
 // root is truly absent.
 func realGuest(t *testing.T, name string) (*corpus.Workload, *corpus.Guest, string) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("real guests unavailable: qemu-system-x86_64 not installed (run corpus/ci-deps.sh as root)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("real guests unavailable: needs root (capture, userfaultfd for QEMU)")
+	if err := Available(); err != nil {
+		t.Skip(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,6 +37,18 @@ var Strategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, 
 // PoolStrategy reports whether s restores through a pager daemon.
 func PoolStrategy(s string) bool {
 	return s == Aquifer || s == AquiferEarly || s == AquiferCXLOnly || s == AquiferRDMAOnly
+}
+
+// Available reports why real guests cannot run here (nil when they can):
+// QEMU must be installed and this must run as root.
+func Available() error {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return errors.New("real guests unavailable: qemu-system-x86_64 not installed (run corpus/ci-deps.sh as root)")
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("real guests unavailable: needs root (capture, userfaultfd for QEMU)")
+	}
+	return nil
 }
 
 // ErrWrongOutput marks a run whose guest answered, but not what the

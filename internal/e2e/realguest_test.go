@@ -31,11 +31,8 @@ func (l logWriter) Write(b []byte) (int, error) {
 // where QEMU or root is truly absent.
 func realHelloworld(t *testing.T) (string, *corpus.Workload) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("real guests unavailable: qemu-system-x86_64 not installed (run corpus/ci-deps.sh as root)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("real guests unavailable: needs root (capture, userfaultfd for QEMU)")
+	if err := realvm.Available(); err != nil {
+		t.Skip(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
