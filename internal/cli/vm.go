@@ -54,7 +54,7 @@ before device state was kept) is captured first.`,
 	fl.StringVar(&f.api, "api", "", "pager daemon API socket for the pool strategies (default: start an embedded pod)")
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus in the cache)")
 	fl.StringVar(&f.workDir, "work-dir", "", "directory for derived files and sockets (default: a temporary one)")
-	fl.BoolVar(&f.hugePages, "huge-pages", false, "uffd strategies: 2 MiB pages (hugetlb; vm.nr_hugepages must cover guest RAM)")
+	fl.BoolVar(&f.hugePages, "huge-pages", false, "firecracker-uffd: 2 MiB pages (the shim's huge mode, hugetlb; vm.nr_hugepages must cover guest RAM)")
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "give up on the run after this long")
 	run.MarkFlagRequired("workload")
 	vm.AddCommand(run)
