@@ -71,6 +71,11 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
 	}
+	unlockQEMU, err := QEMULock(o.Cache, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockQEMU()
 	total := len(fns)*stepsPerFunction + 1
 	done := 0
 	progress := func(fn, step string) {

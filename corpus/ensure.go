@@ -11,6 +11,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// QEMULock takes the cache's QEMU lock: Capture holds it exclusively while
+// it traces (its page-set checks assume a guest not slowed down further by
+// other QEMU guests of ours; timer work grows with the guest's slowness),
+// and tests that run real guests hold it shared, so they never overlap a
+// capture. Do not take it around a call that may capture.
+func QEMULock(cache string, shared bool) (unlock func(), err error) {
+	return flockFile(filepath.Join(cache, ".qemu.lock"), shared)
+}
+
+func flockFile(path string, shared bool) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	how := unix.LOCK_EX
+	if shared {
+		how = unix.LOCK_SH
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("corpus: locking %s: %w", path, err)
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}
+
 // EnsureRestorable opens workload name in the corpus directory dir,
 // capturing it first (into dir) when it is missing or was captured without
 // device state. Concurrent callers (two test packages, two commands) wait
@@ -23,21 +57,11 @@ func EnsureRestorable(ctx context.Context, log io.Writer, dir, name string) (*Wo
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".capture-"+name+".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := flockFile(filepath.Join(dir, ".capture-"+name+".lock"), false)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Close()
-	for {
-		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("corpus: locking %s: %w", lock.Name(), err)
-	}
-	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	defer unlock()
 	// Another caller may have captured it while we waited.
 	w, err = OpenWorkload(filepath.Join(dir, name))
 	if err == nil && w.Restorable() == nil {

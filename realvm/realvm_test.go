@@ -44,6 +44,12 @@ func realGuest(t *testing.T, name string) (*corpus.Workload, *corpus.Guest, stri
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Never overlap a capture (its page-set checks): see corpus.QEMULock.
+	unlock, err := corpus.QEMULock(corpus.CacheDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	g, err := corpus.OpenGuest(corpus.CacheDir(), w.Meta.GuestKey)
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,12 @@ func realHelloworld(t *testing.T) (string, *corpus.Workload) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Never overlap a capture (its page-set checks): see corpus.QEMULock.
+	unlock, err := corpus.QEMULock(corpus.CacheDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	return dir, w
 }
 
@@ -96,6 +102,29 @@ func TestRealGuestRestores(t *testing.T) {
 		}
 		res, err := vmRun(t, "--workload", "helloworld", "--strategy", s, "--corpus", dir, "--api", pod.API())
 		check(res, err, s)
+	}
+	// A wrong output is a failure with a non-zero exit: a corpus whose
+	// meta.json expects another result for the input.
+	bad := filepath.Join(t.TempDir(), "helloworld")
+	os.MkdirAll(bad, 0o755)
+	ents, _ := os.ReadDir(w.Dir)
+	for _, e := range ents {
+		if e.Name() != corpus.MetaFile {
+			os.Symlink(filepath.Join(w.Dir, e.Name()), filepath.Join(bad, e.Name()))
+		}
+	}
+	m := w.Meta
+	m.Outputs = map[string]corpus.Output{}
+	for k, v := range w.Meta.Outputs {
+		m.Outputs[k] = v
+	}
+	m.Outputs["b"] = corpus.Output{Digest: "0000000000000000", Text: "'not what it says'"}
+	mb, _ := json.Marshal(m)
+	os.WriteFile(filepath.Join(bad, corpus.MetaFile), mb, 0o644)
+	if res, err := vmRun(t, "--workload", "helloworld", "--strategy", "firecracker", "--corpus", filepath.Dir(bad), "--input", "b"); err == nil || res.OutputOK || res.Output == "" {
+		t.Fatalf("a wrong output passed: %+v, %v", res, err)
+	} else {
+		t.Logf("wrong output refused: exit %v, %s", err, res.Error)
 	}
 	// An input the capture never ran has no expected output: refused.
 	if res, err := vmRun(t, "--workload", "helloworld", "--strategy", "firecracker", "--corpus", dir, "--input", "zz"); err == nil || res.OutputOK {
