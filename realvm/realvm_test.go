@@ -273,14 +273,19 @@ func TestBalloonRemove(t *testing.T) {
 	if st.Removes == 0 || checked == 0 {
 		t.Fatalf("removes %d, pages checked %d", st.Removes, checked)
 	}
-	// One REMOVE per discarded range: the shim's conversion of the hole
-	// punch and QEMU's own madvise must not both reach the handler.
-	seen := map[[2]uint64]bool{}
+	// One REMOVE per discard: the shim's conversion of the hole punch and
+	// QEMU's own madvise must not both reach the handler (that would remove
+	// every range twice). The guest itself may balloon a page again after
+	// its balloon compaction moved it, which is rare.
+	seen, twice := map[[2]uint64]bool{}, 0
 	for _, r := range srv.removed() {
 		if seen[r] {
-			t.Fatalf("range %#x-%#x removed twice", r[0], r[1])
+			twice++
 		}
 		seen[r] = true
+	}
+	if twice > len(seen)/100 {
+		t.Fatalf("%d of %d ranges removed twice", twice, len(seen))
 	}
 	if nonzeroInSnapshot == 0 {
 		t.Fatal("no removed page had non-zero snapshot content: the zero check would pass even if snapshot data were served")
