@@ -66,7 +66,11 @@ func openCorpus(dir string) (*corpus.Corpus, error) {
 }
 
 func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
-	c, err := openCorpus(f.corpusDir)
+	open := openCorpus
+	if f.vmm == bench.VMMQEMU {
+		open = func(dir string) (*corpus.Corpus, error) { return realCorpus(cmd, dir, splitList(f.workloads)) }
+	}
+	c, err := open(f.corpusDir)
 	if err != nil {
 		return nil, err
 	}

@@ -128,3 +128,27 @@ func realGuestRun(ctx context.Context, log io.Writer, f *vmRunFlags) (*realvm.Re
 	cfg.Input, cfg.Timeout, cfg.HugePages = f.input, f.timeout, f.hugePages
 	return realvm.Run(ctx, cfg)
 }
+
+// realCorpus opens the captured corpus for real-guest runs (dir, default
+// the cache's), capturing every requested workload that is missing or was
+// captured without device state (all nine when the corpus is empty).
+func realCorpus(cmd *cobra.Command, dir string, names []string) (*corpus.Corpus, error) {
+	if dir == "" {
+		dir = corpus.DefaultDir(corpus.KindCaptured)
+	}
+	if len(names) == 0 {
+		if c, err := corpus.Open(dir); err == nil {
+			for _, w := range c.Workloads {
+				names = append(names, w.Name)
+			}
+		} else {
+			names = corpus.Names()
+		}
+	}
+	for _, n := range names {
+		if _, err := corpus.EnsureRestorable(cmd.Context(), cmd.ErrOrStderr(), dir, n); err != nil {
+			return nil, err
+		}
+	}
+	return corpus.Open(dir)
+}
