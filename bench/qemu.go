@@ -43,7 +43,7 @@ func shim(ctx context.Context) (string, error) {
 	return shimOnce.path, shimOnce.err
 }
 
-// RealConfig is the realvm configuration of strategy s on a prepared
+// realConfig is the realvm configuration of strategy s on a prepared
 // workload: its derived files (REAP working set, FaaSnap plan, the pod's
 // snapshot) and the built guest and shim.
 func (p *prepared) realConfig(ctx context.Context, o Options, s string) (realvm.Config, error) {
