@@ -66,6 +66,9 @@ func openCorpus(dir string) (*corpus.Corpus, error) {
 }
 
 func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
+	if err := bench.CheckVMM(f.vmm); err != nil {
+		return nil, err
+	}
 	open := openCorpus
 	if f.vmm == bench.VMMQEMU {
 		open = func(dir string) (*corpus.Corpus, error) { return realCorpus(cmd, dir, splitList(f.workloads)) }
