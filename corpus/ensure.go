@@ -73,6 +73,9 @@ func EnsureRestorable(ctx context.Context, log io.Writer, dir, name string) (*Wo
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	if _, err := Lookup(name); err != nil {
+		return nil, fmt.Errorf("corpus: %s: %s, and the pipeline cannot capture it: %w", name, why, err)
+	}
 	if err := CheckHost(); err != nil {
 		return nil, fmt.Errorf("corpus: cannot capture %s (%s): %w", name, why, err)
 	}

@@ -65,6 +65,10 @@ func runVM(cmd *cobra.Command, f *vmRunFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := realGuestRun(ctx, cmd.ErrOrStderr(), f)
+	if res == nil && err != nil && f.asJSON {
+		// Failed before the run: still one JSON result, output_ok false.
+		res = &realvm.Result{Workload: f.workload, Strategy: f.strategy, Input: f.input, Error: err.Error()}
+	}
 	if res != nil {
 		if f.asJSON {
 			enc := json.NewEncoder(cmd.OutOrStdout())
