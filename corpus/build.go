@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/cavaliergopher/cpio"
-	"golang.org/x/sys/unix"
 )
 
 //go:embed guest/init guest/runner.py guest/functions/*.py plugin/aqtrace.c plugin/qemu_plugin_api.h shim/aqshim.c
@@ -203,24 +202,7 @@ func guestKey(kernel debPkg, pkgs []debPkg) (string, error) {
 // lockCache takes an exclusive lock on the cache directory so that two
 // captures never build the same guest or plugin at once.
 func lockCache(cache string) (unlock func(), err error) {
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("corpus: locking the cache %s: %w", cache, err)
-	}
-	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	return flockFile(filepath.Join(cache, ".lock"), false)
 }
 
 func guestAt(cache, key string) *Guest {
