@@ -45,6 +45,9 @@ type Options struct {
 	// Progress draws a progress bar on this writer (nil: none).
 	Progress io.Writer
 	Log      io.Writer
+	// VMM is where the VMs run: VMMEmulator (default, trace replay) or
+	// VMMQEMU (real guests, bench/qemu.go).
+	VMM string
 }
 
 // Pod is where aquifer strategies publish and restore.
@@ -86,6 +89,9 @@ type prepared struct {
 // Run executes the benchmark and returns every sample.
 func Run(ctx context.Context, o Options) ([]Sample, error) {
 	if err := CheckStrategies(o.Strategies); err != nil {
+		return nil, err
+	}
+	if err := CheckVMM(o.VMM); err != nil {
 		return nil, err
 	}
 	if o.Runs <= 0 {
@@ -288,6 +294,9 @@ func runBatch(ctx context.Context, o Options, p *prepared, s string, c, round in
 		if p.faasnap != "" {
 			dropCache(filepath.Join(filepath.Dir(p.faasnap), "loading-set"))
 		}
+	}
+	if o.VMM == VMMQEMU {
+		return runQEMUBatch(ctx, o, p, s, c, round)
 	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)
