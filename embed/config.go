@@ -48,9 +48,20 @@ type PodConfig struct {
 	// DataDir holds the embedded etcd member's data, in-process memory
 	// nodes' segments and the pod secret.
 	DataDir string
-	// EtcdEndpoints, if set, is an external etcd cluster; otherwise an etcd
-	// member runs in this process with its data in DataDir.
+	// EtcdEndpoints, if set, is an external etcd cluster (https://);
+	// otherwise an etcd member runs in this process with its data in
+	// DataDir, serving mutual TLS with certificates in DataDir/tls.
 	EtcdEndpoints []string
+	// EtcdTLSDir holds an external cluster's ca.crt, client.crt and
+	// client.key (what `aquifer etcd` writes to its DATA-DIR/tls); EtcdCA,
+	// EtcdCert and EtcdKey name them one by one instead. EtcdUser and
+	// EtcdPasswordFile add (or, with a CA only, replace the certificate by)
+	// an etcd user. See tls.go.
+	EtcdTLSDir, EtcdCA, EtcdCert, EtcdKey string
+	EtcdUser, EtcdPasswordFile            string
+	// LeaseTTL is the lease, in seconds, of this host's and its memory
+	// nodes' registrations (default 10).
+	LeaseTTL int64
 	// CXL is the pod's CXL region: "shm:PATH" (the emulated region, a
 	// shared memory file; created and formatted on first start),
 	// "devdax:/dev/daxX.Y" (a real device, formatted with `aquifer cxl
@@ -128,10 +139,8 @@ func (c *PodConfig) defaults() error {
 	if c.DataDir == "" {
 		return fieldErr("data-dir", "a pod needs a data directory")
 	}
-	for _, e := range c.EtcdEndpoints {
-		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
-			return fieldErr("etcd-endpoints", "%q: want http://HOST:PORT or https://HOST:PORT", e)
-		}
+	if err := c.etcdDefaults(); err != nil {
+		return err
 	}
 	if len(c.MemNodeAddrs) > 0 {
 		if c.MemNodes != 0 && c.MemNodes != len(c.MemNodeAddrs) {
