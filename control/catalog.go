@@ -75,6 +75,9 @@ type Snapshot struct {
 	HotBytes  uint64             `json:"hot_bytes"`
 	ColdBytes uint64             `json:"cold_bytes"`
 	Published time.Time          `json:"published"`
+	// Seal authenticates every other field (the pool's MAC under a key the
+	// control plane does not hold); opaque to this package.
+	Seal string `json:"seal,omitempty"`
 	// Rev is the etcd modification revision the entry was read at.
 	Rev int64 `json:"-"`
 }

@@ -111,7 +111,11 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if err := s.openRegion(ctx, c); err != nil {
 		return err
 	}
-	pc := pool.Config{Plane: s.Plane, RDMA: s.client, Logger: s.log}
+	key, err := pool.CatalogKey(secret)
+	if err != nil {
+		return fieldErr("secret-file", "%v", err)
+	}
+	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log}
 	if len(s.pods) > 0 {
 		pc.Pod, pc.Readers = s.pods[0], s.pods[1:]
 		g := s.pods[0].Geometry()

@@ -38,7 +38,9 @@ type Config struct {
 	// once; a pod.Pod is not safe for concurrent use. Without them reads
 	// share Pod under a lock.
 	Readers []*pod.Pod
-	Logger  *slog.Logger
+	// CatalogKey seals catalog entries (CatalogKey(pod secret); seal.go).
+	CatalogKey []byte
+	Logger     *slog.Logger
 }
 
 // Pool publishes and opens snapshots.
@@ -68,8 +70,8 @@ type entry struct {
 
 // New creates a pool. Close stops its catalog watch.
 func New(cfg Config) (*Pool, error) {
-	if cfg.Plane == nil || cfg.RDMA == nil {
-		return nil, errors.New("pool: needs a control plane and an RDMA client")
+	if cfg.Plane == nil || cfg.RDMA == nil || len(cfg.CatalogKey) < 32 {
+		return nil, errors.New("pool: needs a control plane, an RDMA client and the catalog key")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -93,6 +95,9 @@ func (p *Pool) Close() { p.stop() }
 // catalogChanged keeps cached placements current: an eviction or removal
 // seen here stops restores from trying CXL for a segment that is gone.
 func (p *Pool) catalogChanged(name string, s *control.Snapshot) {
+	if s != nil && p.verify(s) != nil {
+		s = nil // forget it: the next Open reads it again and refuses it
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.cache[name]
@@ -118,6 +123,8 @@ type header struct {
 	HotPages uint64       `json:"hot_pages"`
 	Cold     uint64       `json:"cold_pages"`
 	PageSize uint64       `json:"page_size,omitempty"`
+	// MetaSHA256 binds the metadata object to the sealed entry.
+	MetaSHA256 string `json:"meta_sha256"`
 }
 
 // objects is stored after the image metadata in the meta object.
@@ -231,7 +238,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps)}
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps), MetaSHA256: metaDigest(mm.B)}
 	hb, _ := json.Marshal(h)
 	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
 	if len(hot) > 0 && p.cfg.Pod != nil {
@@ -242,6 +249,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 			snap.Hot = &control.HotPlacement{Descriptor: ref.Desc, Gen: ref.Gen, Token: ref.Token, Len: uint64(ref.Len)}
 		}
 	}
+	p.seal(snap)
 	if err := p.cfg.Plane.PutSnapshot(ctx, snap); err != nil {
 		return nil, err
 	}
@@ -265,6 +273,9 @@ func seamErr(err error) error {
 
 // info describes a catalog entry.
 func (p *Pool) info(s *control.Snapshot) (*restore.Info, error) {
+	if err := p.verify(s); err != nil {
+		return nil, err
+	}
 	var h header
 	if err := json.Unmarshal(s.Header, &h); err != nil {
 		return nil, fmt.Errorf("snapshot %q: bad catalog header: %w", s.Name, err)
@@ -331,7 +342,7 @@ func (p *Pool) evictOneLocked(ctx context.Context, keep string) (string, error) 
 		if s.Name == keep {
 			continue
 		}
-		s.Hot = nil
+		p.reseal(s, func(s *control.Snapshot) { s.Hot = nil })
 		if err := p.cfg.Plane.UpdateSnapshot(ctx, s, nil); err != nil {
 			return "", err
 		}
@@ -432,6 +443,9 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 // entry returns the cached metadata of the published version cat names,
 // reading it from the memory nodes on first use.
 func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error) {
+	if err := p.verify(cat); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
 		e.hot.Store(cat.Hot)
@@ -451,6 +465,9 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 	defer release()
 	if err := src.Read(ctx, 0, buf, false); err != nil {
 		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("snapshot %q: reading its metadata from the memory nodes: %w", cat.Name, err))
+	}
+	if err := checkMeta(cat.Name, h, buf); err != nil {
+		return nil, err
 	}
 	img, objs, err := decodeMeta(bytes.Clone(buf), h)
 	if err != nil {
