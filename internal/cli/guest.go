@@ -87,7 +87,8 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 					return fmt.Errorf("--pager-api needs --vm and --snapshot")
 				}
 				pc := client.New(pagerAPI, client.Options{})
-				vm, err := pc.Prepare(cmd.Context(), vmID, api.PrepareRequest{Snapshot: snapshot, EarlyResume: earlyResume})
+				// This process is the VMM: its socket admits this pid only.
+				vm, err := pc.Prepare(cmd.Context(), vmID, api.PrepareRequest{Snapshot: snapshot, EarlyResume: earlyResume, VMMPID: os.Getpid()})
 				if err != nil {
 					return err
 				}
