@@ -154,6 +154,7 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 	if err := json.Unmarshal(r.Kvs[0].Value, &s); err != nil {
 		return nil, fmt.Errorf("snapshot %q: corrupt catalog entry: %w", name, err)
 	}
+	s.Name = name // an entry is named by its key, whatever its value says
 	s.Rev = r.Kvs[0].ModRevision
 	return &s, nil
 }
@@ -172,6 +173,7 @@ func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 		if err := json.Unmarshal(kv.Value, &s); err != nil {
 			return nil, fmt.Errorf("control: corrupt catalog entry %s: %w", kv.Key, err)
 		}
+		s.Name = string(kv.Key[len(prefixSnap):])
 		s.Rev = kv.ModRevision
 		out = append(out, &s)
 	}
@@ -256,6 +258,7 @@ func (p *Plane) WatchSnapshots(ctx context.Context, fn func(name string, s *Snap
 					if json.Unmarshal(ev.Kv.Value, &s) != nil {
 						continue
 					}
+					s.Name = name
 					s.Rev = ev.Kv.ModRevision
 					fn(name, &s)
 				}

@@ -1,0 +1,274 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/api"
+	"github.com/aquifer-pool/aquifer/internal/testsnap"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestControlPlaneClosedToOtherUsers runs `aquifer serve --embedded` and,
+// as an unprivileged local user (nobody), tries every TCP port the daemon
+// listens on — enumerated from /proc — as an etcd client (gRPC plain and
+// TLS without a certificate, and etcd's JSON gateway), reading and writing
+// keys; then the daemon's key files, pod secret and API socket. Nothing
+// works. The same probe with the cluster's client certificate reads the
+// keys (positive control: the probe detects access where there is some).
+func TestControlPlaneClosedToOtherUsers(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	// The data directory is the daemon's (0700) but the probe may look:
+	// let other users traverse the test's directories.
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	s := startPool(t, ctx, dir, "--cxl-size", "64MiB", "--cxl-chunk", "16MiB")
+	if _, err := s.pc.Snapshots(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addrs := listeningPorts(t, s.cmd.Process.Pid)
+	t.Logf("serve --embedded (pid %d) listens on %v", s.cmd.Process.Pid, addrs)
+	data := filepath.Join(dir, "d")
+	tlsDir := filepath.Join(data, "tls")
+	spec := probeSpec{Addrs: addrs, API: s.api, Files: []string{filepath.Join(tlsDir, "client.key"), filepath.Join(tlsDir, "ca.key"),
+		filepath.Join(tlsDir, "member.key"), filepath.Join(data, "pod.secret")}}
+	js, _ := json.Marshal(spec)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := asUser(ctx, false, shared(t, self)[0])
+	probe.Env = append(os.Environ(), probeEnv+"="+string(js))
+	out, err := probe.Output()
+	if err != nil {
+		t.Fatalf("probe as uid %d: %v: %s", nobody, err, out)
+	}
+	var got []attempt
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("probe output %q: %v", out, err)
+	}
+	if len(got) < 6*len(addrs) {
+		t.Fatalf("the probe made %d attempts on %d ports", len(got), len(addrs))
+	}
+	for _, a := range got {
+		if a.OK {
+			t.Errorf("uid %d succeeded: %s on %s: %s", nobody, a.How, a.Target, a.Detail)
+		} else {
+			t.Logf("refused: %s on %s: %.120s", a.How, a.Target, a.Detail)
+		}
+	}
+	cli, etcdAddr := etcdOf(t, addrs, tlsDir)
+	t.Logf("etcd member at %s", etcdAddr)
+	if r, err := cli.Get(ctx, "/aquifer/probe"); err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("the probe's key: %v %v", r, err)
+	}
+	// Positive control, as root with the cluster's client certificate.
+	ok := false
+	for _, a := range runProbe(probeSpec{Addrs: []string{etcdAddr}}, etcdCreds(t, tlsDir)) {
+		ok = ok || a.OK
+		t.Logf("with the cluster's certificate: %s on %s: ok=%v %s", a.How, a.Target, a.OK, a.Detail)
+	}
+	if !ok {
+		t.Fatal("the probe cannot reach etcd even with the cluster's certificate: it would prove nothing")
+	}
+	cli.Delete(ctx, "/aquifer/probe")
+}
+
+// TestCatalogForgeryRefused publishes two different snapshots and rewrites
+// the first one's catalog entry through etcd directly, as root with the
+// cluster's client certificate: the second's entry under the first's name
+// (the swap that once served one VM another's memory), a field changed
+// under the old seal, the seal removed (an entry from before seals). Each
+// time the next restore of that snapshot fails with a clear error (before
+// and after a daemon restart), listing fails naming it, the untouched
+// snapshot keeps restoring, and the operator's fix — remove, republish —
+// works.
+func TestCatalogForgeryRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	// A second, different image from another memory file.
+	mem2 := filepath.Join(f.dir, "mem2")
+	if _, err := testsnap.Write(mem2, testsnap.Spec{Size: poolMemSize, ZeroFrac: 0.6, Seed: 99}); err != nil {
+		t.Fatal(err)
+	}
+	img2 := filepath.Join(f.dir, "img2")
+	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", mem2, "--ws", filepath.Join(f.dir, "rec.ws"), "--out", img2).CombinedOutput(); err != nil {
+		t.Fatalf("convert: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	s := startPool(t, ctx, dir)
+	s.publish(t, ctx, img, "helloworld")
+	s.publish(t, ctx, img2, "pyaes")
+	s.restore1(t, ctx, f, "ok0", "helloworld")
+	cli, _ := etcdOf(t, listeningPorts(t, s.cmd.Process.Pid), filepath.Join(dir, "d", "tls"))
+	get := func(name string) []byte {
+		r, err := cli.Get(ctx, "/aquifer/snap/"+name)
+		if err != nil || len(r.Kvs) != 1 {
+			t.Fatalf("entry %s: %v %v", name, r, err)
+		}
+		return r.Kvs[0].Value
+	}
+	put := func(name string, v []byte) {
+		if _, err := cli.Put(ctx, "/aquifer/snap/"+name, string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	orig, other := get("helloworld"), get("pyaes")
+	edit := func(v []byte, fn func(map[string]any)) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(v, &m); err != nil {
+			t.Fatal(err)
+		}
+		fn(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	refused := func(how, want string) {
+		t.Helper()
+		_, err := s.pc.Prepare(ctx, fmt.Sprintf("vm-%d", time.Now().UnixNano()), api.PrepareRequest{Snapshot: "helloworld"})
+		if err == nil || !strings.Contains(err.Error(), "failed authentication") || !strings.Contains(err.Error(), want) ||
+			!strings.Contains(err.Error(), "republish") {
+			t.Fatalf("%s: restore of helloworld: %v", how, err)
+		}
+		t.Logf("%s: PUT /v1/vms refused: %v", how, err)
+		out, lerr := exec.CommandContext(ctx, bin, "pool", "ls", "--api", s.api).CombinedOutput()
+		if lerr == nil || !strings.Contains(string(out), `"helloworld"`) || !strings.Contains(string(out), "failed authentication") {
+			t.Fatalf("%s: pool ls: %v: %s", how, lerr, out)
+		}
+		// A guest (the orchestrator's view) is never served.
+		g := exec.CommandContext(ctx, bin, "guest", "run", "--mem", f.mem, "--trace", f.trace, "--pager-api", s.api,
+			"--vm", fmt.Sprintf("g-%d", time.Now().UnixNano()), "--snapshot", "helloworld")
+		if gout, err := g.CombinedOutput(); err == nil || !strings.Contains(string(gout), "failed authentication") {
+			t.Fatalf("%s: guest run: %v: %s", how, err, gout)
+		}
+		// The untouched snapshot still restores.
+		s.restore1(t, ctx, &fixture{dir: f.dir, mem: mem2, trace: f.trace}, fmt.Sprintf("b-%d", time.Now().UnixNano()), "pyaes")
+	}
+
+	put("helloworld", other) // pyaes's entry under helloworld's name
+	refused("swapped entry", "does not match")
+	// The original attack needed a daemon restart (a clean one: the CXL
+	// lease is released, so the next daemon need not wait it out).
+	s.cmd.Process.Signal(os.Interrupt)
+	s.cmd.Wait()
+	s = startPool(t, ctx, dir)
+	cli, _ = etcdOf(t, listeningPorts(t, s.cmd.Process.Pid), filepath.Join(dir, "d", "tls")) // the member's new port
+	refused("swapped entry after a restart", "does not match")
+
+	put("helloworld", edit(orig, func(m map[string]any) { m["hot"].(map[string]any)["descriptor"] = 1.0 }))
+	refused("CXL placement changed", "does not match")
+	put("helloworld", edit(orig, func(m map[string]any) { m["hot_bytes"] = 4096.0 }))
+	refused("size changed", "does not match")
+	put("helloworld", edit(orig, func(m map[string]any) { delete(m, "seal") }))
+	refused("entry without a seal", "no seal")
+
+	// The untampered entry restores again: the refusal was the content's.
+	put("helloworld", orig)
+	if v := s.restore1(t, ctx, f, "ok1", "helloworld"); v.Report.PreinstallPages == 0 {
+		t.Fatalf("restored entry: %+v", v.Report)
+	}
+	// The operator's fix for a forged entry: remove it, republish.
+	put("helloworld", other)
+	if out, err := exec.CommandContext(ctx, bin, "pool", "rm", "helloworld", "--api", s.api).CombinedOutput(); err != nil {
+		t.Fatalf("pool rm of a forged entry: %v: %s", err, out)
+	}
+	s.publish(t, ctx, img, "helloworld")
+	s.restore1(t, ctx, f, "ok2", "helloworld")
+	if tiers := s.poolLS(t, ctx); len(tiers) != 2 {
+		t.Fatalf("pool ls after the fix: %v", tiers)
+	}
+}
+
+// TestReregisterAfterEtcdRestart runs a daemon on an external `aquifer etcd`
+// with 2 s leases, kills etcd for longer than that and starts it again on
+// the same data and address: the host's and the memory nodes'
+// registrations come back by themselves under new leases (counted in
+// aquifer_control_reregistrations_total), and the pod publishes and
+// restores again.
+func TestReregisterAfterEtcdRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	dir := t.TempDir()
+	etcdDir := filepath.Join(dir, "etcd")
+	caddr, paddr := freePort(t), freePort(t)
+	ep, etcd := startEtcdAt(t, ctx, etcdDir, caddr, paddr)
+	tlsDir := filepath.Join(etcdDir, "tls")
+	s := startPool(t, ctx, dir, "--etcd-endpoints", ep, "--etcd-tls-dir", tlsDir, "--lease-ttl", "2")
+	s.publish(t, ctx, img, "fn")
+	leases := func() map[string]int64 {
+		cli, _ := etcdOf(t, []string{caddr}, tlsDir)
+		r, err := cli.Get(ctx, "/aquifer/", clientv3.WithPrefix())
+		if err != nil {
+			return nil
+		}
+		out := map[string]int64{}
+		for _, kv := range r.Kvs {
+			k := string(kv.Key)
+			if strings.HasPrefix(k, "/aquifer/host/") || strings.HasPrefix(k, "/aquifer/memnode/") {
+				out[k] = kv.Lease
+			}
+		}
+		return out
+	}
+	before := leases()
+	if len(before) != 4 {
+		t.Fatalf("registrations before the outage: %v, want a host and 3 memory nodes", before)
+	}
+
+	etcd.Process.Kill()
+	etcd.Wait()
+	time.Sleep(5 * time.Second) // past the 2 s leases
+	startEtcdAt(t, ctx, etcdDir, caddr, paddr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		after := leases()
+		renewed := 0
+		for k, l := range after {
+			if old, ok := before[k]; ok && old != l {
+				renewed++
+			}
+		}
+		if len(after) == 4 && renewed == 4 {
+			t.Logf("re-registered: %v → %v", before, after)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registrations after etcd came back: %v (before %v)", after, before)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m, err := s.pc.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, n := metric(t, m, `aquifer_control_reregistrations_total{kind="host"}`), metric(t, m, `aquifer_control_reregistrations_total{kind="memnode"}`); h != 1 || n != 3 {
+		t.Fatalf("aquifer_control_reregistrations_total host %v memnode %v, want 1 and 3", h, n)
+	}
+	// Still registered after several more leases.
+	time.Sleep(3 * time.Second)
+	if l := leases(); len(l) != 4 {
+		t.Fatalf("registrations did not stay: %v", l)
+	}
+	s.publish(t, ctx, img, "fn2")
+	for _, name := range []string{"fn", "fn2"} {
+		if v := s.restore1(t, ctx, f, "vm-"+name, name); v.Report.PreinstallPages == 0 {
+			t.Fatalf("%s: %+v", name, v.Report)
+		}
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatal("ran out of time")
+	}
+}
