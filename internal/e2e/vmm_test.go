@@ -336,7 +336,8 @@ func TestDaemonsIsolated(t *testing.T) {
 	waitSocket(t, sock)
 	h3.Process.Kill()
 	h3.Wait()
-	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 {
+	stale, err := os.Lstat(sock)
+	if err != nil || stale.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("a killed handler left no stale socket to test with: %v", err)
 	}
 	if c, err := net.Dial("unix", sock); err == nil {
@@ -344,7 +345,17 @@ func TestDaemonsIsolated(t *testing.T) {
 		t.Fatal("the stale socket accepts connections")
 	}
 	h4, out4 := startHandle(t, ctx, sock, f.mem)
-	waitSocket(t, sock)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		// The new handler's socket replaced the stale one (the inode
+		// number may be reused: compare the change times too).
+		if st, err := os.Lstat(sock); err == nil && (!os.SameFile(st, stale) ||
+			st.Sys().(*syscall.Stat_t).Ctim != stale.Sys().(*syscall.Stat_t).Ctim) {
+			break
+		}
+		if time.Now().After(deadline) || h4.ProcessState != nil {
+			t.Fatalf("the stale socket was not replaced: %s", out4)
+		}
+	}
 	if rep := runGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock); rep.Mismatches != 0 || rep.Verified == 0 {
 		t.Fatalf("handler on a stale socket: %+v", rep)
 	}
