@@ -17,9 +17,9 @@ import (
 // TLS, with certificates of the cluster CA kept in a PKI directory (by
 // default DATA-DIR/tls; package pki):
 //
-//	ca.crt, ca.key        the cluster CA
-//	member.crt/.key       the etcd member (server and peer)
-//	client.crt/.key       the pager daemons' client certificate
+//	ca.crt, ca.key             the cluster CA
+//	member-NAME.crt/.key       etcd member NAME (server and peer)
+//	client.crt/.key            the pager daemons' client certificate
 //
 // `aquifer etcd` and `serve --embedded` (without --etcd-endpoints) create
 // what is missing on first start; daemons on other hosts get ca.crt,
@@ -28,11 +28,13 @@ import (
 // TLSDirName is the PKI directory inside a data directory.
 const TLSDirName = "tls"
 
-// Certificate names in a PKI directory.
-const (
-	MemberCert = "member"
-	ClientCert = "client"
-)
+// ClientCert names the daemons' client certificate in a PKI directory;
+// MemberCert that of an etcd member.
+const ClientCert = "client"
+
+// MemberCert names etcd member name's certificate (one directory may hold
+// several members' certificates, all of one CA).
+func MemberCert(name string) string { return "member-" + name }
 
 // EtcdConfig configures an etcd member started by StartEtcd.
 type EtcdConfig struct {
@@ -62,7 +64,10 @@ func StartEtcd(ctx context.Context, c EtcdConfig) (*member.Member, error) {
 	if err := pki.CheckDir(c.Dir); err != nil {
 		return nil, fieldErr("data-dir", "%v", err)
 	}
-	files, _, err := memberPKI(c.TLSDir, []string{c.ClientAddr, c.PeerAddr}, c.Hosts)
+	if c.Name == "" {
+		c.Name = "aquifer"
+	}
+	files, _, err := memberPKI(c.TLSDir, c.Name, []string{c.ClientAddr, c.PeerAddr}, c.Hosts)
 	if err != nil {
 		return nil, fieldErr("tls-dir", "%v", err)
 	}
@@ -70,14 +75,22 @@ func StartEtcd(ctx context.Context, c EtcdConfig) (*member.Member, error) {
 	return member.Start(ctx, c.Config)
 }
 
-// memberPKI makes sure dir holds the CA, a member certificate covering
-// addrs and hosts, and a client certificate.
-func memberPKI(dir string, addrs, hosts []string) (member.TLSFiles, pki.Pair, error) {
+// memberPKI makes sure dir holds the CA, member name's certificate
+// covering addrs and hosts, and a client certificate.
+func memberPKI(dir, name string, addrs, hosts []string) (files member.TLSFiles, client pki.Pair, err error) {
+	err = pki.Locked(dir, func() error {
+		files, client, err = ensureMemberPKI(dir, name, addrs, hosts)
+		return err
+	})
+	return files, client, err
+}
+
+func ensureMemberPKI(dir, name string, addrs, hosts []string) (member.TLSFiles, pki.Pair, error) {
 	ca, err := pki.OpenCA(dir, "aquifer cluster CA")
 	if err != nil {
 		return member.TLSFiles{}, pki.Pair{}, err
 	}
-	spec := pki.Spec{CN: "aquifer etcd member", Server: true, Client: true, DNS: []string{"localhost"},
+	spec := pki.Spec{CN: "aquifer etcd member " + name, Server: true, Client: true, DNS: []string{"localhost"},
 		IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
 	if h, err := os.Hostname(); err == nil && h != "" {
 		spec.DNS = append(spec.DNS, h)
@@ -110,7 +123,7 @@ func memberPKI(dir string, addrs, hosts []string) (member.TLSFiles, pki.Pair, er
 			spec.DNS = appendNew(spec.DNS, h)
 		}
 	}
-	mp, err := ca.Ensure(dir, MemberCert, spec)
+	mp, err := ca.Ensure(dir, MemberCert(name), spec)
 	if err != nil {
 		return member.TLSFiles{}, pki.Pair{}, err
 	}
@@ -245,7 +258,7 @@ func (s *Server) dialControlPlane(ctx context.Context, c *PodConfig) error {
 		return err
 	}
 	dir := filepath.Join(c.DataDir, TLSDirName)
-	files, client, err := memberPKI(dir, nil, nil)
+	files, client, err := memberPKI(dir, "aquifer", nil, nil)
 	if err != nil {
 		return fieldErr("data-dir", "%v", err)
 	}

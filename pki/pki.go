@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
+	"golang.org/x/sys/unix"
 )
 
 // File names of the CA inside a PKI directory.
@@ -58,6 +59,31 @@ type Spec struct {
 // Pair names a certificate's files.
 type Pair struct {
 	CertFile, KeyFile string
+}
+
+// Locked runs fn holding an exclusive lock on dir (created mode 0700):
+// processes that set up certificates in one directory at once (several
+// etcd members of one machine) never make two CAs or overwrite each
+// other's files half-way.
+func Locked(dir string, fn func() error) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("pki: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("pki: %w", err)
+	}
+	defer f.Close()
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("pki: lock %s: %w", dir, err)
+		}
+	}
+	return fn()
 }
 
 // Files returns the file names of certificate name in dir.

@@ -190,3 +190,38 @@ func TestPermissionsRefused(t *testing.T) {
 		t.Fatalf("missing CA file: %v", err)
 	}
 }
+
+// TestLockedSetup: processes setting up one directory at once (here
+// goroutines, each opening the CA and issuing its own certificate under
+// the lock) end with one CA that signed every certificate.
+func TestLockedSetup(t *testing.T) {
+	dir := t.TempDir()
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			errs <- Locked(dir, func() error {
+				ca, err := OpenCA(dir, "c")
+				if err != nil {
+					return err
+				}
+				_, err = ca.Ensure(dir, "m"+string(rune('a'+i)), Spec{CN: "m", Client: true})
+				return err
+			})
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca, err := LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := ca.check(Files(dir, "m"+string(rune('a'+i))), Spec{Client: true}); err != nil {
+			t.Fatalf("certificate %d: %v", i, err)
+		}
+	}
+}

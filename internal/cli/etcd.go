@@ -26,7 +26,7 @@ prints its client endpoint and serves until interrupted; its data stays in
 The member serves mutual TLS only (client-cert-auth, for clients and peers):
 a connection without a certificate of the cluster's CA is refused. On first
 start it creates, in --tls-dir (default DATA-DIR/tls, mode 0700, files 0600),
-the cluster CA (ca.crt, ca.key), its own certificate (member.crt, covering
+the cluster CA (ca.crt, ca.key), its own certificate (member-NAME.crt, covering
 its addresses, localhost, this host's name and --tls-host) and the daemons'
 client certificate (client.crt, client.key). Give daemons ca.crt, client.crt
 and client.key in a directory of their own: serve --etcd-tls-dir DIR. Never

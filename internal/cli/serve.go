@@ -36,8 +36,10 @@ UFFD socket to give Firecracker as mem_backend.backend_path; GET
 resumed. See docs/operations.md.
 
 With --embedded this host is a member of a pod and runs what the pod needs
-that it is not told to find elsewhere: an etcd member (unless
---etcd-endpoints), memory nodes on loopback (unless --memnode-addrs names
+that it is not told to find elsewhere: an etcd member serving mutual TLS
+only, certificates in DATA-DIR/tls (unless --etcd-endpoints https://...
+with --etcd-tls-dir, or --etcd-ca/--etcd-cert/--etcd-key and
+--etcd-user/--etcd-password-file), memory nodes on loopback (unless --memnode-addrs names
 aquifer memnode processes, admitted with the pod secret --secret-file), and
 the pod's CXL region (--cxl shm:PATH, the emulated region, created on first
 start; devdax:/dev/daxX.Y, a real device formatted with aquifer cxl format;

@@ -42,7 +42,7 @@ func TestControlPlaneClosedToOtherUsers(t *testing.T) {
 	data := filepath.Join(dir, "d")
 	tlsDir := filepath.Join(data, "tls")
 	spec := probeSpec{Addrs: addrs, API: s.api, Files: []string{filepath.Join(tlsDir, "client.key"), filepath.Join(tlsDir, "ca.key"),
-		filepath.Join(tlsDir, "member.key"), filepath.Join(data, "pod.secret")}}
+		filepath.Join(tlsDir, "member-aquifer.key"), filepath.Join(data, "pod.secret")}}
 	js, _ := json.Marshal(spec)
 	self, err := os.Executable()
 	if err != nil {
