@@ -177,11 +177,7 @@ func TestUFFDSocketBoundToVMM(t *testing.T) {
 	defer cancel()
 	f, img := poolFixture(t, ctx)
 	dir := t.TempDir()
-	images := filepath.Join(dir, "images")
-	os.MkdirAll(images, 0o700)
-	if err := os.Link(img, filepath.Join(images, "fn.img")); err != nil {
-		t.Fatal(err)
-	}
+	images := imagesDir(t, dir, img)
 	// The VMM under a jailer runs as another uid: the socket directory is
 	// searchable (not listable) by it.
 	vms := filepath.Join(dir, "vms")
@@ -254,6 +250,17 @@ func TestUFFDSocketBoundToVMM(t *testing.T) {
 	}
 }
 
+// imagesDir makes dir/images holding img as fn.img (for serve --images).
+func imagesDir(t *testing.T, dir, img string) string {
+	t.Helper()
+	images := filepath.Join(dir, "images")
+	os.MkdirAll(images, 0o700)
+	if err := os.Link(img, filepath.Join(images, "fn.img")); err != nil {
+		t.Fatal(err)
+	}
+	return images
+}
+
 // startHandle runs `aquifer handle --socket sock --mem mem`.
 func startHandle(t *testing.T, ctx context.Context, sock, mem string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
@@ -282,11 +289,7 @@ func TestDaemonsIsolated(t *testing.T) {
 	defer cancel()
 	f, img := poolFixture(t, ctx)
 	dir := t.TempDir()
-	images := filepath.Join(dir, "images")
-	os.MkdirAll(images, 0o700)
-	if err := os.Link(img, filepath.Join(images, "fn.img")); err != nil {
-		t.Fatal(err)
-	}
+	images := imagesDir(t, dir, img)
 	a := exec.CommandContext(ctx, bin, "serve", "--images", images, "--api", filepath.Join(dir, "a.sock"),
 		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn")
 	a.Stderr = os.Stderr
