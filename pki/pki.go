@@ -36,6 +36,10 @@ const (
 	Renew        = 30 * 24 * time.Hour
 )
 
+// ErrExposed marks a secret file other users can read, or a directory of
+// secrets they can write: refused, never silently replaced.
+var ErrExposed = errors.New("exposed to other users")
+
 // CA is a loaded certificate authority. Key is nil for a CA whose key is
 // not on this host: it can verify, not issue.
 type CA struct {
@@ -170,6 +174,8 @@ func (ca *CA) Ensure(dir, name string, spec Spec) (Pair, error) {
 	p := Files(dir, name)
 	if err := ca.check(p, spec); err == nil {
 		return p, nil
+	} else if errors.Is(err, ErrExposed) {
+		return Pair{}, err
 	} else if ca.Key == nil {
 		return Pair{}, fmt.Errorf("pki: %s cannot be used (%v) and %s has no CA key to issue a new one", p.CertFile, err, ca.Dir)
 	}
@@ -317,7 +323,7 @@ func CheckPrivate(path string) error {
 		return fmt.Errorf("pki: %s is not a regular file", path)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("pki: %s is readable by other users (mode %04o): run `chmod 600 %s`", path, perm, path)
+		return fmt.Errorf("pki: %s is readable by other users (mode %04o; %w): run `chmod 600 %s`", path, perm, ErrExposed, path)
 	}
 	return CheckDir(filepath.Dir(path))
 }
@@ -331,7 +337,7 @@ func CheckDir(dir string) error {
 		return fmt.Errorf("pki: %w", err)
 	}
 	if perm := st.Mode().Perm(); perm&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("pki: %s is writable by other users (mode %04o): run `chmod go-w %s`", dir, perm, dir)
+		return fmt.Errorf("pki: %s is writable by other users (mode %04o; %w): run `chmod go-w %s`", dir, perm, ErrExposed, dir)
 	}
 	return nil
 }

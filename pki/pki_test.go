@@ -172,6 +172,10 @@ func TestPermissionsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "chmod 600 "+p.KeyFile) {
 		t.Fatalf("group-readable key: %v", err)
 	}
+	// Ensure refuses it too: an exposed key is never silently replaced.
+	if _, err := ca.Ensure(dir, "client", Spec{CN: "d", Client: true}); !errors.Is(err, ErrExposed) {
+		t.Fatalf("Ensure over a group-readable key: %v", err)
+	}
 	os.Chmod(p.KeyFile, 0o600)
 	os.Chmod(dir, 0o777)
 	defer os.Chmod(dir, 0o700)

@@ -272,3 +272,56 @@ func TestReregisterAfterEtcdRestart(t *testing.T) {
 		t.Fatal("ran out of time")
 	}
 }
+
+// TestServeRefusesExposedSecrets: a key, the pod secret or a directory of
+// them that other users could read or write makes `aquifer serve` refuse to
+// start, naming the file and the chmod that fixes it; nothing is silently
+// replaced, and after the chmod it starts.
+func TestServeRefusesExposedSecrets(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	s := startPool(t, ctx, dir)
+	s.cmd.Process.Signal(os.Interrupt)
+	s.cmd.Wait()
+	data := filepath.Join(dir, "d")
+	cases := []struct {
+		path string
+		mode os.FileMode
+		fix  string
+	}{
+		{filepath.Join(data, "tls", "client.key"), 0o640, "chmod 600 " + filepath.Join(data, "tls", "client.key")},
+		{filepath.Join(data, "tls", "ca.key"), 0o604, "chmod 600 " + filepath.Join(data, "tls", "ca.key")},
+		{filepath.Join(data, "pod.secret"), 0o644, "chmod 600 " + filepath.Join(data, "pod.secret")},
+		{filepath.Join(data, "tls"), 0o777, "chmod go-w " + filepath.Join(data, "tls")},
+		{data, 0o770, "chmod go-w " + data},
+		{filepath.Join(dir, "vms"), 0o777, "chmod go-w " + filepath.Join(dir, "vms")},
+	}
+	for _, c := range cases {
+		st, err := os.Stat(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.ReadFile(c.path)
+		os.Chmod(c.path, c.mode)
+		out, err := exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", data, "--cxl-path", filepath.Join(dir, "cxl"),
+			"--api", filepath.Join(dir, "api.sock"), "--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.fix) {
+			t.Fatalf("%s mode %04o: serve %v: %s", c.path, c.mode, err, out)
+		}
+		if after, _ := os.ReadFile(c.path); st.Mode().IsRegular() && string(after) != string(before) {
+			t.Fatalf("%s was replaced instead of refused", c.path)
+		}
+		t.Logf("%s mode %04o: %s", filepath.Base(c.path), c.mode, lastLine(string(out)))
+		os.Chmod(c.path, st.Mode().Perm())
+	}
+	s = startPool(t, ctx, dir)
+	if _, err := s.pc.Snapshots(ctx); err != nil {
+		t.Fatalf("after the chmods: %v", err)
+	}
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
