@@ -157,15 +157,15 @@ func (r *Registration) keep(ctx context.Context, ch <-chan *clientv3.LeaseKeepAl
 			}
 			wait = min(2*wait, 2*time.Second)
 		}
+		log.Info("control-plane registration re-created", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.Lease())))
+		if f := r.p.Reregistered; f != nil {
+			f(strings.Trim(strings.TrimPrefix(r.prefix, "/aquifer/"), "/"), r.m.ID)
+		}
 		// The old lease may still live in etcd (the client gave up on it
 		// first): revoke it so it cannot linger.
 		rctx, cancel := r.p.op(ctx)
 		r.p.Client.Revoke(rctx, old)
 		cancel()
-		log.Info("control-plane registration re-created", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.Lease())))
-		if f := r.p.Reregistered; f != nil {
-			f(strings.Trim(strings.TrimPrefix(r.prefix, "/aquifer/"), "/"), r.m.ID)
-		}
 	}
 }
 
