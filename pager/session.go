@@ -79,7 +79,7 @@ type Session struct {
 
 	hotReady  chan struct{}
 	hotMu     sync.Mutex
-	hotSeg    []byte
+	hotSeg    restore.Segment
 	hotUsers  sync.WaitGroup
 	hotOnce   sync.Once
 	readyOnce sync.Once
@@ -164,7 +164,8 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			// valid until every demand copy from it is done.
 			s.hotUsers.Add(1)
 			s.hotMu.Unlock()
-			return offheap.AddrOf(seg) + uintptr(idx*ps), false, func() { s.hotUsers.Done() }, nil
+			addr, _ := seg.Run(idx, 1, ps)
+			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
 		s.hotMu.Unlock()
 		return s.latePage(idx)
@@ -339,7 +340,7 @@ func (s *Session) preinstall(ctx context.Context) {
 	_, nhot, _ := s.img.Counts()
 	var err error
 	if nhot > 0 {
-		err = s.withHot(ctx, func(seg []byte) error {
+		err = s.withHot(ctx, func(seg restore.Segment) error {
 			s.hotMu.Lock()
 			s.hotSeg = seg
 			s.hotMu.Unlock()
@@ -355,12 +356,20 @@ func (s *Session) preinstall(ctx context.Context) {
 			if s.opts.NoPreinstall {
 				return nil
 			}
-			base := offheap.AddrOf(seg)
 			for _, run := range s.img.HotRuns() {
-				n, err := s.h.InstallQuiet(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
-				s.rep.PreinstallPages += n
-				if err != nil {
-					return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+				// A run is one UFFDIO_COPY unless it crosses from one piece
+				// of the segment to the next.
+				for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
+					addr, k := seg.Run(idx, left, s.ps)
+					if k == 0 {
+						return fmt.Errorf("pager: hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
+					}
+					n, err := s.h.InstallQuiet(page*s.ps, addr, k)
+					s.rep.PreinstallPages += n
+					if err != nil {
+						return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+					}
+					page, idx, left = page+k, idx+k, left-k
 				}
 			}
 			s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
@@ -417,16 +426,16 @@ func (s *Session) openHot() {
 // withHot runs fn on the verified hot segment, falling back to the snapshot's HotFallback
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
-func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error {
+func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) error) error {
 	_, nhot, _ := s.img.Counts()
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
-		err := src.With(ctx, func(seg []byte) error {
-			if uint64(len(seg)) < nhot*s.ps {
-				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), nhot*s.ps)
+		err := src.With(ctx, func(seg restore.Segment) error {
+			if uint64(seg.Len()) < nhot*s.ps {
+				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), nhot*s.ps)
 			}
 			for i := uint64(0); i < nhot; i++ {
-				if err := s.img.VerifyHotPage(i, seg[i*s.ps:(i+1)*s.ps]); err != nil {
+				if err := s.img.VerifyHotPage(i, seg.Page(i, s.ps)); err != nil {
 					return fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
 				}
 			}
@@ -516,8 +525,8 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 	if err != nil {
 		return 0, false, nil, err
 	}
-	err = s.withHot(s.ctx, func(seg []byte) error {
-		copy(m.B, seg[idx*s.ps:(idx+1)*s.ps])
+	err = s.withHot(s.ctx, func(seg restore.Segment) error {
+		copy(m.B, seg.Page(idx, s.ps))
 		return nil
 	})
 	if err != nil {

@@ -41,6 +41,13 @@ type Catalog interface {
 	List(ctx context.Context) ([]*Info, error)
 }
 
+// Tiering is implemented by catalogs that move hot sets between tiers on
+// an operator's request (this host's pod: its CXL region or the RDMA copy).
+type Tiering interface {
+	Promote(ctx context.Context, name string) error
+	Demote(ctx context.Context, name string) error
+}
+
 // Info describes a published snapshot.
 type Info struct {
 	Name      string
