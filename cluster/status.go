@@ -83,8 +83,8 @@ type SnapshotStatus struct {
 	// "rdma"; HotIn names those pods.
 	HotTier   string   `json:"hot_tier"`
 	HotIn     []string `json:"hot_in"`
-	HotBytes  uint64 `json:"hot_bytes"`
-	ColdBytes uint64 `json:"cold_bytes"`
+	HotBytes  uint64   `json:"hot_bytes"`
+	ColdBytes uint64   `json:"cold_bytes"`
 }
 
 // GetStatus asks every piece of the cluster in dir.
