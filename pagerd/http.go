@@ -126,6 +126,18 @@ func (d *Daemon) Handler() http.Handler {
 			w.WriteHeader(204)
 		})
 	}
+	mt, _ := d.cfg.Opener.(restore.MemTier)
+	mux.HandleFunc("POST /v1/memnodes/{addr}/drain", func(w http.ResponseWriter, r *http.Request) {
+		if mt == nil {
+			writeErr(w, fmt.Errorf("%w: this daemon has no memory tier", restore.ErrInvalid))
+			return
+		}
+		if err := mt.Drain(r.Context(), r.PathValue("addr")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(204)
+	})
 	mux.HandleFunc("DELETE /v1/snapshots/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if cat == nil {
 			writeErr(w, errNoCatalog)

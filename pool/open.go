@@ -57,7 +57,7 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 		return nil, err
 	}
 	p.mu.Lock()
-	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
+	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) && e.rev == cat.Rev {
 		p.mu.Unlock()
 		return e, nil
 	}
@@ -82,7 +82,13 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %q: %w", cat.Name, err)
 	}
-	e := &entry{published: cat.Published, img: img}
+	e := &entry{published: cat.Published, rev: cat.Rev, img: img}
+	// The header's object descriptors are the current ones (repair moves
+	// replicas and rewrites the header, never the immutable metadata
+	// object); entries without them fall back to the metadata's copy.
+	if h.HotObj != nil || h.ColdObj != nil {
+		objs = &objects{Hot: h.HotObj, Cold: h.ColdObj}
+	}
 	if objs.Cold != nil {
 		e.cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
 	}

@@ -32,6 +32,10 @@ type Config struct {
 	// CheckRegion, if set, is run every sweep; an error puts the CXL tier
 	// out of service on this host (restores read the RDMA copies).
 	CheckRegion func() error
+	// MemTier, if set, makes this host a candidate to look after the
+	// memory tier (re-replication and drains; one host of the cluster at a
+	// time).
+	MemTier *MemTierConfig
 	// CatalogKey seals catalog entries (CatalogKey(pod secret); seal.go).
 	CatalogKey []byte
 	Logger     *slog.Logger
@@ -56,6 +60,7 @@ type Pool struct {
 	promos   sync.Map // names being promoted
 	bg       sync.WaitGroup
 	Counters Counters
+	MemTier  MemTierStats
 }
 
 // Counters are the pool's event counts (exported as metrics by embed).
@@ -69,6 +74,7 @@ type Counters struct {
 // seen in the catalog (kept current by a watch).
 type entry struct {
 	published time.Time
+	rev       int64 // the catalog entry's revision (repair rewrites its header)
 	img       *snapimage.Image
 	cold      restore.ColdSource
 	fallback  restore.HotSource
@@ -100,6 +106,16 @@ func New(cfg Config) (*Pool, error) {
 		p.bg.Add(1)
 		go p.sweepLoop(ctx)
 	}
+	if mt := cfg.MemTier; mt != nil {
+		if mt.Interval <= 0 {
+			mt.Interval = 2 * time.Second
+		}
+		if mt.DeadAfter <= 0 {
+			mt.DeadAfter = 10 * time.Second
+		}
+		p.bg.Add(1)
+		go p.memTierLoop(ctx)
+	}
 	return p, nil
 }
 
@@ -130,9 +146,11 @@ func (p *Pool) catalogChanged(name string, s *control.Snapshot) {
 	if !ok {
 		return
 	}
-	if s == nil || !s.Published.Equal(e.published) {
+	if s == nil || !s.Published.Equal(e.published) || s.Rev != e.rev {
 		delete(p.cache, name)
-		e.hot.Store(nil)
+		if s == nil || !s.Published.Equal(e.published) {
+			e.hot.Store(nil)
+		}
 	}
 }
 

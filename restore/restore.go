@@ -48,6 +48,12 @@ type Tiering interface {
 	Demote(ctx context.Context, name string) error
 }
 
+// MemTier is implemented by catalogs whose memory tier an operator can
+// drain a node of.
+type MemTier interface {
+	Drain(ctx context.Context, addr string) error
+}
+
 // Info describes a published snapshot.
 type Info struct {
 	Name      string

@@ -212,6 +212,12 @@ func (c *Client) Demote(ctx context.Context, name string) error {
 	return c.do(ctx, c.o.Timeout, "POST", "/snapshots/"+url.PathEscape(name)+"/demote", nil, nil)
 }
 
+// Drain moves every segment off the memory node at addr and returns once
+// none is left there.
+func (c *Client) Drain(ctx context.Context, addr string) error {
+	return c.do(ctx, c.o.PublishTimeout, "POST", "/memnodes/"+url.PathEscape(addr)+"/drain", nil, nil)
+}
+
 // Metrics returns the daemon's Prometheus exposition text.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
