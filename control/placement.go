@@ -86,7 +86,9 @@ func (c *PodState) placementKey(name string) string { return c.pre + "hot/" + na
 func (c *PodState) heatKey(name string) string      { return c.pre + "heat/" + name }
 
 // Name is the pod's name.
-func (c *PodState) Name() string { return strings.TrimSuffix(strings.TrimPrefix(c.pre, "/aquifer/pods/"), "/") }
+func (c *PodState) Name() string {
+	return strings.TrimSuffix(strings.TrimPrefix(c.pre, "/aquifer/pods/"), "/")
+}
 
 // PutPlacement records pl; with rev 0 only if the snapshot has no placement
 // in this pod yet (else ErrExists), otherwise only if the record is still at
