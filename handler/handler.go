@@ -292,14 +292,19 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 				pending = nil
 			}
 		}
-		if fds[1].Revents&unix.POLLIN != 0 {
-			return "stopped", nil
-		}
+		// The VM's going is named before a stop: serving stops itself
+		// (Stop) when a copy finds the VM gone.
 		if exitIdx >= 0 && fds[exitIdx].Revents&unix.POLLIN != 0 {
 			return "vm exited", nil
 		}
 		if hupIdx >= 0 && fds[hupIdx].Revents != 0 {
 			return "vm closed the handshake socket", nil
+		}
+		if fds[1].Revents&unix.POLLIN != 0 {
+			if h.gone.Load() {
+				return "vm gone (ESRCH)", nil
+			}
+			return "stopped", nil
 		}
 	}
 }
