@@ -279,6 +279,28 @@ func TestVMExits(t *testing.T) {
 			t.Fatal("the dead VM's touch reported a page")
 		}
 	})
+	t.Run("noticed by an install", func(t *testing.T) {
+		// No exit watchers (a VMM whose pidfd could not be opened): only
+		// the prefetcher's install finds the VM gone, and must end serving.
+		f := newFixture(t)
+		snap, _, cold := f.snapshot(t)
+		x := f.firstExtent(true)
+		release := cold.holdExtent(x)
+		defer release()
+		c, vm, u := childVM(t, handshake.DialectV1_7)
+		r := serve(t, snap, Options{}, u, vm.Regions, -1, -1)
+		if err := r.ready(t); err != nil {
+			t.Fatal(err)
+		}
+		cold.awaitEntered(t, x)
+		c.Kill()
+		release()
+		rep, err := r.wait(t)
+		if err != nil || rep.Handler.Exit != "vm gone (ESRCH)" {
+			t.Fatalf("Serve: exit %q, %v; want vm gone (ESRCH)", rep.Handler.Exit, err)
+		}
+		r.log.check(t)
+	})
 	t.Run("mid pre-install", func(t *testing.T) {
 		f := newFixture(t)
 		snap, hot, _ := f.snapshot(t)

@@ -169,6 +169,7 @@ func TestHotFaultInsidePreinstallWindow(t *testing.T) {
 	snap.Hot = tier
 	v := newVM(t)
 	r := serveVM(t, snap, Options{}, v)
+	t.Cleanup(tier.unhold) // before the session's cleanup waits for it
 	select {
 	case <-tier.held:
 	case <-time.After(30 * time.Second):
