@@ -233,38 +233,44 @@ func (v *VM) Send(socket string, d handshake.Dialect) (*net.UnixConn, error) {
 	return handshake.Send(socket, v.Regions, d, v.UFFD.Fd())
 }
 
-// SendAs is Send from a thread whose real, effective and saved uid are uid
-// (setresuid on that OS thread alone, which then ends with its goroutine),
-// so the listener sees a peer of that uid in SO_PEERCRED. The socket must be
-// reachable by uid. The connection is closed once the message is sent.
+// SendAs is Send from a peer of another uid (see AsUID): the listener sees
+// uid in SO_PEERCRED. The socket must be reachable by uid. The connection
+// is closed once the message is sent (or refused).
 func (v *VM) SendAs(uid int, socket string, d handshake.Dialect) error {
 	body, err := handshake.Marshal(v.Regions, d)
 	if err != nil {
 		return err
 	}
+	return AsUID(uid, func() error {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: socket}); err != nil {
+			return fmt.Errorf("testvm: connect %s as uid %d: %w", socket, uid, err)
+		}
+		return unix.Sendmsg(fd, body, unix.UnixRights(v.UFFD.Fd()), nil, 0)
+	})
+}
+
+// AsUID runs fn on an OS thread of its own whose real, effective and saved
+// uid are uid (setresuid on that thread alone; the thread ends with fn), so
+// sockets it connects carry uid in SO_PEERCRED and its file accesses are
+// checked as uid's. fn must stay on its goroutine (raw system calls).
+func AsUID(uid int, fn func() error) error {
 	ch := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread's credentials changed, so it must die
 		// with this goroutine rather than run other goroutines.
 		runtime.LockOSThread()
-		ch <- sendAs(uid, socket, body, unix.UnixRights(v.UFFD.Fd()))
+		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); errno != 0 {
+			ch <- fmt.Errorf("testvm: setresuid(%d) on this thread: %w", uid, errno)
+			return
+		}
+		ch <- fn()
 	}()
 	return <-ch
-}
-
-func sendAs(uid int, socket string, body, oob []byte) error {
-	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); errno != 0 {
-		return fmt.Errorf("testvm: setresuid(%d) on this thread: %w", uid, errno)
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: socket}); err != nil {
-		return fmt.Errorf("testvm: connect %s as uid %d: %w", socket, uid, err)
-	}
-	return unix.Sendmsg(fd, body, oob, nil, 0)
 }
 
 // Close closes the userfaultfd (the kernel then wakes every thread waiting
