@@ -3,6 +3,7 @@ package pager
 import (
 	"context"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -251,7 +252,7 @@ func childVM(t *testing.T, dialect handshake.Dialect) (*testvm.Child, *handshake
 // extent of its fault, or while the pre-install waits for the hot tier,
 // ends the session: no hang, no error storm, the exit said.
 func TestVMExits(t *testing.T) {
-	t.Run("mid extent", func(t *testing.T) {
+	t.Run("while its extent is read", func(t *testing.T) {
 		f := newFixture(t)
 		snap, _, cold := f.snapshot(t)
 		x := f.firstExtent(false)
@@ -301,15 +302,53 @@ func TestVMExits(t *testing.T) {
 		}
 		r.log.check(t)
 	})
-	t.Run("mid pre-install", func(t *testing.T) {
+	t.Run("mid extent install", func(t *testing.T) {
+		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow
 		f := newFixture(t)
-		snap, hot, _ := f.snapshot(t)
-		hot.gate, hot.entered = make(chan struct{}), make(chan struct{})
+		snap, _, _ := f.snapshot(t)
+		x := f.firstExtent(false) // never prefetched
+		cold := newHeldCold(t, f, x, 3)
+		snap.Cold = cold
+		c, vm, u := childVM(t, handshake.DialectV1_12)
+		r := serve(t, snap, Options{}, u, vm.Regions, vm.Watch.PidFD, vm.Watch.HangupFD)
+		t.Cleanup(cold.unhold)
+		if err := r.ready(t); err != nil {
+			t.Fatal(err)
+		}
+		p := f.extentPages(x)[0]
+		got := <-c.Touch(p) // the faulting page is installed first
+		if got.Err != nil {
+			t.Fatal(got.Err)
+		}
+		f.check(t, p, got.Page)
+		cold.awaitHeld(t) // the rest of the extent, held in the kernel at its 4th page
+		c.Kill()
+		cold.unhold()
+		rep, err := r.wait(t)
+		if err != nil {
+			t.Fatalf("Serve after the VM died: %v", err)
+		}
+		if e := rep.Handler.Exit; e == "" || e == "error" || e == "stopped" {
+			t.Fatalf("exit %q: want the VM's going named", e)
+		}
+		r.log.check(t)
+	})
+	t.Run("mid pre-install", func(t *testing.T) {
+		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow
+		f := newFixture(t)
+		if len(f.img.HotRuns()) < 2 {
+			t.Fatal("fixture: the hot set is one run")
+		}
+		snap, good, _ := f.snapshot(t)
+		_, nhot, _ := f.img.Counts()
+		tier := newHeldTier(t, good, nhot)
+		snap.Hot = tier
 		c, vm, u := childVM(t, handshake.DialectV1_7)
 		r := serve(t, snap, Options{}, u, vm.Regions, vm.Watch.PidFD, -1)
-		<-hot.entered
+		t.Cleanup(tier.unhold)
+		tier.awaitHeld(t) // the first hot run's UFFDIO_COPY, held in the kernel
 		c.Kill()
-		close(hot.gate)
+		tier.unhold()
 		err := r.ready(t)
 		if err == nil || !uffd.IsGone(err) {
 			t.Fatalf("ready error %v: want the pre-install to stop at the VM's exit (ESRCH)", err)
@@ -318,7 +357,7 @@ func TestVMExits(t *testing.T) {
 		if serr != nil || rep.Handler.Exit == "" {
 			t.Fatalf("Serve: %q, %v", rep.Handler.Exit, serr)
 		}
-		if l := r.log.all(); len(l) != 1 {
+		if l := r.log.all(); len(l) != 1 || !strings.Contains(l[0], "pre-install failed") {
 			t.Fatalf("logged %q: want the one failed pre-install", l)
 		}
 	})

@@ -16,23 +16,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// heldTier is a hot tier whose segment memory is itself registered with a
-// userfaultfd that the test serves, as a lazily mapped tier window would
-// fault: the test can then hold the pre-install's UFFDIO_COPY inside the
-// kernel, at a chosen page, while the validated window is open.
+// heldMem is memory a tier hands the pager (a hot segment, a cold arena)
+// that is itself registered with a userfaultfd the test serves, as a lazily
+// mapped tier window would fault: the test can then hold one of the
+// pager's UFFDIO_COPYs inside the kernel, at a chosen page, after the pager
+// has verified that page.
 //
-// Hot pages 0..n-2 are present from the start, page n-1 is missing. The
-// pager verifies every page in index order before it opens the window, so
-// its read of page n-1 is the last step of verification: the test then
-// discards page 0 (already verified) and serves n-1. The pre-install copies
-// page 0 first; the kernel's read of it faults to the test, which reports
-// the hold and serves the page only when released.
-type heldTier struct {
-	seg, truth *offheap.Mapping
-	u          *uffd.FD
-	n          uint64
-	with       atomic.Int32
-	held       chan struct{} // closed when the pre-install is held at page 0
+// The pager verifies a window (a hot segment, a cold extent) from its first
+// page to its last before it installs from it, so its read of the window's
+// last page, left missing, is the last step of verification: the test then
+// discards the hold page (already verified) and serves the last one. When
+// an install later copies the hold page, the kernel's read of it faults to
+// the test, which reports the hold and serves the page only when released.
+type heldMem struct {
+	m, truth *offheap.Mapping
+	u        *uffd.FD
+	// last is the page whose first read ends verification; hold the page
+	// whose copy is held.
+	last, hold uint64
+	held       chan struct{} // closed when an install is held at hold
 	release    chan struct{}
 	unholdOnce sync.Once
 	stop       int // eventfd ending the server
@@ -40,17 +42,17 @@ type heldTier struct {
 	err        error
 }
 
-func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
+// newHeldMem returns memory of len(truth) bytes whose pages will hold
+// truth's; pages are missing until fill or a fault puts them in.
+func newHeldMem(t *testing.T, truth []byte, last, hold uint64) *heldMem {
 	t.Helper()
-	h := &heldTier{n: nhot, held: make(chan struct{}), release: make(chan struct{}), done: make(chan struct{})}
+	h := &heldMem{last: last, hold: hold, held: make(chan struct{}), release: make(chan struct{}), done: make(chan struct{})}
 	var err error
-	if h.truth, err = offheap.Anon(int(nhot*ps), unix.PROT_READ|unix.PROT_WRITE, 0); err != nil {
+	if h.truth, err = offheap.Anon(len(truth), unix.PROT_READ|unix.PROT_WRITE, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := good.With(context.Background(), func(seg []byte) error { copy(h.truth.B, seg); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if h.seg, err = offheap.Anon(int(nhot*ps), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE); err != nil {
+	copy(h.truth.B, truth)
+	if h.m, err = offheap.Anon(len(truth), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE); err != nil {
 		t.Fatal(err)
 	}
 	if h.u, err = uffd.New(); err != nil {
@@ -59,10 +61,7 @@ func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
 	if _, err := h.u.API(0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.u.Register(h.seg.Addr(), uintptr(nhot*ps), uffd.RegisterModeMissing); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.u.Copy(h.seg.Addr(), h.truth.Addr(), uintptr((nhot-1)*ps), false); err != nil {
+	if _, err := h.u.Register(h.m.Addr(), uintptr(len(truth)), uffd.RegisterModeMissing); err != nil {
 		t.Fatal(err)
 	}
 	if h.stop, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
@@ -74,27 +73,40 @@ func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
 		unix.Write(h.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		<-h.done
 		if h.err != nil {
-			t.Errorf("held tier: %v", h.err)
+			t.Errorf("held memory: %v", h.err)
 		}
 		h.u.Close()
 		unix.Close(h.stop)
-		h.seg.Unmap()
+		h.m.Unmap()
 		h.truth.Unmap()
 	})
 	return h
 }
 
-func (h *heldTier) unhold() { h.unholdOnce.Do(func() { close(h.release) }) }
+func (h *heldMem) unhold() { h.unholdOnce.Do(func() { close(h.release) }) }
 
-func (h *heldTier) fill(i uint64) error {
-	_, err := h.u.Copy(h.seg.Addr()+uintptr(i*ps), h.truth.Addr()+uintptr(i*ps), ps, false)
+// fill puts pages [first, first+n) in place, except the last page of
+// verification, which stays missing until read.
+func (h *heldMem) fill(first, n uint64) error {
+	for i := first; i < first+n; i++ {
+		if i != h.last {
+			if err := h.put(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (h *heldMem) put(i uint64) error {
+	_, err := h.u.Copy(h.m.Addr()+uintptr(i*ps), h.truth.Addr()+uintptr(i*ps), ps, false)
 	if uffd.IsExist(err) {
-		err = h.u.Wake(h.seg.Addr()+uintptr(i*ps), ps)
+		err = h.u.Wake(h.m.Addr()+uintptr(i*ps), ps)
 	}
 	return err
 }
 
-func (h *heldTier) serve() {
+func (h *heldMem) serve() {
 	defer close(h.done)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -118,16 +130,16 @@ func (h *heldTier) serve() {
 			if m.Event != uffd.EventPagefault {
 				continue
 			}
-			i := (uint64(m.Address) - uint64(h.seg.Addr())) / ps
+			i := (uint64(m.Address) - uint64(h.m.Addr())) / ps
 			switch {
-			case i == h.n-1 && !discarded:
-				// Verification reached the last page: page 0 is verified.
-				if err := unix.Madvise(h.seg.B[:ps], unix.MADV_DONTNEED); err != nil {
+			case i == h.last && !discarded:
+				// Verification reached its last page: hold is verified.
+				if err := unix.Madvise(h.m.B[h.hold*ps:(h.hold+1)*ps], unix.MADV_DONTNEED); err != nil {
 					h.err = err
 					return
 				}
 				discarded = true
-			case i == 0 && discarded:
+			case i == h.hold && discarded:
 				select {
 				case <-h.held:
 				default:
@@ -135,7 +147,7 @@ func (h *heldTier) serve() {
 				}
 				<-h.release
 			}
-			if err := h.fill(i); err != nil {
+			if err := h.put(i); err != nil {
 				h.err = err
 				return
 			}
@@ -143,12 +155,69 @@ func (h *heldTier) serve() {
 	}
 }
 
+// awaitHeld waits until an install is held at the hold page.
+func (h *heldMem) awaitHeld(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no install reached the held page")
+	}
+}
+
+// heldTier is a hot tier serving its segment from held memory: the
+// pre-install is held at hot page 0 (the first it copies) once the whole
+// segment is verified.
+type heldTier struct {
+	*heldMem
+	with atomic.Int32
+}
+
+func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
+	t.Helper()
+	var truth []byte
+	if err := good.With(context.Background(), func(seg []byte) error { truth = append(truth, seg...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	h := &heldTier{heldMem: newHeldMem(t, truth, nhot-1, 0)}
+	if err := h.fill(0, nhot); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 func (h *heldTier) With(_ context.Context, fn func([]byte) error) error {
 	h.with.Add(1)
-	return fn(h.seg.B)
+	return fn(h.m.B)
 }
 
 func (h *heldTier) Name() string { return "held" }
+
+// heldCold is a cold tier whose reads land in held memory (its arena):
+// the install of one extent is held at a chosen page once the extent is
+// verified.
+type heldCold struct{ *heldMem }
+
+func newHeldCold(t *testing.T, f *fixture, x int, hold uint64) *heldCold {
+	t.Helper()
+	sec := f.img.Section(snapimage.SecColdSegment)
+	truth := make([]byte, sec.Length)
+	if _, err := f.file.ReadAt(truth, int64(sec.Offset)); err != nil {
+		t.Fatal(err)
+	}
+	e := f.img.ColdExtents()[x]
+	return &heldCold{newHeldMem(t, truth, e.First+uint64(e.Pages)-1, e.First+hold)}
+}
+
+func (c *heldCold) Read(_ context.Context, off uint64, dst []byte, _ bool) error {
+	return c.fill(off/ps, uint64(len(dst))/ps)
+}
+
+func (c *heldCold) Arena(n int) ([]byte, func() error, error) {
+	return c.m.B[:n], func() error { return nil }, nil
+}
+
+func (c *heldCold) Name() string { return "held" }
 
 // TestHotFaultInsidePreinstallWindow: a vCPU touches a hot page while the
 // pre-install is still copying (held in the kernel at the first hot page):
@@ -170,11 +239,7 @@ func TestHotFaultInsidePreinstallWindow(t *testing.T) {
 	v := newVM(t)
 	r := serveVM(t, snap, Options{}, v)
 	t.Cleanup(tier.unhold) // before the session's cleanup waits for it
-	select {
-	case <-tier.held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the pre-install never reached the held page")
-	}
+	tier.awaitHeld(t)
 	hotPages := f.pages(snapimage.Hot)
 	first := f.img.HotPage(0)
 	for _, p := range hotPages {
