@@ -152,6 +152,15 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 		sess.Close()
 		return fail(err)
 	}
+	if d.cfg.VMMUID != os.Getuid() {
+		// The socket is the VMM's (mode 0600): Firecracker under the jailer
+		// must be able to connect as its own uid.
+		if err := os.Chown(v.wire.Socket, d.cfg.VMMUID, -1); err != nil {
+			l.Close()
+			sess.Close()
+			return fail(fmt.Errorf("giving VM socket %s to the VMM's uid %d: %w", v.wire.Socket, d.cfg.VMMUID, err))
+		}
+	}
 	vctx, vcancel := context.WithCancel(context.Background())
 	v.cancel = vcancel
 	d.metrics.ActiveVMs.Inc()

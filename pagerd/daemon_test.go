@@ -81,12 +81,16 @@ type daemon struct {
 	cancel context.CancelFunc
 }
 
-// start runs a daemon serving the images in dir on a real Unix socket.
-func start(t *testing.T, dir string) *daemon {
+// start runs a daemon serving the images in dir on a real Unix socket,
+// admitting VMMs of its own uid.
+func start(t *testing.T, dir string) *daemon { return startAs(t, dir, -1) }
+
+// startAs is start for VMMs running as vmmUID.
+func startAs(t *testing.T, dir string, vmmUID int) *daemon {
 	t.Helper()
 	base := t.TempDir()
 	x := &daemon{api: filepath.Join(base, "api.sock"), vmDir: filepath.Join(base, "vms")}
-	d, err := pagerd.New(pagerd.Config{Opener: &opener{restore.Dir{Path: dir}}, SocketDir: x.vmDir, VMMUID: -1,
+	d, err := pagerd.New(pagerd.Config{Opener: &opener{restore.Dir{Path: dir}}, SocketDir: x.vmDir, VMMUID: vmmUID,
 		AcceptTimeout: 30 * time.Second, OpenTimeout: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -288,6 +292,19 @@ func TestAPIErrors(t *testing.T) {
 	}
 }
 
+const nobody = 65534
+
+// traversable lets every uid traverse the directories from dir up to the
+// temporary directory, as the path into a jailer's chroot would be.
+func traversable(t *testing.T, dir string) {
+	t.Helper()
+	for p := dir; p != filepath.Clean(os.TempDir()) && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func prepare(x *daemon, id, snap string) error {
 	_, err := x.c.Prepare(context.Background(), id, api.PrepareRequest{Snapshot: snap})
 	return err
@@ -307,18 +324,13 @@ func TestWrongPeerRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Let uid 65534 reach the sockets (as a jailer's mount would).
-	for p := x.vmDir; p != filepath.Clean(os.TempDir()) && p != "/"; p = filepath.Dir(p) {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Let uid 65534 reach the sockets.
+	traversable(t, x.vmDir)
 	for _, p := range []string{vm.Socket, x.api} {
 		if err := os.Chmod(p, 0o666); err != nil {
 			t.Fatal(err)
 		}
 	}
-	const nobody = 65534
 	intruder := testvm.New(t, testvm.Options{Size: pages * ps})
 	if err := intruder.SendAs(nobody, vm.Socket, handshake.DialectV1_12); err != nil && !errors.Is(err, unix.EPIPE) {
 		t.Fatalf("the other uid could not even connect: %v", err)
@@ -368,5 +380,40 @@ func TestWrongPeerRefused(t *testing.T) {
 		if r, _ := intruder.Resident(p); r {
 			t.Fatalf("the refused peer's memory was served (page %d)", p)
 		}
+	}
+}
+
+// TestJailedVMM: a daemon told that Firecracker runs as another uid (under
+// the jailer) lets exactly that uid connect to the VM's socket (the daemon's
+// own uid, root here, is refused) and serves it.
+func TestJailedVMM(t *testing.T) {
+	dir, mem := images(t)
+	x := startAs(t, dir, nobody)
+	ctx := context.Background()
+	vm, err := x.c.Prepare(ctx, "vm-1", api.PrepareRequest{Snapshot: "snap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	traversable(t, x.vmDir)
+	v := testvm.New(t, testvm.Options{Size: pages * ps})
+	// Root, the daemon's own uid, is not the VMM; it may be refused before
+	// its message is even sent.
+	if conn, err := v.Send(vm.Socket, handshake.DialectV1_7); err == nil {
+		conn.Close()
+	} else if !errors.Is(err, unix.EPIPE) {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refusal to be counted", func() bool { return x.metric(t, "aquifer_uffd_refused_peers_total") == 1 })
+	if err := v.SendAs(nobody, vm.Socket, handshake.DialectV1_7); err != nil {
+		t.Fatalf("the jailed VMM (uid %d) cannot connect to its socket: %v", nobody, err)
+	}
+	if _, err := x.c.WaitReady(ctx, "vm-1", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []uint64{0, 31, 63} {
+		if err := v.Touch(p); err != nil {
+			t.Fatal(err)
+		}
+		checkPage(t, mem, p, v.Bytes(p))
 	}
 }
