@@ -135,7 +135,7 @@ func TestChild(t *testing.T) {
 	}
 	u := uffd.FromFd(vm.UFFD)
 	vm.UFFD = -1
-	defer u.Close()
+	t.Cleanup(func() { u.Close() }) // after the toy loop's cleanup
 	serve(t, u, vm.Regions)
 	for _, p := range []uint64{1, 5} {
 		got := <-c.Touch(p)
