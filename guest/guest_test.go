@@ -2,8 +2,11 @@ package guest_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +19,90 @@ import (
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/aquifer-pool/aquifer/wset"
 )
+
+// childEnv makes the test binary run one guest.Run and print its result:
+// a guest restored through a userfaultfd runs in a process of its own, as
+// it does beside a real handler. (In the handler's process, a vCPU's
+// user-mode fault could wait inside code the Go runtime cannot preempt —
+// the race detector's atomics are such code — and stall a garbage
+// collection that the serving goroutines must wait for.)
+const childEnv = "AQUIFER_GUEST_TEST_RUN"
+
+// run is what a child runs: a guest.Config without its trace and hooks.
+type run struct {
+	Mem       string            `json:"mem"`
+	Backend   guest.Backend     `json:"backend"`
+	Socket    string            `json:"socket"`
+	Dialect   handshake.Dialect `json:"dialect"`
+	GapStart  uint64            `json:"gap_start"`
+	VCPUs     int               `json:"vcpus"`
+	Trace     string            `json:"trace"`
+	Balloon   *guest.Balloon    `json:"balloon"`
+	DropCache bool              `json:"drop_cache"`
+}
+
+type result struct {
+	Report *guest.Report `json:"report"`
+	Err    string        `json:"error"`
+}
+
+func TestMain(m *testing.M) {
+	if spec, ok := os.LookupEnv(childEnv); ok {
+		json.NewEncoder(os.Stdout).Encode(runChild(spec))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(spec string) result {
+	var r run
+	if err := json.Unmarshal([]byte(spec), &r); err != nil {
+		return result{Err: err.Error()}
+	}
+	tr, err := wset.ReadFile(r.Trace)
+	if err != nil {
+		return result{Err: err.Error()}
+	}
+	rep, err := guest.Run(context.Background(), guest.Config{MemPath: r.Mem, Backend: r.Backend, Socket: r.Socket, Dialect: r.Dialect,
+		GapStart: r.GapStart, VCPUs: r.VCPUs, Trace: tr, Balloon: r.Balloon, DropCache: r.DropCache})
+	res := result{Report: rep}
+	if err != nil {
+		res.Err = err.Error()
+	}
+	return res
+}
+
+// runGuest runs the guest of cfg in a child process (see childEnv).
+func runGuest(t *testing.T, cfg guest.Config) (*guest.Report, error) {
+	t.Helper()
+	trace := filepath.Join(t.TempDir(), "trace")
+	if err := wset.WriteFile(trace, cfg.Trace); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := json.Marshal(run{Mem: cfg.MemPath, Backend: cfg.Backend, Socket: cfg.Socket, Dialect: cfg.Dialect,
+		GapStart: cfg.GapStart, VCPUs: cfg.VCPUs, Trace: trace, Balloon: cfg.Balloon, DropCache: cfg.DropCache})
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("guest child: %v", err)
+	}
+	var res result
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("guest child said %q: %v", out, err)
+	}
+	if res.Err != "" {
+		return res.Report, errors.New(res.Err)
+	}
+	return res.Report, nil
+}
 
 const (
 	ps    = 4096
@@ -104,7 +191,7 @@ func TestUffdRestore(t *testing.T) {
 		t.Run(d.String(), func(t *testing.T) {
 			sock := filepath.Join(t.TempDir(), "uffd.sock")
 			stop := handle(t, sock, mem)
-			rep, err := guest.Run(context.Background(), guest.Config{MemPath: mem, Backend: guest.BackendUffd, Socket: sock,
+			rep, err := runGuest(t, guest.Config{MemPath: mem, Backend: guest.BackendUffd, Socket: sock,
 				Dialect: d, GapStart: gap, VCPUs: 2, Trace: tr})
 			if err != nil {
 				t.Fatal(err)
@@ -136,7 +223,7 @@ func TestVerificationCatchesAWrongByte(t *testing.T) {
 	}
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
 	handle(t, sock, wrong)
-	rep, err := guest.Run(context.Background(), guest.Config{MemPath: mem, Backend: guest.BackendUffd, Socket: sock,
+	rep, err := runGuest(t, guest.Config{MemPath: mem, Backend: guest.BackendUffd, Socket: sock,
 		Dialect: handshake.DialectV1_12, GapStart: gap, Trace: tr})
 	if err == nil || rep == nil || rep.Mismatches == 0 {
 		t.Fatalf("Run: %v, report %+v: the wrong byte went unnoticed", err, rep)
@@ -176,7 +263,7 @@ func TestBalloon(t *testing.T) {
 					}
 				}()
 			}
-			rep, err := guest.Run(context.Background(), cfg)
+			rep, err := runGuest(t, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

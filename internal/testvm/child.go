@@ -42,10 +42,11 @@ func MaybeChild() {
 }
 
 // runChild maps the memory, sends the handshake, says "ready" and then
-// obeys one command a line: "touch P" and "write P V" fault page P in (each
-// on its own goroutine, so several can wait at once) and answer "page P HEX"
-// with the page's bytes as the VM sees them, or "error P MESSAGE"; "exit"
-// (or the end of input) ends the process.
+// obeys one command a line: "touch P", "utouch P" (from user mode) and
+// "write P V" fault page P in (each on its own goroutine, so several can
+// wait at once) and answer "page P HEX" with the page's bytes as the VM
+// sees them, or "error P MESSAGE"; "exit" (or the end of input) ends the
+// process.
 func runChild(conf string, in io.Reader, out io.Writer) error {
 	var c childConfig
 	if err := json.Unmarshal([]byte(conf), &c); err != nil {
@@ -90,15 +91,18 @@ func runChild(conf string, in io.Reader, out io.Writer) error {
 			if val, err = strconv.ParseUint(f[2], 10, 64); err != nil {
 				return fmt.Errorf("bad value in %q", sc.Text())
 			}
-		} else if f[0] != "touch" {
+		} else if f[0] != "touch" && f[0] != "utouch" {
 			return fmt.Errorf("bad command %q", sc.Text())
 		}
-		write := f[0] == "write"
+		cmd := f[0]
 		go func() {
 			var err error
-			if write {
+			switch cmd {
+			case "write":
 				err = v.Write(p, val)
-			} else {
+			case "utouch":
+				v.UserTouch(p)
+			default:
 				err = v.Touch(p)
 			}
 			if err != nil {
@@ -222,6 +226,9 @@ func (c *Child) command(p uint64, line string) <-chan Touched {
 // Touch asks the child to read-fault page p (as VM.Touch); the channel
 // yields the page once the child's toucher is woken.
 func (c *Child) Touch(p uint64) <-chan Touched { return c.command(p, fmt.Sprintf("touch %d", p)) }
+
+// UserTouch asks the child to fault page p from user mode (VM.UserTouch).
+func (c *Child) UserTouch(p uint64) <-chan Touched { return c.command(p, fmt.Sprintf("utouch %d", p)) }
 
 // Write asks the child to write-fault page p, storing val in its first word.
 func (c *Child) Write(p, val uint64) <-chan Touched {

@@ -177,7 +177,11 @@ func (v *VM) TouchAsync(p uint64) <-chan error {
 // UserTouch loads the first word of page p from user mode on a locked OS
 // thread (a genuine user-mode fault, as the guest emulator's vCPUs raise)
 // and returns it. A user-mode fault can be raised again when a signal
-// interrupts it, so a handler may see more than one event for it.
+// interrupts it, so a handler may see more than one event for it. Use it
+// only where another process serves the faults (Child.UserTouch): a
+// user-mode fault that waits inside code the Go runtime cannot preempt (the
+// race detector's atomics are such code) would stall a garbage collection
+// that this process's serving goroutines must wait for.
 func (v *VM) UserTouch(p uint64) uint64 {
 	v.touches.Add(1)
 	defer v.touches.Done()
