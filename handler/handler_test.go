@@ -96,43 +96,14 @@ func (s *serving) stop(t *testing.T) handler.Stats {
 	return r.st
 }
 
-// waitFor polls cond until it holds; it fails the test if it never does
-// (a hang guard, not a timing assertion).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// await receives a touch's result, failing the test if it never comes.
-func await(t *testing.T, what string, ch <-chan error) {
-	t.Helper()
-	select {
-	case err := <-ch:
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: the vCPU was never woken", what)
-	}
-}
+var (
+	waitFor = testvm.WaitFor
+	await   = testvm.Await
+)
 
 func checkPage(t *testing.T, v *testvm.VM, p uint64, want []byte) {
 	t.Helper()
-	got := v.Bytes(p)
-	if bytes.Equal(got, want) {
-		return
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			t.Fatalf("page %d byte %d: got %#02x, want %#02x", p, i, got[i], want[i])
-		}
-	}
+	testvm.CheckPage(t, p, v.Bytes(p), want)
 }
 
 // TestServe: demand faults in both regions, read and write, are served

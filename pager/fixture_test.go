@@ -1,7 +1,6 @@
 package pager
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -352,31 +351,10 @@ next:
 	}
 }
 
-// waitFor polls cond until it holds; it fails the test if it never does
-// (a hang guard, not a timing assertion).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// await receives a touch's result, failing if the vCPU is never woken.
-func await(t *testing.T, what string, ch <-chan error) {
-	t.Helper()
-	select {
-	case err := <-ch:
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: the vCPU was never woken", what)
-	}
-}
+var (
+	waitFor = testvm.WaitFor
+	await   = testvm.Await
+)
 
 // touch faults page p in and checks it byte for byte against the snapshot.
 func (f *fixture) touch(t *testing.T, v *testvm.VM, p uint64) {
@@ -389,15 +367,7 @@ func (f *fixture) touch(t *testing.T, v *testvm.VM, p uint64) {
 
 func (f *fixture) check(t *testing.T, p uint64, got []byte) {
 	t.Helper()
-	want := f.page(p)
-	if bytes.Equal(got, want) {
-		return
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			t.Fatalf("page %d byte %d: got %#02x, want %#02x", p, i, got[i], want[i])
-		}
-	}
+	testvm.CheckPage(t, p, got, f.page(p))
 }
 
 func resident(t *testing.T, v *testvm.VM, p uint64) bool {

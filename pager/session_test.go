@@ -248,6 +248,21 @@ func childVM(t *testing.T, dialect handshake.Dialect) (*testvm.Child, *handshake
 	return c, vm, u
 }
 
+// wentAway checks that the session ended by itself after its VM died: no
+// error, the VM's going named, nothing logged.
+func (r *running) wentAway(t *testing.T) *Report {
+	t.Helper()
+	rep, err := r.wait(t)
+	if err != nil {
+		t.Fatalf("Serve after the VM died: %v", err)
+	}
+	if e := rep.Handler.Exit; e == "" || e == "error" || e == "stopped" {
+		t.Fatalf("exit %q: want the VM's going named", e)
+	}
+	r.log.check(t)
+	return rep
+}
+
 // TestVMExits: a VM (a real process) that dies while the pager reads the
 // extent of its fault, or while the pre-install waits for the hot tier,
 // ends the session: no hang, no error storm, the exit said.
@@ -268,14 +283,7 @@ func TestVMExits(t *testing.T) {
 		cold.awaitEntered(t, x)
 		c.Kill()
 		release()
-		rep, err := r.wait(t)
-		if err != nil {
-			t.Fatalf("Serve after the VM died: %v", err)
-		}
-		if e := rep.Handler.Exit; e == "" || e == "error" || e == "stopped" {
-			t.Fatalf("exit %q: want the VM's going named", e)
-		}
-		r.log.check(t)
+		r.wentAway(t)
 		if res := <-touch; res.Err == nil {
 			t.Fatal("the dead VM's touch reported a page")
 		}
@@ -296,11 +304,9 @@ func TestVMExits(t *testing.T) {
 		cold.awaitEntered(t, x)
 		c.Kill()
 		release()
-		rep, err := r.wait(t)
-		if err != nil || rep.Handler.Exit != "vm gone (ESRCH)" {
-			t.Fatalf("Serve: exit %q, %v; want vm gone (ESRCH)", rep.Handler.Exit, err)
+		if rep := r.wentAway(t); rep.Handler.Exit != "vm gone (ESRCH)" {
+			t.Fatalf("exit %q, want vm gone (ESRCH)", rep.Handler.Exit)
 		}
-		r.log.check(t)
 	})
 	t.Run("mid extent install", func(t *testing.T) {
 		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow
@@ -324,14 +330,7 @@ func TestVMExits(t *testing.T) {
 		cold.awaitHeld(t) // the rest of the extent, held in the kernel at its 4th page
 		c.Kill()
 		cold.unhold()
-		rep, err := r.wait(t)
-		if err != nil {
-			t.Fatalf("Serve after the VM died: %v", err)
-		}
-		if e := rep.Handler.Exit; e == "" || e == "error" || e == "stopped" {
-			t.Fatalf("exit %q: want the VM's going named", e)
-		}
-		r.log.check(t)
+		r.wentAway(t)
 	})
 	t.Run("mid pre-install", func(t *testing.T) {
 		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow

@@ -1,7 +1,6 @@
 package pagerd_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -175,43 +174,38 @@ func (x *daemon) metric(t *testing.T, name string) float64 {
 	return 0
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+var waitFor = testvm.WaitFor
 
 func checkPage(t *testing.T, mem []byte, p uint64, got []byte) {
 	t.Helper()
-	if want := mem[p*ps : (p+1)*ps]; !bytes.Equal(got, want) {
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("page %d byte %d: got %#02x, want %#02x", p, i, got[i], want[i])
-			}
-		}
+	testvm.CheckPage(t, p, got, mem[p*ps:(p+1)*ps])
+}
+
+// prepared starts a daemon admitting VMMs of vmmUID and prepares VM
+// "vm-1" of snapshot "snap"; it returns the snapshot's memory too.
+func prepared(t *testing.T, vmmUID int) (*daemon, *api.VM, []byte) {
+	t.Helper()
+	dir, mem := images(t)
+	x := startAs(t, dir, vmmUID)
+	vm, err := x.c.Prepare(context.Background(), "vm-1", api.PrepareRequest{Snapshot: "snap"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return x, vm, mem
 }
 
 // TestRestore: PUT, a VMM process connects to the VM's socket, /ready,
 // every page right, the VMM exits, the VM is reported exited with its
 // report; DELETE forgets it.
 func TestRestore(t *testing.T) {
-	dir, mem := images(t)
-	x := start(t, dir)
+	x, vm, mem := prepared(t, -1)
 	ctx := context.Background()
-	vm, err := x.c.Prepare(ctx, "vm-1", api.PrepareRequest{Snapshot: "snap"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if vm.State != api.StateWaiting || !strings.HasPrefix(vm.Socket, x.vmDir) {
 		t.Fatalf("prepared VM %+v", vm)
 	}
 	child := testvm.StartChild(t, vm.Socket, testvm.Options{Size: pages * ps, Split: 40 * ps}, handshake.DialectV1_12)
-	if vm, err = x.c.WaitReady(ctx, "vm-1", 20*time.Second); err != nil || vm.State != api.StateReady {
+	vm, err := x.c.WaitReady(ctx, "vm-1", 20*time.Second)
+	if err != nil || vm.State != api.StateReady {
 		t.Fatalf("ready: %+v, %v", vm, err)
 	}
 	for p := uint64(0); p < pages; p++ {
@@ -317,13 +311,8 @@ func second[T any](_ T, err error) error { return err }
 // keeps waiting, and the real VMM is then served. The control API refuses
 // such a client too.
 func TestWrongPeerRefused(t *testing.T) {
-	dir, mem := images(t)
-	x := start(t, dir)
+	x, vm, mem := prepared(t, -1)
 	ctx := context.Background()
-	vm, err := x.c.Prepare(ctx, "vm-1", api.PrepareRequest{Snapshot: "snap"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Let uid 65534 reach the sockets.
 	traversable(t, x.vmDir)
 	for _, p := range []string{vm.Socket, x.api} {
@@ -340,7 +329,7 @@ func TestWrongPeerRefused(t *testing.T) {
 		t.Fatalf("after a refused peer: %+v, %v; want still waiting", got, err)
 	}
 	// The control API answers no one but its own uid and root.
-	err = testvm.AsUID(nobody, func() error {
+	err := testvm.AsUID(nobody, func() error {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
@@ -387,13 +376,8 @@ func TestWrongPeerRefused(t *testing.T) {
 // the jailer) lets exactly that uid connect to the VM's socket (the daemon's
 // own uid, root here, is refused) and serves it.
 func TestJailedVMM(t *testing.T) {
-	dir, mem := images(t)
-	x := startAs(t, dir, nobody)
+	x, vm, mem := prepared(t, nobody)
 	ctx := context.Background()
-	vm, err := x.c.Prepare(ctx, "vm-1", api.PrepareRequest{Snapshot: "snap"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	traversable(t, x.vmDir)
 	v := testvm.New(t, testvm.Options{Size: pages * ps})
 	// Root, the daemon's own uid, is not the VMM; it may be refused before

@@ -12,7 +12,10 @@
 // runtime never has to stop it, and only a fatal signal interrupts that
 // kind of fault: each touch raises exactly one fault event, which lets tests
 // count faults exactly. UserTouch faults from user mode (an atomic load on a
-// locked OS thread), as the guest emulator's vCPUs do.
+// locked OS thread), as the guest emulator's vCPUs do, and only where
+// another process serves the faults (Child). AsUID makes a peer of another
+// uid; WaitFor, Await and CheckPage are the tests' hang guards and
+// byte-for-byte page check.
 //
 // This package owns these fixtures. It must not be imported by non-test code
 // and must not serve pages (the packages under test do).

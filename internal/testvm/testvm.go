@@ -1,6 +1,7 @@
 package testvm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/aquifer-pool/aquifer/handshake"
@@ -288,4 +290,47 @@ func (v *VM) Close() {
 			m.Unmap()
 		}
 	})
+}
+
+// WaitFor polls cond until it holds and fails the test if it never does
+// within 30 s: a guard against a hang, not a timing assertion.
+func WaitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			tb.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Await receives a touch's result (TouchAsync), failing the test if the
+// touch failed or its vCPU is never woken.
+func Await(tb testing.TB, what string, ch <-chan error) {
+	tb.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			tb.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("%s: the vCPU was never woken", what)
+	}
+}
+
+// CheckPage fails the test unless page p's bytes got are want, naming the
+// first byte that differs.
+func CheckPage(tb testing.TB, p uint64, got, want []byte) {
+	tb.Helper()
+	if bytes.Equal(got, want) {
+		return
+	}
+	if len(got) != len(want) {
+		tb.Fatalf("page %d: %d bytes, want %d", p, len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			tb.Fatalf("page %d byte %d: got %#02x, want %#02x", p, i, got[i], want[i])
+		}
+	}
 }
