@@ -22,6 +22,13 @@ import (
 
 func TestMain(m *testing.M) {
 	testvm.MaybeChild()
+	if conf, ok := os.LookupEnv(heldEnv); ok {
+		if err := serveHeld(conf); err != nil {
+			fmt.Fprintln(os.Stderr, "held-memory server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 

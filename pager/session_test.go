@@ -3,7 +3,6 @@ package pager
 import (
 	"context"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -309,7 +308,6 @@ func TestVMExits(t *testing.T) {
 		}
 	})
 	t.Run("mid extent install", func(t *testing.T) {
-		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow
 		f := newFixture(t)
 		snap, _, _ := f.snapshot(t)
 		x := f.firstExtent(false) // never prefetched
@@ -333,7 +331,6 @@ func TestVMExits(t *testing.T) {
 		r.wentAway(t)
 	})
 	t.Run("mid pre-install", func(t *testing.T) {
-		defer debug.SetGCPercent(debug.SetGCPercent(-1)) // see TestHotFaultInsidePreinstallWindow
 		f := newFixture(t)
 		if len(f.img.HotRuns()) < 2 {
 			t.Fatal("fixture: the hot set is one run")

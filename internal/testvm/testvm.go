@@ -128,6 +128,12 @@ func (v *VM) Bytes(p uint64) []byte { return offheap.At(v.Addr(p), PageSize) }
 // does for a vCPU (get_user_pages, through process_vm_readv on this
 // process), and returns once the page is present and the toucher woken.
 func (v *VM) Touch(p uint64) error {
+	v.touches.Add(1)
+	defer v.touches.Done()
+	return v.touch(p)
+}
+
+func (v *VM) touch(p uint64) error {
 	var b [8]byte
 	return v.kernelAccess(p, b[:], false)
 }
@@ -140,12 +146,12 @@ func (v *VM) Write(p, val uint64) error {
 	for i := range b {
 		b[i] = byte(val >> (8 * i))
 	}
+	v.touches.Add(1)
+	defer v.touches.Done()
 	return v.kernelAccess(p, b[:], true)
 }
 
 func (v *VM) kernelAccess(p uint64, b []byte, write bool) error {
-	v.touches.Add(1)
-	defer v.touches.Done()
 	local := []unix.Iovec{{Base: &b[0], Len: uint64(len(b))}}
 	remote := []unix.RemoteIovec{{Base: v.Addr(p), Len: len(b)}}
 	for {
@@ -172,7 +178,11 @@ func (v *VM) kernelAccess(p uint64, b []byte, write bool) error {
 // TouchAsync is Touch on its own goroutine; the channel yields its result.
 func (v *VM) TouchAsync(p uint64) <-chan error {
 	ch := make(chan error, 1)
-	go func() { ch <- v.Touch(p) }()
+	v.touches.Add(1) // here, so that it happens before Close's Wait
+	go func() {
+		defer v.touches.Done()
+		ch <- v.touch(p)
+	}()
 	return ch
 }
 
