@@ -377,6 +377,17 @@ func (f *fixture) check(t *testing.T, p uint64, got []byte) {
 	testvm.CheckPage(t, p, got, f.page(p))
 }
 
+// installed checks that page p is present (without touching it: a read of
+// a missing page from this process would fault on the test's own thread)
+// and holds its snapshot bytes.
+func (f *fixture) installed(t *testing.T, v *testvm.VM, p uint64) {
+	t.Helper()
+	if !resident(t, v, p) {
+		t.Fatalf("page %d is not installed", p)
+	}
+	f.check(t, p, v.Bytes(p))
+}
+
 func resident(t *testing.T, v *testvm.VM, p uint64) bool {
 	t.Helper()
 	r, err := v.Resident(p)
