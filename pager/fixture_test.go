@@ -149,6 +149,24 @@ func (f *fixture) snapshot(t *testing.T) (*restore.Snapshot, *hotSource, *coldSo
 	return s, hot, cold
 }
 
+// hotSeg is what a restore.HotSource hands to the callback of With. The
+// tests' own hot tiers make one with segmentOf and read one with bytesOf,
+// so that only these three lines know its type.
+type hotSeg = []byte
+
+func segmentOf(b []byte) hotSeg { return b }
+func bytesOf(s hotSeg) []byte   { return append([]byte(nil), s...) }
+
+// hotBytes returns a copy of the hot segment of src.
+func hotBytes(t *testing.T, src restore.HotSource) []byte {
+	t.Helper()
+	var b []byte
+	if err := src.With(context.Background(), func(s hotSeg) error { b = bytesOf(s); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // hotSource counts the validated windows asked of the hot tier and can
 // hold the first one until released.
 type hotSource struct {
@@ -158,7 +176,7 @@ type hotSource struct {
 	entered chan struct{} // if set, closed when the first With starts waiting
 }
 
-func (h *hotSource) With(ctx context.Context, fn func(seg []byte) error) error {
+func (h *hotSource) With(ctx context.Context, fn func(seg hotSeg) error) error {
 	if h.with.Add(1) == 1 && h.gate != nil {
 		if h.entered != nil {
 			close(h.entered)

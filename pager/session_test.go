@@ -367,27 +367,20 @@ type badHot struct {
 
 func newBadHot(t *testing.T, good restore.HotSource, page uint64) *badHot {
 	t.Helper()
-	var b *badHot
-	err := good.With(context.Background(), func(seg []byte) error {
-		m, err := offheap.Anon(len(seg), unix.PROT_READ|unix.PROT_WRITE, 0)
-		if err != nil {
-			return err
-		}
-		copy(m.B, seg)
-		m.B[page*ps+100] ^= 0x40
-		b = &badHot{seg: m}
-		return nil
-	})
+	seg := hotBytes(t, good)
+	m, err := offheap.Anon(len(seg), unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.seg.Unmap() })
-	return b
+	t.Cleanup(func() { m.Unmap() })
+	copy(m.B, seg)
+	m.B[page*ps+100] ^= 0x40
+	return &badHot{seg: m}
 }
 
-func (b *badHot) With(_ context.Context, fn func([]byte) error) error {
+func (b *badHot) With(_ context.Context, fn func(hotSeg) error) error {
 	b.with.Add(1)
-	return fn(b.seg.B)
+	return fn(segmentOf(b.seg.B))
 }
 func (b *badHot) Name() string { return "bad" }
 

@@ -19,10 +19,7 @@ type heldTier struct {
 
 func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
 	t.Helper()
-	var truth []byte
-	if err := good.With(context.Background(), func(seg []byte) error { truth = append(truth, seg...); return nil }); err != nil {
-		t.Fatal(err)
-	}
+	truth := hotBytes(t, good)
 	h := &heldTier{heldMem: newHeldMem(t, truth, nhot-1, 0)}
 	if err := h.fill(truth, 0, nhot); err != nil {
 		t.Fatal(err)
@@ -30,9 +27,9 @@ func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
 	return h
 }
 
-func (h *heldTier) With(_ context.Context, fn func([]byte) error) error {
+func (h *heldTier) With(_ context.Context, fn func(hotSeg) error) error {
 	h.with.Add(1)
-	return fn(h.m.B)
+	return fn(segmentOf(h.m.B))
 }
 
 func (h *heldTier) Name() string { return "held" }

@@ -17,6 +17,7 @@ import (
 	"github.com/aquifer-pool/aquifer/restore"
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Config configures a Daemon.
@@ -152,9 +153,11 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 		sess.Close()
 		return fail(err)
 	}
-	if d.cfg.VMMUID != os.Getuid() {
-		// The socket is the VMM's (mode 0600): Firecracker under the jailer
-		// must be able to connect as its own uid.
+	var st unix.Stat_t
+	if d.cfg.VMMUID != os.Getuid() && unix.Stat(v.wire.Socket, &st) == nil && st.Uid == uint32(os.Getuid()) {
+		// The socket (mode 0600) must be the VMM's: Firecracker under the
+		// jailer connects as its own uid. (Only while it is still ours: a
+		// listener that already gave it to its VMM knows better.)
 		if err := os.Chown(v.wire.Socket, d.cfg.VMMUID, -1); err != nil {
 			l.Close()
 			sess.Close()
