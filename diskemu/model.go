@@ -70,8 +70,8 @@ func (m Model) Validate() error {
 // Latency after admission (latencies overlap), then the transfer on one
 // shared channel. Completion times never decrease in arrival order.
 type queue struct {
-	m         Model
-	inject    time.Duration // Latency (0 while measuring the FUSE overhead)
+	m      Model
+	inject time.Duration // Latency (0 while measuring the FUSE overhead)
 	// The FUSE round trip's own cost, fixed + per byte: subtracted from
 	// every request's wait so the application sees the modelled time.
 	ovFixed   time.Duration
