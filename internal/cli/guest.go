@@ -30,6 +30,8 @@ func init() {
 		vcpus                                                         int
 		think                                                         float64
 		dropCache, noVerify, asJSON                                   bool
+		refPath                                                       string
+		touchTimes, noFaults                                          bool
 	)
 	run := &cobra.Command{
 		Use:   "run --mem FILE --trace FILE [--backend uffd|file]",
@@ -51,7 +53,8 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 				return err
 			}
 			cfg := guest.Config{MemPath: mem, Backend: guest.Backend(backend), Socket: socket, VCPUs: vcpus,
-				Trace: tr, ThinkScale: think, DropCache: dropCache, NoVerify: noVerify}
+				Trace: tr, ThinkScale: think, DropCache: dropCache, NoVerify: noVerify,
+				RefPath: refPath, TouchTimes: touchTimes, NoFaults: noFaults}
 			if cfg.Dialect, err = handshake.ParseDialect(fcVersion); err != nil {
 				return err
 			}
@@ -138,6 +141,9 @@ as Firecracker's balloon does; it must read as zeros afterwards.`,
 	f.BoolVar(&dropCache, "drop-cache", false, "drop the memory file's page cache first (File backend cold restore)")
 	f.BoolVar(&noVerify, "no-verify", false, "skip byte verification")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.StringVar(&refPath, "ref", "", "verify against this copy of the memory file instead of --mem (same size and content)")
+	f.BoolVar(&touchTimes, "touch-times", false, "report how long each page's first access took (JSON touches)")
+	f.BoolVar(&noFaults, "no-faults", false, "with --backend warm: touch every traced page before the clock starts (the replay takes no fault)")
 	f.StringVar(&waitReady, "wait-ready", "", "after the restore, wait for this file to exist before resuming the vCPUs (the pager's hot set is installed)")
 	run.MarkFlagRequired("mem")
 	run.MarkFlagRequired("trace")
