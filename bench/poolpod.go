@@ -68,3 +68,6 @@ func (p *PoolPod) Close() error {
 	os.Remove(p.cxl)
 	return nil
 }
+
+// Replicas implements Tiered: the embedded pod keeps R=2 copies.
+func (p *PoolPod) Replicas() int { return 2 }

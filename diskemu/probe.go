@@ -15,6 +15,7 @@ import (
 type Probe struct {
 	Size  int           `json:"size_bytes"`
 	Reads int           `json:"reads"`
+	P25   time.Duration `json:"p25_ns"`
 	P50   time.Duration `json:"p50_ns"`
 	P90   time.Duration `json:"p90_ns"`
 	// Claimed is what the model says such a read takes (Latency + Wire).
@@ -80,7 +81,7 @@ func (mt *Mount) Probe(path string, size, n int, seed uint64) (Probe, error) {
 	}
 	unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
 	slices.Sort(lat)
-	return Probe{Size: size, Reads: n, P50: lat[len(lat)/2], P90: lat[len(lat)*9/10],
+	return Probe{Size: size, Reads: n, P25: lat[len(lat)/4], P50: lat[len(lat)/2], P90: lat[len(lat)*9/10],
 		Claimed: mt.Model.Latency + mt.Model.Wire(size)}, nil
 }
 
@@ -107,21 +108,47 @@ func (mt *Mount) Calibrate(path string, n int) ([]Probe, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The lower quartile: noise from other work only ever adds time, and
+	// subtracting it would make the model faster than it claims.
 	perByte := 0.0
-	if big > 4096 && large.P50 > small.P50 {
-		perByte = float64(large.P50-small.P50) / float64(big-4096)
+	if big > 4096 && large.P25 > small.P25 {
+		perByte = float64(large.P25-small.P25) / float64(big-4096)
 	}
-	fixed := small.P50 - time.Duration(perByte*4096)
-	mt.Overhead = small.P50
-	mt.OverheadPerKiB = time.Duration(perByte * 1024)
-	mt.dev.setOverhead(true, fixed, perByte)
+	fixed := small.P25 - time.Duration(perByte*4096)
+	// Closed loop: correct the subtracted overhead by what the probes
+	// still miss (the p50 of both sizes), a few times.
 	var out []Probe
-	for i, sz := range []int{4096, big} {
-		p, err := mt.Probe(path, sz, n, uint64(3+i))
-		if err != nil {
-			return nil, err
+	for it := 0; it < 4; it++ {
+		mt.dev.setOverhead(true, fixed, perByte)
+		out = out[:0]
+		for i, sz := range []int{4096, big} {
+			p, err := mt.Probe(path, sz, n, uint64(3+2*it+i))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p)
 		}
-		out = append(out, p)
+		e4, eBig := out[0].P50-out[0].Claimed, out[1].P50-out[1].Claimed
+		if abs(e4) < out[0].Claimed/10 && abs(eBig) < out[1].Claimed/10 {
+			break
+		}
+		// Half the error each time: p50s of a few dozen reads are noisy.
+		e4, eBig = e4/2, eBig/2
+		slope := 0.0
+		if big > 4096 {
+			slope = float64(eBig-e4) / float64(big-4096)
+			perByte = max(0, perByte+slope)
+		}
+		fixed += e4 - time.Duration(slope*4096)
 	}
+	mt.Overhead = fixed + time.Duration(perByte*4096)
+	mt.OverheadPerKiB = time.Duration(perByte * 1024)
 	return out, nil
+}
+
+func abs(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
 }

@@ -88,6 +88,7 @@ type Config struct {
 type Touch struct {
 	Page uint64 `json:"p"`
 	NS   int64  `json:"ns"`
+	CPU  int    `json:"cpu"`
 }
 
 // Residency is the guest memory resident at the end of the replay, from
@@ -120,6 +121,9 @@ type Report struct {
 	// resume (waiting for the handler's hot set: Config.Resumed).
 	ResumeWait time.Duration `json:"resume_wait_ns,omitempty"`
 	Touches    []Touch       `json:"touches,omitempty"`
+	// VCPUEnd is when each vCPU made its last access, since the start of
+	// the restore: the largest is on the critical path.
+	VCPUEnd []time.Duration `json:"vcpu_end_ns,omitempty"`
 	Resident   *Residency    `json:"resident,omitempty"`
 }
 
@@ -349,6 +353,7 @@ type cpuResult struct {
 	mismatches int
 	firstErr   string
 	firstTouch time.Time
+	lastTouch  time.Time
 	touches    []Touch
 }
 
@@ -418,6 +423,11 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 			first = r.firstTouch
 		}
 		rep.Touches = append(rep.Touches, r.touches...)
+		var end time.Duration
+		if !r.lastTouch.IsZero() {
+			end = r.lastTouch.Sub(start)
+		}
+		rep.VCPUEnd = append(rep.VCPUEnd, end)
 	}
 	if !first.IsZero() {
 		rep.FirstTouch = first.Sub(start)
@@ -479,9 +489,10 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 			res.firstTouch = time.Now()
 		}
 		if timed {
-			res.touches = append(res.touches, Touch{Page: a.Page, NS: int64(stall)})
+			res.touches = append(res.touches, Touch{Page: a.Page, NS: int64(stall), CPU: cpu})
 		}
 		if v.cfg.NoVerify {
+			res.lastTouch = time.Now()
 			continue
 		}
 		if err := v.verify(a.Page, page, scratch); err != nil {
@@ -492,6 +503,7 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 		} else {
 			res.verified++
 		}
+		res.lastTouch = time.Now()
 	}
 }
 

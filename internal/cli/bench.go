@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/bench"
 	"github.com/aquifer-pool/aquifer/corpus"
@@ -18,21 +19,28 @@ import (
 type benchFlags struct {
 	quick                            bool
 	workloads, strategies, conc      string
-	runs, vcpus                      int
+	storage                          string
+	runs, minRuns, maxRuns, vcpus    int
+	ciTarget                         float64
 	jsonOut, plotOut, corpusDir, dir string
 	localPod                         bool
 }
 
 func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl := cmd.Flags()
-	fl.BoolVar(&f.quick, "quick", false, "a short run: two workloads, concurrency 1 and 8, 2 rounds")
+	fl.BoolVar(&f.quick, "quick", false, "a short run: two workloads, concurrency 1 and 8, 3 rounds")
 	fl.StringVar(&f.workloads, "workloads", "", "comma-separated workloads (default: all in the corpus)")
 	fl.StringVar(&f.strategies, "strategies", strings.Join(bench.AllStrategies, ","), "comma-separated strategies")
 	fl.StringVar(&f.conc, "concurrency", defConc, "comma-separated concurrency levels")
-	fl.IntVar(&f.runs, "runs", 3, "rounds per concurrency level (strategies interleaved)")
+	fl.IntVar(&f.runs, "runs", 0, "rounds per concurrency level, strategies interleaved (0: auto, from --min-runs until every geomean's 95% interval is within --ci-target, at most --max-runs)")
+	fl.IntVar(&f.minRuns, "min-runs", 5, "with --runs 0: rounds before the intervals are checked")
+	fl.IntVar(&f.maxRuns, "max-runs", 12, "with --runs 0: most rounds per concurrency level")
+	fl.Float64Var(&f.ciTarget, "ci-target", 0.10, "relative half-width every geomean's 95% interval should be within")
+	fl.StringVar(&f.storage, "storage", strings.Join(bench.DefaultStorages, ","),
+		"comma-separated storages for the disk-based strategies: nvme and network (device models through FUSE), host (this machine's disk as it is), dram (files in tmpfs); the first is the primary baseline")
 	fl.IntVar(&f.vcpus, "vcpus", 2, "vCPU threads per VM")
 	fl.StringVar(&f.jsonOut, "json", "", "write the JSON report here")
-	fl.StringVar(&f.plotOut, "plot", "", "write a chart here (.svg or .png)")
+	fl.StringVar(&f.plotOut, "plot", "", "write the charts here: NAME.png/.svg (times, a panel per concurrency level) and NAME-speedup.png/.svg")
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus if present, else the synthetic one, generated if missing)")
 	fl.StringVar(&f.dir, "work-dir", "", "directory for derived files (default: a temporary one)")
 	fl.BoolVar(&f.localPod, "local-images", false, "aquifer strategies read images from local disk instead of the embedded pod (no tiers)")
@@ -68,8 +76,13 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	start, loadBefore := time.Now(), bench.LoadAverage()
 	o := bench.Options{Corpus: c, Workloads: splitList(f.workloads), Strategies: splitList(f.strategies),
-		Runs: f.runs, VCPUs: f.vcpus, Log: os.Stderr}
+		Storages: splitList(f.storage), Runs: f.runs, MinRuns: f.minRuns, MaxRuns: f.maxRuns, CITarget: f.ciTarget,
+		VCPUs: f.vcpus, Log: os.Stderr}
+	if err := bench.CheckStorages(o.Storages); err != nil {
+		return nil, err
+	}
 	for _, s := range splitList(f.conc) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
@@ -87,7 +100,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 			o.Concurrency = []int{1, 8}
 		}
 		if !cmd.Flags().Changed("runs") {
-			o.Runs = 2
+			o.Runs = 3
 		}
 	}
 	if o.Bin, err = os.Executable(); err != nil {
@@ -114,12 +127,17 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	}
 	defer pod.Close()
 	o.Pod = pod
-	samples, err := bench.Run(ctx, o)
+	res, err := bench.Run(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	rep := bench.Aggregate(samples, c.Kind(), pod.Kind(), o.Runs)
-	rep.Samples = samples
+	rep := bench.AggregateWith(res.Samples, bench.AggregateOptions{Corpus: c.Kind(), Pod: pod.Kind(), Runs: o.Runs,
+		PrimaryStorage: o.Storages[0], CITarget: o.CITarget})
+	rep.AttachRun(res)
+	rep.Samples = res.Samples
+	rep.Command = "aquifer " + strings.Join(os.Args[1:], " ")
+	rep.Load = &bench.Load{Before: loadBefore, After: bench.LoadAverage()}
+	rep.Wall = time.Since(start)
 	rep.WriteTable(cmd.OutOrStdout())
 	if f.jsonOut != "" {
 		if err := rep.WriteJSON(f.jsonOut); err != nil {
@@ -128,10 +146,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 		fmt.Fprintf(cmd.OutOrStdout(), "JSON report: %s\n", f.jsonOut)
 	}
 	if f.plotOut != "" {
-		if err := rep.WritePlot(f.plotOut); err != nil {
+		files, err := rep.WritePlots(f.plotOut)
+		if err != nil {
 			return rep, err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "plot: %s\n", f.plotOut)
+		fmt.Fprintf(cmd.OutOrStdout(), "plots: %s\n", strings.Join(files, ", "))
 	}
 	return rep, nil
 }
@@ -155,6 +174,6 @@ func init() {
 			return err
 		},
 	}
-	f.register(cmd, "1,8,32")
+	f.register(cmd, "1,8")
 	register(cmd)
 }

@@ -1,0 +1,323 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aquifer-pool/aquifer/diskemu"
+	"github.com/aquifer-pool/aquifer/guest"
+	"github.com/aquifer-pool/aquifer/pagestat"
+	"golang.org/x/sys/unix"
+)
+
+// Storage names: where the disk-based strategies' files live.
+const (
+	// StorageHost is this machine's own disk: a virtio disk that the outer
+	// host caches, read_ahead_kb 8192. Not a device model: reads after
+	// dropping the page cache cost little more than page-cache hits.
+	StorageHost = "host"
+	// StorageNVMe and StorageNetwork are device models (package diskemu)
+	// behind FUSE.
+	StorageNVMe    = "nvme"
+	StorageNetwork = "network"
+	// StorageDRAM keeps the files in host DRAM (tmpfs: the page cache is
+	// the file), never dropped: what an operator does who spends local
+	// memory on snapshots.
+	StorageDRAM = "dram"
+)
+
+// AllStorages in report order.
+var AllStorages = []string{StorageNVMe, StorageNetwork, StorageHost, StorageDRAM}
+
+// DefaultStorages are run unless told otherwise: the modelled local NVMe
+// (the primary baseline), this machine's disk as it is, and the files in
+// DRAM.
+var DefaultStorages = []string{StorageNVMe, StorageHost, StorageDRAM}
+
+// CheckStorages validates a storage list.
+func CheckStorages(s []string) error {
+	if len(s) == 0 {
+		return fmt.Errorf("bench: no storage given (known: %v)", AllStorages)
+	}
+	for _, x := range s {
+		if !slices.Contains(AllStorages, x) {
+			return fmt.Errorf("bench: unknown storage %q (known: %v)", x, AllStorages)
+		}
+	}
+	return nil
+}
+
+// diskBased reports whether a strategy reads snapshot files from storage.
+func diskBased(s string) bool {
+	return s == Firecracker || s == FirecrackerUffd || s == REAP || s == FaaSnap
+}
+
+// StorageInfo describes one storage of a run.
+type StorageInfo struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	// Model is the device model (nvme, network).
+	Model *diskemu.Model `json:"model,omitempty"`
+	// ReadAheadKB is the kernel readahead the files are read with.
+	ReadAheadKB int `json:"read_ahead_kb,omitempty"`
+	// FUSEOverhead is the FUSE round trip measured with the model off and
+	// subtracted from every request (4 KiB; plus FUSEOverheadPerKiB).
+	FUSEOverhead       time.Duration `json:"fuse_overhead_ns,omitempty"`
+	FUSEOverheadPerKiB time.Duration `json:"fuse_overhead_per_kib_ns,omitempty"`
+	// Probes are QD1 reads through the model after calibration: what it
+	// delivers next to what it claims.
+	Probes []diskemu.Probe `json:"probes,omitempty"`
+	// Requests the model served during the run.
+	Requests *diskemu.Stats `json:"requests,omitempty"`
+}
+
+// files are a workload's snapshot files on one storage.
+type files struct {
+	mem, reapWS, faasnapPlan, loadingSet string
+}
+
+func (f files) all() []string {
+	var out []string
+	for _, p := range []string{f.mem, f.reapWS, f.loadingSet} {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// storages holds the run's DRAM copies and device-model mounts.
+type storages struct {
+	shm    string
+	mounts map[string]*diskemu.Mount
+	infos  []StorageInfo
+}
+
+func (s *storages) close() {
+	for _, m := range s.mounts {
+		m.Close()
+	}
+	if s.shm != "" {
+		os.RemoveAll(s.shm)
+	}
+}
+
+// newStorages makes the DRAM directory (always: it is also every
+// strategy's verification reference and the models' backing store).
+func newStorages() (*storages, error) {
+	base := "/dev/shm"
+	if st, err := os.Stat(base); err != nil || !st.IsDir() {
+		base = os.TempDir()
+	}
+	d, err := os.MkdirTemp(base, "aquifer-bench-")
+	if err != nil {
+		return nil, err
+	}
+	return &storages{shm: d, mounts: map[string]*diskemu.Mount{}}, nil
+}
+
+// copyToDRAM copies a workload's files into the DRAM directory (the memory
+// file sparsely: zero pages stay holes, as a snapshot written to tmpfs by a
+// careful operator would) and returns their paths there.
+func (s *storages) copyToDRAM(name string, host files) (files, error) {
+	dir := filepath.Join(s.shm, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return files{}, err
+	}
+	out := files{mem: filepath.Join(dir, "mem")}
+	if err := copySparse(host.mem, out.mem); err != nil {
+		return files{}, err
+	}
+	if host.reapWS != "" {
+		out.reapWS = filepath.Join(dir, "reap.ws")
+		if err := copySparse(host.reapWS, out.reapWS); err != nil {
+			return files{}, err
+		}
+	}
+	if host.loadingSet != "" {
+		out.loadingSet = filepath.Join(dir, "loading-set")
+		if err := copySparse(host.loadingSet, out.loadingSet); err != nil {
+			return files{}, err
+		}
+		var err error
+		if out.faasnapPlan, err = retargetPlan(host.faasnapPlan, out.loadingSet, filepath.Join(dir, "faasnap.json")); err != nil {
+			return files{}, err
+		}
+	}
+	return out, nil
+}
+
+// retargetPlan writes a copy of a FaaSnap plan whose loading set is ls.
+func retargetPlan(plan, ls, out string) (string, error) {
+	p, err := guest.ReadFaaSnapPlan(plan)
+	if err != nil {
+		return "", err
+	}
+	p.LoadingSet = ls
+	b, err := json.Marshal(p)
+	if err != nil {
+		return "", err
+	}
+	return out, writeFileAtomic(out, b)
+}
+
+// copySparse copies src to dst, skipping all-zero 4 KiB pages.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := in.ReadAt(buf, off)
+		for p := 0; p < n; p += 4096 {
+			e := min(p+4096, n)
+			if !pagestat.IsZero(buf[p:e]) {
+				if _, werr := out.WriteAt(buf[p:e], off+int64(p)); werr != nil {
+					out.Close()
+					return werr
+				}
+			}
+		}
+		off += int64(n)
+		if err == io.EOF || n == 0 {
+			break
+		}
+		if err != nil {
+			out.Close()
+			return err
+		}
+	}
+	if err := out.Truncate(st.Size()); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// mount starts the device model name over the DRAM directory and
+// calibrates it on probe (a file in the DRAM directory).
+func (s *storages) mount(name, workDir, probe string) (StorageInfo, error) {
+	m := diskemu.Models()[name]
+	mt, err := diskemu.NewMount(filepath.Join(workDir, "storage-"+name), s.shm, m)
+	if err != nil {
+		return StorageInfo{}, err
+	}
+	s.mounts[name] = mt
+	p, err := mt.Path(probe)
+	if err != nil {
+		return StorageInfo{}, err
+	}
+	probes, err := mt.Calibrate(p, 64)
+	if err != nil {
+		return StorageInfo{}, fmt.Errorf("bench: calibrating the %s model: %w", name, err)
+	}
+	ra, _ := mt.ReadAheadKB()
+	return StorageInfo{Name: name, Model: &m, ReadAheadKB: ra, FUSEOverhead: mt.Overhead, FUSEOverheadPerKiB: mt.OverheadPerKiB,
+		Probes: probes, Kind: fmt.Sprintf("device model (emulated, FUSE): %v per request + size at %.1f GB/s, %.0f IOPS, readahead %d KiB",
+			m.Latency, m.Bandwidth/1e9, m.IOPS, ra)}, nil
+}
+
+// on returns a workload's files on the mounted model name.
+func (s *storages) on(name string, dram files, planDir string) (files, error) {
+	mt := s.mounts[name]
+	var out files
+	var err error
+	if out.mem, err = mt.Path(dram.mem); err != nil {
+		return files{}, err
+	}
+	if dram.reapWS != "" {
+		if out.reapWS, err = mt.Path(dram.reapWS); err != nil {
+			return files{}, err
+		}
+	}
+	if dram.loadingSet != "" {
+		if out.loadingSet, err = mt.Path(dram.loadingSet); err != nil {
+			return files{}, err
+		}
+		if out.faasnapPlan, err = retargetPlan(dram.faasnapPlan, out.loadingSet, filepath.Join(planDir, "faasnap-"+name+".json")); err != nil {
+			return files{}, err
+		}
+	}
+	return out, nil
+}
+
+func hostInfo(path string) StorageInfo {
+	info := StorageInfo{Name: StorageHost,
+		Kind: "this machine's disk as it is (not a model): a virtio disk cached by the outer host; reads after dropping the page cache cost little more than page-cache hits"}
+	var st unix.Stat_t
+	if unix.Stat(path, &st) == nil {
+		for _, p := range []string{"/sys/dev/block/%d:%d/queue/read_ahead_kb", "/sys/dev/block/%d:%d/../queue/read_ahead_kb"} {
+			if b, err := os.ReadFile(fmt.Sprintf(p, unix.Major(st.Dev), unix.Minor(st.Dev))); err == nil {
+				fmt.Sscan(strings.TrimSpace(string(b)), &info.ReadAheadKB)
+				break
+			}
+		}
+	}
+	if info.ReadAheadKB > 0 {
+		info.Kind += fmt.Sprintf(", read_ahead_kb %d", info.ReadAheadKB)
+	}
+	return info
+}
+
+// allocated is the DRAM a tmpfs file holds (its allocated blocks).
+func allocated(path string) uint64 {
+	var st unix.Stat_t
+	if path == "" || unix.Stat(path, &st) != nil {
+		return 0
+	}
+	return uint64(st.Blocks) * 512
+}
+
+// writeFileAtomic writes b to path: temp file, fsync, rename, fsync dir.
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
