@@ -123,8 +123,8 @@ type Report struct {
 	Touches    []Touch       `json:"touches,omitempty"`
 	// VCPUEnd is when each vCPU made its last access, since the start of
 	// the restore: the largest is on the critical path.
-	VCPUEnd []time.Duration `json:"vcpu_end_ns,omitempty"`
-	Resident   *Residency    `json:"resident,omitempty"`
+	VCPUEnd  []time.Duration `json:"vcpu_end_ns,omitempty"`
+	Resident *Residency      `json:"resident,omitempty"`
 }
 
 type mapped struct {
