@@ -207,7 +207,7 @@ func (r *Report) WritePlots(path string) ([]string, error) {
 			b.ys = append(b.ys, sp[k])
 			b.lo = append(b.lo, ci[k][0])
 			b.hi = append(b.hi, ci[k][1])
-			names = append(names, strings.TrimPrefix(k, "vs_"))
+			names = append(names, r.keyName(k))
 			lo = min(lo, sp[k], ci[k][0])
 		}
 		p.Add(b)
@@ -288,4 +288,17 @@ func drawFigure(path string, panels []*plot.Plot, legend *plot.Legend, ext strin
 		return err
 	}
 	return os.Rename(path+".tmp", path)
+}
+
+// keyName is a speedup key as a reader wants it: the variant, with the
+// primary storage spelled out.
+func (r *Report) keyName(k string) string {
+	n := strings.TrimPrefix(k, "vs_")
+	if strings.Contains(n, "@") || r.PrimaryStorage == "" {
+		return n
+	}
+	if diskBased(n) || n == "best_baseline" {
+		return n + "@" + r.PrimaryStorage
+	}
+	return n
 }

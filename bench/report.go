@@ -543,3 +543,31 @@ func (r *Report) WriteJSON(path string) error {
 	}
 	return writeFileAtomic(path, append(b, '\n'))
 }
+
+// ReadReport reads a report written by WriteJSON.
+func ReadReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("bench: %s is not a bench report: %w", path, err)
+	}
+	return &r, nil
+}
+
+// Reaggregate recomputes a report's statistics and tables from its
+// samples (with this build's code), keeping what the run recorded.
+func (r *Report) Reaggregate() (*Report, error) {
+	if len(r.Samples) == 0 {
+		return nil, fmt.Errorf("bench: the report has no samples (written without them?)")
+	}
+	n := AggregateWith(r.Samples, AggregateOptions{Corpus: r.Corpus, Pod: r.Pod, Runs: r.Runs, PrimaryStorage: r.PrimaryStorage,
+		CITarget: r.CITarget})
+	n.Machine, n.Date, n.Command, n.Load, n.Wall, n.RoundsRun = r.Machine, r.Date, r.Command, r.Load, r.Wall, r.RoundsRun
+	n.Storages, n.Snapshots, n.Calibration = r.Storages, r.Snapshots, r.Calibration
+	n.Noise, n.NoiseByConcurrency = summarise(r.Calibration), r.NoiseByConcurrency
+	n.Samples = r.Samples
+	return n, nil
+}

@@ -185,7 +185,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 	for _, c := range o.Concurrency {
 		r := o.Runs
 		if !fixed {
-			r = o.MinRuns
+			r, _ = o.roundsFor(c)
 		}
 		total += c * r * len(vars) * len(preps)
 	}
@@ -197,14 +197,15 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 	}
 	for _, c := range o.Concurrency {
 		var level []Sample
+		minR, maxR := o.roundsFor(c)
 		for round := 0; ; round++ {
 			if fixed && round >= o.Runs {
 				break
 			}
-			if !fixed && round >= o.MinRuns {
+			if !fixed && round >= minR {
 				st := bootstrap(level, o.Storages[0], 400, uint64(round))
 				wide := notWithin(st, o.CITarget)
-				if len(wide) == 0 || round >= o.MaxRuns {
+				if len(wide) == 0 || round >= maxR {
 					fmt.Fprintf(o.Log, "bench: concurrency %d: %d rounds; intervals wider than ±%.0f%%: %v\n", c, round, 100*o.CITarget, wide)
 					break
 				}
@@ -243,6 +244,16 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 	}
 	res.Snapshots = snapshotMemory(o, preps)
 	return res, nil
+}
+
+// roundsFor is the least and most rounds of an auto run at concurrency c:
+// a round at c >= 4 holds c samples per variant, so fewer rounds do.
+func (o Options) roundsFor(c int) (lo, hi int) {
+	if c < 4 {
+		return o.MinRuns, o.MaxRuns
+	}
+	lo = min(o.MinRuns, 3)
+	return lo, max(lo, o.MaxRuns/2)
 }
 
 // notWithin lists the geomeans whose interval is wider than ±frac.

@@ -34,7 +34,7 @@ func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl.StringVar(&f.conc, "concurrency", defConc, "comma-separated concurrency levels")
 	fl.IntVar(&f.runs, "runs", 0, "rounds per concurrency level, strategies interleaved (0: auto, from --min-runs until every geomean's 95% interval is within --ci-target, at most --max-runs)")
 	fl.IntVar(&f.minRuns, "min-runs", 5, "with --runs 0: rounds before the intervals are checked")
-	fl.IntVar(&f.maxRuns, "max-runs", 12, "with --runs 0: most rounds per concurrency level")
+	fl.IntVar(&f.maxRuns, "max-runs", 12, "with --runs 0: most rounds per concurrency level (at concurrency 4 and more: min(--min-runs, 3) to --max-runs/2, each round holding that many VMs)")
 	fl.Float64Var(&f.ciTarget, "ci-target", 0.10, "relative half-width every geomean's 95% interval should be within")
 	fl.StringVar(&f.storage, "storage", strings.Join(bench.DefaultStorages, ","),
 		"comma-separated storages for the disk-based strategies: nvme and network (device models through FUSE), host (this machine's disk as it is), dram (files in tmpfs); the first is the primary baseline")
@@ -175,5 +175,40 @@ func init() {
 		},
 	}
 	f.register(cmd, "1,8")
+	var from, jsonOut, plotOut string
+	rcmd := &cobra.Command{
+		Use:   "report --from FILE",
+		Short: "Recompute a bench report's statistics, tables and plots from the samples in its JSON",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			old, err := bench.ReadReport(from)
+			if err != nil {
+				return err
+			}
+			rep, err := old.Reaggregate()
+			if err != nil {
+				return err
+			}
+			rep.WriteTable(cmd.OutOrStdout())
+			if jsonOut != "" {
+				if err := rep.WriteJSON(jsonOut); err != nil {
+					return err
+				}
+			}
+			if plotOut != "" {
+				files, err := rep.WritePlots(plotOut)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "plots: %s\n", strings.Join(files, ", "))
+			}
+			return nil
+		},
+	}
+	rcmd.Flags().StringVar(&from, "from", "", "a report written by aquifer bench --json (with its samples)")
+	rcmd.Flags().StringVar(&jsonOut, "json", "", "write the recomputed report here")
+	rcmd.Flags().StringVar(&plotOut, "plot", "", "write the plots here (NAME.png/.svg, NAME-speedup.png/.svg)")
+	rcmd.MarkFlagRequired("from")
+	cmd.AddCommand(rcmd)
 	register(cmd)
 }
