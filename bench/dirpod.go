@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 )
 
 // DirPod runs a pager daemon (aquifer serve --images) over a directory of
@@ -90,4 +91,12 @@ func (p *DirPod) Close() error {
 		p.cmd.Wait()
 	}
 	return nil
+}
+
+// CPUTime implements CPUMeter.
+func (p *DirPod) CPUTime() time.Duration {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return processCPU(p.cmd.Process.Pid)
 }

@@ -39,6 +39,11 @@ type Result struct {
 	// Guest memory resident at the end of the run, p50.
 	ResidentPrivateP50 uint64 `json:"resident_private_p50_bytes"`
 	ResidentFileP50    uint64 `json:"resident_file_mapped_p50_bytes"`
+	// CPU per VM, p50: the VM process, its serving side, the vCPUs' summed
+	// replay time.
+	GuestCPUP50  time.Duration `json:"guest_cpu_p50_ns,omitempty"`
+	ServerCPUP50 time.Duration `json:"server_cpu_p50_ns,omitempty"`
+	VCPUBusyP50  time.Duration `json:"vcpu_busy_p50_ns,omitempty"`
 }
 
 // BreakdownP50 is the per-field median of the samples' breakdowns.
@@ -175,8 +180,11 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 	}
 	sort.Strings(rep.Wide)
 	for k, g := range groups {
-		var e2e, rst, first, exec, faults, ver, priv, file []int64
+		var e2e, rst, first, exec, faults, ver, priv, file, gcpu, scpu, busy []int64
 		for _, s := range g {
+			gcpu = append(gcpu, int64(s.GuestCPU))
+			scpu = append(scpu, int64(s.ServerCPU))
+			busy = append(busy, int64(s.VCPUBusy))
 			e2e = append(e2e, int64(s.EndToEnd))
 			rst = append(rst, int64(s.Restore))
 			first = append(first, int64(s.FirstTouch))
@@ -193,7 +201,8 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 			P50: medianInt(e2e), P99: pct(e2e, 99), RestoreP50: medianInt(rst), FirstP50: medianInt(first),
 			ExecP50: medianInt(exec), FaultsP50: uint64(medianInt(faults)), VerifiedP50: int(medianInt(ver)),
 			ResidentPrivateP50: uint64(medianInt(priv)), ResidentFileP50: uint64(medianInt(file)),
-			Breakdown: breakdownP50(g)}
+			Breakdown: breakdownP50(g), GuestCPUP50: time.Duration(medianInt(gcpu)), ServerCPUP50: time.Duration(medianInt(scpu)),
+			VCPUBusyP50: time.Duration(medianInt(busy))}
 		ls := stats[k.c]
 		if ci, ok := ls.p50CI[[2]string{k.w, k.l}]; ok {
 			r.P50CI = [2]int64{int64(ci[0]), int64(ci[1])}

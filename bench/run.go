@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,6 +88,14 @@ type Sample struct {
 	// Resident is the guest memory resident at the end (private and
 	// page-cache mapped).
 	Resident *guest.Residency `json:"resident,omitempty"`
+	// GuestCPU is the VM process's CPU time (user + system); ServerCPU the
+	// serving side's for this VM: its handler process, or the pager
+	// daemon's CPU over the batch divided by the batch's VMs.
+	GuestCPU  time.Duration `json:"guest_cpu_ns,omitempty"`
+	ServerCPU time.Duration `json:"server_cpu_ns,omitempty"`
+	// VCPUBusy is the summed replay time of all vCPUs (each from resume to
+	// its last access).
+	VCPUBusy time.Duration `json:"vcpu_busy_ns,omitempty"`
 }
 
 // Run is what Run measured.
@@ -453,6 +462,12 @@ func runBatch(ctx context.Context, o Options, p *prepared, v variant, c, round i
 	if diskBased(v.strategy) && v.storage != StorageDRAM {
 		dropCache(fs.all()...)
 	}
+	aq := !diskBased(v.strategy) && v.strategy != Warm && v.strategy != NoRestore
+	var cpu0 time.Duration
+	cpuPod, _ := o.Pod.(CPUMeter)
+	if aq && cpuPod != nil {
+		cpu0 = cpuPod.CPUTime()
+	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)
 	var wg sync.WaitGroup
@@ -471,8 +486,39 @@ func runBatch(ctx context.Context, o Options, p *prepared, v variant, c, round i
 			return nil, err
 		}
 	}
+	if aq && cpuPod != nil {
+		share := (cpuPod.CPUTime() - cpu0) / time.Duration(c)
+		for i := range samples {
+			samples[i].ServerCPU = share
+		}
+	}
 	return samples, nil
 }
+
+// CPUMeter is implemented by pods whose daemon's CPU time can be read.
+type CPUMeter interface{ CPUTime() time.Duration }
+
+// processCPU reads a process's user + system time from /proc.
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ (100 on Linux).
+const clockTicks = 100
 
 func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eval, dir string, n int, id string) (Sample, error) {
 	s := v.strategy
@@ -530,8 +576,19 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 	}
 	smp := Sample{Restore: rep.Restore, FirstTouch: rep.FirstTouch, EndToEnd: rep.EndToEnd, Verified: rep.Verified,
 		Resident: rep.Resident, Breakdown: breakdown(&rep, p.cls)}
+	if ps := cmd.ProcessState; ps != nil {
+		smp.GuestCPU = ps.UserTime() + ps.SystemTime()
+	}
+	for _, e := range rep.VCPUEnd {
+		if e > 0 {
+			smp.VCPUBusy += e - rep.Restore - rep.ResumeWait
+		}
+	}
 	if server != nil {
 		server.Wait()
+		if ps := server.ProcessState; ps != nil {
+			smp.ServerCPU = ps.UserTime() + ps.SystemTime()
+		}
 		if m := faultsRE.FindStringSubmatch(serverOut.String()); m != nil {
 			n, _ := strconv.ParseUint(m[1], 10, 64)
 			smp.Faults = n
