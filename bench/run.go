@@ -186,7 +186,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 		}
 		preps = append(preps, p)
 	}
-	if err := setupStorages(o, stor, preps, res); err != nil {
+	if err := setupStorages(ctx, o, stor, preps, res); err != nil {
 		return nil, err
 	}
 	fixed := o.Runs > 0
@@ -245,11 +245,9 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 	if bar != nil {
 		bar.Finish()
 	}
+	stor.stopModels()
 	for i := range res.Storages {
-		if mt := stor.mounts[res.Storages[i].Name]; mt != nil {
-			s := mt.Stats()
-			res.Storages[i].Requests = &s
-		}
+		res.Storages[i].Requests = stor.stats[res.Storages[i].Name]
 	}
 	res.Snapshots = snapshotMemory(o, preps)
 	return res, nil
@@ -276,7 +274,7 @@ func notWithin(st *levelStats, frac float64) []string {
 	return out
 }
 
-func setupStorages(o Options, stor *storages, preps []*prepared, res *RunResult) error {
+func setupStorages(ctx context.Context, o Options, stor *storages, preps []*prepared, res *RunResult) error {
 	for _, st := range o.Storages {
 		switch st {
 		case StorageHost:
@@ -285,7 +283,7 @@ func setupStorages(o Options, stor *storages, preps []*prepared, res *RunResult)
 			res.Storages = append(res.Storages, StorageInfo{Name: StorageDRAM,
 				Kind: "host DRAM: the files on tmpfs (the page cache is the file), never dropped"})
 		case StorageNVMe, StorageNetwork:
-			info, err := stor.mount(st, o.WorkDir, preps[0].ref)
+			info, err := stor.mount(ctx, o.Bin, st, o.WorkDir, preps[0].ref)
 			if err != nil {
 				return err
 			}
@@ -318,15 +316,36 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload, stor *storages)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	p := &prepared{w: w, eval: w.Eval, images: map[string]string{}, snapName: map[string]string{}, on: map[string]files{},
+	p := &prepared{images: map[string]string{}, snapName: map[string]string{}, on: map[string]files{},
 		counts: map[string][2]uint64{}}
-	if len(p.eval) == 0 {
+	if len(w.Eval) == 0 {
 		return nil, fmt.Errorf("workload %s has no evaluation trace", w.Name)
 	}
 	rec, err := w.LoadRecord()
 	if err != nil {
 		return nil, err
 	}
+	// Work on private copies: the corpus is shared, and a capture may
+	// rewrite it while the benchmark runs.
+	local := *w
+	local.Mem = filepath.Join(dir, "mem")
+	if err := copySparse(w.Mem, local.Mem); err != nil {
+		return nil, err
+	}
+	local.Eval = nil
+	for i, e := range w.Eval {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			return nil, err
+		}
+		dst := filepath.Join(dir, fmt.Sprintf("eval-%d.ws", i+1))
+		if err := writeFileAtomic(dst, b); err != nil {
+			return nil, err
+		}
+		local.Eval = append(local.Eval, dst)
+	}
+	w = &local
+	p.w, p.eval = w, w.Eval
 	if p.cls, err = loadClasses(w.Mem, rec); err != nil {
 		return nil, err
 	}

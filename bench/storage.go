@@ -1,10 +1,13 @@
 package bench
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -94,15 +97,22 @@ func (f files) all() []string {
 
 // storages holds the run's DRAM copies and device-model mounts.
 type storages struct {
-	shm    string
-	mounts map[string]*diskemu.Mount
-	infos  []StorageInfo
+	shm     string
+	servers map[string]*modelServer
+	stats   map[string]*diskemu.Stats
+}
+
+// stopModels ends the model processes, keeping their request counts.
+func (s *storages) stopModels() {
+	for name, ms := range s.servers {
+		if st := ms.stop(); st != nil {
+			s.stats[name] = st
+		}
+	}
 }
 
 func (s *storages) close() {
-	for _, m := range s.mounts {
-		m.Close()
-	}
+	s.stopModels()
 	if s.shm != "" {
 		os.RemoveAll(s.shm)
 	}
@@ -119,7 +129,7 @@ func newStorages() (*storages, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &storages{shm: d, mounts: map[string]*diskemu.Mount{}}, nil
+	return &storages{shm: d, servers: map[string]*modelServer{}, stats: map[string]*diskemu.Stats{}}, nil
 }
 
 // copyToDRAM copies a workload's files into the DRAM directory (the memory
@@ -215,44 +225,114 @@ func copySparse(src, dst string) error {
 	return os.Rename(tmp, dst)
 }
 
+// modelServer is a device model served by its own process (aquifer bench
+// storage-model): its threads run at a raised priority, as a device
+// answers without waiting for a CPU, while the VMs and the pager keep
+// theirs.
+type modelServer struct {
+	cmd   *exec.Cmd
+	out   *bufio.Reader
+	ready diskemu.Ready
+}
+
 // mount starts the device model name over the DRAM directory and
 // calibrates it on probe (a file in the DRAM directory).
-func (s *storages) mount(name, workDir, probe string) (StorageInfo, error) {
+func (s *storages) mount(ctx context.Context, bin, name, workDir, probe string) (StorageInfo, error) {
 	m := diskemu.Models()[name]
-	mt, err := diskemu.NewMount(filepath.Join(workDir, "storage-"+name), s.shm, m)
+	dir := filepath.Join(workDir, "storage-"+name)
+	cmd := exec.CommandContext(ctx, bin, "bench", "storage-model", "--model", name, "--mount", dir, "--backing", s.shm,
+		"--probe", probe, "--nice", "-10")
+	cmd.Stderr = os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return StorageInfo{}, err
 	}
-	s.mounts[name] = mt
-	p, err := mt.Path(probe)
-	if err != nil {
+	if err := cmd.Start(); err != nil {
 		return StorageInfo{}, err
 	}
-	probes, err := mt.Calibrate(p, 64)
-	if err != nil {
-		return StorageInfo{}, fmt.Errorf("bench: calibrating the %s model: %w", name, err)
+	ms := &modelServer{cmd: cmd, out: bufio.NewReader(stdout)}
+	s.servers[name] = ms
+	type line struct {
+		r   diskemu.Ready
+		err error
 	}
-	ra, _ := mt.ReadAheadKB()
-	return StorageInfo{Name: name, Model: &m, ReadAheadKB: ra, FUSEOverhead: mt.Overhead, FUSEOverheadPerKiB: mt.OverheadPerKiB,
-		Probes: probes, Kind: fmt.Sprintf("device model (emulated, FUSE): %v per request + size at %.1f GB/s, %.0f IOPS, readahead %d KiB",
-			m.Latency, m.Bandwidth/1e9, m.IOPS, ra)}, nil
+	got := make(chan line, 1)
+	go func() {
+		var r diskemu.Ready
+		b, err := ms.out.ReadBytes('\n')
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		got <- line{r, err}
+	}()
+	select {
+	case l := <-got:
+		if l.err != nil {
+			return StorageInfo{}, fmt.Errorf("bench: the %s model did not start: %w", name, l.err)
+		}
+		if l.r.Error != "" {
+			return StorageInfo{}, fmt.Errorf("bench: the %s model: %s (use --storage host,dram where FUSE is unavailable)", name, l.r.Error)
+		}
+		ms.ready = l.r
+	case <-time.After(2 * time.Minute):
+		return StorageInfo{}, fmt.Errorf("bench: the %s model did not report ready within 2 minutes", name)
+	}
+	r := ms.ready
+	return StorageInfo{Name: name, Model: &m, ReadAheadKB: r.ReadAheadKB, FUSEOverhead: time.Duration(r.FUSEOverhead),
+		FUSEOverheadPerKiB: time.Duration(r.FUSEOverheadPerKiB), Probes: r.Probes,
+		Kind: fmt.Sprintf("device model (emulated, FUSE, its server at nice -10): %v per request + size at %.1f GB/s, %.0f IOPS, readahead %d KiB",
+			m.Latency, m.Bandwidth/1e9, m.IOPS, r.ReadAheadKB)}, nil
+}
+
+// stop ends a model's process and returns the requests it served.
+func (ms *modelServer) stop() *diskemu.Stats {
+	if ms.cmd.Process == nil {
+		return nil
+	}
+	ms.cmd.Process.Signal(os.Interrupt)
+	var r diskemu.Ready
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if b, err := ms.out.ReadBytes('\n'); err == nil {
+			json.Unmarshal(b, &r)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		ms.cmd.Process.Kill()
+	}
+	ms.cmd.Wait()
+	ms.cmd.Process = nil
+	return r.Stats
+}
+
+// path returns a file of the DRAM directory under the model's mount.
+func (ms *modelServer) path(shm, file string) (string, error) {
+	rel, err := filepath.Rel(shm, file)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return "", fmt.Errorf("bench: %s is not in %s", file, shm)
+	}
+	return filepath.Join(ms.ready.Mount, rel), nil
 }
 
 // on returns a workload's files on the mounted model name.
 func (s *storages) on(name string, dram files, planDir string) (files, error) {
-	mt := s.mounts[name]
+	ms := s.servers[name]
 	var out files
 	var err error
-	if out.mem, err = mt.Path(dram.mem); err != nil {
+	if out.mem, err = ms.path(s.shm, dram.mem); err != nil {
 		return files{}, err
 	}
 	if dram.reapWS != "" {
-		if out.reapWS, err = mt.Path(dram.reapWS); err != nil {
+		if out.reapWS, err = ms.path(s.shm, dram.reapWS); err != nil {
 			return files{}, err
 		}
 	}
 	if dram.loadingSet != "" {
-		if out.loadingSet, err = mt.Path(dram.loadingSet); err != nil {
+		if out.loadingSet, err = ms.path(s.shm, dram.loadingSet); err != nil {
 			return files{}, err
 		}
 		if out.faasnapPlan, err = retargetPlan(dram.faasnapPlan, out.loadingSet, filepath.Join(planDir, "faasnap-"+name+".json")); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aquifer-pool/aquifer/bench"
 	"github.com/aquifer-pool/aquifer/corpus"
+	"github.com/aquifer-pool/aquifer/diskemu"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -209,6 +210,38 @@ func init() {
 	rcmd.Flags().StringVar(&jsonOut, "json", "", "write the recomputed report here")
 	rcmd.Flags().StringVar(&plotOut, "plot", "", "write the plots here (NAME.png/.svg, NAME-speedup.png/.svg)")
 	rcmd.MarkFlagRequired("from")
-	cmd.AddCommand(rcmd)
+	cmd.AddCommand(rcmd, storageModelCmd())
 	register(cmd)
+}
+
+// storageModelCmd is the process bench starts per device model: it mounts
+// the model (FUSE), reports ready as a JSON line and serves until SIGTERM.
+func storageModelCmd() *cobra.Command {
+	var model, mount, backing, probe string
+	var nice int
+	c := &cobra.Command{
+		Use:    "storage-model --model nvme|network --mount DIR --backing DIR --probe FILE",
+		Short:  "Serve a storage device model through FUSE (started by aquifer bench)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, ok := diskemu.Models()[model]
+			if !ok {
+				return fmt.Errorf("--model %q: want nvme or network", model)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return diskemu.Serve(ctx, mount, backing, probe, m, nice, cmd.OutOrStdout())
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&model, "model", "nvme", "device model: nvme or network")
+	f.StringVar(&mount, "mount", "", "mount point")
+	f.StringVar(&backing, "backing", "", "directory served (read once at mount)")
+	f.StringVar(&probe, "probe", "", "file in --backing to calibrate and probe on")
+	f.IntVar(&nice, "nice", -10, "nice value of the server's threads")
+	for _, n := range []string{"mount", "backing", "probe"} {
+		c.MarkFlagRequired(n)
+	}
+	return c
 }
