@@ -339,7 +339,7 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload, stor *storages)
 			return nil, err
 		}
 		dst := filepath.Join(dir, fmt.Sprintf("eval-%d.ws", i+1))
-		if err := writeFileAtomic(dst, b); err != nil {
+		if err := WriteFileAtomic(dst, b); err != nil {
 			return nil, err
 		}
 		local.Eval = append(local.Eval, dst)

@@ -174,7 +174,7 @@ func retargetPlan(plan, ls, out string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return out, writeFileAtomic(out, b)
+	return out, WriteFileAtomic(out, b)
 }
 
 // copySparse copies src to dst, skipping all-zero 4 KiB pages.
@@ -369,8 +369,9 @@ func allocated(path string) uint64 {
 	return uint64(st.Blocks) * 512
 }
 
-// writeFileAtomic writes b to path: temp file, fsync, rename, fsync dir.
-func writeFileAtomic(path string, b []byte) error {
+// WriteFileAtomic writes b to path: temp file, fsync, rename, fsync of the
+// directory.
+func WriteFileAtomic(path string, b []byte) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {

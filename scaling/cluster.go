@@ -71,7 +71,8 @@ func (c Cluster) Validate() error {
 type Load struct {
 	Resource    string  `json:"resource"`
 	Utilisation float64 `json:"utilisation"`
-	// MaxRate is the cluster restore rate at which it reaches the target.
+	// MaxRate is the cluster restore rate at which it reaches the target
+	// (0: not bound by the rate, e.g. a capacity).
 	MaxRate float64 `json:"max_rate_per_s"`
 	Detail  string  `json:"detail"`
 }
@@ -107,6 +108,12 @@ func PlanCluster(c Cluster, w Workload) (ClusterResult, error) {
 	}
 	out := ClusterResult{Cluster: c, Workload: w.Name}
 	add := func(name string, util, maxRate float64, detail string) {
+		if math.IsInf(maxRate, 0) || math.IsNaN(maxRate) {
+			maxRate = 0
+		}
+		if math.IsInf(util, 1) {
+			util = math.MaxFloat64
+		}
 		out.Loads = append(out.Loads, Load{Resource: name, Utilisation: util, MaxRate: maxRate, Detail: detail})
 	}
 	perHost := c.Rate / float64(c.Hosts)
@@ -152,7 +159,9 @@ func PlanCluster(c Cluster, w Workload) (ClusterResult, error) {
 	out.MaxRate = math.Inf(1)
 	out.Feasible = true
 	for _, l := range out.Loads {
-		out.MaxRate = math.Min(out.MaxRate, l.MaxRate)
+		if l.MaxRate > 0 {
+			out.MaxRate = math.Min(out.MaxRate, l.MaxRate)
+		}
 		if l.Utilisation > c.Target {
 			out.Feasible = false
 		}
@@ -185,6 +194,9 @@ func PlanCluster(c Cluster, w Workload) (ClusterResult, error) {
 		}
 	}
 	out.P50 = out.HostP50 + time.Duration(math.Min(extra, float64(time.Hour)))
+	if math.IsInf(out.MaxRate, 1) {
+		out.MaxRate = 0
+	}
 	return out, nil
 }
 

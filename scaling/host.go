@@ -44,7 +44,8 @@ func (w Workload) phases() []phase {
 	ph := []phase{
 		{comps: []comp{{res: resCPU, left: float64(w.Startup), par: 1}}},
 		{comps: []comp{{res: resCPU, left: float64(w.Setup), par: 1}}, timed: true},
-		{comps: []comp{{res: resCPU, left: float64(w.Preinstall), par: 1}, {res: resCXL, left: float64(w.HotPages * 4096)}}, slot: true, timed: true},
+		{comps: []comp{{res: resCPU, left: float64(w.Preinstall), par: 1}, {res: resCXL, left: float64(w.HotPages * 4096)},
+			{res: resDelay, left: float64(w.PreinstallWait)}}, slot: true, timed: true},
 	}
 	for k := 0; k < segments; k++ {
 		ph = append(ph,

@@ -20,6 +20,9 @@ type Workload struct {
 	// for them at concurrency 1 (CPU-bound: copies and digest checks).
 	HotPages   uint64        `json:"hot_pages"`
 	Preinstall time.Duration `json:"preinstall_ns"`
+	// PreinstallWait is the part of the measured pre-install that was not
+	// the pager's CPU (the daemon used less CPU than the pre-install took).
+	PreinstallWait time.Duration `json:"preinstall_wait_ns"`
 	// GuestCPU is the replay's vCPU work without faults (the no-restore
 	// floor's summed vCPU time); VCPUs run it.
 	GuestCPU time.Duration `json:"guest_cpu_ns"`

@@ -118,10 +118,14 @@ func (p *Plan) Write(w io.Writer) {
 		fmt.Fprintln(tw, "resource\tutilisation\tmax restores/s at target\tdetail\t")
 		for _, l := range c.Loads {
 			mr := "-"
-			if !math.IsInf(l.MaxRate, 1) {
+			if l.MaxRate > 0 {
 				mr = fmt.Sprintf("%.0f", l.MaxRate)
 			}
-			fmt.Fprintf(tw, "%s\t%.1f%%\t%s\t%s\t\n", l.Resource, 100*l.Utilisation, mr, l.Detail)
+			u := fmt.Sprintf("%.1f%%", 100*l.Utilisation)
+			if l.Utilisation == math.MaxFloat64 {
+				u = "unbounded"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", l.Resource, u, mr, l.Detail)
 		}
 		tw.Flush()
 		verdict := "fits"
