@@ -177,6 +177,7 @@ func init() {
 	}
 	f.register(cmd, "1,8")
 	var from, jsonOut, plotOut string
+	var markdown bool
 	rcmd := &cobra.Command{
 		Use:   "report --from FILE",
 		Short: "Recompute a bench report's statistics, tables and plots from the samples in its JSON",
@@ -190,7 +191,11 @@ func init() {
 			if err != nil {
 				return err
 			}
-			rep.WriteTable(cmd.OutOrStdout())
+			if markdown {
+				rep.WriteMarkdown(cmd.OutOrStdout())
+			} else {
+				rep.WriteTable(cmd.OutOrStdout())
+			}
 			if jsonOut != "" {
 				if err := rep.WriteJSON(jsonOut); err != nil {
 					return err
@@ -208,6 +213,7 @@ func init() {
 	}
 	rcmd.Flags().StringVar(&from, "from", "", "a report written by aquifer bench --json (with its samples)")
 	rcmd.Flags().StringVar(&jsonOut, "json", "", "write the recomputed report here")
+	rcmd.Flags().BoolVar(&markdown, "markdown", false, "print the tables as Markdown (docs/evaluation.md)")
 	rcmd.Flags().StringVar(&plotOut, "plot", "", "write the plots here (NAME.png/.svg, NAME-speedup.png/.svg)")
 	rcmd.MarkFlagRequired("from")
 	cmd.AddCommand(rcmd, storageModelCmd())
