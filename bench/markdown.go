@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -127,8 +126,8 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
-	r.markdownBreakdown(w, levels[0])
-	r.markdownMemory(w)
+	r.writeBreakdown(w, levels[0], r.breakdownVariants(), true)
+	r.writeMemory(w, true)
 	fmt.Fprintf(w, "Outliers (outside 1.5 IQR of their group's log time, kept in every statistic): %d of %d samples.", len(r.Outliers), len(r.Samples))
 	if len(r.Outliers) > 0 {
 		fmt.Fprint(w, " Largest:")
@@ -164,115 +163,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func (r *Report) markdownBreakdown(w io.Writer, c int) {
-	prim := r.PrimaryStorage
-	show := []string{Firecracker + "@" + prim, REAP + "@" + prim, FaaSnap + "@" + prim, REAP + "@" + StorageDRAM, Aquifer, AquiferEarly,
-		AquiferRDMAOnly, Warm, NoRestore}
-	floor, warm := map[string]int64{}, map[string]int64{}
-	for _, x := range r.Results {
-		if x.Concurrency == c && x.Strategy == NoRestore {
-			floor[x.Workload] = x.P50
-		}
-		if x.Concurrency == c && x.Strategy == Warm {
-			warm[x.Workload] = x.P50
-		}
-	}
-	fmt.Fprintf(w, "The floor and where the time goes, concurrency %d (p50 of each field, ms). Stalls are first accesses on the critical vCPU "+
-		"by page class (hot = recorded working set, cold = other non-zero, zero), with how many waited > 5 µs; pre-install, zero pages left to the kernel, "+
-		"faults (hot/cold/zero) and cold bytes from the pager's own report; rest = think time, verification and the rest of the critical vCPU.\n\n", c)
-	fmt.Fprintln(w, "| workload | strategy | e2e | − floor | − warm | restore | resume wait | hot stall | cold stall | zero stall | rest | pre-installed | zero → kernel | faults h/c/z | cold KiB |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-	for _, x := range r.Results {
-		if x.Concurrency != c || x.Breakdown == nil || !slices.Contains(show, x.Variant) {
-			continue
-		}
-		b := x.Breakdown
-		f := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }
-		gap := func(m map[string]int64) string {
-			if v, ok := m[x.Workload]; ok {
-				return f(time.Duration(x.P50 - v))
-			}
-			return "-"
-		}
-		st := func(cl string) string { return fmt.Sprintf("%s (%d)", f(b.Stall[cl]), b.Slow[cl]) }
-		rest := b.Critical - b.Stall[ClassHot] - b.Stall[ClassCold] - b.Stall[ClassZero]
-		pi, zk, fl, cold := "-", "-", "-", "-"
-		if p := b.Pager; p != nil {
-			pi, zk = strconv.FormatUint(p.PreinstallPages, 10), strconv.FormatUint(p.ZeroToKernel, 10)
-			fl = fmt.Sprintf("%d/%d/%d", p.HotFaults, p.ColdFaults, p.ZeroFaults)
-			cold = strconv.FormatUint(p.ColdBytes>>10, 10)
-		} else if b.Handler > 0 {
-			fl = fmt.Sprintf("%d (handler)", b.Handler)
-		}
-		fmt.Fprintf(w, "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, x.Variant,
-			f(time.Duration(x.P50)), gap(floor), gap(warm), f(b.Restore), f(b.ResumeWait), st(ClassHot), st(ClassCold), st(ClassZero), f(rest),
-			pi, zk, fl, cold)
-	}
-	fmt.Fprintln(w)
-}
-
-func (r *Report) markdownMemory(w io.Writer) {
-	if len(r.Snapshots) == 0 {
-		return
-	}
-	type acc struct{ host, storage, cxl, mn, handler, priv, file []float64 }
-	by := map[string]*acc{}
-	var order []string
-	get := func(l string) *acc {
-		if by[l] == nil {
-			by[l] = &acc{}
-			order = append(order, l)
-		}
-		return by[l]
-	}
-	for _, s := range r.Snapshots {
-		if s.Strategy == Warm || s.Strategy == NoRestore {
-			continue
-		}
-		a := get(s.Strategy)
-		a.host, a.storage, a.cxl = append(a.host, float64(s.HostDRAM)), append(a.storage, float64(s.Storage)), append(a.cxl, float64(s.CXL))
-		a.mn, a.handler = append(a.mn, float64(s.MemoryNodes)), append(a.handler, float64(s.PerVMHandler))
-	}
-	lowest := math.MaxInt
-	for _, x := range r.Results {
-		lowest = min(lowest, x.Concurrency)
-	}
-	for _, x := range r.Results {
-		if x.Concurrency != lowest {
-			continue
-		}
-		a := get(x.Variant)
-		a.priv, a.file = append(a.priv, float64(x.ResidentPrivateP50)), append(a.file, float64(x.ResidentFileP50))
-		if x.Strategy == Warm {
-			a.host = append(a.host, float64(x.ResidentPrivateP50))
-		}
-	}
-	mean := func(v []float64) string {
-		if len(v) == 0 {
-			return "-"
-		}
-		s := 0.0
-		for _, x := range v {
-			s += x
-		}
-		return fmt.Sprintf("%.1f", s/float64(len(v))/(1<<20))
-	}
-	fmt.Fprintln(w, "Memory per snapshot and per restored VM, MiB, mean over the workloads: host DRAM a snapshot holds between restores "+
-		"(tmpfs files for `@dram`; a whole VM for `warm`; the page cache of cold storage is transient and not counted), bytes on storage, "+
-		"in the pod's CXL device and on memory nodes (cold × replicas); per VM, the guest memory resident at the end of the run (private, and "+
-		"page cache mapped into it) and what the handler holds per VM (REAP's working-set buffer).")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| strategy | host DRAM / snapshot | storage / snapshot | CXL / snapshot | memory nodes / snapshot | VM private | VM page cache mapped | handler / VM |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
-	for _, l := range order {
-		if l == NoRestore {
-			continue
-		}
-		a := by[l]
-		fmt.Fprintf(w, "| `%s` | %s | %s | %s | %s | %s | %s | %s |\n", l, mean(a.host), mean(a.storage), mean(a.cxl), mean(a.mn), mean(a.priv),
-			mean(a.file), mean(a.handler))
-	}
-	fmt.Fprintln(w)
 }

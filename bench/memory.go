@@ -77,9 +77,9 @@ func snapshotMemory(o Options, preps []*prepared) []SnapshotMemory {
 						// The DRAM copy is sparse (zero pages are holes):
 						// its allocation is what the file needs anywhere.
 						if st == StorageDRAM {
-							m.HostDRAM += allocated(u)
+							m.HostDRAM += p.atRest[u]
 						} else {
-							m.Storage += allocated(dramOf(p, u))
+							m.Storage += p.atRest[dramOf(p, u)]
 						}
 					}
 					if s == REAP {

@@ -1,10 +1,10 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"image/color"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -19,7 +19,8 @@ import (
 	"gonum.org/v1/plot/vg/vgsvg"
 )
 
-var palette = []color.RGBA{{0x4e, 0x79, 0xa7, 255}, {0xf2, 0x8e, 0x2b, 255}, {0xe1, 0x57, 0x59, 255}, {0x76, 0xb7, 0xb2, 255},
+// Palette is the charts' colours (colour-blind friendly, Tableau 10 first).
+var Palette = []color.RGBA{{0x4e, 0x79, 0xa7, 255}, {0xf2, 0x8e, 0x2b, 255}, {0xe1, 0x57, 0x59, 255}, {0x76, 0xb7, 0xb2, 255},
 	{0x59, 0xa1, 0x4f, 255}, {0xed, 0xc9, 0x48, 255}, {0xb0, 0x7a, 0xa1, 255}, {0x9c, 0x75, 0x5f, 255},
 	{0x55, 0x55, 0x55, 255}, {0xff, 0x9d, 0xa7, 255}, {0xba, 0xb0, 0xac, 255}, {0x1f, 0x3a, 0x5f, 255}}
 
@@ -70,11 +71,12 @@ func (b *bars) Thumbnail(c *draw.Canvas) {
 	c.FillPolygon(b.color, []vg.Point{r.Min, {X: r.Max.X, Y: r.Min.Y}, r.Max, {X: r.Min.X, Y: r.Max.Y}})
 }
 
-// ticks125 marks 1, 2 and 5 of every decade in range (a log axis that
+// Ticks125 marks 1, 2 and 5 of every decade in range (a log axis that
 // stays readable over a few decades).
-type ticks125 struct{}
+type Ticks125 struct{}
 
-func (ticks125) Ticks(lo, hi float64) []plot.Tick {
+// Ticks implements plot.Ticker.
+func (Ticks125) Ticks(lo, hi float64) []plot.Tick {
 	var out []plot.Tick
 	for e := math.Floor(math.Log10(lo)) - 1; e <= math.Ceil(math.Log10(hi)); e++ {
 		for _, m := range []float64{1, 2, 5} {
@@ -156,13 +158,13 @@ func (r *Report) WritePlots(path string) ([]string, error) {
 		p.Title.Text = fmt.Sprintf("Concurrency %d: end-to-end p50 per workload (whiskers: 95%% CI)", c)
 		p.Y.Label.Text = "ms (log scale)"
 		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = ticks125{}
+		p.Y.Tick.Marker = Ticks125{}
 		p.Add(plotter.NewGrid())
 		n := len(variants)
 		w := vg.Points(float64(560) / float64(len(workloads)*(n+1)))
 		lo := math.Inf(1)
 		for i, v := range variants {
-			b := &bars{width: w, color: palette[i%len(palette)], offset: w * vg.Length(float64(i)-float64(n-1)/2)}
+			b := &bars{width: w, color: Palette[i%len(Palette)], offset: w * vg.Length(float64(i)-float64(n-1)/2)}
 			for j, wl := range workloads {
 				for _, x := range r.Results {
 					if x.Concurrency == c && x.Workload == wl && x.Variant == v {
@@ -197,9 +199,9 @@ func (r *Report) WritePlots(path string) ([]string, error) {
 		p.Title.Text = fmt.Sprintf("Concurrency %d: geomean speedup of aquifer, T(strategy)/T(aquifer) (whiskers: 95%% CI)", c)
 		p.Y.Label.Text = "speedup (log scale; 1 = as fast as aquifer)"
 		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = ticks125{}
+		p.Y.Tick.Marker = Ticks125{}
 		p.Add(plotter.NewGrid())
-		b := &bars{width: vg.Points(float64(520) / float64(max(1, len(keys)))), color: palette[0]}
+		b := &bars{width: vg.Points(float64(520) / float64(max(1, len(keys)))), color: Palette[0]}
 		var names []string
 		lo := 1.0
 		for i, k := range keys {
@@ -271,23 +273,11 @@ func drawFigure(path string, panels []*plot.Plot, legend *plot.Legend, ext strin
 		lc := draw.Crop(dc, width-legendW, 0, 0, -vg.Points(30))
 		legend.Draw(lc)
 	}
-	f, err := os.Create(path + ".tmp")
-	if err != nil {
+	var buf bytes.Buffer
+	if _, err := c.WriteTo(&buf); err != nil {
 		return err
 	}
-	defer os.Remove(path + ".tmp")
-	if _, err := c.WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return WriteFileAtomic(path, buf.Bytes())
 }
 
 // keyName is a speedup key as a reader wants it: the variant, with the

@@ -416,8 +416,10 @@ func (r *Report) WriteTable(w io.Writer) {
 	} else {
 		fmt.Fprintf(w, "every geomean's interval is within ±%.0f%%\n", 100*r.CITarget)
 	}
-	r.writeBreakdown(w)
-	r.writeMemory(w)
+	fmt.Fprintln(w)
+	r.writeBreakdown(w, 0, nil, false)
+	fmt.Fprintln(w)
+	r.writeMemory(w, false)
 	if len(r.Outliers) > 0 {
 		fmt.Fprintf(w, "\noutliers (outside 1.5 IQR of their group's log time; kept in every statistic): %d; largest:\n", len(r.Outliers))
 		for _, o := range r.Outliers[:min(8, len(r.Outliers))] {
@@ -432,115 +434,6 @@ func runsText(n int) string {
 		return "auto"
 	}
 	return strconv.Itoa(n)
-}
-
-// writeBreakdown prints the floor and, per restore, where the time went.
-func (r *Report) writeBreakdown(w io.Writer) {
-	floor := map[[2]string]int64{}
-	warm := map[[2]string]int64{}
-	for _, x := range r.Results {
-		k := [2]string{strconv.Itoa(x.Concurrency), x.Workload}
-		switch x.Strategy {
-		case NoRestore:
-			floor[k] = x.P50
-		case Warm:
-			warm[k] = x.P50
-		}
-	}
-	fmt.Fprintln(w, "\nthe floor and where each restore's time goes (p50 per field, ms; stalls are first accesses on the critical vCPU by page class,")
-	fmt.Fprintln(w, "with the number that waited > 5us; pre-install, zero pages left to the kernel, pager faults and cold bytes from the pager's report)")
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "conc\tworkload\tstrategy\te2e\t-floor\t-warm\trestore\tresume wait\thot stall\tcold stall\tzero stall\trest\tpre-inst pages\tzero->kernel\tfaults h/c/z\tcold KiB\t")
-	for _, x := range r.Results {
-		b := x.Breakdown
-		if b == nil {
-			continue
-		}
-		k := [2]string{strconv.Itoa(x.Concurrency), x.Workload}
-		gap := func(m map[[2]string]int64) string {
-			if v, ok := m[k]; ok {
-				return ms(x.P50 - v)
-			}
-			return "-"
-		}
-		st := func(c string) string { return fmt.Sprintf("%s (%d)", ms(int64(b.Stall[c])), b.Slow[c]) }
-		rest := b.Critical - b.Stall[ClassHot] - b.Stall[ClassCold] - b.Stall[ClassZero]
-		pi, zk, fl, cold := "-", "-", "-", "-"
-		if p := b.Pager; p != nil {
-			pi, zk = strconv.FormatUint(p.PreinstallPages, 10), strconv.FormatUint(p.ZeroToKernel, 10)
-			fl = fmt.Sprintf("%d/%d/%d", p.HotFaults, p.ColdFaults, p.ZeroFaults)
-			cold = strconv.FormatUint(p.ColdBytes>>10, 10)
-		} else if b.Handler > 0 {
-			fl = fmt.Sprintf("%d (all)", b.Handler)
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Concurrency, x.Workload, x.Variant,
-			ms(x.P50), gap(floor), gap(warm), ms(int64(b.Restore)), ms(int64(b.ResumeWait)), st(ClassHot), st(ClassCold), st(ClassZero),
-			ms(int64(rest)), pi, zk, fl, cold)
-	}
-	tw.Flush()
-	fmt.Fprintln(w, "(rest = think time, verification and everything else on the critical vCPU; e2e = restore + resume wait + critical vCPU)")
-}
-
-// writeMemory prints the DRAM each strategy holds, per snapshot and per VM.
-func (r *Report) writeMemory(w io.Writer) {
-	if len(r.Snapshots) == 0 {
-		return
-	}
-	type acc struct {
-		host, storage, cxl, mn, handler, priv, file []int64
-	}
-	by := map[string]*acc{}
-	var order []string
-	get := func(l string) *acc {
-		if by[l] == nil {
-			by[l] = &acc{}
-			order = append(order, l)
-		}
-		return by[l]
-	}
-	for _, s := range r.Snapshots {
-		a := get(s.Strategy)
-		a.host = append(a.host, int64(s.HostDRAM))
-		a.storage = append(a.storage, int64(s.Storage))
-		a.cxl = append(a.cxl, int64(s.CXL))
-		a.mn = append(a.mn, int64(s.MemoryNodes))
-		a.handler = append(a.handler, int64(s.PerVMHandler))
-	}
-	lowest := math.MaxInt
-	for _, x := range r.Results {
-		lowest = min(lowest, x.Concurrency)
-	}
-	for _, x := range r.Results {
-		if x.Concurrency != lowest {
-			continue
-		}
-		a := get(x.Variant)
-		a.priv = append(a.priv, int64(x.ResidentPrivateP50))
-		a.file = append(a.file, int64(x.ResidentFileP50))
-		if x.Strategy == Warm || x.Strategy == NoRestore {
-			// A warm VM kept per snapshot holds its whole memory.
-			a.host = append(a.host, int64(x.ResidentPrivateP50))
-		}
-	}
-	mib := func(v []int64) string {
-		if len(v) == 0 {
-			return "-"
-		}
-		var s int64
-		for _, x := range v {
-			s += x
-		}
-		return fmt.Sprintf("%.1f", float64(s)/float64(len(v))/(1<<20))
-	}
-	fmt.Fprintln(w, "\nmemory per snapshot and per restored VM (MiB, mean over workloads; guest memory resident at the end of the run, lowest concurrency)")
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "strategy\thost DRAM/snapshot\tstorage/snapshot\tCXL/snapshot\tmemory nodes/snapshot\tVM private\tVM page cache mapped\thandler/VM\t")
-	for _, l := range order {
-		a := by[l]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", l, mib(a.host), mib(a.storage), mib(a.cxl), mib(a.mn), mib(a.priv), mib(a.file), mib(a.handler))
-	}
-	tw.Flush()
-	fmt.Fprintln(w, "(host DRAM/snapshot: kept resident between restores; cold storage's page cache is transient and not counted; warm keeps a whole VM)")
 }
 
 // WriteJSON writes the report atomically (temp file, fsync, rename, fsync

@@ -119,6 +119,9 @@ type prepared struct {
 	snapName map[string]string
 	memSize  int64
 	counts   map[string][2]uint64 // strategy → (hot, cold) pages of its image
+	// atRest is each DRAM copy's allocation right after it was written
+	// (the runs may fill holes later: warm's MAP_POPULATE reads them all).
+	atRest map[string]uint64
 }
 
 // variant is a strategy on a storage ("" for non-disk strategies).
@@ -375,6 +378,10 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload, stor *storages)
 	}
 	p.on[StorageDRAM] = dram
 	p.ref = dram.mem
+	p.atRest = map[string]uint64{}
+	for _, f := range dram.all() {
+		p.atRest[f] = allocated(f)
+	}
 	convert := func(strategy string, tr *wset.Trace) error {
 		if !need(strategy) {
 			return nil

@@ -204,16 +204,18 @@ func median(v []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
+// quantile interpolates the p-quantile of sorted s.
+func quantile(s []float64, p float64) float64 {
+	i := p * float64(len(s)-1)
+	lo := int(math.Floor(i))
+	hi := min(lo+1, len(s)-1)
+	return s[lo] + (s[hi]-s[lo])*(i-float64(lo))
+}
+
 func percentileCI(v []float64) CI {
 	s := slices.Clone(v)
 	slices.Sort(s)
-	q := func(p float64) float64 {
-		i := p * float64(len(s)-1)
-		lo := int(math.Floor(i))
-		hi := min(lo+1, len(s)-1)
-		return s[lo] + (s[hi]-s[lo])*(i-float64(lo))
-	}
-	return CI{q(0.025), q(0.975)}
+	return CI{quantile(s, 0.025), quantile(s, 0.975)}
 }
 
 // Outlier is a sample outside its group's Tukey fences (1.5 IQR of the
@@ -239,13 +241,7 @@ func outliers(g []Sample) []Outlier {
 	}
 	s := slices.Clone(l)
 	slices.Sort(s)
-	q := func(p float64) float64 {
-		i := p * float64(len(s)-1)
-		lo := int(math.Floor(i))
-		hi := min(lo+1, len(s)-1)
-		return s[lo] + (s[hi]-s[lo])*(i-float64(lo))
-	}
-	q1, q3 := q(0.25), q(0.75)
+	q1, q3 := quantile(s, 0.25), quantile(s, 0.75)
 	iqr := q3 - q1
 	m := math.Exp(median(l))
 	var out []Outlier

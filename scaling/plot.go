@@ -5,34 +5,16 @@ import (
 	"image/color"
 	"math"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/aquifer-pool/aquifer/bench"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 )
 
-var colors = []color.RGBA{{0x4e, 0x79, 0xa7, 255}, {0xf2, 0x8e, 0x2b, 255}, {0xe1, 0x57, 0x59, 255}, {0x59, 0xa1, 0x4f, 255},
-	{0xb0, 0x7a, 0xa1, 255}, {0x9c, 0x75, 0x5f, 255}, {0x55, 0x55, 0x55, 255}, {0x76, 0xb7, 0xb2, 255}}
-
-type log125 struct{}
-
-func (log125) Ticks(lo, hi float64) []plot.Tick {
-	var out []plot.Tick
-	for e := math.Floor(math.Log10(lo)) - 1; e <= math.Ceil(math.Log10(hi)); e++ {
-		for _, m := range []float64{1, 2, 5} {
-			if v := m * math.Pow(10, e); v >= lo*0.999 && v <= hi*1.001 {
-				out = append(out, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', 4, 64)})
-			}
-		}
-	}
-	if len(out) < 2 {
-		return plot.DefaultTicks{}.Ticks(lo, hi)
-	}
-	return out
-}
+var colors = bench.Palette
 
 func newPlot(title, x, y string) *plot.Plot {
 	p := plot.New()
@@ -72,7 +54,7 @@ func WritePlots(pl *Plan, path string) ([]string, error) {
 	ph := newPlot(fmt.Sprintf("One host: restore p50 against concurrency (%s)", w.Name), "concurrent restores (log scale)",
 		"end-to-end p50, ms (log scale)")
 	ph.X.Scale, ph.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	ph.X.Tick.Marker, ph.Y.Tick.Marker = log125{}, log125{}
+	ph.X.Tick.Marker, ph.Y.Tick.Marker = bench.Ticks125{}, bench.Ticks125{}
 	concs := []int{1, 2, 4, 8, 16, 32, 64}
 	ymin, ymax := math.Inf(1), 0.0
 	cal := pl.Calibration
@@ -149,7 +131,7 @@ func WritePlots(pl *Plan, path string) ([]string, error) {
 	pc := newPlot(fmt.Sprintf("Cluster: %d hosts, %d pods, %d memory nodes (%s)", c.Hosts, c.Pods, c.MemoryNodes, w.Name),
 		"cluster-wide restores per second (log scale)", "utilisation (log scale; dashed: target)")
 	pc.X.Scale, pc.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	pc.X.Tick.Marker, pc.Y.Tick.Marker = log125{}, log125{}
+	pc.X.Tick.Marker, pc.Y.Tick.Marker = bench.Ticks125{}, bench.Ticks125{}
 	var rates []float64
 	for r := 100.0; r <= 1e6; r *= math.Sqrt(10) {
 		rates = append(rates, r)
