@@ -144,7 +144,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 		o.MinRuns = 5
 	}
 	if o.MaxRuns < o.MinRuns {
-		o.MaxRuns = max(o.MinRuns, 12)
+		o.MaxRuns = max(o.MinRuns, 10)
 	}
 	if o.CITarget <= 0 {
 		o.CITarget = 0.10
@@ -263,7 +263,7 @@ func (o Options) roundsFor(c int) (lo, hi int) {
 		return o.MinRuns, o.MaxRuns
 	}
 	lo = min(o.MinRuns, 3)
-	return lo, max(lo, o.MaxRuns/2)
+	return lo, max(lo, o.MaxRuns*2/5)
 }
 
 // notWithin lists the geomeans whose interval is wider than ±frac.

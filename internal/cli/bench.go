@@ -35,7 +35,7 @@ func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl.StringVar(&f.conc, "concurrency", defConc, "comma-separated concurrency levels")
 	fl.IntVar(&f.runs, "runs", 0, "rounds per concurrency level, strategies interleaved (0: auto, from --min-runs until every geomean's 95% interval is within --ci-target, at most --max-runs)")
 	fl.IntVar(&f.minRuns, "min-runs", 5, "with --runs 0: rounds before the intervals are checked")
-	fl.IntVar(&f.maxRuns, "max-runs", 12, "with --runs 0: most rounds per concurrency level (at concurrency 4 and more: min(--min-runs, 3) to --max-runs/2, each round holding that many VMs)")
+	fl.IntVar(&f.maxRuns, "max-runs", 10, "with --runs 0: most rounds per concurrency level (at concurrency 4 and more: min(--min-runs, 3) to 2/5 of --max-runs, each round holding that many VMs)")
 	fl.Float64Var(&f.ciTarget, "ci-target", 0.10, "relative half-width every geomean's 95% interval should be within")
 	fl.StringVar(&f.storage, "storage", strings.Join(bench.DefaultStorages, ","),
 		"comma-separated storages for the disk-based strategies: nvme and network (device models through FUSE), host (this machine's disk as it is), dram (files in tmpfs); the first is the primary baseline")
