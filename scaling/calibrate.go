@@ -2,6 +2,7 @@ package scaling
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"time"
@@ -12,11 +13,15 @@ import (
 // Calibration is the model's input: per-workload restores measured on one
 // machine, and that machine.
 type Calibration struct {
-	Source    string     `json:"source"`  // the report's command line and date
-	Machine   string     `json:"machine"` // the calibration machine
-	Cores     int        `json:"cores"`
-	Strategy  string     `json:"strategy"`
-	Workloads []Workload `json:"workloads"`
+	Source  string `json:"source"`  // the report's command line and date
+	Machine string `json:"machine"` // the calibration machine
+	Cores   int    `json:"cores"`
+	// Background is the other work's runnable threads while the report
+	// ran, from its calibration loop: a single-threaded loop slowed s
+	// times on N cores shares them with N*s - 1 other threads.
+	Background float64    `json:"background_threads"`
+	Strategy   string     `json:"strategy"`
+	Workloads  []Workload `json:"workloads"`
 	// Fit says, per workload, how well the fitted model reproduces the
 	// measured concurrency-1 time (model / measured).
 	Fit map[string]float64 `json:"fit"`
@@ -38,7 +43,7 @@ func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error
 		res[key{x.Workload, x.Variant, x.Concurrency}] = x
 	}
 	cal := &Calibration{Source: fmt.Sprintf("%s (%s)", r.Command, r.Date), Machine: r.Machine, Cores: cores, Strategy: strategy,
-		Fit: map[string]float64{}}
+		Fit: map[string]float64{}, Background: background(r, cores)}
 	var names []string
 	for k := range res {
 		if k.v == strategy && k.c == 1 {
@@ -88,8 +93,8 @@ func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error
 			w.PagerCPU += w.Preinstall
 			w.Preinstall, w.PreinstallWait, w.HotPages = 0, 0, 0
 		}
-		fit(&w, CalibrationHost(cores))
-		cal.Fit[name] = float64(SimulateHost(CalibrationHost(cores), w, 1).P50) / float64(w.E2E)
+		fit(&w, CalibrationHost(cores, 0))
+		cal.Fit[name] = float64(SimulateHost(CalibrationHost(cores, 0), w, 1).P50) / float64(w.E2E)
 		cal.Workloads = append(cal.Workloads, w)
 	}
 	return cal, nil
@@ -138,7 +143,7 @@ func (cal *Calibration) Validate() []Check {
 		}
 		sort.Ints(cs)
 		for _, c := range cs {
-			m := SimulateHost(CalibrationHost(cal.Cores), w, c).P50
+			m := SimulateHost(CalibrationHost(cal.Cores, 0), w, c).P50
 			ci := w.MeasuredCI[c]
 			out = append(out, Check{Workload: w.Name, Concurrency: c, Measured: w.Measured[c], MeasuredCI: ci, Model: m,
 				Error: float64(m)/float64(w.Measured[c]) - 1, Inside: float64(m) >= 0.999*float64(ci[0]) && float64(m) <= 1.001*float64(ci[1])})
@@ -178,4 +183,23 @@ func (cal *Calibration) Find(name string) (Workload, error) {
 		}
 	}
 	return Workload{}, fmt.Errorf("scaling: no workload %q in the calibration", name)
+}
+
+// background estimates other work's runnable threads from the report's
+// calibration loops (run between batches, when the benchmark is idle):
+// the mean CPU loop against the fastest one.
+func background(r *bench.Report, cores int) float64 {
+	if len(r.Calibration) == 0 {
+		return 0
+	}
+	fastest, sum := time.Duration(math.MaxInt64), 0.0
+	for _, c := range r.Calibration {
+		fastest = min(fastest, c.CPU)
+		sum += float64(c.CPU)
+	}
+	if fastest <= 0 {
+		return 0
+	}
+	slow := sum / float64(len(r.Calibration)) / float64(fastest)
+	return math.Max(0, float64(cores)*slow-1)
 }

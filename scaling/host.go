@@ -184,9 +184,10 @@ func simulate(h Host, jobs []*job, arrivals []float64) HostResult {
 				}
 			}
 		}
+		// Processor sharing among our threads and the background's.
 		cpuShare := 1.0
-		if demand > float64(h.Cores) {
-			cpuShare = float64(h.Cores) / demand
+		if all := demand + h.Background; all > float64(h.Cores) {
+			cpuShare = float64(h.Cores) / all
 		}
 		rate := func(c comp) float64 {
 			switch c.res {
@@ -203,7 +204,10 @@ func simulate(h Host, jobs []*job, arrivals []float64) HostResult {
 				}
 				return h.NICBandwidth / 1e9 / float64(nnic)
 			}
-			return 1
+			// A wait is fault round trips: each needs the faulting and the
+			// serving thread scheduled, so it stretches with the CPU's
+			// contention (without using CPU itself).
+			return cpuShare
 		}
 		dt := math.Inf(1)
 		for _, j := range active {
@@ -223,7 +227,7 @@ func simulate(h Host, jobs []*job, arrivals []float64) HostResult {
 			dt = 0
 		}
 		// Advance.
-		busyCPU += min(demand, float64(h.Cores)) * dt
+		busyCPU += demand * cpuShare * dt
 		if ncxl > 0 {
 			busyCXL += dt
 		}

@@ -55,13 +55,17 @@ type Host struct {
 	NICBandwidth float64 `json:"nic_bandwidth"`
 	// PreinstallSlots bounds concurrent pre-installs (0: unbounded).
 	PreinstallSlots int `json:"preinstall_slots"`
+	// Background is other work's runnable threads, always competing for
+	// the cores (the calibration machine is shared; 0 on a planned host).
+	Background float64 `json:"background_threads"`
 }
 
-// CalibrationHost is the machine the numbers were measured on.
-func CalibrationHost(cores int) Host {
+// CalibrationHost is the machine the numbers were measured on, with
+// background other threads competing for its cores.
+func CalibrationHost(cores int, background float64) Host {
 	// The emulated CXL copies at DRAM speed and the emulated RDMA runs
 	// in-process: no link limits here; 4 reader identities.
-	return Host{Cores: cores, PreinstallSlots: 4}
+	return Host{Cores: cores, PreinstallSlots: 4, Background: background}
 }
 
 // ServerHost is a 2-socket-class server of the given cores with a x8 PCIe

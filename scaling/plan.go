@@ -87,7 +87,8 @@ func msf(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }
 // Write prints the plan.
 func (p *Plan) Write(w io.Writer) {
 	cal := p.Calibration
-	fmt.Fprintf(w, "calibration: %s on %s (%d cores), strategy %s, %d workloads\n", cal.Source, cal.Machine, cal.Cores, cal.Strategy, len(cal.Workloads))
+	fmt.Fprintf(w, "calibration: %s on %s (%d cores), strategy %s, %d workloads; other work on the machine while it ran: %.1f runnable threads (from its calibration loops; not applied to the fit)\n",
+		cal.Source, cal.Machine, cal.Cores, cal.Strategy, len(cal.Workloads), cal.Background)
 	fmt.Fprintln(w, "\nvalidation on the calibration machine: the model (fitted at concurrency 1) against measured p50s")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tconc\tmeasured ms\t95% CI\tmodel ms\terror\tin CI\t")

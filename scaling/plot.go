@@ -62,7 +62,7 @@ func WritePlots(pl *Plan, path string) ([]string, error) {
 		h := pl.Host
 		name := fmt.Sprintf("model, %d cores", cores)
 		if cores == cal.Cores {
-			h = CalibrationHost(cores)
+			h = CalibrationHost(cores, 0)
 			name = fmt.Sprintf("model, calibration machine (%d cores)", cores)
 		} else {
 			h.Cores = cores

@@ -12,13 +12,13 @@ func testWorkload() Workload {
 	w := Workload{Name: "t", Startup: 8 * time.Millisecond, Setup: 200 * time.Microsecond, HotPages: 1700, Preinstall: 7 * time.Millisecond,
 		GuestCPU: 40 * time.Millisecond, VCPUs: 2, PagerCPU: 3 * time.Millisecond, ColdBytes: 2 << 20, ColdReads: 12,
 		E2E: 40 * time.Millisecond, HotBytes: 1700 * 4096, ColdStored: 2 * (60 << 20)}
-	fit(&w, CalibrationHost(2))
+	fit(&w, CalibrationHost(2, 0))
 	return w
 }
 
 func TestFitReproducesCalibration(t *testing.T) {
 	w := testWorkload()
-	got := SimulateHost(CalibrationHost(2), w, 1).P50
+	got := SimulateHost(CalibrationHost(2, 0), w, 1).P50
 	if d := math.Abs(float64(got)/float64(w.E2E) - 1); d > 0.01 {
 		t.Fatalf("fitted model gives %v at c=1, measured %v", got, w.E2E)
 	}
@@ -28,7 +28,7 @@ func TestFitReproducesCalibration(t *testing.T) {
 	// A workload whose CPU alone exceeds the measurement gets no waits.
 	x := w
 	x.E2E = time.Millisecond
-	fit(&x, CalibrationHost(2))
+	fit(&x, CalibrationHost(2, 0))
 	if x.Waits != 0 {
 		t.Fatalf("waits %v for a CPU-bound workload", x.Waits)
 	}
@@ -54,7 +54,7 @@ func TestHostMonotoneAndSaturates(t *testing.T) {
 	}
 	// Far past the cores, the batch is CPU-bound: the last restore ends no
 	// earlier than the batch's CPU over the cores, and the CPU is busy.
-	h2 := CalibrationHost(2)
+	h2 := CalibrationHost(2, 0)
 	r := SimulateHost(h2, w, 32)
 	// (the startups all end together first: they are not timed)
 	cpu := float64(cpuPerRestore(w)) * 32 / 2
