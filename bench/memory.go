@@ -83,7 +83,8 @@ func snapshotMemory(o Options, preps []*prepared) []SnapshotMemory {
 						}
 					}
 					if s == REAP {
-						m.PerVMHandler = fileSize(f.reapWS)
+						// Its DRAM copy: a model's mount is gone by now.
+						m.PerVMHandler = fileSize(dramOf(p, f.reapWS))
 					}
 					out = append(out, m)
 				}
