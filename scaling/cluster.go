@@ -88,8 +88,10 @@ type ClusterResult struct {
 	HostP50    time.Duration `json:"host_p50_ns"`
 	HostP99    time.Duration `json:"host_p99_ns"`
 	// P50 adds the queueing at memory nodes and control plane on the
-	// restore's critical path to the host's p50.
-	P50 time.Duration `json:"p50_ns"`
+	// restore's critical path to the host's p50; Saturated says a queue
+	// on that path grows without bound (P50 is then meaningless).
+	P50       time.Duration `json:"p50_ns"`
+	Saturated bool          `json:"saturated"`
 }
 
 // readsOf counts the memory-node reads of a restore: the demand reads, or
@@ -193,7 +195,10 @@ func PlanCluster(c Cluster, w Workload) (ClusterResult, error) {
 			extra += c.ReadsPerRestore * float64(c.ControlRead) * q(l.Utilisation)
 		}
 	}
-	out.P50 = out.HostP50 + time.Duration(math.Min(extra, float64(time.Hour)))
+	out.Saturated = math.IsInf(extra, 1)
+	if !out.Saturated {
+		out.P50 = out.HostP50 + time.Duration(extra)
+	}
 	if math.IsInf(out.MaxRate, 1) {
 		out.MaxRate = 0
 	}

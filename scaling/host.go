@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -296,14 +297,23 @@ func simulate(h Host, jobs []*job, arrivals []float64) HostResult {
 	if slotWaits > 0 {
 		res.SlotWait = time.Duration(slotWait / float64(slotWaits))
 	}
-	res.Bottleneck = "cpu"
-	if res.CXL > res.CPU && res.CXL >= res.NIC {
+	// The bottleneck is the busiest resource if it is busy (> 70%), and
+	// the pre-install slots if restores queue for them.
+	res.Bottleneck = ""
+	switch m := math.Max(res.CPU, math.Max(res.CXL, res.NIC)); {
+	case m < 0.7:
+	case m == res.CPU:
+		res.Bottleneck = "cpu"
+	case m == res.CXL:
 		res.Bottleneck = "cxl link"
-	} else if res.NIC > res.CPU {
+	default:
 		res.Bottleneck = "nic"
 	}
 	if res.SlotWait > res.P50/4 {
-		res.Bottleneck += " + pre-install slots"
+		res.Bottleneck = strings.TrimPrefix(res.Bottleneck+" + pre-install slots", " + ")
+	}
+	if res.Bottleneck == "" {
+		res.Bottleneck = "none"
 	}
 	return res
 }

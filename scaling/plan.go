@@ -133,8 +133,12 @@ func (p *Plan) Write(w io.Writer) {
 		if !c.Feasible {
 			verdict = "does NOT fit"
 		}
-		fmt.Fprintf(w, "bottleneck: %s; the plan %s (target utilisation %.0f%%); max rate %.0f restores/s; restore p50 %s ms (host %s, p99 %s)\n",
-			c.Bottleneck, verdict, 100*cl.Target, c.MaxRate, msf(c.P50), msf(c.HostP50), msf(c.HostP99))
+		p50 := msf(c.P50) + " ms"
+		if c.Saturated {
+			p50 = "unbounded (a queue on the restore path is saturated)"
+		}
+		fmt.Fprintf(w, "bottleneck: %s; the plan %s (target utilisation %.0f%%); max rate %.0f restores/s; restore p50 %s (host %s ms, p99 %s ms)\n",
+			c.Bottleneck, verdict, 100*cl.Target, c.MaxRate, p50, msf(c.HostP50), msf(c.HostP99))
 	}
 	for _, n := range p.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)

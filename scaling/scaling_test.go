@@ -2,6 +2,7 @@ package scaling
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func TestHostMonotoneAndSaturates(t *testing.T) {
 	if last := float64(quantile(r.Latencies, 1)); last < 0.95*cpu {
 		t.Fatalf("32 restores on 2 cores: slowest %v, CPU bound %v", time.Duration(last), time.Duration(cpu))
 	}
-	if r.CPU < 0.9 || r.Bottleneck[:3] != "cpu" {
+	if r.CPU < 0.9 || !strings.HasPrefix(r.Bottleneck, "cpu") {
 		t.Fatalf("32 restores on 2 cores: CPU utilisation %.2f, bottleneck %q", r.CPU, r.Bottleneck)
 	}
 	// Below the cores' limit, restores barely interact.
@@ -78,7 +79,7 @@ func TestSharedLinksAndSlots(t *testing.T) {
 	if r16.P50 < 4*r1.P50 {
 		t.Fatalf("16 pre-installs over a 200 MB/s link: p50 %v, alone %v", r16.P50, r1.P50)
 	}
-	if r16.Bottleneck[:8] != "cxl link" {
+	if !strings.HasPrefix(r16.Bottleneck, "cxl link") {
 		t.Fatalf("bottleneck %q, want the CXL link", r16.Bottleneck)
 	}
 	h = ServerHost(64)
