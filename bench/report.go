@@ -41,9 +41,11 @@ type Result struct {
 	ResidentFileP50    uint64 `json:"resident_file_mapped_p50_bytes"`
 	// CPU per VM, p50: the VM process, its serving side, the vCPUs' summed
 	// replay time.
-	GuestCPUP50  time.Duration `json:"guest_cpu_p50_ns,omitempty"`
-	ServerCPUP50 time.Duration `json:"server_cpu_p50_ns,omitempty"`
-	VCPUBusyP50  time.Duration `json:"vcpu_busy_p50_ns,omitempty"`
+	GuestCPUP50   time.Duration `json:"guest_cpu_p50_ns,omitempty"`
+	ServerCPUP50  time.Duration `json:"server_cpu_p50_ns,omitempty"`
+	VCPUBusyP50   time.Duration `json:"vcpu_busy_p50_ns,omitempty"`
+	VCPUCPUP50    time.Duration `json:"vcpu_cpu_p50_ns,omitempty"`
+	VCPUCPUMaxP50 time.Duration `json:"vcpu_cpu_max_p50_ns,omitempty"`
 }
 
 // BreakdownP50 is the per-field median of the samples' breakdowns.
@@ -180,8 +182,10 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 	}
 	sort.Strings(rep.Wide)
 	for k, g := range groups {
-		var e2e, rst, first, exec, faults, ver, priv, file, gcpu, scpu, busy []int64
+		var e2e, rst, first, exec, faults, ver, priv, file, gcpu, scpu, busy, vcpu, vmax []int64
 		for _, s := range g {
+			vcpu = append(vcpu, int64(s.VCPUCPU))
+			vmax = append(vmax, int64(s.VCPUCPUMax))
 			gcpu = append(gcpu, int64(s.GuestCPU))
 			scpu = append(scpu, int64(s.ServerCPU))
 			busy = append(busy, int64(s.VCPUBusy))
@@ -202,7 +206,8 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 			ExecP50: medianInt(exec), FaultsP50: uint64(medianInt(faults)), VerifiedP50: int(medianInt(ver)),
 			ResidentPrivateP50: uint64(medianInt(priv)), ResidentFileP50: uint64(medianInt(file)),
 			Breakdown: breakdownP50(g), GuestCPUP50: time.Duration(medianInt(gcpu)), ServerCPUP50: time.Duration(medianInt(scpu)),
-			VCPUBusyP50: time.Duration(medianInt(busy))}
+			VCPUBusyP50: time.Duration(medianInt(busy)), VCPUCPUP50: time.Duration(medianInt(vcpu)),
+			VCPUCPUMaxP50: time.Duration(medianInt(vmax))}
 		ls := stats[k.c]
 		if ci, ok := ls.p50CI[[2]string{k.w, k.l}]; ok {
 			r.P50CI = [2]int64{int64(ci[0]), int64(ci[1])}

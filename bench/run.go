@@ -96,6 +96,10 @@ type Sample struct {
 	// VCPUBusy is the summed replay time of all vCPUs (each from resume to
 	// its last access).
 	VCPUBusy time.Duration `json:"vcpu_busy_ns,omitempty"`
+	// VCPUCPU is the vCPU threads' summed CPU time in the replay,
+	// VCPUCPUMax the busiest thread's.
+	VCPUCPU    time.Duration `json:"vcpu_cpu_ns,omitempty"`
+	VCPUCPUMax time.Duration `json:"vcpu_cpu_max_ns,omitempty"`
 }
 
 // Run is what Run measured.
@@ -604,6 +608,10 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 		Resident: rep.Resident, Breakdown: breakdown(&rep, p.cls)}
 	if ps := cmd.ProcessState; ps != nil {
 		smp.GuestCPU = ps.UserTime() + ps.SystemTime()
+	}
+	for _, c := range rep.VCPUCPU {
+		smp.VCPUCPU += c
+		smp.VCPUCPUMax = max(smp.VCPUCPUMax, c)
 	}
 	for _, e := range rep.VCPUEnd {
 		if e > 0 {

@@ -123,7 +123,11 @@ type Report struct {
 	Touches    []Touch       `json:"touches,omitempty"`
 	// VCPUEnd is when each vCPU made its last access, since the start of
 	// the restore: the largest is on the critical path.
-	VCPUEnd  []time.Duration `json:"vcpu_end_ns,omitempty"`
+	VCPUEnd []time.Duration `json:"vcpu_end_ns,omitempty"`
+	// VCPUCPU is each vCPU thread's CPU time during the replay (user and
+	// system: think-time spinning, verification, faults the kernel
+	// resolves), not its waits for a handler or its sleeps.
+	VCPUCPU  []time.Duration `json:"vcpu_cpu_ns,omitempty"`
 	Resident *Residency      `json:"resident,omitempty"`
 }
 
@@ -355,6 +359,7 @@ type cpuResult struct {
 	firstTouch time.Time
 	lastTouch  time.Time
 	touches    []Touch
+	cpu        time.Duration // the vCPU thread's CPU time in the replay
 }
 
 func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
@@ -404,7 +409,9 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 				defer wg.Done()
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
+				t0 := threadCPU()
 				v.runCPU(ctx, c, phases[ph][c], &results[c])
+				results[c].cpu += threadCPU() - t0
 			}(c)
 		}
 		wg.Wait()
@@ -428,6 +435,7 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 			end = r.lastTouch.Sub(start)
 		}
 		rep.VCPUEnd = append(rep.VCPUEnd, end)
+		rep.VCPUCPU = append(rep.VCPUCPU, r.cpu)
 	}
 	if !first.IsZero() {
 		rep.FirstTouch = first.Sub(start)
@@ -638,6 +646,15 @@ func (v *vm) residency() *Residency {
 		}
 	}
 	return &r
+}
+
+// threadCPU is the calling OS thread's CPU time.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
 
 // spin busy-waits d: think time is guest computation, which occupies a CPU.

@@ -62,8 +62,16 @@ func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error
 				name, strategy, bench.NoRestore)
 		}
 		b := aq.Breakdown
+		// The replay's CPU: the vCPU threads' own CPU time where the report
+		// has it (older reports: the floor's vCPU time, which counts the
+		// think time the guest sleeps as CPU too).
+		guestCPU, vcpus := floor.VCPUBusyP50, 2.0
+		if aq.VCPUCPUP50 > 0 && aq.VCPUCPUMaxP50 > 0 {
+			guestCPU = aq.VCPUCPUP50
+			vcpus = math.Min(2, float64(aq.VCPUCPUP50)/float64(aq.VCPUCPUMaxP50))
+		}
 		w := Workload{Name: name, Setup: b.Restore, HotPages: b.Pager.PreinstallPages, Preinstall: b.Pager.Preinstall,
-			GuestCPU: floor.VCPUBusyP50, VCPUs: 2, ColdBytes: b.Pager.ColdBytes, ColdReads: b.Pager.ColdFaults,
+			GuestCPU: guestCPU, VCPUs: vcpus, ColdBytes: b.Pager.ColdBytes, ColdReads: b.Pager.ColdFaults,
 			E2E: time.Duration(aq.P50), Measured: map[int]time.Duration{}, MeasuredCI: map[int][2]time.Duration{},
 			HotBytes: b.Pager.PreinstallPages * 4096}
 		// The daemon's CPU bounds the pre-install's: what it did not use
@@ -73,8 +81,8 @@ func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error
 			w.Preinstall = aq.ServerCPUP50
 		}
 		w.PagerCPU += aq.ServerCPUP50 - w.Preinstall
-		if aq.GuestCPUP50 > floor.VCPUBusyP50+b.Restore {
-			w.Startup = aq.GuestCPUP50 - floor.VCPUBusyP50 - b.Restore
+		if aq.GuestCPUP50 > w.GuestCPU+b.Restore {
+			w.Startup = aq.GuestCPUP50 - w.GuestCPU - b.Restore
 		}
 		for _, s := range r.Snapshots {
 			if s.Workload == name && s.Strategy == strategy {
@@ -156,19 +164,19 @@ func (cal *Calibration) Validate() []Check {
 func (cal *Calibration) Mean() Workload {
 	n := float64(len(cal.Workloads))
 	var m Workload
-	m.Name, m.VCPUs = "mean of "+strconv.Itoa(len(cal.Workloads))+" workloads", 2
-	var f [13]float64
+	m.Name = "mean of " + strconv.Itoa(len(cal.Workloads)) + " workloads"
+	var f [14]float64
 	for _, w := range cal.Workloads {
 		for i, v := range []float64{float64(w.Startup), float64(w.Setup), float64(w.HotPages), float64(w.Preinstall), float64(w.GuestCPU),
 			float64(w.PagerCPU), float64(w.ColdBytes), float64(w.ColdReads), float64(w.Waits), float64(w.E2E), float64(w.HotBytes), float64(w.ColdStored),
-			float64(w.PreinstallWait)} {
+			float64(w.PreinstallWait), w.VCPUs} {
 			f[i] += v / n
 		}
 	}
 	m.Startup, m.Setup, m.HotPages, m.Preinstall = dur(f[0]), dur(f[1]), uint64(f[2]), dur(f[3])
 	m.GuestCPU, m.PagerCPU, m.ColdBytes, m.ColdReads = dur(f[4]), dur(f[5]), uint64(f[6]), uint64(f[7])
 	m.Waits, m.E2E, m.HotBytes, m.ColdStored = dur(f[8]), dur(f[9]), uint64(f[10]), uint64(f[11])
-	m.PreinstallWait = dur(f[12])
+	m.PreinstallWait, m.VCPUs = dur(f[12]), f[13]
 	return m
 }
 

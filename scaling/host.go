@@ -50,7 +50,7 @@ func (w Workload) phases() []phase {
 	}
 	for k := 0; k < segments; k++ {
 		ph = append(ph,
-			phase{comps: []comp{{res: resCPU, left: float64(w.GuestCPU) / segments, par: float64(w.VCPUs)},
+			phase{comps: []comp{{res: resCPU, left: float64(w.GuestCPU) / segments, par: w.VCPUs},
 				{res: resCPU, left: float64(w.PagerCPU) / segments, par: 1}}, timed: true},
 			phase{comps: []comp{{res: resDelay, left: float64(w.Waits) / segments},
 				{res: resNIC, left: float64(w.ColdBytes) / segments}}, timed: true})

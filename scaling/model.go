@@ -26,7 +26,9 @@ type Workload struct {
 	// GuestCPU is the replay's vCPU work without faults (the no-restore
 	// floor's summed vCPU time); VCPUs run it.
 	GuestCPU time.Duration `json:"guest_cpu_ns"`
-	VCPUs    int           `json:"vcpus"`
+	// VCPUs is how many threads run it at once (GuestCPU over the
+	// busiest vCPU's share: 1 when one vCPU does all the work).
+	VCPUs float64 `json:"vcpus"`
 	// PagerCPU is the pager's CPU besides the pre-install.
 	PagerCPU time.Duration `json:"pager_cpu_ns"`
 	// ColdBytes and ColdReads come from the memory nodes.
