@@ -553,8 +553,13 @@ const clockTicks = 100
 func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eval, dir string, n int, id string) (Sample, error) {
 	s := v.strategy
 	mem := p.ref
-	if diskBased(s) {
+	switch {
+	case diskBased(s):
 		mem = fs.mem
+	case s == Warm || s == NoRestore:
+		// MAP_POPULATE reads every page: from the disk copy, so that the
+		// sparse DRAM copies (the dram storage's files) keep their holes.
+		mem = p.on[StorageHost].mem
 	}
 	args := []string{"guest", "run", "--json", "--mem", mem, "--ref", p.ref, "--trace", eval, "--vcpus", strconv.Itoa(o.VCPUs),
 		"--think-scale", "1", "--log-level", "warn", "--touch-times"}
