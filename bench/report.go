@@ -79,6 +79,9 @@ type Report struct {
 	Runs           int            `json:"runs"`
 	RoundsRun      map[string]int `json:"rounds_by_concurrency,omitempty"`
 	Command        string         `json:"command,omitempty"`
+	// Error is why the run stopped early (the report then holds what was
+	// measured until then).
+	Error string `json:"error,omitempty"`
 	Load           *Load          `json:"load,omitempty"`
 	Wall           time.Duration  `json:"wall_ns,omitempty"`
 	PrimaryStorage string         `json:"primary_storage,omitempty"`

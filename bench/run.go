@@ -237,6 +237,8 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 					v := vars[(k+round)%len(vars)]
 					got, err := runBatch(ctx, o, p, v, c, round)
 					if err != nil {
+						// Keep what was measured: the caller may still report it.
+						res.Samples = append(res.Samples, level...)
 						return res, fmt.Errorf("bench: %s on %s at concurrency %d: %w", v.label(), p.w.Name, c, err)
 					}
 					level = append(level, got...)

@@ -128,9 +128,9 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	}
 	defer pod.Close()
 	o.Pod = pod
-	res, err := bench.Run(ctx, o)
-	if err != nil {
-		return nil, err
+	res, runErr := bench.Run(ctx, o)
+	if runErr != nil && (res == nil || len(res.Samples) == 0) {
+		return nil, runErr
 	}
 	rep := bench.AggregateWith(res.Samples, bench.AggregateOptions{Corpus: c.Kind(), Pod: pod.Kind(), Runs: o.Runs,
 		PrimaryStorage: o.Storages[0], CITarget: o.CITarget})
@@ -139,6 +139,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	rep.Command = "aquifer " + strings.Join(os.Args[1:], " ")
 	rep.Load = &bench.Load{Before: loadBefore, After: bench.LoadAverage()}
 	rep.Wall = time.Since(start)
+	if runErr != nil {
+		// Report what was measured before the failure, then fail.
+		rep.Error = runErr.Error()
+		defer fmt.Fprintf(cmd.ErrOrStderr(), "bench: the run stopped early; the report holds what was measured until then\n")
+	}
 	rep.WriteTable(cmd.OutOrStdout())
 	if f.jsonOut != "" {
 		if err := rep.WriteJSON(f.jsonOut); err != nil {
@@ -153,7 +158,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "plots: %s\n", strings.Join(files, ", "))
 	}
-	return rep, nil
+	return rep, runErr
 }
 
 // startPod starts the pod the aquifer strategies use.
