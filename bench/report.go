@@ -76,16 +76,16 @@ type Report struct {
 	Machine string `json:"machine"`
 	Date    string `json:"date"`
 	// Runs is the number of rounds asked for (0: auto); RoundsRun what ran.
-	Runs           int            `json:"runs"`
-	RoundsRun      map[string]int `json:"rounds_by_concurrency,omitempty"`
-	Command        string         `json:"command,omitempty"`
+	Runs      int            `json:"runs"`
+	RoundsRun map[string]int `json:"rounds_by_concurrency,omitempty"`
+	Command   string         `json:"command,omitempty"`
 	// Error is why the run stopped early (the report then holds what was
 	// measured until then).
-	Error string `json:"error,omitempty"`
-	Load           *Load          `json:"load,omitempty"`
-	Wall           time.Duration  `json:"wall_ns,omitempty"`
-	PrimaryStorage string         `json:"primary_storage,omitempty"`
-	Storages       []StorageInfo  `json:"storages,omitempty"`
+	Error          string        `json:"error,omitempty"`
+	Load           *Load         `json:"load,omitempty"`
+	Wall           time.Duration `json:"wall_ns,omitempty"`
+	PrimaryStorage string        `json:"primary_storage,omitempty"`
+	Storages       []StorageInfo `json:"storages,omitempty"`
 	// GeomeanSpeedup is at concurrency 1 (or the lowest level run).
 	GeomeanSpeedup   Speedups            `json:"geomean_speedup"`
 	GeomeanSpeedupCI map[string]CI       `json:"geomean_speedup_ci95"`
