@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,9 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/corpus"
 	"github.com/aquifer-pool/aquifer/diskemu"
 	"github.com/aquifer-pool/aquifer/guest"
-	"github.com/aquifer-pool/aquifer/pagestat"
 	"golang.org/x/sys/unix"
 )
 
@@ -177,53 +176,8 @@ func retargetPlan(plan, ls, out string) (string, error) {
 	return out, WriteFileAtomic(out, b)
 }
 
-// copySparse copies src to dst, skipping all-zero 4 KiB pages.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	tmp := dst + ".tmp"
-	out, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, err := in.ReadAt(buf, off)
-		for p := 0; p < n; p += 4096 {
-			e := min(p+4096, n)
-			if !pagestat.IsZero(buf[p:e]) {
-				if _, werr := out.WriteAt(buf[p:e], off+int64(p)); werr != nil {
-					out.Close()
-					return werr
-				}
-			}
-		}
-		off += int64(n)
-		if err == io.EOF || n == 0 {
-			break
-		}
-		if err != nil {
-			out.Close()
-			return err
-		}
-	}
-	if err := out.Truncate(st.Size()); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
-}
+// copySparse copies src to dst, leaving all-zero pages as holes.
+func copySparse(src, dst string) error { return corpus.CopySparse(dst, src) }
 
 // modelServer is a device model served by its own process (aquifer bench
 // storage-model): its threads run at a raised priority, as a device
