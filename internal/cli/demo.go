@@ -46,6 +46,15 @@ function's output (aquifer vm run).`,
 				f.corpusDir = dir
 			}
 			f.quick = true
+			if !cmd.Flags().Changed("storage") {
+				// The tour: the NVMe model and the files in DRAM; this
+				// machine's own disk where FUSE cannot mount.
+				f.storage = "nvme,dram"
+				if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+					f.storage = "host,dram"
+					fmt.Fprintln(cmd.ErrOrStderr(), "demo: no /dev/fuse or not root: the disk-based baselines read this machine's disk (--storage host,dram)")
+				}
+			}
 			if f.plotOut == "" {
 				f.plotOut = filepath.Join(os.TempDir(), "aquifer-demo.svg")
 			}

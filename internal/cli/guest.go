@@ -57,12 +57,17 @@ type guestRunFlags struct {
 	vcpus                                                         int
 	think                                                         float64
 	dropCache, noVerify, asJSON                                   bool
+	refPath                                                       string
+	touchTimes, noFaults                                          bool
 }
 
 func (g *guestRunFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&g.mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
 	f.StringVar(&g.tracePath, "trace", "", "working-set / access trace file to replay")
+	f.StringVar(&g.refPath, "ref", "", "verify against this copy of the memory file instead of --mem (same size and content)")
+	f.BoolVar(&g.touchTimes, "touch-times", false, "report how long each page's first access took (JSON touches)")
+	f.BoolVar(&g.noFaults, "no-faults", false, "with --backend warm: touch every traced page before the clock starts (the replay takes no fault)")
 	f.StringVar(&g.backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
 	f.StringVar(&g.pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
 	f.StringVar(&g.vmID, "vm", "", "VM id for --pager-api")
@@ -116,7 +121,8 @@ func (g *guestRunFlags) config() (guest.Config, error) {
 		return guest.Config{}, err
 	}
 	cfg := guest.Config{MemPath: g.mem, Backend: guest.Backend(g.backend), Socket: g.socket, VCPUs: g.vcpus,
-		Trace: tr, ThinkScale: g.think, DropCache: g.dropCache, NoVerify: g.noVerify}
+		Trace: tr, ThinkScale: g.think, DropCache: g.dropCache, NoVerify: g.noVerify,
+		RefPath: g.refPath, TouchTimes: g.touchTimes, NoFaults: g.noFaults}
 	if cfg.Dialect, err = handshake.ParseDialect(g.fcVersion); err != nil {
 		return cfg, err
 	}
