@@ -131,7 +131,9 @@ func (p *Pool) podName() string {
 func (p *Pool) Close() {
 	p.stop()
 	p.bg.Wait()
-	p.ClearCXL("closing")
+	if old := p.cxl.Swap(nil); old != nil {
+		p.retireMembership(old) // leaving the region, not an outage: nothing to warn about
+	}
 }
 
 // catalogChanged keeps cached placements current: an eviction or removal
