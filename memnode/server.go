@@ -45,7 +45,7 @@ type Config struct {
 	// read a segment (default DefaultGrace).
 	Catalog Catalog
 	Grace   time.Duration
-	Logger        *slog.Logger
+	Logger  *slog.Logger
 	// MaxUnauthenticated caps connections that have not passed admission
 	// yet (default 256); when a new one would exceed it, the oldest is
 	// closed. AuthTimeout bounds each connection's admission (default 5s).
@@ -269,22 +269,22 @@ func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) 
 // ---- one connection ----------------------------------------------------------
 
 type connState struct {
-	n      *Node
-	c      net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	hdr    [wire.HeaderSize]byte
-	out    []byte
-	body   []byte
-	rd     wire.Read
-	pod    string
+	n    *Node
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	hdr  [wire.HeaderSize]byte
+	out  []byte
+	body []byte
+	rd   wire.Read
+	pod  string
 	// who is the admitted identity: the certificate's CN under TLS,
 	// "pod NAME" under the pod secret (claimed by any holder of it).
 	who         string
 	received    time.Time // when the request being handled arrived
 	refusedOnce bool
 	remote      string
-	fault  []byte
+	fault       []byte
 	// releases destroy the queue pairs this connection set up
 	releases []func() error
 }
