@@ -56,13 +56,13 @@ func ParseHostIdentity(id string) (pod, host string, ok bool) {
 		return "", "", false
 	}
 	pod, host, ok = strings.Cut(rest, "/")
-	return pod, host, ok && pod != "" && host != "" && !strings.ContainsAny(host, "/ ")
+	return pod, host, ok && validName(pod) && validName(host)
 }
 
 // IsNodeIdentity says whether id names a memory node.
 func IsNodeIdentity(id string) bool {
 	n, ok := strings.CutPrefix(id, nodeRole)
-	return ok && n != "" && !strings.ContainsAny(n, "/ ")
+	return ok && validName(n)
 }
 
 // NodeCertSpec is a memory node's certificate: its identity, server usage
@@ -93,12 +93,18 @@ func HostCertSpec(pod, host string) pki.Spec {
 // node name covering hosts, issued by the CA in caDir (which must hold
 // ca.key). A valid existing certificate is kept.
 func IssueNodeCert(caDir, dir, name string, hosts []string) (pki.Pair, error) {
+	if !validName(name) {
+		return pki.Pair{}, fmt.Errorf("memnode: node name %q: use letters, digits, '.', '_' or '-'", name)
+	}
 	return issue(caDir, dir, NodeCertName, NodeCertSpec(name, hosts))
 }
 
 // IssueHostCert makes sure dir holds ca.crt and a certificate for host in
 // pod, issued by the CA in caDir.
 func IssueHostCert(caDir, dir, pod, host string) (pki.Pair, error) {
+	if !validName(pod) || !validName(host) {
+		return pki.Pair{}, fmt.Errorf("memnode: pod %q, host %q: use letters, digits, '.', '_' or '-'", pod, host)
+	}
 	return issue(caDir, dir, HostCertName, HostCertSpec(pod, host))
 }
 
@@ -203,6 +209,19 @@ func leafCN(c *tls.Config) (string, error) {
 		return "", fmt.Errorf("memnode: %w", err)
 	}
 	return leaf.Subject.CommonName, nil
+}
+
+// validName: the names pods, hosts and nodes may have.
+func validName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func containsIP(l []net.IP, ip net.IP) bool {

@@ -223,6 +223,17 @@ func (n *Node) Serve(l net.Listener) error {
 // cfg.Listen (and cfg.MetricsListen), calls ready with the bound address,
 // and serves until ctx ends.
 func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) error {
+	return RunNode(ctx, cfg, func(_ *Node, addr, metricsAddr string) error {
+		if ready != nil {
+			ready(addr, metricsAddr)
+		}
+		return nil
+	})
+}
+
+// RunNode is Run with the node handed to ready, which may refuse to go on
+// (its error ends RunNode before anything is served).
+func RunNode(ctx context.Context, cfg Config, ready func(n *Node, addr, metricsAddr string) error) error {
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("memnode: listen: %w", err)
@@ -258,7 +269,10 @@ func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) 
 		n.log.Info("authorizing reads and deletes by the cluster catalog", "put_grace", n.cfg.Grace)
 	}
 	if ready != nil {
-		ready(l.Addr().String(), maddr)
+		if err := ready(n, l.Addr().String(), maddr); err != nil {
+			l.Close()
+			return err
+		}
 	}
 	go func() { <-ctx.Done(); l.Close() }()
 	err = n.Serve(l)
@@ -621,3 +635,6 @@ func ParseSecret(path string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Name is the node's name (as sent in Hello).
+func (n *Node) Name() string { return n.cfg.Name }
