@@ -100,13 +100,22 @@ func (s *Server) memNodeTransport(c *PodConfig, secret []byte) (*tcp.Transport, 
 func (s *Server) followMemNodes() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.memsec.cancel = cancel
-	s.Plane.WatchMemNodes(ctx, func(ms []control.Member) {
+	set := func(ms []control.Member) []string {
 		var ids []rdma.NodeID
+		var addrs []string
 		for _, m := range dedupeMemNodes(ms) {
 			ids = append(ids, rdma.NodeID(m.Addr))
+			addrs = append(addrs, m.Addr)
 		}
 		s.client.SetNodes(ids)
-	})
+		return addrs
+	}
+	// The nodes registered now, before the daemon serves (a publish right
+	// after start has them); then every change.
+	if ms, err := s.Plane.MemNodes(ctx); err == nil {
+		s.MemNodes = set(ms)
+	}
+	s.Plane.WatchMemNodes(ctx, func(ms []control.Member) { set(ms) })
 }
 
 // selfRegistered returns the addresses of memory nodes that registered
