@@ -334,6 +334,10 @@ func TestBadRequestsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Under the pod secret the writer is the pod the client claims.
+	if p, err := good.(rdma.Inventory).ListFrom(ctx, 0, 0); err != nil || len(p.Segments) != 1 || p.Segments[0].Writer != "pod pod-a" || p.More {
+		t.Fatalf("list under the pod secret: %+v %v", p, err)
+	}
 	dst := registered(t, tr, pageSize)
 	checkGood := func() {
 		t.Helper()
