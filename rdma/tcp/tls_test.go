@@ -34,7 +34,7 @@ type certs struct {
 	foreign, daemon, member string
 }
 
-func newCerts(t *testing.T) *certs {
+func newCerts(t testing.TB) *certs {
 	t.Helper()
 	root := t.TempDir()
 	c := &certs{ca: filepath.Join(root, "ca"), node: filepath.Join(root, "node"), host1: filepath.Join(root, "h1"), host2: filepath.Join(root, "h2"),
