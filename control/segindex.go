@@ -42,16 +42,24 @@ type SegmentIndex struct {
 	done   chan struct{}
 
 	mu     sync.RWMutex
-	snaps  map[string][]uint64 // entry → the segments it lists
-	refs   map[uint64]int      // segment → entries listing it
-	legacy map[string]bool     // entries that list no segments
-	rev    int64               // etcd revision the view reflects
+	snaps  map[string][]segRef       // entry → the segments it lists
+	refs   map[uint64]int            // segment → entries listing it
+	on     map[uint64]map[string]int // segment → node address → entries listing it there ("" : no node named)
+	legacy map[string]bool           // entries that list no segments
+	rev    int64                     // etcd revision the view reflects
+	self   []string                  // this node's addresses (SetSelf)
+}
+
+type segRef struct {
+	id    uint64
+	nodes []string
 }
 
 // entrySegments is the part of a catalog entry the index reads.
 type entrySegments struct {
 	Segments []struct {
-		ID string `json:"id"`
+		ID    string   `json:"id"`
+		Nodes []string `json:"nodes"`
 	} `json:"segments"`
 }
 
@@ -74,7 +82,7 @@ func (x *SegmentIndex) Close() {
 	<-x.done
 }
 
-func (x *SegmentIndex) parse(name string, v []byte) (ids []uint64, legacy bool) {
+func (x *SegmentIndex) parse(name string, v []byte) (ids []segRef, legacy bool) {
 	var e entrySegments
 	if err := json.Unmarshal(v, &e); err != nil {
 		x.p.logger().Warn("catalog entry is not JSON; its segments are not counted as referenced", "snapshot", name, "err", err)
@@ -89,7 +97,7 @@ func (x *SegmentIndex) parse(name string, v []byte) (ids []uint64, legacy bool) 
 			x.p.logger().Warn("catalog entry names a segment badly; not counted as referenced", "snapshot", name, "err", err)
 			continue
 		}
-		ids = append(ids, id)
+		ids = append(ids, segRef{id, s.Nodes})
 	}
 	return ids, false
 }
@@ -103,8 +111,8 @@ func (x *SegmentIndex) Refresh(ctx context.Context) error {
 	if err != nil {
 		return x.p.fail("read the catalog's segment lists", err)
 	}
-	snaps, legacy := map[string][]uint64{}, map[string]bool{}
-	refs := map[uint64]int{}
+	snaps, legacy := map[string][]segRef{}, map[string]bool{}
+	refs, on := map[uint64]int{}, map[uint64]map[string]int{}
 	for _, kv := range r.Kvs {
 		name := string(kv.Key[len(prefixSnap):])
 		ids, old := x.parse(name, kv.Value)
@@ -112,21 +120,45 @@ func (x *SegmentIndex) Refresh(ctx context.Context) error {
 			legacy[name] = true
 		}
 		snaps[name] = ids
-		for _, id := range ids {
-			refs[id]++
+		for _, sr := range ids {
+			count(refs, on, sr, 1)
 		}
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if r.Header.Revision >= x.rev {
-		x.snaps, x.refs, x.legacy, x.rev = snaps, refs, legacy, r.Header.Revision
+		x.snaps, x.refs, x.on, x.legacy, x.rev = snaps, refs, on, legacy, r.Header.Revision
 	}
 	return nil
 }
 
+// count adds d to segment sr's references, in total and per node.
+func count(refs map[uint64]int, on map[uint64]map[string]int, sr segRef, d int) {
+	if refs[sr.id] += d; refs[sr.id] <= 0 {
+		delete(refs, sr.id)
+	}
+	nodes := sr.nodes
+	if len(nodes) == 0 {
+		nodes = []string{""}
+	}
+	m := on[sr.id]
+	if m == nil {
+		m = map[string]int{}
+		on[sr.id] = m
+	}
+	for _, n := range nodes {
+		if m[n] += d; m[n] <= 0 {
+			delete(m, n)
+		}
+	}
+	if len(m) == 0 {
+		delete(on, sr.id)
+	}
+}
+
 // apply records one entry's change at revision rev.
 func (x *SegmentIndex) apply(name string, v []byte, deleted bool, rev int64) {
-	var ids []uint64
+	var ids []segRef
 	var old bool
 	if !deleted {
 		ids, old = x.parse(name, v)
@@ -137,17 +169,15 @@ func (x *SegmentIndex) apply(name string, v []byte, deleted bool, rev int64) {
 		return // a refresh already saw it
 	}
 	x.rev = rev // events arrive in revision order
-	for _, id := range x.snaps[name] {
-		if x.refs[id]--; x.refs[id] <= 0 {
-			delete(x.refs, id)
-		}
+	for _, sr := range x.snaps[name] {
+		count(x.refs, x.on, sr, -1)
 	}
 	delete(x.snaps, name)
 	delete(x.legacy, name)
 	if !deleted {
 		x.snaps[name] = ids
-		for _, id := range ids {
-			x.refs[id]++
+		for _, sr := range ids {
+			count(x.refs, x.on, sr, 1)
 		}
 		if old {
 			x.legacy[name] = true
@@ -182,13 +212,32 @@ func (x *SegmentIndex) watch(ctx context.Context) {
 	}
 }
 
-// Referenced reports whether a published snapshot lists segment id;
-// complete is false while some entries list no segments at all
-// (published before entries listed them).
-func (x *SegmentIndex) Referenced(id uint64) (referenced, complete bool) {
+// SetSelf names the addresses under which entries list this memory node
+// (its registered address). Until it is called, every listed segment
+// counts as listed here.
+func (x *SegmentIndex) SetSelf(addrs ...string) {
+	x.mu.Lock()
+	x.self = append([]string(nil), addrs...)
+	x.mu.Unlock()
+}
+
+// Lookup reports whether a published snapshot lists segment id, and
+// whether one lists it on this node (SetSelf; an entry that names no node
+// for it counts as here); complete is false while some entries list no
+// segments at all (published before entries listed them).
+func (x *SegmentIndex) Lookup(id uint64) (listed, here, complete bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.refs[id] > 0, len(x.legacy) == 0
+	listed, complete = x.refs[id] > 0, len(x.legacy) == 0
+	if !listed {
+		return false, false, complete
+	}
+	on := x.on[id]
+	here = x.self == nil || on[""] > 0
+	for _, a := range x.self {
+		here = here || on[a] > 0
+	}
+	return listed, here, complete
 }
 
 // Counts returns the entries, distinct referenced segments and entries

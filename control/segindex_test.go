@@ -39,7 +39,7 @@ func TestSegmentIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer x.Close()
-	ref := func(id uint64) bool { r, _ := x.Referenced(id); return r }
+	ref := func(id uint64) bool { r, _, _ := x.Lookup(id); return r }
 	if !ref(1) || !ref(2) || ref(3) {
 		t.Fatal("entries published before the index started are not in it")
 	}
@@ -66,7 +66,19 @@ func TestSegmentIndex(t *testing.T) {
 	if err := p.PutSnapshot(ctx, &Snapshot{Name: "old"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "an entry without segments", func() bool { _, complete := x.Referenced(5); return !complete })
+	// Per node: entries name where each segment lives.
+	if _, here, _ := x.Lookup(5); !here {
+		t.Fatal("before SetSelf every listed segment counts as here")
+	}
+	x.SetSelf("b:1")
+	if listed, here, _ := x.Lookup(5); !listed || here {
+		t.Fatal("segment 5 is listed on a:1 only")
+	}
+	x.SetSelf("a:1")
+	if _, here, _ := x.Lookup(5); !here {
+		t.Fatal("segment 5 is listed on a:1")
+	}
+	waitFor(t, "an entry without segments", func() bool { _, _, complete := x.Lookup(5); return !complete })
 	if err := x.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -150,6 +150,7 @@ func RunMemNode(ctx context.Context, c MemNodeConfig, ready func(addr, metricsAd
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			return fieldErr("advertise-addr", "the node listens on every address (%s): give the address hosts reach it at", addr)
 		}
+		idx.SetSelf(adv, addr) // how catalog entries name this node
 		m := control.Member{ID: sanitizeID(n.Name()), Addr: adv, Capacity: n.Store().Capacity(), Used: n.Store().Used(), Self: true}
 		if reg, err = plane.RegisterMemNode(ctx, m, c.LeaseTTL); err != nil {
 			return err

@@ -16,9 +16,9 @@ import (
 //   - read a segment that a published snapshot lists, one it stored
 //     itself, or any segment during Config.Grace after it was stored (the
 //     catalog entry is written after its segments);
-//   - delete a segment it stored, or one no published snapshot lists
-//     (garbage collection after `pool rm` by another host, or of a dead
-//     host's leftovers);
+//   - delete a segment it stored, or one no published snapshot lists on
+//     this node (garbage collection after `pool rm` by another host, of a
+//     dead host's leftovers, or of a copy moved elsewhere);
 //   - store new segments (they are immutable: a put of other bytes under a
 //     stored ID is refused for everyone), list segments and ask for usage.
 //
@@ -39,11 +39,12 @@ import (
 // Catalog is the node's view of the published snapshots' segments
 // (control.SegmentIndex implements it).
 type Catalog interface {
-	// Referenced says whether a published snapshot lists segment id;
-	// complete is false while some entries list no segments.
-	Referenced(id uint64) (referenced, complete bool)
-	// Refresh re-reads the whole catalog; afterwards Referenced answers
-	// from a view at least as new as the call.
+	// Lookup says whether a published snapshot lists segment id, and
+	// whether one lists it on this node; complete is false while some
+	// entries list no segments.
+	Lookup(id uint64) (listed, here, complete bool)
+	// Refresh re-reads the whole catalog; afterwards Lookup answers from a
+	// view at least as new as the call.
 	Refresh(ctx context.Context) error
 }
 
@@ -144,13 +145,13 @@ func (cs *connState) decide(op string, m SegmentMeta, received time.Time) (int, 
 		return decGrace, ""
 	}
 	judge := func() (int, bool) {
-		ref, complete := a.cat.Referenced(m.ID)
+		listed, here, complete := a.cat.Lookup(m.ID)
 		switch {
-		case op == "read" && ref:
+		case op == "read" && listed:
 			return decReferenced, true
-		case op == "delete" && !ref && complete:
+		case op == "delete" && !here && complete:
 			return decUnreferenced, true
-		case !ref && !complete:
+		case !here && !complete:
 			return decIncomplete, true // an entry without a list may name it
 		}
 		return decRefused, false
@@ -207,19 +208,24 @@ func (n *Node) usageFlags() uint32 {
 		return 0
 	}
 	f := wire.UsageAuthorizing
-	if _, complete := n.authz.cat.Referenced(0); !complete {
+	if _, _, complete := n.authz.cat.Lookup(0); !complete {
 		f |= wire.UsageCatalogIncomplete
 	}
 	return f
 }
 
-// referenced is the list flag of segment id.
+// referenced is the list flags of segment id.
 func (n *Node) referenced(id uint64) uint16 {
 	if n.authz.cat == nil {
 		return 0
 	}
-	if ref, _ := n.authz.cat.Referenced(id); ref {
-		return wire.EntryReferenced
+	var f uint16
+	listed, here, _ := n.authz.cat.Lookup(id)
+	if listed {
+		f |= wire.EntryReferenced
 	}
-	return 0
+	if here {
+		f |= wire.EntryReferencedHere
+	}
+	return f
 }

@@ -19,9 +19,10 @@ type StoredSegment struct {
 	Writer string
 	// Stored is when the node stored it.
 	Stored time.Time
-	// Referenced: the node's view of the cluster catalog lists it (always
-	// false on a node that does not watch the catalog).
-	Referenced bool
+	// Referenced: the node's view of the cluster catalog lists it;
+	// ReferencedHere: lists it on this node (both always false on a node
+	// that does not watch the catalog).
+	Referenced, ReferencedHere bool
 }
 
 // NodeUsage is a node's occupancy.

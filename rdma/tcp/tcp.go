@@ -356,7 +356,7 @@ func (c *conn) ListFrom(ctx context.Context, from rdma.SegmentID, max int) (rdma
 	p := rdma.ListPage{More: lr.More, Next: rdma.SegmentID(lr.Next)}
 	for _, e := range lr.Entries {
 		p.Segments = append(p.Segments, rdma.StoredSegment{ID: rdma.SegmentID(e.ID), Len: e.Len, PageSize: int(e.PageSize), Writer: e.Writer,
-			Stored: time.Unix(0, e.PutNanos), Referenced: e.Flags&wire.EntryReferenced != 0})
+			Stored: time.Unix(0, e.PutNanos), Referenced: e.Flags&wire.EntryReferenced != 0, ReferencedHere: e.Flags&wire.EntryReferencedHere != 0})
 	}
 	return p, nil
 }

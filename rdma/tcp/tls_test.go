@@ -249,19 +249,21 @@ func grep(s, sub string) string {
 
 // stubCatalog is the node's view of the catalog for the authorization
 // test: refs take effect at once, pending ones only when the node
-// re-reads the catalog (as a lagging watch would deliver them).
+// re-reads the catalog (as a lagging watch would deliver them);
+// elsewhere are segments listed on other nodes only (moved away).
 type stubCatalog struct {
 	mu         sync.Mutex
 	refs       map[uint64]bool
 	pending    map[uint64]bool
+	elsewhere  map[uint64]bool
 	incomplete bool
 	refreshes  int
 }
 
-func (s *stubCatalog) Referenced(id uint64) (bool, bool) {
+func (s *stubCatalog) Lookup(id uint64) (listed, here, complete bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.refs[id], !s.incomplete
+	return s.refs[id] || s.elsewhere[id], s.refs[id], !s.incomplete
 }
 
 func (s *stubCatalog) Refresh(context.Context) error {
@@ -370,6 +372,27 @@ func TestAuthorizationByCatalog(t *testing.T) {
 	if err := h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa1); err != nil {
 		t.Fatalf("host2 deletes a segment no snapshot lists any more: %v", err)
 	}
+	// A copy moved to another node (the entry lists the segment there
+	// only): anyone reads it here, anyone may collect it.
+	cat.mu.Lock()
+	cat.elsewhere = map[uint64]bool{0xa3: true}
+	cat.mu.Unlock()
+	if err := read(h2, tr2, 0xa3); err != nil {
+		t.Fatalf("host2 reads a segment listed on another node: %v", err)
+	}
+	if l, err := h2.List(ctx, rdma.NodeID(addr)); err != nil || len(l) != 2 || !l[1].Referenced || l[1].ReferencedHere || !l[0].ReferencedHere {
+		t.Fatalf("list flags: %+v %v", l, err)
+	}
+	if err := h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa3); err != nil {
+		t.Fatalf("host2 collects a copy listed on another node only: %v", err)
+	}
+	data[0xa3] = randData(3, 2*pageSize)
+	if segs[0xa3], err = h1.Publish(ctx, 0xa3, pageSize, data[0xa3]); err != nil {
+		t.Fatal(err)
+	}
+	cat.mu.Lock()
+	cat.elsewhere = nil
+	cat.mu.Unlock()
 	// While some entries list no segments, nothing unlisted is refused.
 	cat.mu.Lock()
 	cat.incomplete = true

@@ -54,7 +54,9 @@ const (
 	// EntryReferenced: a published snapshot in the catalog lists the
 	// segment (as the node's view of the catalog has it).
 	EntryReferenced uint16 = 1 << 0
-	entryFlagsKnown        = EntryReferenced
+	// EntryReferencedHere: one lists it on this node.
+	EntryReferencedHere uint16 = 1 << 1
+	entryFlagsKnown            = EntryReferenced | EntryReferencedHere
 )
 
 // ListEntry describes one stored segment.
