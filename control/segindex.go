@@ -115,6 +115,9 @@ func (x *SegmentIndex) Refresh(ctx context.Context) error {
 	refs, on := map[uint64]int{}, map[uint64]map[string]int{}
 	for _, kv := range r.Kvs {
 		name := string(kv.Key[len(prefixSnap):])
+		if ValidName(name) != nil {
+			continue // not an entry (state kept below an entry's key)
+		}
 		ids, old := x.parse(name, kv.Value)
 		if old {
 			legacy[name] = true
@@ -198,7 +201,9 @@ func (x *SegmentIndex) watch(ctx context.Context) {
 				break
 			}
 			for _, ev := range wr.Events {
-				x.apply(string(ev.Kv.Key[len(prefixSnap):]), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete, ev.Kv.ModRevision)
+				if name := string(ev.Kv.Key[len(prefixSnap):]); ValidName(name) == nil {
+					x.apply(name, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete, ev.Kv.ModRevision)
+				}
 			}
 		}
 		select {
