@@ -13,9 +13,10 @@ import (
 // Authorization per identity. With a Catalog (the node watches the
 // cluster catalog in the control plane) a client may
 //
-//   - read a segment that a published snapshot lists, one it stored
-//     itself, or any segment during Config.Grace after it was stored (the
-//     catalog entry is written after its segments);
+//   - read (or stat: digests fingerprint pages) a segment that a published
+//     snapshot lists, one it stored itself, or any segment during
+//     Config.Grace after it was stored (the catalog entry is written after
+//     its segments);
 //   - delete a segment it stored, or one no published snapshot lists on
 //     this node (garbage collection after `pool rm` by another host, of a
 //     dead host's leftovers, or of a copy moved elsewhere);

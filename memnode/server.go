@@ -546,6 +546,15 @@ func (cs *connState) handle(h wire.Header, body []byte) {
 		}
 		cs.send(wire.OpDeleteOK, h.ID, nil)
 	case wire.OpStat:
+		// The digests fingerprint the pages: stat is authorized as a read.
+		m, err := n.store.Meta(v.(uint64))
+		if err != nil {
+			cs.refuse(h.ID, codeOf(err), err.Error())
+			return
+		}
+		if !cs.allow(h.ID, "read", m) {
+			return
+		}
 		ps, d, err := n.store.Stat(v.(uint64))
 		if err != nil {
 			cs.refuse(h.ID, codeOf(err), err.Error())
