@@ -354,6 +354,15 @@ func TestAuthorizationByCatalog(t *testing.T) {
 		t.Fatalf("writer's own read: %v", err)
 	}
 	forbidden("host2 reads an unpublished segment", read(h2, tr2, 0xa1))
+	sc, err := tr2.Dial(ctx, rdma.NodeID(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sc.(interface {
+		Stat(context.Context, rdma.SegmentID) (*wire.StatResp, error)
+	}).Stat(ctx, 0xa1)
+	sc.Close()
+	forbidden("host2 asks for an unpublished segment's digests", err)
 	// Published (the node's view already has it).
 	cat.set(map[uint64]bool{0xa1: true}, nil)
 	if err := read(h2, tr2, 0xa1); err != nil {
