@@ -104,16 +104,3 @@ func (c *Client) Usage(ctx context.Context, n NodeID) (NodeUsage, error) {
 	}
 	return u, nil
 }
-
-// DeleteOn removes segment id from node n (garbage collection of a
-// segment found by List).
-func (c *Client) DeleteOn(ctx context.Context, n NodeID, id SegmentID) error {
-	cc, err := c.conn(ctx, c.node(n), Demand)
-	if err != nil {
-		return fmt.Errorf("rdma: %s: %w", n, err)
-	}
-	if err := cc.c.Delete(ctx, id); err != nil {
-		return fmt.Errorf("rdma: delete %#x on %s: %w", id, n, err)
-	}
-	return nil
-}

@@ -263,11 +263,11 @@ func TestMemnodeMutualTLSAndCatalog(t *testing.T) {
 	if err := read(c2, tr2); err != nil {
 		t.Fatalf("host2 reads a published segment (right after the entry was written): %v", err)
 	}
-	forbidden("host2 deletes host1's referenced segment", c2.DeleteOn(ctx, rdma.NodeID(m1.addr), sid))
+	forbidden("host2 deletes host1's referenced segment", deleteSeg(ctx, tr2, m1.addr, sid))
 	if err := plane.DeleteSnapshot(ctx, "authz"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c2.DeleteOn(ctx, rdma.NodeID(m1.addr), sid); err != nil {
+	if err := deleteSeg(ctx, tr2, m1.addr, sid); err != nil {
 		t.Fatalf("host2 collects a segment no snapshot lists (right after the entry was removed): %v", err)
 	}
 	m := scrapeNode(t, m1.metrics)
@@ -358,6 +358,16 @@ func TestMemnodeMutualTLSAndCatalog(t *testing.T) {
 	if !strings.Contains(m1.log.String(), "refused read: not authorized") {
 		t.Errorf("m1 did not log its refusal:\n%s", m1.log)
 	}
+}
+
+// deleteSeg deletes segment id on node over a connection of tr.
+func deleteSeg(ctx context.Context, tr rdma.Transport, node string, id rdma.SegmentID) error {
+	c, err := tr.Dial(ctx, rdma.NodeID(node))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Delete(ctx, id)
 }
 
 func grepRE(s, pattern string) string {

@@ -226,6 +226,16 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
+// deleteOn deletes segment id on node over a connection of tr.
+func deleteOn(ctx context.Context, tr rdma.Transport, node string, id rdma.SegmentID) error {
+	c, err := tr.Dial(ctx, rdma.NodeID(node))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Delete(ctx, id)
+}
+
 func waitLog(t *testing.T, log *syncBuf, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -376,9 +386,9 @@ func TestAuthorizationByCatalog(t *testing.T) {
 	}
 	// Deletes: not another host's referenced segment; its own, always;
 	// anyone's once no snapshot lists it (after a lagging removal too).
-	forbidden("host2 deletes host1's referenced segment", h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa1))
+	forbidden("host2 deletes host1's referenced segment", deleteOn(ctx, tr2, addr, 0xa1))
 	cat.set(map[uint64]bool{0xa1: true, 0xa2: true}, map[uint64]bool{0xa2: true})
-	if err := h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa1); err != nil {
+	if err := deleteOn(ctx, tr2, addr, 0xa1); err != nil {
 		t.Fatalf("host2 deletes a segment no snapshot lists any more: %v", err)
 	}
 	// A copy moved to another node (the entry lists the segment there
@@ -392,7 +402,7 @@ func TestAuthorizationByCatalog(t *testing.T) {
 	if l, err := h2.List(ctx, rdma.NodeID(addr)); err != nil || len(l) != 2 || !l[1].Referenced || l[1].ReferencedHere || !l[0].ReferencedHere {
 		t.Fatalf("list flags: %+v %v", l, err)
 	}
-	if err := h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa3); err != nil {
+	if err := deleteOn(ctx, tr2, addr, 0xa3); err != nil {
 		t.Fatalf("host2 collects a copy listed on another node only: %v", err)
 	}
 	data[0xa3] = randData(3, 2*pageSize)
@@ -409,7 +419,7 @@ func TestAuthorizationByCatalog(t *testing.T) {
 	if err := read(h2, tr2, 0xa3); err != nil {
 		t.Fatalf("incomplete catalog: %v", err)
 	}
-	forbidden("host2 deletes host1's referenced segment (incomplete catalog)", h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa2))
+	forbidden("host2 deletes host1's referenced segment (incomplete catalog)", deleteOn(ctx, tr2, addr, 0xa2))
 	cat.mu.Lock()
 	cat.incomplete = false
 	cat.mu.Unlock()
@@ -430,8 +440,8 @@ func TestAuthorizationByCatalog(t *testing.T) {
 	defer stop()
 	h1, _ = client(c.host1, addr)
 	h2, tr2 = client(c.host2, addr)
-	forbidden("after a restart, host2 deletes host1's referenced segment", h2.DeleteOn(ctx, rdma.NodeID(addr), 0xa2))
-	if err := h1.DeleteOn(ctx, rdma.NodeID(addr), 0xa2); err != nil {
+	forbidden("after a restart, host2 deletes host1's referenced segment", deleteOn(ctx, tr2, addr, 0xa2))
+	if err := deleteOn(ctx, tr1, addr, 0xa2); err != nil {
 		t.Fatalf("after a restart, host1 deletes its own referenced segment: %v", err)
 	}
 	// Within the grace period after a put anyone reads (the catalog entry
