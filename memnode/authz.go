@@ -172,7 +172,7 @@ func (cs *connState) decide(op string, m SegmentMeta, received time.Time) (int, 
 	if op == "read" {
 		msg = fmt.Sprintf("segment %016x is not listed by any published snapshot in the cluster catalog, and it was stored by %s, not by %s: only its writer may read an unpublished segment", m.ID, writer, cs.who)
 	} else {
-		msg = fmt.Sprintf("segment %016x belongs to a published snapshot and was stored by %s, not by %s: only its writer may delete it while the catalog lists it (remove the snapshot first)", m.ID, writer, cs.who)
+		msg = fmt.Sprintf("segment %016x is a copy a published snapshot lists on this node, stored by %s, not by %s: only its writer may delete it while the catalog lists it here (remove the snapshot, or move the copy, first)", m.ID, writer, cs.who)
 	}
 	if ferr != nil {
 		msg += fmt.Sprintf(" (the catalog could not be re-read: %v)", ferr)
