@@ -85,6 +85,16 @@ type SnapshotStatus struct {
 	HotIn     []string `json:"hot_in"`
 	HotBytes  uint64   `json:"hot_bytes"`
 	ColdBytes uint64   `json:"cold_bytes"`
+	// Segments counts its memory-node segments; MinCopies is the fewest
+	// copies on registered memory nodes any of them has, and
+	// UnderReplicated counts the segments with a copy on a node that is
+	// not registered (dead, or not yet re-replicated away from).
+	Segments        int `json:"segments"`
+	MinCopies       int `json:"min_copies"`
+	UnderReplicated int `json:"under_replicated"`
+	// Copies counts the snapshot's segment copies per memory node (by
+	// address) and kind (meta, hot, cold).
+	Copies map[string]map[string]int `json:"copies"`
 }
 
 // GetStatus asks every piece of the cluster in dir.
@@ -122,11 +132,41 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 		st.MemNodes = append(st.MemNodes, ms)
 	}
 	if plane != nil {
+		registered := map[string]bool{}
+		if ms, err := plane.MemNodes(ctx); err != nil {
+			st.Errors = append(st.Errors, err.Error())
+		} else {
+			for _, m := range ms {
+				registered[m.Addr] = true
+			}
+		}
 		if snaps, err := plane.ListSnapshots(ctx); err != nil {
 			st.Errors = append(st.Errors, err.Error())
 		} else {
 			for _, sn := range snaps {
-				ss := SnapshotStatus{Name: sn.Name, HotTier: "rdma", HotIn: []string{}, HotBytes: sn.HotBytes, ColdBytes: sn.ColdBytes}
+				ss := SnapshotStatus{Name: sn.Name, HotTier: "rdma", HotIn: []string{}, HotBytes: sn.HotBytes, ColdBytes: sn.ColdBytes,
+					Segments: len(sn.Segments), MinCopies: -1, Copies: map[string]map[string]int{}}
+				for _, seg := range sn.Segments {
+					live := 0
+					for _, n := range seg.Nodes {
+						if ss.Copies[n] == nil {
+							ss.Copies[n] = map[string]int{}
+						}
+						ss.Copies[n][seg.Kind]++
+						if registered[n] {
+							live++
+						}
+					}
+					if live < len(seg.Nodes) {
+						ss.UnderReplicated++
+					}
+					if ss.MinCopies < 0 || live < ss.MinCopies {
+						ss.MinCopies = live
+					}
+				}
+				if ss.MinCopies < 0 {
+					ss.MinCopies = 0
+				}
 				for _, p := range st.Pods {
 					for _, n := range p.HotSets {
 						if n == sn.Name {
@@ -247,7 +287,11 @@ func (st *Status) WriteText(w io.Writer) {
 		if len(s.HotIn) > 0 {
 			where = "cxl in " + strings.Join(s.HotIn, ", ")
 		}
-		names = append(names, fmt.Sprintf("%s (hot set: %s)", s.Name, where))
+		copies := fmt.Sprintf("%d segments, at least %d copies", s.Segments, s.MinCopies)
+		if s.UnderReplicated > 0 {
+			copies += fmt.Sprintf(", %d UNDER-REPLICATED", s.UnderReplicated)
+		}
+		names = append(names, fmt.Sprintf("%s (hot set: %s; %s)", s.Name, where, copies))
 	}
 	sort.Strings(names)
 	fmt.Fprintf(tw, "snapshots\t%d\t%s\n", len(names), strings.Join(names, ", "))

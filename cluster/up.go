@@ -39,6 +39,9 @@ type Config struct {
 	LeaseTTL int
 	// Readers per host (CXL reader identities; default the daemon's).
 	Readers int
+	// MemNodeDeadAfter is how long a memory node may stay unregistered
+	// before its segments are copied elsewhere (default the daemon's, 10s).
+	MemNodeDeadAfter time.Duration
 	// Timeout bounds Up (default 2 minutes).
 	Timeout time.Duration
 	// Progress receives one line per step (nil: quiet).
@@ -316,6 +319,9 @@ func (s *State) startHosts(ctx context.Context, c *Config) error {
 				"--secret-file", s.Secret, "--cxl", p.CXL, "--rdma", "tcp", "--lease-ttl", fmt.Sprint(c.LeaseTTL)}, sec...)
 			if c.Readers != 0 {
 				args = append(args, "--readers", fmt.Sprint(c.Readers))
+			}
+			if c.MemNodeDeadAfter != 0 {
+				args = append(args, "--memnode-dead-after", c.MemNodeDeadAfter.String())
 			}
 			p.Hosts = append(p.Hosts, h)
 			if err := s.spawn(&h.Proc, c.Bin, filepath.Join(h.Dir, "serve.log"), args...); err != nil {

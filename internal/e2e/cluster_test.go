@@ -462,3 +462,145 @@ func TestClusterOfPods(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterMemNodeLoss kills memory nodes under a published snapshot:
+// after the first SIGKILL the memory tier's leader copies every segment the
+// dead node held to the surviving nodes (measured: the time until no
+// segment names an unregistered node, against the bound lease TTL +
+// --memnode-dead-after + one round + copy time); restores stay exact
+// throughout; after a second SIGKILL the last copies still serve a
+// byte-exact restore.
+func TestClusterMemNodeLoss(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	const deadAfter = 2 * time.Second
+	c := clusterUp(t, ctx, 2, "--replicas", "2", "--memnode-dead-after", deadAfter.String())
+	c.publish(t, ctx, 1, img, "fn")
+	snap := func() cluster.SnapshotStatus {
+		t.Helper()
+		st := c.status(t, ctx)
+		if len(st.Snapshots) != 1 {
+			t.Fatalf("status lists %d snapshots, want 1: %+v", len(st.Snapshots), st)
+		}
+		return st.Snapshots[0]
+	}
+	if s := snap(); s.Segments == 0 || s.MinCopies != 2 || s.UnderReplicated != 0 {
+		t.Fatalf("after publish: %+v, want every segment on 2 live nodes", s)
+	}
+	// Kill the memory node holding the most segments.
+	victim := func() *cluster.MemNode {
+		t.Helper()
+		st := c.status(t, ctx)
+		best := -1
+		for i, m := range st.MemNodes {
+			if m.Alive && (best < 0 || m.Segments > st.MemNodes[best].Segments) {
+				best = i
+			}
+		}
+		if best < 0 || st.MemNodes[best].Segments == 0 {
+			t.Fatalf("no live memory node holds a segment: %+v", st.MemNodes)
+		}
+		return c.s.MemNodes[best]
+	}
+	m1 := victim()
+	killed := time.Now()
+	if err := syscall.Kill(m1.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.restore(ctx, f, 2, "during", "fn"); err != nil {
+		t.Fatalf("restore right after %s died: %v", m1.Name, err)
+	} else if v.Report.ColdBytesRead == 0 {
+		t.Logf("note: the restore during the outage read no cold page: %+v", v.Report)
+	}
+	bound := time.Duration(clusterTTL)*time.Second + deadAfter + 2*time.Second /* one round */ + 20*time.Second /* copying, on a loaded machine */
+	for {
+		s := snap()
+		if len(s.Copies[m1.Addr]) == 0 && s.UnderReplicated == 0 && s.MinCopies >= 2 {
+			t.Logf("re-replicated %d segments away from %s in %v (bound %v: lease TTL %ds + dead-after %v + one 2s round + copying)",
+				s.Segments, m1.Name, time.Since(killed).Round(10*time.Millisecond), bound, clusterTTL, deadAfter)
+			break
+		}
+		if time.Since(killed) > bound {
+			t.Fatalf("%v after %s died: %+v (want no under-replicated segment, 2 copies each)", time.Since(killed), m1.Name, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.double(t, ctx, f, 1, "after-repair", "fn", "1.12")
+	m2 := victim()
+	if err := syscall.Kill(m2.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// One copy of every segment is left, on the last node.
+	if _, err := c.restore(ctx, f, 2, "last-copy", "fn"); err != nil {
+		t.Fatalf("restore with one memory node left: %v", err)
+	}
+	c.double(t, ctx, f, 1, "last-copy-double", "fn", "1.12")
+}
+
+// TestClusterNoCopyLeft: with the only copies of the cold segments gone
+// (--replicas 1, their memory node killed after the VM was prepared), the
+// first cold fault must not hang the daemon: it marks the VM failed,
+// naming the segment and the dead node, within a bounded time, and never
+// feeds the guest a page it could not read. (The VMM's faulting vCPU stays
+// blocked, as under Firecracker: the orchestrator reads the failure and
+// kills the VM.)
+func TestClusterNoCopyLeft(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	c := clusterUp(t, ctx, 1, "--replicas", "1", "--memnode-dead-after", "1h")
+	c.publish(t, ctx, 1, img, "fn")
+	st := c.status(t, ctx)
+	best := -1
+	for i, m := range c.s.MemNodes {
+		if st.Snapshots[0].Copies[m.Addr]["cold"] > 0 {
+			best = i
+		}
+	}
+	if best < 0 {
+		t.Fatalf("no memory node holds a cold segment: %+v", st.Snapshots[0].Copies)
+	}
+	m := c.s.MemNodes[best]
+	v, err := c.client(1).Prepare(ctx, "orphaned", api.PrepareRequest{Snapshot: "fn", NoPrefetch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(m.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	dctx, dcancel := context.WithCancel(ctx)
+	done := make(chan fcDoubleResult, 1)
+	go func() { r, _ := fcDoubleRun(dctx, v.Socket, f.mem, "1.12"); done <- r }()
+	defer func() { dcancel(); <-done }()
+	const bound = 30 * time.Second
+	for {
+		v, err := c.client(1).Get(ctx, "orphaned")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.State == api.StateFailed {
+			t.Logf("VM failed %v after its only cold copies died: %s", time.Since(start).Round(time.Millisecond), v.Error)
+			if !strings.Contains(v.Error, m.Addr) {
+				t.Errorf("the failure does not name the dead node %s: %s", m.Addr, v.Error)
+			}
+			break
+		}
+		if time.Since(start) > bound {
+			t.Fatalf("VM still %s %v after the only copies of its cold pages died", v.State, bound)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case r := <-done:
+		if r.Err == "" && r.Mismatches == 0 && r.Pages == poolMemSize/4096 {
+			t.Fatalf("the double read every page exactly although the cold copies are gone: %+v", r)
+		}
+		if r.Mismatches != 0 {
+			t.Fatalf("the double was fed %d wrong pages (first %d)", r.Mismatches, r.First)
+		}
+		done <- r
+	default:
+	}
+}

@@ -48,6 +48,15 @@ type fcDoubleResult struct {
 // runFCDouble runs the double against socket and returns what it read.
 func runFCDouble(t *testing.T, ctx context.Context, socket, mem, dialect string) fcDoubleResult {
 	t.Helper()
+	r, err := fcDoubleRun(ctx, socket, mem, dialect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// fcDoubleRun runs the double; safe off the test's goroutine.
+func fcDoubleRun(ctx context.Context, socket, mem, dialect string) (fcDoubleResult, error) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%s", fcDoubleEnv, socket, mem, dialect))
 	var out, errb bytes.Buffer
@@ -56,14 +65,11 @@ func runFCDouble(t *testing.T, ctx context.Context, socket, mem, dialect string)
 	var r fcDoubleResult
 	for _, line := range strings.Split(out.String(), "\n") {
 		if rest, ok := strings.CutPrefix(line, "FCDOUBLE "); ok {
-			if err := json.Unmarshal([]byte(rest), &r); err != nil {
-				t.Fatal(err)
-			}
-			return r
+			err := json.Unmarshal([]byte(rest), &r)
+			return r, err
 		}
 	}
-	t.Fatalf("firecracker double printed no result: %s %s", out.String(), errb.String())
-	return r
+	return r, fmt.Errorf("firecracker double printed no result: %s %s", out.String(), errb.String())
 }
 
 // fcDoubleMain is the double's process; it never returns.

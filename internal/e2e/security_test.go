@@ -157,6 +157,31 @@ func TestCatalogForgeryRefused(t *testing.T) {
 		s.restore1(t, ctx, &fixture{dir: f.dir, mem: mem2, trace: f.trace}, fmt.Sprintf("b-%d", time.Now().UnixNano()), "pyaes")
 	}
 
+	// A pod's CXL placement is sealed too; one that does not verify is
+	// not used: the hot set comes from the RDMA copy, still exact.
+	pr, err := cli.Get(ctx, "/aquifer/pods/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plKey string
+	var plVal []byte
+	for _, kv := range pr.Kvs {
+		if strings.HasSuffix(string(kv.Key), "/hot/helloworld") {
+			plKey, plVal = string(kv.Key), kv.Value
+		}
+	}
+	if plKey == "" {
+		t.Fatal("no CXL placement of helloworld in the pod's catalog")
+	}
+	if _, err := cli.Put(ctx, plKey, string(edit(plVal, func(m map[string]any) {
+		e := m["extents"].([]any)[0].(map[string]any)
+		e["descriptor"] = e["descriptor"].(float64) + 1
+	}))); err != nil {
+		t.Fatal(err)
+	}
+	if v := s.restore1(t, ctx, f, fmt.Sprintf("pl-%d", time.Now().UnixNano()), "helloworld"); !strings.HasPrefix(v.Report.HotSource, "rdma") {
+		t.Fatalf("restore with a forged CXL placement: hot from %q, want rdma", v.Report.HotSource)
+	}
 	put("helloworld", other) // pyaes's entry under helloworld's name
 	refused("swapped entry", "does not match")
 	// The original attack needed a daemon restart (a clean one: the CXL
@@ -167,8 +192,10 @@ func TestCatalogForgeryRefused(t *testing.T) {
 	cli, _ = etcdOf(t, listeningPorts(t, s.cmd.Process.Pid), filepath.Join(dir, "d", "tls")) // the member's new port
 	refused("swapped entry after a restart", "does not match")
 
-	put("helloworld", edit(orig, func(m map[string]any) { m["hot"].(map[string]any)["descriptor"] = 1.0 }))
-	refused("CXL placement changed", "does not match")
+	put("helloworld", edit(orig, func(m map[string]any) {
+		m["segments"].([]any)[0].(map[string]any)["nodes"] = []any{"127.0.0.1:1"}
+	}))
+	refused("segment placement changed", "does not match")
 	put("helloworld", edit(orig, func(m map[string]any) { m["hot_bytes"] = 4096.0 }))
 	refused("size changed", "does not match")
 	put("helloworld", edit(orig, func(m map[string]any) { delete(m, "seal") }))
