@@ -94,6 +94,8 @@ type Session struct {
 	rep     Report
 	bg      sync.WaitGroup
 	coldDur atomic.Int64
+
+	stages *stagePool // staging buffers for pages stored as sub-pages (huge.go)
 }
 
 // New prepares a session that restores snap. Its hot source may be nil
@@ -113,8 +115,14 @@ func New(snap *restore.Snapshot, opts Options) (*Session, error) {
 	if ncold > 0 && cold == nil {
 		return nil, errors.New("pager: the image has cold pages but no cold source")
 	}
+	if err := checkHugePool(img); err != nil {
+		return nil, err
+	}
 	s := &Session{img: img, hot: hot, fallback: snap.HotFallback, cold: cold, opts: opts, log: opts.Logger, ps: uint64(img.PageSize()),
 		ready: make(chan struct{}), hotReady: make(chan struct{}), ext: map[int]*extent{}}
+	if !s.whole() {
+		s.stages = stagesFor(int(s.ps))
+	}
 	if hot != nil {
 		s.rep.HotSource = hot.Name()
 	}
@@ -164,7 +172,12 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			// valid until every demand copy from it is done.
 			s.hotUsers.Add(1)
 			s.hotMu.Unlock()
-			return offheap.AddrOf(seg) + uintptr(idx*ps), false, func() { s.hotUsers.Done() }, nil
+			addr, release, err := s.pageSource(snapimage.SecHotSegment, idx, s.spanOf(snapimage.SecHotSegment, seg, idx))
+			if err != nil || release != nil {
+				s.hotUsers.Done() // rebuilt in a staging buffer: seg no longer read
+				return addr, false, release, err
+			}
+			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
 		s.hotMu.Unlock()
 		return s.latePage(idx)
@@ -182,7 +195,14 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		}
 		// The faulting page is installed (and its vCPU woken) first; the
 		// rest of the extent follows asynchronously, off the fault path.
-		return offheap.AddrOf(s.arena) + uintptr(idx*ps), false, func() {
+		addr, release, err := s.pageSource(snapimage.SecColdSegment, idx, s.spanOf(snapimage.SecColdSegment, s.arena, idx))
+		if err != nil {
+			return 0, false, nil, err
+		}
+		return addr, false, func() {
+			if release != nil {
+				release()
+			}
 			if !e.installed.Load() {
 				s.bg.Add(1)
 				go func() {
@@ -240,7 +260,6 @@ func (s *Session) installExtent(x int, e *extent) {
 		return
 	}
 	ex := s.img.ColdExtents()[x]
-	base := offheap.AddrOf(s.arena)
 	i, end := ex.First, ex.First+uint64(ex.Pages)
 	for i < end {
 		// Group cold indices whose guest pages are consecutive.
@@ -249,7 +268,7 @@ func (s *Session) installExtent(x int, e *extent) {
 		for j < end && s.img.ColdPage(j) == g+(j-i) {
 			j++
 		}
-		if _, err := s.h.InstallQuiet(g*s.ps, base+uintptr(i*s.ps), j-i); err != nil {
+		if _, err := s.installStored(snapimage.SecColdSegment, s.arena, i, g, j-i); err != nil {
 			if !uffd.IsGone(err) {
 				s.log.Warn("installing cold extent", "extent", x, "err", err)
 			}
@@ -355,9 +374,8 @@ func (s *Session) preinstall(ctx context.Context) {
 			if s.opts.NoPreinstall {
 				return nil
 			}
-			base := offheap.AddrOf(seg)
 			for _, run := range s.img.HotRuns() {
-				n, err := s.h.InstallQuiet(run.Page*s.ps, base+uintptr(run.Index*s.ps), uint64(run.Count))
+				n, err := s.installStored(snapimage.SecHotSegment, seg, run.Index, run.Page, uint64(run.Count))
 				s.rep.PreinstallPages += n
 				if err != nil {
 					return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
@@ -387,7 +405,7 @@ func (s *Session) zeroRuns() bool {
 		if run.Class != snapimage.Zero {
 			continue
 		}
-		if run.Count < 64 {
+		if !s.longZeroRun(run) {
 			short = append(short, run)
 			continue
 		}
@@ -422,11 +440,11 @@ func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error 
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
 		err := src.With(ctx, func(seg []byte) error {
-			if uint64(len(seg)) < nhot*s.ps {
-				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), nhot*s.ps)
+			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(len(seg)) < want {
+				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), want)
 			}
 			for i := uint64(0); i < nhot; i++ {
-				if err := s.img.VerifyHotPage(i, seg[i*s.ps:(i+1)*s.ps]); err != nil {
+				if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
 					return fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
 				}
 			}
@@ -517,8 +535,7 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 		return 0, false, nil, err
 	}
 	err = s.withHot(s.ctx, func(seg []byte) error {
-		copy(m.B, seg[idx*s.ps:(idx+1)*s.ps])
-		return nil
+		return s.img.Expand(snapimage.SecHotSegment, idx, s.spanOf(snapimage.SecHotSegment, seg, idx), m.B)
 	})
 	if err != nil {
 		m.Unmap()

@@ -67,7 +67,9 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	now := time.Now()
 	var objs objects
-	ps := int(img.PageSize())
+	// Segments are read from memory nodes in the image's storage unit (4
+	// KiB; a 2 MiB image stores pages as their non-zero 4 KiB sub-pages).
+	ps := int(img.SubPageSize())
 	hot, hm, err := read(hs.Offset, hs.Length)
 	if err != nil {
 		return nil, err
@@ -116,7 +118,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps)}
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize())}
 	hb, _ := json.Marshal(h)
 	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
 	if len(hot) > 0 && p.cfg.PodState != nil {

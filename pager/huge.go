@@ -1,0 +1,205 @@
+package pager
+
+import (
+	"fmt"
+	"math/bits"
+	"sync"
+
+	"github.com/aquifer-pool/aquifer/hugetlb"
+	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/restore"
+	"github.com/aquifer-pool/aquifer/snapimage"
+	"golang.org/x/sys/unix"
+)
+
+// Pages larger than the image's storage unit (2 MiB guests).
+//
+// A 2 MiB image stores each hot or cold page as its non-zero 4 KiB
+// sub-pages only. A page stored whole (every sub-page non-zero) is installed
+// straight from the tier's bytes, and consecutive whole pages of a hot run
+// with one UFFDIO_COPY, as 4 KiB pages are. Any other page is rebuilt in a
+// staging buffer (stored sub-pages copied to their places, zeros between
+// them) and installed from there: hugetlb memory can only be filled in
+// whole huge pages, and has no UFFDIO_ZEROPAGE. Zero 2 MiB pages are left
+// to the kernel (UFFDIO_UNREGISTER: the kernel fills them with zeroed huge
+// pages itself), and one faulted before that is copied from the handler's
+// 2 MiB zero buffer.
+//
+// Staging buffers are off-heap, prefaulted and recycled; each remembers
+// which of its sub-pages hold data, so rebuilding a sparse page clears only
+// what the previous page left behind instead of 2 MiB.
+
+// stage is a staging buffer of one page.
+type stage struct {
+	m     *offheap.Mapping
+	dirty []uint64 // sub-pages holding non-zero bytes from an earlier page
+}
+
+// stagePool recycles staging buffers of one page size.
+type stagePool struct {
+	mu   sync.Mutex
+	ps   int
+	free []*stage
+}
+
+// maxFreeStages bounds the idle staging buffers kept per page size.
+const maxFreeStages = 16
+
+var (
+	stagePoolsMu sync.Mutex
+	stagePools   = map[int]*stagePool{}
+)
+
+func stagesFor(ps int) *stagePool {
+	stagePoolsMu.Lock()
+	defer stagePoolsMu.Unlock()
+	p, ok := stagePools[ps]
+	if !ok {
+		p = &stagePool{ps: ps}
+		stagePools[ps] = p
+	}
+	return p
+}
+
+func (p *stagePool) get() (*stage, error) {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		s := p.free[n-1]
+		p.free = p.free[:n-1]
+		p.mu.Unlock()
+		return s, nil
+	}
+	p.mu.Unlock()
+	m, err := offheap.Anon(p.ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("pager: staging buffer: %w", err)
+	}
+	return &stage{m: m, dirty: make([]uint64, (p.ps/snapimage.SubPageSize+63)/64)}, nil
+}
+
+func (p *stagePool) put(s *stage) {
+	p.mu.Lock()
+	if len(p.free) < maxFreeStages {
+		p.free = append(p.free, s)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	s.m.Unmap()
+}
+
+// fill rebuilds stored page i of segment id in the buffer from its stored
+// bytes: stored sub-pages copied, sub-pages a previous page left non-zero
+// cleared.
+func (s *stage) fill(img *snapimage.Image, id snapimage.SectionID, i uint64, stored []byte) {
+	m := img.SubPages(id, i)
+	sub := uint64(img.SubPageSize())
+	b := s.m.B
+	k := uint64(0) // index of the next stored sub-page
+	for w := range s.dirty {
+		have, was := m[w], s.dirty[w]
+		for x := have | was; x != 0; x &= x - 1 {
+			j := uint64(w*64 + bits.TrailingZeros64(x))
+			d := b[j*sub : (j+1)*sub]
+			if have&(1<<(j%64)) != 0 {
+				copy(d, stored[k*sub:(k+1)*sub])
+				k++
+			} else {
+				clear(d)
+			}
+		}
+		s.dirty[w] = have
+	}
+}
+
+// pageSource returns the address of page i of segment id, whose stored
+// bytes are seg (its Span), ready to be copied into the guest: the stored
+// bytes themselves for a page stored whole, else a staging buffer holding
+// the rebuilt page. release returns the buffer (nil when none was used).
+func (s *Session) pageSource(id snapimage.SectionID, i uint64, seg []byte) (addr uintptr, release func(), err error) {
+	if s.img.Full(id, i) {
+		return offheap.AddrOf(seg), nil, nil
+	}
+	st, err := s.stages.get()
+	if err != nil {
+		return 0, nil, err
+	}
+	st.fill(s.img, id, i, seg)
+	return st.m.Addr(), func() { s.stages.put(st) }, nil
+}
+
+// whole reports whether the image stores every page whole (4 KiB images,
+// version 1 images): the tiers' bytes are then the pages, in order.
+func (s *Session) whole() bool { return s.img.SubPageSize() == s.img.PageSize() }
+
+// spanOf returns stored page i's bytes inside seg, a whole segment (or an
+// arena holding it) of segment id.
+func (s *Session) spanOf(id snapimage.SectionID, seg []byte, i uint64) []byte {
+	off, n := s.img.Span(id, i)
+	return seg[off : off+n]
+}
+
+// checkHugePool refuses a 2 MiB restore the hugetlb pool cannot back: the
+// hot set alone needs that many free huge pages before the VM resumes
+// (ErrUnavailable: retry once VMs have exited or the pool has grown).
+func checkHugePool(img *snapimage.Image) error {
+	if img.PageSize() != hugetlb.PageSize {
+		return nil
+	}
+	_, nhot, _ := img.Counts()
+	if err := hugetlb.Check(int(nhot)); err != nil {
+		return restore.Mark(restore.ErrUnavailable, fmt.Errorf("pager: a 2 MiB guest whose hot set is %d huge pages: %w", nhot, err))
+	}
+	return nil
+}
+
+// longZeroRun reports whether a zero run is long enough to leave to the
+// kernel before resume: 256 KiB or more (64 pages of 4 KiB; every run of
+// 2 MiB pages).
+func (s *Session) longZeroRun(run snapimage.Run) bool {
+	return uint64(run.Count)*s.ps >= 64*4096
+}
+
+// installStored installs n stored pages of segment id, indices first
+// onward, onto the consecutive guest pages from page on, ahead of faults
+// (InstallQuiet). seg holds the segment's bytes at segment offsets (the
+// hot segment, or the cold arena). Whole pages stored back to back go in
+// one copy; any other page is rebuilt in a staging buffer first.
+func (s *Session) installStored(id snapimage.SectionID, seg []byte, first, page, n uint64) (uint64, error) {
+	base := offheap.AddrOf(seg)
+	if s.whole() {
+		off, _ := s.img.Span(id, first)
+		return s.h.InstallQuiet(page*s.ps, base+uintptr(off), n)
+	}
+	var installed uint64
+	for k := uint64(0); k < n; {
+		i := first + k
+		if s.img.Full(id, i) {
+			// A stretch of whole pages is contiguous in the segment.
+			j := k + 1
+			for j < n && s.img.Full(id, first+j) {
+				j++
+			}
+			off, _ := s.img.Span(id, i)
+			m, err := s.h.InstallQuiet((page+k)*s.ps, base+uintptr(off), j-k)
+			installed += m
+			if err != nil {
+				return installed, err
+			}
+			k = j
+			continue
+		}
+		addr, release, err := s.pageSource(id, i, s.spanOf(id, seg, i))
+		if err != nil {
+			return installed, err
+		}
+		m, err := s.h.InstallQuiet((page+k)*s.ps, addr, 1)
+		release()
+		installed += m
+		if err != nil {
+			return installed, err
+		}
+		k++
+	}
+	return installed, nil
+}
