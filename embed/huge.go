@@ -37,4 +37,3 @@ func (c *Config) validateHugePages() error {
 	}
 	return nil
 }
-

@@ -17,8 +17,8 @@ import (
 func init() {
 	var (
 		mem, ws, out, budget, regions, pageSize string
-		extentPages                   uint32
-		asJSON                        bool
+		extentPages                             uint32
+		asJSON                                  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "convert --mem MEM --ws WS --out IMG [--hot-budget PAGES|PERCENT]",
