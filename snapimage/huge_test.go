@@ -209,6 +209,34 @@ func contains(s []int, x int) bool {
 	return false
 }
 
+// 2 MiB images with only cold pages (no recording: Aquifer's rdma-only
+// strategy) and with only hot pages read back: each segment's sub-page
+// maps are decoded against that segment's own pages.
+func TestHugeOneSegmentOnly(t *testing.T) {
+	mem, _ := hugeMem(4)
+	memPath := writeMem(t, mem)
+	all := &wset.Trace{PageSize: huge, MemSize: uint64(len(mem))}
+	for pg := uint64(0); pg < 6; pg++ {
+		all.Accesses = append(all.Accesses, wset.Access{Page: pg, T: 0, Kind: wset.Read})
+	}
+	for _, c := range []struct {
+		name string
+		tr   *wset.Trace
+	}{{"cold-only", nil}, {"hot-only", all}} {
+		out := filepath.Join(t.TempDir(), "img")
+		st, err := Convert(memPath, out, ConvertOptions{Trace: c.tr, PageSize: huge})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (st.HotPages == 0) != (c.tr == nil) || (st.ColdPages == 0) == (c.tr == nil) {
+			t.Fatalf("%s: %+v", c.name, st)
+		}
+		if _, err := Verify(out, memPath, nil); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+	}
+}
+
 // smallHugeImage is a valid 2 MiB image with hot and cold pages, sparse and
 // full, and several extents.
 func smallHugeImage(t testing.TB) ([]byte, []byte) {

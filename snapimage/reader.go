@@ -482,9 +482,9 @@ func (im *Image) decodeSubMaps(id SectionID, b []byte) error {
 	if w == 0 {
 		return nil
 	}
-	seg, want, name := SecHotSegment, h.hotSub, "hot"
+	seg, want, name, by := SecHotSegment, h.hotSub, "hot", im.byHot
 	if id == SecColdSubMaps {
-		seg, want, name = SecColdSegment, h.coldSub, "cold"
+		seg, want, name, by = SecColdSegment, h.coldSub, "cold", im.byCold
 	}
 	n := len(b) / (w * 8)
 	m := make([]uint64, n*w)
@@ -493,10 +493,7 @@ func (im *Image) decodeSubMaps(id SectionID, b []byte) error {
 	base := h.sections[id].Offset
 	for i := 0; i < n; i++ {
 		at := base + uint64(i*w*8)
-		pg := im.segPage(im.byHot, uint64(i))
-		if seg == SecColdSegment {
-			pg = im.segPage(im.byCold, uint64(i))
-		}
+		pg := im.segPage(by, uint64(i))
 		// Sub-pages that lie beyond the memory are never stored.
 		valid := min(per, (h.memSize-pg*uint64(h.pageSize)+uint64(h.subPageSize)-1)/uint64(h.subPageSize))
 		cnt := uint64(0)
