@@ -68,6 +68,7 @@ type psPrepared struct {
 	w      *corpus.Workload
 	ps     uint32
 	reapWS string
+	plan   string            // FaaSnap's mapping plan (4 KiB only)
 	snap   map[string]string // aquifer strategy → pod snapshot
 }
 
@@ -187,6 +188,15 @@ func preparePageSize(ctx context.Context, o Options, w *corpus.Workload, ps uint
 			return nil, err
 		}
 	}
+	if ok, _ := PageSizeSupport(FaaSnap, ps); ok && contains(o.Strategies, FaaSnap) {
+		fd := filepath.Join(dir, "faasnap")
+		if err := os.MkdirAll(fd, 0o755); err != nil {
+			return nil, err
+		}
+		if p.plan, err = baseline.BuildFaaSnap(w.Mem, rec, fd); err != nil {
+			return nil, err
+		}
+	}
 	images := map[string]string{}
 	convert := func(s string, opt snapimage.ConvertOptions) error {
 		if !contains(o.Strategies, s) {
@@ -238,8 +248,12 @@ func runPageSizeBatch(ctx context.Context, o Options, p *psPrepared, s string, c
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	if s == FirecrackerUffd || s == REAP {
+	switch s {
+	case Firecracker, FirecrackerUffd, REAP, FaaSnap:
 		dropCache(p.w.Mem, p.reapWS)
+		if p.plan != "" {
+			dropCache(filepath.Join(filepath.Dir(p.plan), "loading-set"))
+		}
 	}
 	out := make([]PageSizeSample, c)
 	errs := make([]error, c)
@@ -280,6 +294,8 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 		args = append(args, "--backend", "file")
 	case Warm:
 		args = append(args, "--backend", "warm")
+	case FaaSnap:
+		args = append(args, "--backend", "faasnap", "--faasnap-plan", p.plan)
 	case FirecrackerUffd, REAP:
 		sock := filepath.Join(dir, fmt.Sprintf("v%d.sock", n))
 		sargs := []string{"handle", "--socket", sock, "--mem", p.w.Mem, "--log-level", "warn"}

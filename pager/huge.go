@@ -3,7 +3,9 @@ package pager
 import (
 	"fmt"
 	"math/bits"
+	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aquifer-pool/aquifer/hugetlb"
 	"github.com/aquifer-pool/aquifer/offheap"
@@ -202,4 +204,114 @@ func (s *Session) installStored(id snapimage.SectionID, seg []byte, first, page,
 		k++
 	}
 	return installed, nil
+}
+
+// preinstallWorkers is how many threads pre-install and verify a hot set
+// of 2 MiB pages, and verify any large hot set: a 2 MiB hot set is tens of
+// MiB (every huge page the recording touched), and the kernel copies each
+// huge page in the thread that asks, so the work spreads over cores.
+func preinstallWorkers() int { return max(1, min(runtime.GOMAXPROCS(0), 4)) }
+
+// parallel runs fn(i) for i in [0, n) on up to preinstallWorkers()
+// goroutines, in roughly increasing order; the first error stops it.
+func parallel(n uint64, fn func(w int, i uint64) error) error {
+	workers := min(uint64(preinstallWorkers()), n)
+	if workers <= 1 {
+		for i := uint64(0); i < n; i++ {
+			if err := fn(0, i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var next atomic.Uint64
+	var first atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for w := 0; w < int(workers); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for first.Load() == nil {
+				i := next.Add(1) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(w, i); err != nil {
+					first.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if p := first.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// verifyHot checks every hot page's stored bytes in seg against the
+// image's digests, in parallel for a large hot set.
+func (s *Session) verifyHot(seg []byte, src string) error {
+	_, nhot, _ := s.img.Counts()
+	const chunk = 256 // pages per task: 1 MiB of 4 KiB pages
+	if s.whole() && s.ps*nhot < 4<<20 {
+		for i := uint64(0); i < nhot; i++ {
+			if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
+				return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+			}
+		}
+		return nil
+	}
+	per := uint64(chunk)
+	if !s.whole() {
+		per = 1
+	}
+	return parallel((nhot+per-1)/per, func(_ int, t uint64) error {
+		for i := t * per; i < min((t+1)*per, nhot); i++ {
+			if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
+				return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+			}
+		}
+		return nil
+	})
+}
+
+// preinstallHuge installs a hot set of pages stored as sub-pages, in
+// first-touch order, on several threads: each rebuilds its page in its own
+// staging buffer and copies it in. It returns the pages installed.
+func (s *Session) preinstallHuge(seg []byte) (uint64, error) {
+	_, nhot, _ := s.img.Counts()
+	var installed atomic.Uint64
+	stages := make([]*stage, preinstallWorkers())
+	defer func() {
+		for _, st := range stages {
+			if st != nil {
+				s.stages.put(st)
+			}
+		}
+	}()
+	err := parallel(nhot, func(w int, i uint64) error {
+		page := s.img.HotPage(i)
+		stored := s.spanOf(snapimage.SecHotSegment, seg, i)
+		addr := offheap.AddrOf(stored)
+		if !s.img.Full(snapimage.SecHotSegment, i) {
+			if stages[w] == nil {
+				st, err := s.stages.get()
+				if err != nil {
+					return err
+				}
+				stages[w] = st
+			}
+			stages[w].fill(s.img, snapimage.SecHotSegment, i, stored)
+			addr = stages[w].m.Addr()
+		}
+		n, err := s.h.InstallQuiet(page*s.ps, addr, 1)
+		installed.Add(n)
+		if err != nil {
+			return fmt.Errorf("pager: pre-installing hot page %d: %w", page, err)
+		}
+		return nil
+	})
+	return installed.Load(), err
 }

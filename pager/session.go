@@ -374,7 +374,17 @@ func (s *Session) preinstall(ctx context.Context) {
 			if s.opts.NoPreinstall {
 				return nil
 			}
+			if !s.whole() {
+				n, err := s.preinstallHuge(seg)
+				s.rep.PreinstallPages += n
+				if err != nil {
+					return err
+				}
+			}
 			for _, run := range s.img.HotRuns() {
+				if !s.whole() {
+					break
+				}
 				n, err := s.installStored(snapimage.SecHotSegment, seg, run.Index, run.Page, uint64(run.Count))
 				s.rep.PreinstallPages += n
 				if err != nil {
@@ -436,17 +446,14 @@ func (s *Session) openHot() {
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
 func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error {
-	_, nhot, _ := s.img.Counts()
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
 		err := src.With(ctx, func(seg []byte) error {
 			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(len(seg)) < want {
 				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), want)
 			}
-			for i := uint64(0); i < nhot; i++ {
-				if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
-					return fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
-				}
+			if err := s.verifyHot(seg, src.Name()); err != nil {
+				return err
 			}
 			verified = true
 			return fn(seg)
