@@ -29,16 +29,28 @@ type PrepareRequest struct {
 	NoPreinstall bool `json:"no_preinstall,omitempty"`
 	// NoPrefetch disables the background cold prefetcher (an ablation).
 	NoPrefetch bool `json:"no_prefetch,omitempty"`
+	// VMMUID is the uid of the VMM that will connect to the VM's socket
+	// (Firecracker's uid under the jailer). Default: the daemon's
+	// --vmm-uid, else the daemon's own uid. A peer of any other uid is
+	// refused, root included unless this is 0.
+	VMMUID *int `json:"vmm_uid,omitempty"`
+	// VMMPID, if set, is the VMM's pid: any other process is refused, even
+	// one of the same uid.
+	VMMPID int `json:"vmm_pid,omitempty"`
 }
 
 // VM is one served VM.
 type VM struct {
-	ID       string  `json:"id"`
-	Snapshot string  `json:"snapshot"`
-	Socket   string  `json:"uffd_socket"`
-	State    string  `json:"state"`
-	Error    string  `json:"error,omitempty"`
-	Report   *Report `json:"report,omitempty"`
+	ID       string `json:"id"`
+	Snapshot string `json:"snapshot"`
+	Socket   string `json:"uffd_socket"`
+	// VMMUID and VMMPID are the peer the socket admits (pid 0: any
+	// process of that uid).
+	VMMUID int     `json:"vmm_uid"`
+	VMMPID int     `json:"vmm_pid,omitempty"`
+	State  string  `json:"state"`
+	Error  string  `json:"error,omitempty"`
+	Report *Report `json:"report,omitempty"`
 	// ReadyNS is the time from handshake to ready, in nanoseconds.
 	ReadyNS int64 `json:"ready_ns,omitempty"`
 }

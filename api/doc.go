@@ -12,6 +12,14 @@
 //	DELETE /v1/snapshots/{name}                          → 204
 //	GET    /metrics                                      → Prometheus text
 //
+// A VM's socket admits one peer, checked with SO_PEERCRED before anything
+// is read from it: the VMM of PrepareRequest.VMMUID ("vmm_uid"; default
+// the daemon's --vmm-uid, else its own uid) and, if given,
+// PrepareRequest.VMMPID ("vmm_pid"). Another process that connects first
+// is refused and counted (aquifer_uffd_refused_peers_total) and the socket
+// keeps waiting for the real VMM. When vmm_uid is not the daemon's uid the
+// socket is made that uid's (mode 0600), so only it and root can connect.
+//
 // Errors are an Error body with a status: 400 bad input (including a file
 // that is not an Aquifer image, or a truncated or corrupt one), 404 unknown
 // VM or snapshot, 409 a name in use, 503 when the control plane or a tier

@@ -24,6 +24,7 @@ import (
 	"github.com/aquifer-pool/aquifer/guest"
 	"github.com/aquifer-pool/aquifer/hugetlb"
 	"github.com/aquifer-pool/aquifer/snapimage"
+	"github.com/aquifer-pool/aquifer/wset"
 )
 
 // Guest page sizes side by side (`aquifer bench --page-sizes 4KiB,2MiB`):
@@ -34,6 +35,15 @@ import (
 // UFFD. The corpus' 4 KiB traces replay on it at 4 KiB precision; its
 // images, REAP working sets and hot sets are made from the same 4 KiB
 // recording, coarsened to 2 MiB pages.
+
+// coarsened is rec in pages of ps bytes (Options.GuestPageSize: rec itself
+// for 0 or rec's own page size).
+func coarsened(rec *wset.Trace, ps uint32) (*wset.Trace, error) {
+	if ps == 0 || ps == rec.PageSize {
+		return rec, nil
+	}
+	return rec.Coarsen(ps)
+}
 
 // PageSizeSample is one VM restored at one guest page size.
 type PageSizeSample struct {

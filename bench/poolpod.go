@@ -42,13 +42,7 @@ func StartPoolPod(ctx context.Context, bin, dir string) (*PoolPod, error) {
 
 // Publish implements Pod.
 func (p *PoolPod) Publish(ctx context.Context, image, name string) error {
-	abs, err := filepath.Abs(image)
-	if err != nil {
-		return err
-	}
-	p.client.RemoveSnapshot(ctx, name) // a re-run replaces an old entry
-	_, err = p.client.Publish(ctx, abs, name)
-	return err
+	return publishTo(ctx, p.client, image, name)
 }
 
 // API implements Pod.

@@ -45,6 +45,13 @@ type Options struct {
 	// Progress draws a progress bar on this writer (nil: none).
 	Progress io.Writer
 	Log      io.Writer
+	// GuestPageSize makes images and REAP working sets for guests of this
+	// page size (0: 4 KiB; 2 MiB: real guests in the shim's huge mode,
+	// `aquifer vm run --huge-pages`). See pagesizes.go.
+	GuestPageSize uint32
+	// VMM is where the VMs run: VMMEmulator (default, trace replay) or
+	// VMMQEMU (real guests, bench/qemu.go).
+	VMM string
 }
 
 // Pod is where aquifer strategies publish and restore.
@@ -86,6 +93,9 @@ type prepared struct {
 // Run executes the benchmark and returns every sample.
 func Run(ctx context.Context, o Options) ([]Sample, error) {
 	if err := CheckStrategies(o.Strategies); err != nil {
+		return nil, err
+	}
+	if err := CheckVMM(o.VMM); err != nil {
 		return nil, err
 	}
 	if o.Runs <= 0 {
@@ -175,7 +185,11 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload) (*prepared, err
 	need := func(s string) bool { return contains(o.Strategies, s) }
 	if need(REAP) {
 		p.reapWS = filepath.Join(dir, "reap.ws")
-		if err := baseline.BuildREAP(w.Mem, rec, p.reapWS); err != nil {
+		r, err := coarsened(rec, o.GuestPageSize)
+		if err != nil {
+			return nil, err
+		}
+		if err := baseline.BuildREAP(w.Mem, r, p.reapWS); err != nil {
 			return nil, err
 		}
 	}
@@ -191,7 +205,7 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload) (*prepared, err
 			return nil
 		}
 		img := filepath.Join(dir, strategy+".img")
-		if _, err := snapimage.Convert(w.Mem, img, snapimage.ConvertOptions{Trace: tr, PageSize: 4096}); err != nil {
+		if _, err := snapimage.Convert(w.Mem, img, snapimage.ConvertOptions{Trace: tr, PageSize: max(4096, o.GuestPageSize)}); err != nil {
 			return err
 		}
 		p.images[strategy] = img
@@ -288,6 +302,9 @@ func runBatch(ctx context.Context, o Options, p *prepared, s string, c, round in
 		if p.faasnap != "" {
 			dropCache(filepath.Join(filepath.Dir(p.faasnap), "loading-set"))
 		}
+	}
+	if o.VMM == VMMQEMU {
+		return runQEMUBatch(ctx, o, p, s, c, round)
 	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)

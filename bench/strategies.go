@@ -3,19 +3,21 @@ package bench
 import (
 	"fmt"
 	"slices"
+
+	"github.com/aquifer-pool/aquifer/realvm"
 )
 
-// Strategy names.
+// Strategy names: one set for the emulator and the real guests (realvm).
 const (
-	Firecracker     = "firecracker"
-	FirecrackerUffd = "firecracker-uffd"
-	REAP            = "reap"
-	FaaSnap         = "faasnap"
-	Aquifer         = "aquifer"
-	AquiferCXLOnly  = "aquifer-cxl-only"
-	AquiferRDMAOnly = "aquifer-rdma-only"
-	AquiferEarly    = "aquifer-early"
-	Warm            = "warm"
+	Firecracker     = realvm.Firecracker
+	FirecrackerUffd = realvm.FirecrackerUffd
+	REAP            = realvm.REAP
+	FaaSnap         = realvm.FaaSnap
+	Aquifer         = realvm.Aquifer
+	AquiferCXLOnly  = realvm.AquiferCXLOnly
+	AquiferRDMAOnly = realvm.AquiferRDMAOnly
+	AquiferEarly    = realvm.AquiferEarly
+	Warm            = realvm.Warm
 )
 
 // AllStrategies in report order.

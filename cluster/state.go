@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
+	"github.com/aquifer-pool/aquifer/pki"
 )
 
 // StateFile is the name of the cluster's state file in its directory.
@@ -75,13 +78,16 @@ type Pod struct {
 
 // State is what cluster.json records.
 type State struct {
-	Version  int           `json:"version"`
-	Dir      string        `json:"dir"`
-	Bin      string        `json:"bin"`
-	Secret   string        `json:"secret_file"`
-	Etcd     []*EtcdMember `json:"etcd"`
-	MemNodes []*MemNode    `json:"memnodes"`
-	Pods     []*Pod        `json:"pods"`
+	Version int    `json:"version"`
+	Dir     string `json:"dir"`
+	Bin     string `json:"bin"`
+	Secret  string `json:"secret_file"`
+	// ClientTLS holds the control plane's CA certificate and the client
+	// certificate the daemons (and cluster status) present.
+	ClientTLS string        `json:"client_tls"`
+	Etcd      []*EtcdMember `json:"etcd"`
+	MemNodes  []*MemNode    `json:"memnodes"`
+	Pods      []*Pod        `json:"pods"`
 }
 
 // Endpoints returns the control plane's client endpoints.
@@ -91,6 +97,16 @@ func (s *State) Endpoints() []string {
 		out = append(out, e.Client)
 	}
 	return out
+}
+
+// connect connects to the cluster's control plane with its client
+// certificate.
+func (s *State) connect(ctx context.Context) (*control.Plane, error) {
+	tc, err := pki.ClientTLS(filepath.Join(s.ClientTLS, "ca.crt"), pki.Pair{CertFile: filepath.Join(s.ClientTLS, "client.crt"), KeyFile: filepath.Join(s.ClientTLS, "client.key")})
+	if err != nil {
+		return nil, err
+	}
+	return control.Connect(ctx, s.Endpoints(), control.Credentials{TLS: tc})
 }
 
 // procs lists every process, hosts first (the order Down stops them in).

@@ -94,7 +94,7 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 	}
 	var plane *control.Plane
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	plane, err = control.Connect(cctx, s.Endpoints())
+	plane, err = s.connect(cctx)
 	cancel()
 	if err != nil {
 		st.Errors = append(st.Errors, err.Error())

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/aquifer-pool/aquifer/api/client"
-	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 )
 
@@ -125,7 +124,7 @@ func Up(ctx context.Context, c Config) (s *State, err error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	s = &State{Version: 1, Dir: c.Dir, Bin: c.Bin, Secret: filepath.Join(c.Dir, "cluster.secret")}
+	s = &State{Version: 1, Dir: c.Dir, Bin: c.Bin, Secret: filepath.Join(c.Dir, "cluster.secret"), ClientTLS: filepath.Join(c.Dir, "tls")}
 	defer func() {
 		if err != nil {
 			s.stop(5 * time.Second)
@@ -205,13 +204,17 @@ func (s *State) startEtcd(ctx context.Context, c *Config) error {
 		if err != nil {
 			return err
 		}
-		e := &EtcdMember{Name: fmt.Sprintf("etcd%d", k), Client: "http://" + client, Peer: peer, Dir: filepath.Join(c.Dir, fmt.Sprintf("etcd%d", k))}
+		e := &EtcdMember{Name: fmt.Sprintf("etcd%d", k), Client: "https://" + client, Peer: peer, Dir: filepath.Join(c.Dir, fmt.Sprintf("etcd%d", k))}
 		os.RemoveAll(e.Dir)
 		s.Etcd = append(s.Etcd, e)
-		initial = append(initial, e.Name+"=http://"+peer)
+		initial = append(initial, e.Name+"=https://"+peer)
 	}
+	// The members share one CA (the cluster's); the daemons get the CA
+	// certificate and the client certificate only, never the CA's key.
+	os.RemoveAll(s.etcdTLSDir())
 	for _, e := range s.Etcd {
-		args := []string{"etcd", "--name", e.Name, "--data-dir", e.Dir, "--client-addr", strings.TrimPrefix(e.Client, "http://"), "--peer-addr", e.Peer}
+		args := []string{"etcd", "--name", e.Name, "--data-dir", e.Dir, "--tls-dir", s.etcdTLSDir(),
+			"--client-addr", strings.TrimPrefix(e.Client, "https://"), "--peer-addr", e.Peer}
 		if len(s.Etcd) > 1 {
 			args = append(args, "--initial-cluster", strings.Join(initial, ","))
 		}
@@ -220,17 +223,39 @@ func (s *State) startEtcd(ctx context.Context, c *Config) error {
 		}
 	}
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		p, err := control.Connect(cctx, s.Endpoints())
-		cancel()
-		if err == nil {
-			p.Close()
-			return nil
+		if err := s.copyClientTLS(); err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			p, err := s.connect(cctx)
+			cancel()
+			if err == nil {
+				p.Close()
+				return nil
+			}
 		}
 		if err := s.waitOrDie(ctx, s.etcdProcs()); err != nil {
 			return err
 		}
 	}
+}
+
+func (s *State) etcdTLSDir() string { return filepath.Join(s.Dir, "etcd-tls") }
+
+// copyClientTLS gives the daemons (and this command) the cluster CA's
+// certificate and the client certificate in a directory of their own.
+func (s *State) copyClientTLS() error {
+	if err := os.MkdirAll(s.ClientTLS, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []string{"ca.crt", "client.crt", "client.key"} {
+		b, err := os.ReadFile(filepath.Join(s.etcdTLSDir(), f))
+		if err != nil {
+			return err
+		}
+		if err := atomicfile.WriteFile(filepath.Join(s.ClientTLS, f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *State) etcdProcs() []*Proc {
@@ -294,7 +319,7 @@ func (s *State) startHosts(ctx context.Context, c *Config) error {
 			}
 			args := []string{"serve", "--embedded", "--pod", p.Name, "--host-name", h.Name, "--host-addr", h.Addr,
 				"--data-dir", h.Dir, "--api", h.API, "--socket-dir", filepath.Join(h.Dir, "vms"),
-				"--etcd-endpoints", strings.Join(s.Endpoints(), ","), "--memnode-addrs", strings.Join(nodes, ","),
+				"--etcd-endpoints", strings.Join(s.Endpoints(), ","), "--etcd-tls-dir", s.ClientTLS, "--memnode-addrs", strings.Join(nodes, ","),
 				"--memnode-capacity", fmt.Sprint(c.MemNodeCapacity), "--replicas", fmt.Sprint(c.Replicas),
 				"--secret-file", s.Secret, "--cxl", p.CXL, "--rdma", "tcp", "--lease-ttl", fmt.Sprint(c.LeaseTTL)}
 			if c.Readers != 0 {

@@ -75,6 +75,9 @@ type Snapshot struct {
 	HotBytes  uint64             `json:"hot_bytes"`
 	ColdBytes uint64             `json:"cold_bytes"`
 	Published time.Time          `json:"published"`
+	// Seal authenticates every other field (the pool's MAC under a key the
+	// control plane does not hold); opaque to this package.
+	Seal string `json:"seal,omitempty"`
 	// Rev is the etcd modification revision the entry was read at.
 	Rev int64 `json:"-"`
 }
@@ -151,6 +154,7 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 	if err := json.Unmarshal(r.Kvs[0].Value, &s); err != nil {
 		return nil, fmt.Errorf("snapshot %q: corrupt catalog entry: %w", name, err)
 	}
+	s.Name = name // an entry is named by its key, whatever its value says
 	s.Rev = r.Kvs[0].ModRevision
 	return &s, nil
 }
@@ -169,6 +173,7 @@ func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 		if err := json.Unmarshal(kv.Value, &s); err != nil {
 			return nil, fmt.Errorf("control: corrupt catalog entry %s: %w", kv.Key, err)
 		}
+		s.Name = string(kv.Key[len(prefixSnap):])
 		s.Rev = kv.ModRevision
 		out = append(out, &s)
 	}
@@ -253,6 +258,7 @@ func (p *Plane) WatchSnapshots(ctx context.Context, fn func(name string, s *Snap
 					if json.Unmarshal(ev.Kv.Value, &s) != nil {
 						continue
 					}
+					s.Name = name
 					s.Rev = ev.Kv.ModRevision
 					fn(name, &s)
 				}

@@ -3,22 +3,51 @@ package control
 import (
 	"context"
 	"errors"
+	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control/member"
+	"github.com/aquifer-pool/aquifer/pki"
 )
+
+// testPKI makes a CA, a member and a client certificate in dir.
+func testPKI(t *testing.T, dir string) (*member.TLSFiles, Credentials) {
+	t.Helper()
+	ca, err := pki.OpenCA(dir, "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp, err := ca.Ensure(dir, "member", pki.Spec{CN: "member", Server: true, Client: true, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := ca.Ensure(dir, "client", pki.Spec{CN: "client", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, pki.CACert)
+	tc, err := pki.ClientTLS(caFile, cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &member.TLSFiles{CAFile: caFile, CertFile: mp.CertFile, KeyFile: mp.KeyFile}, Credentials{TLS: tc}
+}
 
 func startPlane(t *testing.T) *Plane {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := member.Start(ctx, member.Config{Dir: t.TempDir()})
+	// The member serves mutual TLS, as every member Aquifer runs does.
+	dir := t.TempDir()
+	files, creds := testPKI(t, dir)
+	m, err := member.Start(ctx, member.Config{Dir: dir, TLS: files})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Stop)
-	p, err := Connect(ctx, m.Endpoints)
+	p, err := Connect(ctx, m.Endpoints, creds)
 	if err != nil {
 		t.Fatal(err)
 	}

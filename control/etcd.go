@@ -2,7 +2,10 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -17,14 +20,43 @@ type Plane struct {
 	Endpoints []string
 	// Timeout bounds each call (default DefaultTimeout).
 	Timeout time.Duration
+	// Logger receives the registrations' lease losses and re-creations
+	// (default slog.Default()).
+	Logger *slog.Logger
+	// Reregistered, if set, is called each time a registration whose
+	// lease was lost has been re-created: kind is "host" or "memnode".
+	Reregistered func(kind, id string)
 }
 
-// Connect connects to an external etcd cluster.
-func Connect(ctx context.Context, endpoints []string) (*Plane, error) {
+func (p *Plane) logger() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.Default()
+}
+
+// Credentials authenticate this process to etcd: a TLS client
+// configuration (trusted CA and, for mutual TLS, a client certificate) and
+// optionally an etcd user. Endpoints must be https:// when TLS is set.
+type Credentials struct {
+	TLS                *tls.Config
+	Username, Password string
+}
+
+// Connect connects to an etcd cluster with creds.
+func Connect(ctx context.Context, endpoints []string, creds Credentials) (*Plane, error) {
+	for _, e := range endpoints {
+		if tlsURL := strings.HasPrefix(e, "https://"); tlsURL != (creds.TLS != nil) {
+			if tlsURL {
+				return nil, fmt.Errorf("control: %s is a TLS endpoint but no TLS client configuration was given", e)
+			}
+			return nil, fmt.Errorf("control: %s is not a TLS endpoint (https://) but TLS credentials were given", e)
+		}
+	}
 	// The client's own logger would print every retry as JSON on stderr;
 	// errors reach callers (and their logs) through return values instead.
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx,
-		Logger: zap.NewNop()})
+		Logger: zap.NewNop(), TLS: creds.TLS, Username: creds.Username, Password: creds.Password})
 	if err != nil {
 		return nil, fmt.Errorf("control: connecting to etcd %v: %w", endpoints, err)
 	}

@@ -60,12 +60,15 @@ func (p *Plane) Acquire(ctx context.Context, resource, holder string, ttlSeconds
 				cancel()
 				return nil, err
 			}
+			// Ownership is never re-created: a lost lease stays lost.
+			done := make(chan struct{})
 			go func() {
+				defer close(done)
 				for range ch {
 				}
 			}()
 			return &Token{Resource: resource, Holder: holder, Rev: r.Header.Revision, Lease: l.ID, key: key,
-				reg: &Registration{Lease: l.ID, cancel: cancel, p: p, key: key}}, nil
+				reg: &Registration{lease: l.ID, cancel: cancel, done: done, p: p, key: key}}, nil
 		}
 		p.revokeLater(l.ID)
 		// Someone holds it: wait for the key to go away.

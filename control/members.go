@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
+	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -27,21 +30,41 @@ func (m Member) Free() uint64 {
 	return m.Capacity - m.Used
 }
 
-// Registration keeps a member alive until Close (or the process dies and
-// the lease expires after its TTL).
+// Registration keeps a member registered until Close (or the process dies
+// and the lease expires after its TTL). If the lease is lost while the
+// process lives — etcd was unreachable for longer than the TTL, so the
+// client gave up on the lease or etcd expired it — the registration
+// notices its keepalive ended and creates the key again under a new lease
+// as soon as etcd answers, logging it and calling Plane.Reregistered.
 type Registration struct {
-	Lease  clientv3.LeaseID
-	cancel context.CancelFunc
 	p      *Plane
+	prefix string
 	key    string
+	ttl    int64
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu    sync.Mutex
+	lease clientv3.LeaseID
+	m     Member
 }
 
-// Close revokes the lease, removing the member at once.
+// Lease returns the registration's current lease (it changes when the
+// registration is re-created).
+func (r *Registration) Lease() clientv3.LeaseID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lease
+}
+
+// Close stops keeping the member alive and revokes its lease, removing
+// the member at once.
 func (r *Registration) Close(ctx context.Context) error {
 	r.cancel()
+	<-r.done
 	ctx, cancel := r.p.op(ctx)
 	defer cancel()
-	_, err := r.p.Client.Revoke(ctx, r.Lease)
+	_, err := r.p.Client.Revoke(ctx, r.Lease())
 	return r.p.fail("revoke "+r.key, err)
 }
 
@@ -62,37 +85,101 @@ func (p *Plane) register(ctx context.Context, prefix string, m Member, ttl int64
 	if ttl <= 0 {
 		ttl = 5
 	}
+	kctx, kcancel := context.WithCancel(context.Background())
+	r := &Registration{p: p, prefix: prefix, key: prefix + m.ID, ttl: ttl, cancel: kcancel, done: make(chan struct{}), m: m}
+	ch, err := r.grant(ctx, kctx)
+	if err != nil {
+		kcancel()
+		return nil, err
+	}
+	go r.keep(kctx, ch)
+	return r, nil
+}
+
+// grant puts the member's key under a new lease and starts keeping that
+// lease alive.
+func (r *Registration) grant(ctx, keepCtx context.Context) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	p := r.p
 	ctx, cancel := p.op(ctx)
 	defer cancel()
-	l, err := p.Client.Grant(ctx, ttl)
+	r.mu.Lock()
+	m := r.m
+	r.mu.Unlock()
+	l, err := p.Client.Grant(ctx, r.ttl)
 	if err != nil {
 		return nil, p.fail("lease for "+m.ID, err)
 	}
 	m.Epoch = int64(l.ID)
 	b, _ := json.Marshal(m)
-	if _, err := p.Client.Put(ctx, prefix+m.ID, string(b), clientv3.WithLease(l.ID)); err != nil {
+	if _, err := p.Client.Put(ctx, r.key, string(b), clientv3.WithLease(l.ID)); err != nil {
+		p.Client.Revoke(ctx, l.ID)
 		return nil, p.fail("register "+m.ID, err)
 	}
-	kctx, kcancel := context.WithCancel(context.Background())
-	ch, err := p.Client.KeepAlive(kctx, l.ID)
+	ch, err := p.Client.KeepAlive(keepCtx, l.ID)
 	if err != nil {
-		kcancel()
 		return nil, p.fail("keep "+m.ID+" alive", err)
 	}
-	go func() {
+	r.mu.Lock()
+	r.lease = l.ID
+	r.mu.Unlock()
+	return ch, nil
+}
+
+// keep drains keepalive answers; when the channel closes while the
+// registration is open, the lease is gone: register again, retrying with
+// backoff until etcd answers.
+func (r *Registration) keep(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResponse) {
+	defer close(r.done)
+	log := r.p.logger()
+	for {
 		for range ch {
 		}
-	}()
-	return &Registration{Lease: l.ID, cancel: kcancel, p: p, key: prefix + m.ID}, nil
+		if ctx.Err() != nil {
+			return
+		}
+		old := r.Lease()
+		log.Warn("control-plane registration lost its lease (etcd unreachable for longer than the lease?); registering again",
+			"key", r.key, "lease", fmt.Sprintf("%x", int64(old)), "ttl_seconds", r.ttl)
+		wait := 100 * time.Millisecond
+		for {
+			var err error
+			if ch, err = r.grant(ctx, ctx); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			log.Debug("re-registration failed; retrying", "key", r.key, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 2*time.Second)
+		}
+		log.Info("control-plane registration re-created", "key", r.key, "lease", fmt.Sprintf("%x", int64(r.Lease())))
+		if f := r.p.Reregistered; f != nil {
+			f(strings.Trim(strings.TrimPrefix(r.prefix, "/aquifer/"), "/"), r.m.ID)
+		}
+		// The old lease may still live in etcd (the client gave up on it
+		// first): revoke it so it cannot linger.
+		rctx, cancel := r.p.op(ctx)
+		r.p.Client.Revoke(rctx, old)
+		cancel()
+	}
 }
 
 // UpdateUsage records a memory node's used bytes under its lease.
 func (p *Plane) UpdateUsage(ctx context.Context, r *Registration, m Member) error {
-	m.Epoch = int64(r.Lease)
+	r.mu.Lock()
+	r.m = m
+	lease := r.lease
+	r.mu.Unlock()
+	m.Epoch = int64(lease)
 	b, _ := json.Marshal(m)
 	ctx, cancel := p.op(ctx)
 	defer cancel()
-	_, err := p.Client.Put(ctx, r.key, string(b), clientv3.WithLease(r.Lease))
+	_, err := p.Client.Put(ctx, r.key, string(b), clientv3.WithLease(lease))
 	return p.fail("update "+m.ID, err)
 }
 

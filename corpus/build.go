@@ -22,15 +22,14 @@ import (
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
 	"github.com/cavaliergopher/cpio"
-	"golang.org/x/sys/unix"
 )
 
-//go:embed guest/init guest/runner.py guest/functions/*.py plugin/aqtrace.c plugin/qemu_plugin_api.h
+//go:embed guest/init guest/runner.py guest/functions/*.py plugin/aqtrace.c plugin/qemu_plugin_api.h shim/aqshim.c
 var assets embed.FS
 
 // virtioModules are loaded by the initramfs, in this order (dependencies
 // first). All are modules in Debian's cloud kernel.
-var virtioModules = []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"}
+var virtioModules = []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk", "virtio_balloon"}
 
 // kernelMeta is the Debian metapackage whose dependency names the kernel.
 const kernelMeta = "linux-image-cloud-amd64"
@@ -181,12 +180,12 @@ func download(ctx context.Context, dir string, pkgs []debPkg) error {
 }
 
 // guestKey hashes everything that determines a guest build: the package
-// versions, the embedded helper files and a build-recipe version, "guest-v1",
+// versions, the embedded helper files and a build-recipe version, "guest-v2",
 // which must be bumped whenever BuildGuest, buildInitrd, fixupRoot or mkfs
 // change what they produce (captures made with another key are redone).
 func guestKey(kernel debPkg, pkgs []debPkg) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "guest-v1\n%s %s\n", kernel.Name, kernel.Version)
+	fmt.Fprintf(h, "guest-v2\n%s %s\n", kernel.Name, kernel.Version)
 	for _, p := range pkgs {
 		fmt.Fprintf(h, "%s %s %s\n", p.Name, p.Version, p.Arch)
 	}
@@ -205,24 +204,44 @@ func guestKey(kernel debPkg, pkgs []debPkg) (string, error) {
 // lockCache takes an exclusive lock on the cache directory so that two
 // captures never build the same guest or plugin at once.
 func lockCache(cache string) (unlock func(), err error) {
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	return flockFile(filepath.Join(cache, ".lock"), false)
+}
+
+func guestAt(cache, key string) *Guest {
+	g := &Guest{Dir: filepath.Join(cache, "guest-"+key), Key: key}
+	g.Initrd = filepath.Join(g.Dir, "initrd.cpio")
+	g.RootImg = filepath.Join(g.Dir, "rootfs.ext4")
+	g.RootDir = filepath.Join(g.Dir, "rootfs")
+	return g
+}
+
+// OpenGuest returns the guest built in cache with key (a workload's
+// Meta.GuestKey): the kernel, initramfs and root filesystem a restore of
+// that workload must boot with.
+func OpenGuest(cache, key string) (*Guest, error) {
+	g := guestAt(cache, key)
+	b, err := os.ReadFile(filepath.Join(g.Dir, "complete"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("corpus: guest %s is not built in %s (aquifer corpus capture builds it): %w", key, cache, err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return nil, fmt.Errorf("corpus: %s: malformed", filepath.Join(g.Dir, "complete"))
+	}
+	g.Kernel, g.KernelVersion = f[0], f[1]
+	if !filepath.IsAbs(g.Kernel) {
+		g.Kernel = filepath.Join(g.Dir, g.Kernel)
+	} else if _, err := os.Stat(g.Kernel); err != nil {
+		// Recorded by an older build as an absolute path in a cache that
+		// has moved since: find it below this guest's directory.
+		if _, rel, ok := strings.Cut(g.Kernel, "/"+filepath.Base(g.Dir)+"/"); ok {
+			g.Kernel = filepath.Join(g.Dir, rel)
 		}
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("corpus: locking the cache %s: %w", cache, err)
+	if len(f) > 2 {
+		g.KernelPackage = f[2]
 	}
-	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	return g, nil
 }
 
 // BuildGuest builds (or reuses from cache) the guest every function runs in.
@@ -277,18 +296,13 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guest{Dir: filepath.Join(cache, "guest-"+key), Key: key, KernelPackage: kpkg.Name + "=" + kpkg.Version}
-	g.Initrd = filepath.Join(g.Dir, "initrd.cpio")
-	g.RootImg = filepath.Join(g.Dir, "rootfs.ext4")
-	g.RootDir = filepath.Join(g.Dir, "rootfs")
-	if b, err := os.ReadFile(filepath.Join(g.Dir, "complete")); err == nil {
-		f := strings.Fields(string(b))
-		if len(f) == 2 {
-			g.Kernel, g.KernelVersion = f[0], f[1]
-			slog.Info("corpus: reusing cached guest", "dir", g.Dir)
-			return g, nil
-		}
+	if g, err := OpenGuest(cache, key); err == nil {
+		g.KernelPackage = kpkg.Name + "=" + kpkg.Version
+		slog.Info("corpus: reusing cached guest", "dir", g.Dir)
+		return g, nil
 	}
+	g := guestAt(cache, key)
+	g.KernelPackage = kpkg.Name + "=" + kpkg.Version
 	debs := filepath.Join(cache, "debs")
 	if err := download(ctx, debs, append([]debPkg{kpkg, bbpkg}, pkgs...)); err != nil {
 		return nil, err
@@ -326,7 +340,13 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if err := mkfs(ctx, g.RootDir, g.RootImg); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(g.Dir, "complete"), []byte(g.Kernel+" "+g.KernelVersion+"\n"), 0o644); err != nil {
+	// The kernel is recorded relative to the guest's directory, so that a
+	// cache moved or copied elsewhere stays usable.
+	kernel := g.Kernel
+	if rel, err := filepath.Rel(g.Dir, g.Kernel); err == nil && !strings.HasPrefix(rel, "..") {
+		kernel = rel
+	}
+	if err := os.WriteFile(filepath.Join(g.Dir, "complete"), []byte(kernel+" "+g.KernelVersion+" "+g.KernelPackage+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	slog.Info("corpus: built guest", "dir", g.Dir, "packages", len(pkgs), "kernel", g.KernelVersion, "took", time.Since(start).Round(time.Millisecond))

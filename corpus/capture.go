@@ -71,6 +71,11 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
 	}
+	unlockQEMU, err := QEMULock(o.Cache, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockQEMU()
 	total := len(fns)*stepsPerFunction + 1
 	done := 0
 	progress := func(fn, step string) {
@@ -95,7 +100,7 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 	for _, f := range fns {
 		dir := filepath.Join(o.Out, f.Name)
 		if !o.Force {
-			if w, err := OpenWorkload(dir); err == nil && w.Kind == KindCaptured &&
+			if w, err := OpenWorkload(dir); err == nil && w.Kind == KindCaptured && w.Meta.Format == FormatVersion &&
 				w.Meta.GuestKey == g.Key && w.Meta.MemSize == uint64(f.MemMiB)<<20 {
 				slog.Info("corpus: reusing captured workload", "function", f.Name, "dir", dir)
 				done += stepsPerFunction
@@ -141,29 +146,20 @@ type runResult struct {
 	// written neither by the vCPU nor by a device (a tracing failure).
 	dev, unexplained []uint64
 	post             string // kept image after the invocation, if asked
+	output           string // the runner's AQ-OUT text
 	doneNs           uint64
 	handlerI         uint64
 }
 
-func (c *capturer) run(ctx context.Context) (err error) {
-	staging, err := os.MkdirTemp(c.out, "."+c.f.Name+".tmp-")
+// run captures one function as a sequence of steps: stage a scratch
+// directory, boot to the snapshot point, trace every input, calibrate,
+// convert and check, then move the workload into place.
+func (c *capturer) run(ctx context.Context) error {
+	staging, cleanup, err := c.stage()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(staging)
-	c.work = filepath.Join(staging, "work")
-	if err := os.MkdirAll(c.work, 0o755); err != nil {
-		return err
-	}
-	c.shm = fmt.Sprintf("/dev/shm/aquifer-corpus-%d-%s", os.Getpid(), c.f.Name)
-	defer func() {
-		m, _ := filepath.Glob(c.shm + "*")
-		for _, p := range m {
-			os.Remove(p)
-		}
-	}()
-	c.snapshot = filepath.Join(staging, MemFile)
-	c.state = filepath.Join(c.work, "devstate")
+	defer cleanup()
 
 	c.progress("boot + init")
 	initNs, err := c.boot(ctx)
@@ -172,7 +168,67 @@ func (c *capturer) run(ctx context.Context) (err error) {
 	}
 	c.step()
 
-	// Traced invocations: record, evals, then a repeat of the first eval.
+	inputs, runs, err := c.traceInputs(ctx)
+	if err != nil {
+		return err
+	}
+
+	c.progress("native calibration")
+	native, cal, err := c.calibrate(ctx, inputs, runs)
+	if err != nil {
+		return err
+	}
+	c.step()
+
+	meta, err := c.convert(staging, runs, native, cal, initNs)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(c.state, filepath.Join(staging, StateFile)); err != nil {
+		return err
+	}
+	os.RemoveAll(c.work)
+	if err := writeMeta(staging, meta); err != nil {
+		return err
+	}
+	if err := c.install(staging); err != nil {
+		return err
+	}
+	slog.Info("corpus: captured", "function", c.f.Name, "dir", filepath.Join(c.out, c.f.Name),
+		"repeat_jaccard", fmt.Sprintf("%.3f", meta.Checks.RepeatJaccard),
+		"all_changed_written", meta.Checks.AllChangedWritten, "ns_per_insn", fmt.Sprintf("%.4g", cal.NsPerInsn))
+	return nil
+}
+
+// stage creates the staging directory (renamed into place at the end) with
+// its scratch subdirectory, and names the /dev/shm RAM files; cleanup
+// removes whatever is left of both.
+func (c *capturer) stage() (staging string, cleanup func(), err error) {
+	staging, err = os.MkdirTemp(c.out, "."+c.f.Name+".tmp-")
+	if err != nil {
+		return "", nil, err
+	}
+	c.shm = fmt.Sprintf("/dev/shm/aquifer-corpus-%d-%s", os.Getpid(), c.f.Name)
+	cleanup = func() {
+		os.RemoveAll(staging)
+		m, _ := filepath.Glob(c.shm + "*")
+		for _, p := range m {
+			os.Remove(p)
+		}
+	}
+	c.work = filepath.Join(staging, "work")
+	if err := os.MkdirAll(c.work, 0o755); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	c.snapshot = filepath.Join(staging, MemFile)
+	c.state = filepath.Join(c.work, "devstate")
+	return staging, cleanup, nil
+}
+
+// traceInputs runs the traced invocations: record, evals, then a repeat
+// of the first eval. It returns the inputs in run order with their runs.
+func (c *capturer) traceInputs(ctx context.Context) ([]string, []*runResult, error) {
 	inputs := append(append([]string{c.f.Record}, c.f.Eval...), c.f.Eval[0])
 	var runs []*runResult
 	for i, in := range inputs {
@@ -186,23 +242,28 @@ func (c *capturer) run(ctx context.Context) (err error) {
 		c.progress("trace " + label + " (input " + in + ")")
 		r, err := c.traced(ctx, in, i)
 		if err != nil {
-			return fmt.Errorf("%s run: %w", label, err)
+			return nil, nil, fmt.Errorf("%s run: %w", label, err)
 		}
 		runs = append(runs, r)
 		c.step()
 	}
+	return inputs, runs, nil
+}
 
-	c.progress("native calibration")
+// calibrate times every input natively (checking that the chroot computes
+// the guest's answer) and derives ns per guest instruction; handlers too
+// short for a stable ratio use the runner's calibration workload instead.
+func (c *capturer) calibrate(ctx context.Context, inputs []string, runs []*runResult) (map[string]int64, Calibration, error) {
 	native := map[string]int64{}
 	for _, in := range uniq(inputs) {
 		ns, digest, err := NativeTime(ctx, c.g, c.f.Name, in)
 		if err != nil {
-			return err
+			return nil, Calibration{}, err
 		}
 		native[in] = ns
 		for _, r := range runs {
 			if r.input == in && r.digest != digest {
-				return fmt.Errorf("native run of input %s returned %s, the guest %s: the chroot and the guest disagree", in, digest, r.digest)
+				return nil, Calibration{}, fmt.Errorf("native run of input %s returned %s, the guest %s: the chroot and the guest disagree", in, digest, r.digest)
 			}
 		}
 	}
@@ -217,31 +278,36 @@ func (c *capturer) run(ctx context.Context) (err error) {
 	if insSum > 0 {
 		cal.NsPerInsn = float64(natSum) / float64(insSum)
 	}
-	if natSum < int64(len(runs))*int64(time.Millisecond) || insSum == 0 {
-		// The handler is too short for a stable ratio (helloworld): use
-		// the guest's built-in calibration workload on the same snapshot.
-		c.progress("calibration workload")
-		r, err := c.traced(ctx, calibrateInput, len(inputs))
-		if err != nil {
-			return fmt.Errorf("calibration run: %w", err)
-		}
-		ns, _, err := NativeTime(ctx, c.g, c.f.Name, calibrateInput)
-		if err != nil {
-			return err
-		}
-		if r.handlerI == 0 {
-			return errors.New("calibration run recorded no instructions")
-		}
-		cal = Calibration{NsPerInsn: float64(ns) / float64(r.handlerI), NativeNs: ns, GuestInsns: r.handlerI,
-			Source: "runner calibration workload (handler shorter than 1 ms): native time in a chroot / guest instructions"}
+	if natSum >= int64(len(runs))*int64(time.Millisecond) && insSum > 0 {
+		return native, cal, nil
 	}
-	c.step()
+	// The handler is too short for a stable ratio (helloworld): use the
+	// guest's built-in calibration workload on the same snapshot.
+	c.progress("calibration workload")
+	r, err := c.traced(ctx, calibrateInput, len(inputs))
+	if err != nil {
+		return nil, Calibration{}, fmt.Errorf("calibration run: %w", err)
+	}
+	ns, _, err := NativeTime(ctx, c.g, c.f.Name, calibrateInput)
+	if err != nil {
+		return nil, Calibration{}, err
+	}
+	if r.handlerI == 0 {
+		return nil, Calibration{}, errors.New("calibration run recorded no instructions")
+	}
+	return native, Calibration{NsPerInsn: float64(ns) / float64(r.handlerI), NativeNs: ns, GuestInsns: r.handlerI,
+		Source: "runner calibration workload (handler shorter than 1 ms): native time in a chroot / guest instructions"}, nil
+}
 
-	// Convert and check.
+// convert turns every run into its trace file in staging (device writes
+// added, validated), checks that every changed page was written and the
+// repeat overlaps its eval, and returns the workload's meta.
+func (c *capturer) convert(staging string, runs []*runResult, native map[string]int64, cal Calibration, initNs int64) (*Meta, error) {
 	memSize := uint64(c.f.MemMiB) << 20
-	meta := &Meta{Function: c.f.Name, Kind: KindCaptured, MemSize: memSize, Kernel: c.g.KernelPackage,
+	meta := &Meta{Format: FormatVersion, Function: c.f.Name, Kind: KindCaptured, MemSize: memSize, Kernel: c.g.KernelPackage,
 		Cmdline: cmdline(c.f.Name), QEMU: c.qemu, GuestKey: c.g.Key, CapturedAt: time.Now().UTC().Truncate(time.Second),
-		RecordInput: c.f.Record, EvalInputs: c.f.Eval, InitNs: initNs, Calibration: cal}
+		RecordInput: c.f.Record, EvalInputs: c.f.Eval, InitNs: initNs, Calibration: cal, State: StateFile,
+		Outputs: map[string]Output{}}
 	checks := &Checks{AllChangedWritten: true}
 	var traces []*wset.Trace
 	for i, r := range runs {
@@ -261,15 +327,15 @@ func (c *capturer) run(ctx context.Context) (err error) {
 			t.Source += fmt.Sprintf("; %d device (virtio-blk DMA) writes found by image diff", len(dev))
 		}
 		if err := t.Validate(); err != nil {
-			return fmt.Errorf("%s: %w", file, err)
+			return nil, fmt.Errorf("%s: %w", file, err)
 		}
 		if err := wset.WriteFile(filepath.Join(staging, file), t); err != nil {
-			return err
+			return nil, err
 		}
 		traces = append(traces, t)
 		if r.post != "" {
 			if err := os.Rename(r.post, filepath.Join(staging, PostImageFile(file))); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		written := pageSet(t, wset.Write)
@@ -288,13 +354,18 @@ func (c *capturer) run(ctx context.Context) (err error) {
 			HandlerInsns: r.handlerI, WindowInsns: r.raw.StopInsn - r.raw.ArmedInsn, Accesses: len(t.Accesses),
 			Pages: len(pageSet(t, 0)), WrittenPages: len(written), DeviceWrittenPages: len(dev), ChangedPages: len(r.changed),
 			ChangedNotWritten: notWritten, Unexplained: len(unexplained), Digest: r.digest})
+		if o, ok := meta.Outputs[r.input]; ok && o.Digest != r.digest {
+			return nil, fmt.Errorf("input %s returned %s in one run and %s in another: the function is not deterministic", r.input, o.Digest, r.digest)
+		}
+		meta.Outputs[r.input] = Output{Digest: r.digest, Text: r.output}
 	}
 	checks.RepeatJaccard = Jaccard(traces[1], traces[len(traces)-1])
 	meta.Checks = checks
-	if err := writeMeta(staging, meta); err != nil {
-		return err
-	}
-	os.RemoveAll(c.work)
+	return meta, nil
+}
+
+// install moves the staged workload into place, replacing an older one.
+func (c *capturer) install(staging string) error {
 	final := filepath.Join(c.out, c.f.Name)
 	old := final + ".old"
 	os.RemoveAll(old)
@@ -307,8 +378,6 @@ func (c *capturer) run(ctx context.Context) (err error) {
 		return err
 	}
 	os.RemoveAll(old)
-	slog.Info("corpus: captured", "function", c.f.Name, "dir", final, "repeat_jaccard", fmt.Sprintf("%.3f", checks.RepeatJaccard),
-		"all_changed_written", checks.AllChangedWritten, "ns_per_insn", fmt.Sprintf("%.4g", cal.NsPerInsn))
 	return nil
 }
 
@@ -332,16 +401,16 @@ func uniq(s []string) []string {
 func (c *capturer) boot(ctx context.Context) (int64, error) {
 	memPath := c.shm + "-boot.mem"
 	os.Remove(memPath)
-	v, err := startVM(ctx, vmConfig{guest: c.g, fn: c.f.Name, memMiB: c.f.MemMiB, memPath: memPath, workDir: c.work})
+	v, err := StartVM(ctx, VMConfig{Guest: c.g, Fn: c.f.Name, MemMiB: c.f.MemMiB, MemPath: memPath, WorkDir: c.work})
 	if err != nil {
 		return 0, err
 	}
-	defer v.quit()
+	defer v.Quit()
 	line, err := v.waitMarker(ctx, "AQ-READY", 5*time.Minute)
 	if err != nil {
 		return 0, err
 	}
-	if err := v.stop(); err != nil {
+	if err := v.Stop(); err != nil {
 		return 0, err
 	}
 	if err := v.saveState(ctx, c.state); err != nil {
@@ -370,27 +439,27 @@ func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult,
 	out := filepath.Join(c.work, fmt.Sprintf("trace%d.txt", n))
 	pages := uint64(c.f.MemMiB) << 20 / pageSize
 	plugin := fmt.Sprintf("%s,ctl=%s,out=%s,mem=%s,pages=%d", c.plugin, ctl, out, memPath, pages)
-	v, err := startVM(ctx, vmConfig{guest: c.g, fn: c.f.Name, memMiB: c.f.MemMiB, memPath: memPath,
-		workDir: c.work, incoming: c.state, plugin: plugin})
+	v, err := StartVM(ctx, VMConfig{Guest: c.g, Fn: c.f.Name, MemMiB: c.f.MemMiB, MemPath: memPath,
+		WorkDir: c.work, Incoming: c.state, Plugin: plugin, NoReboot: true})
 	if err != nil {
 		return nil, err
 	}
-	defer v.quit()
+	defer v.Quit()
 	if err := command(ctx, ctl, "arm", "armed"); err != nil {
 		return nil, err
 	}
-	if err := v.cont(); err != nil {
+	if err := v.Cont(); err != nil {
 		return nil, err
 	}
-	if err := v.send("AQ-INVOKE " + input); err != nil {
+	if err := v.Send("AQ-INVOKE " + input); err != nil {
 		return nil, err
 	}
-	line, err := v.waitMarker(ctx, "AQ-DONE "+input+" ", 5*time.Minute)
+	inv, err := WaitInvocation(ctx, v, input, 5*time.Minute)
 	if err != nil {
 		return nil, err
 	}
 	doneNs := monotonicNs()
-	if err := v.stop(); err != nil {
+	if err := v.Stop(); err != nil {
 		return nil, err
 	}
 	if err := command(ctx, ctl, "stop", "stopped"); err != nil {
@@ -412,8 +481,8 @@ func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult,
 	if err != nil {
 		return nil, err
 	}
-	fl := strings.Fields(line)
-	r := &runResult{input: input, raw: raw, changed: changed, doneNs: doneNs}
+	r := &runResult{input: input, raw: raw, changed: changed, doneNs: doneNs, output: inv.Output,
+		guestNs: inv.GuestNs, digest: inv.Digest}
 	if c.keepPost {
 		r.post = filepath.Join(c.work, fmt.Sprintf("post%d.mem", n))
 		if err := copySparse(r.post, memPath); err != nil {
@@ -435,10 +504,6 @@ func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult,
 	}
 	if r.dev, r.unexplained, err = deviceWrites(memPath, changed, cpuWritten, c.disk); err != nil {
 		return nil, err
-	}
-	if len(fl) == 4 {
-		r.guestNs, _ = strconv.ParseInt(fl[2], 10, 64)
-		r.digest = fl[3]
 	}
 	// The handler ran during [done - guestNs, done] on the host clock that
 	// the plugin also stamps accesses with.

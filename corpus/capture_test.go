@@ -163,4 +163,17 @@ func checkCapturedWorkload(t *testing.T, w *Workload) {
 	if !m.Checks.AllChangedWritten {
 		t.Errorf("meta.json says not every changed page was written")
 	}
+	// Format 2: restorable (device state kept), an expected output per input.
+	if err := w.Restorable(); err != nil {
+		t.Error(err)
+	}
+	if st, err := os.Stat(w.State); err != nil || st.Size() < 4096 {
+		t.Errorf("device state %s: %v %v", w.State, err, st)
+	}
+	for _, r := range m.Runs {
+		o, ok := w.Expected(r.Input)
+		if !ok || o.Digest != r.Digest || o.Text == "" {
+			t.Errorf("input %s: expected output %+v, run digest %s", r.Input, o, r.Digest)
+		}
+	}
 }

@@ -27,7 +27,19 @@ const (
 	// Eval traces are eval-1.ws, eval-2.ws, ...; the repeat of eval-1's
 	// input used for the consistency check is repeat-1.ws.
 	RepeatFile = "repeat-1.ws"
+	// StateFile is the device state saved at the snapshot point (QEMU
+	// migration stream without RAM, x-ignore-shared): with MemFile it
+	// restores the guest (format 2 on).
+	StateFile = "vmstate"
 )
+
+// FormatVersion is the workload format this package writes. Version 1
+// (meta.json without "format") had memory image and traces only; version 2
+// adds the device state (StateFile), the expected output of every input
+// (Meta.Outputs) and a virtio-balloon device in the guest. Open reads both;
+// only version 2 workloads restore (Workload.Restorable), and a capture
+// redoes version 1 workloads.
+const FormatVersion = 2
 
 // PostImageFile names the image kept after the invocation of trace file
 // ws (Options.KeepPostImages; not part of a normal corpus).
@@ -38,6 +50,9 @@ func EvalFile(i int) string { return fmt.Sprintf("eval-%d.ws", i) }
 
 // Meta is a workload's meta.json.
 type Meta struct {
+	// Format is the workload format version (0 in files written before
+	// versions were recorded, which are version 1).
+	Format   int    `json:"format,omitempty"`
 	Function string `json:"function"`
 	// Kind is "captured" (real guest under QEMU TCG) or "synthetic".
 	Kind    string `json:"kind"`
@@ -57,6 +72,19 @@ type Meta struct {
 	Runs        []RunInfo    `json:"runs,omitempty"`
 	Checks      *Checks      `json:"checks,omitempty"`
 	Synthetic   *SynthParams `json:"synthetic,omitempty"`
+	// State names the device-state file (format 2, captured only).
+	State string `json:"state,omitempty"`
+	// Outputs is the expected output of every captured input (format 2).
+	Outputs map[string]Output `json:"outputs,omitempty"`
+}
+
+// Output is what the function returned for one input, in the guest and
+// natively (the capture checks they agree).
+type Output struct {
+	// Digest is the runner's digest of repr(result) (corpus/guest/runner.py).
+	Digest string `json:"digest"`
+	// Text is ascii(result), truncated to 200 characters.
+	Text string `json:"text,omitempty"`
 }
 
 // Calibration converts guest instructions to native time: T = Insn *
@@ -117,6 +145,27 @@ type Workload struct {
 	Mem    string   // memory image path
 	Record string   // record.ws path
 	Eval   []string // eval-N.ws paths, in order
+	// State is the device-state path ("" before format 2).
+	State string
+}
+
+// Restorable reports whether the workload can be restored into a VM (a
+// captured format-2 workload with its device state), and if not, why.
+func (w *Workload) Restorable() error {
+	if w.Kind != KindCaptured {
+		return fmt.Errorf("corpus: %s is %s: only captured workloads restore into a real guest", w.Name, w.Kind)
+	}
+	if w.Meta.Format < 2 || w.State == "" {
+		return fmt.Errorf("corpus: %s in %s has format %d, without device state: recapture it (aquifer corpus capture --functions %s --force)",
+			w.Name, w.Dir, max(w.Meta.Format, 1), w.Name)
+	}
+	return nil
+}
+
+// Expected returns the expected output of input, if the capture ran it.
+func (w *Workload) Expected(input string) (Output, bool) {
+	o, ok := w.Meta.Outputs[input]
+	return o, ok
 }
 
 // LoadRecord reads the recording trace.
@@ -231,7 +280,18 @@ func OpenWorkload(dir string) (*Workload, error) {
 	for i := range m.EvalInputs {
 		w.Eval = append(w.Eval, filepath.Join(dir, EvalFile(i+1)))
 	}
-	for _, p := range append([]string{w.Mem, w.Record}, w.Eval...) {
+	need := append([]string{w.Mem, w.Record}, w.Eval...)
+	if m.State != "" {
+		if m.State != filepath.Base(m.State) {
+			return nil, fmt.Errorf("corpus: %s: state %q must be a file name in the workload directory", dir, m.State)
+		}
+		w.State = filepath.Join(dir, m.State)
+		need = append(need, w.State)
+	}
+	if m.Format > FormatVersion {
+		return nil, fmt.Errorf("corpus: %s has format %d; this aquifer reads up to %d (upgrade aquifer)", dir, m.Format, FormatVersion)
+	}
+	for _, p := range need {
 		st, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("corpus: workload %s is incomplete: %w", dir, err)

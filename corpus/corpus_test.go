@@ -263,3 +263,54 @@ func TestOpenRejectsBrokenWorkloads(t *testing.T) {
 		t.Error("empty corpus accepted")
 	}
 }
+
+// TestFormatVersions: a format-1 captured workload (no "format", no device
+// state) still opens but is not restorable, with a message saying how to
+// recapture; a format-2 one with its state is; a newer format is refused.
+func TestFormatVersions(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Synth(SynthOptions{Functions: []string{"helloworld"}, MemMiB: 64, Out: dir}); err != nil {
+		t.Fatal(err)
+	}
+	wdir := filepath.Join(dir, "helloworld")
+	w, err := OpenWorkload(wdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Restorable(); err == nil || !strings.Contains(err.Error(), "synthetic") {
+		t.Errorf("synthetic workload restorable: %v", err)
+	}
+	m := w.Meta
+	m.Kind = KindCaptured
+	if err := writeMeta(wdir, &m); err != nil {
+		t.Fatal(err)
+	}
+	if w, err = OpenWorkload(wdir); err != nil {
+		t.Fatalf("format-1 captured workload: %v", err)
+	}
+	if err := w.Restorable(); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("format-1 workload: %v, want a recapture hint", err)
+	}
+	m.Format, m.State, m.Outputs = FormatVersion, StateFile, map[string]Output{"b": {Digest: "d"}}
+	writeMeta(wdir, &m)
+	if _, err := OpenWorkload(wdir); err == nil || !strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("format 2 without its state file: %v", err)
+	}
+	os.WriteFile(filepath.Join(wdir, StateFile), []byte("state"), 0o644)
+	if w, err = OpenWorkload(wdir); err != nil || w.Restorable() != nil {
+		t.Fatalf("format-2 workload: %v", err)
+	}
+	if o, ok := w.Expected("b"); !ok || o.Digest != "d" {
+		t.Errorf("expected output %v %v", o, ok)
+	}
+	m.State = "../../etc/passwd"
+	writeMeta(wdir, &m)
+	if _, err := OpenWorkload(wdir); err == nil || !strings.Contains(err.Error(), "file name") {
+		t.Errorf("state outside the workload accepted: %v", err)
+	}
+	m.State, m.Format = StateFile, FormatVersion+1
+	writeMeta(wdir, &m)
+	if _, err := OpenWorkload(wdir); err == nil || !strings.Contains(err.Error(), "upgrade") {
+		t.Errorf("newer format accepted: %v", err)
+	}
+}

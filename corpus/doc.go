@@ -17,7 +17,8 @@
 //     runner's AQ-READY marker (init() done), pauses the VM over QMP, saves
 //     the device state (migrate with x-ignore-shared) and copies the RAM file:
 //     that copy is the snapshot memory image, byte-compatible with a
-//     Firecracker memory file of one region;
+//     Firecracker memory file of one region; the device state is kept beside
+//     it (format 2), so the pair restores the guest;
 //  3. restores the snapshot once per invocation (a fresh copy of the image,
 //     -incoming), with the aqtrace TCG plugin (corpus/plugin, built here with
 //     gcc) armed from the host through its control file just before the vCPU
@@ -26,6 +27,11 @@
 //     wset.Trace;
 //  4. times the same handler natively on the host (chroot into the same root
 //     filesystem) to calibrate guest instructions to native nanoseconds.
+//
+// The expected output of every input is recorded (Meta.Outputs). The package
+// also builds the aqshim LD_PRELOAD shim (corpus/shim, BuildShim) and exports
+// the QEMU runner of its guests (StartVM, VM, WaitInvocation), with which
+// package realvm restores them through Aquifer's serving paths.
 //
 // Everything downloaded or built is kept in a cache directory (CacheDir) and
 // reused. The corpus layout on disk, the calibration and the synthetic model

@@ -18,40 +18,51 @@ import (
 // BuildPlugin compiles the aqtrace TCG plugin with gcc into the cache (once
 // per source version) and returns the path of the shared object.
 func BuildPlugin(ctx context.Context, cache string) (string, error) {
-	src, err := assets.ReadFile("plugin/aqtrace.c")
-	if err != nil {
-		return "", err
-	}
-	hdr, err := assets.ReadFile("plugin/qemu_plugin_api.h")
-	if err != nil {
-		return "", err
+	return buildSO(ctx, cache, "plugin", "aqtrace", []string{"plugin/aqtrace.c", "plugin/qemu_plugin_api.h"}, "-lpthread")
+}
+
+// BuildShim compiles the aqshim LD_PRELOAD shim (corpus/shim/aqshim.c: QEMU
+// as a stand-in for Firecracker's memory backends) into the cache and
+// returns the path of the shared object.
+func BuildShim(ctx context.Context, cache string) (string, error) {
+	return buildSO(ctx, cache, "shim", "aqshim", []string{"shim/aqshim.c"})
+}
+
+// buildSO compiles the embedded sources (the first is the C file) into
+// CACHE/<kind>-<hash>/<name>.so, once per source version.
+func buildSO(ctx context.Context, cache, kind, name string, sources []string, libs ...string) (string, error) {
+	h := sha256.New()
+	var data [][]byte
+	for _, p := range sources {
+		b, err := assets.ReadFile(p)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b)
+		data = append(data, b)
 	}
 	unlock, err := lockCache(cache)
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	h := sha256.New()
-	h.Write(src)
-	h.Write(hdr)
-	dir := filepath.Join(cache, "plugin-"+hex.EncodeToString(h.Sum(nil))[:12])
-	so := filepath.Join(dir, "aqtrace.so")
+	dir := filepath.Join(cache, kind+"-"+hex.EncodeToString(h.Sum(nil))[:12])
+	so := filepath.Join(dir, name+".so")
 	if _, err := os.Stat(so); err == nil {
 		return so, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "aqtrace.c"), src, 0o644); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "qemu_plugin_api.h"), hdr, 0o644); err != nil {
-		return "", err
+	for i, p := range sources {
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), data[i], 0o644); err != nil {
+			return "", err
+		}
 	}
 	tmp := so + ".tmp"
-	if _, err := run(ctx, dir, "gcc", "-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden",
-		"-o", tmp, "aqtrace.c", "-lpthread"); err != nil {
-		return "", fmt.Errorf("corpus: building the TCG plugin: %w", err)
+	args := append([]string{"-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-o", tmp, filepath.Base(sources[0])}, libs...)
+	if _, err := run(ctx, dir, "gcc", args...); err != nil {
+		return "", fmt.Errorf("corpus: building %s: %w", name, err)
 	}
 	return so, os.Rename(tmp, so)
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -94,17 +95,33 @@ func (q *qmp) exec(cmd string, args any) (json.RawMessage, error) {
 
 func (q *qmp) close() { q.conn.Close() }
 
-// vmConfig describes one QEMU run.
-type vmConfig struct {
-	guest   *Guest
-	fn      string
-	memMiB  int
-	memPath string // RAM file under /dev/shm
-	workDir string // sockets, logs
-	// incoming, when set, restores device state from this file (paused).
-	incoming string
-	// plugin, when set, is "path.so,arg=..,..".
-	plugin string
+// VMConfig describes one QEMU run of a corpus guest.
+type VMConfig struct {
+	Guest  *Guest
+	Fn     string
+	MemMiB int
+	// MemPath is the RAM file under /dev/shm (a shared memory-backend-file).
+	MemPath string
+	// MemBackend, when set, replaces that backend: the whole -object value
+	// (it must keep id=mem, the RAM block name the device state refers to).
+	MemBackend string
+	// WorkDir holds the QMP socket.
+	WorkDir string
+	// Incoming, when set, restores device state from this file (paused).
+	Incoming string
+	// RestoreLater starts QEMU waiting for Incoming (-incoming defer) but
+	// leaves loading it to the caller's VM.Restore.
+	RestoreLater bool
+	// Plugin, when set, is "path.so,arg=..,..".
+	Plugin string
+	// Env is added to QEMU's environment (e.g. LD_PRELOAD of a shim).
+	Env []string
+	// NoReboot makes a guest reboot (a kernel panic: panic=1) exit QEMU
+	// instead of booting the kernel again.
+	NoReboot bool
+	// Stderr, when set, receives QEMU's standard error (else it joins the
+	// console tail).
+	Stderr io.Writer
 }
 
 // cmdline is the guest kernel command line. init_on_free=1 zeroes freed
@@ -113,39 +130,67 @@ func cmdline(fn string) string {
 	return "console=ttyS0 reboot=k panic=1 quiet init_on_free=1 aq.fn=" + fn
 }
 
-type vm struct {
+// Line is one marker line ("AQ-...") of the guest console and when the
+// host read it.
+type Line struct {
+	Text string
+	At   time.Time
+}
+
+// VM is a running QEMU.
+type VM struct {
 	cmd     *exec.Cmd
 	q       *qmp
 	stdin   io.WriteCloser
-	lines   chan string
+	lines   chan Line
 	died    chan struct{}
 	mu      sync.Mutex
 	tail    []string
 	waitErr error
 }
 
-func startVM(ctx context.Context, c vmConfig) (*vm, error) {
-	sock := filepath.Join(c.workDir, "qmp.sock")
-	os.Remove(sock)
-	mem := fmt.Sprintf("%dM", c.memMiB)
+// QEMUArgs is the command line of a corpus guest; restores must use the
+// same machine and devices as the capture (the device state depends on them).
+func QEMUArgs(c VMConfig, qmpSock string) []string {
+	mem := fmt.Sprintf("%dM", c.MemMiB)
+	backend := c.MemBackend
+	if backend == "" {
+		backend = "memory-backend-file,id=mem,size=" + mem + ",mem-path=" + c.MemPath + ",share=on"
+	}
 	args := []string{
 		"-accel", "tcg", "-M", "pc", "-cpu", "max", "-smp", "1", "-m", mem,
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
-		"-qmp", "unix:" + sock + ",server=on,wait=off",
-		"-object", "memory-backend-file,id=mem,size=" + mem + ",mem-path=" + c.memPath + ",share=on",
+		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
+		"-object", backend,
 		"-machine", "memory-backend=mem",
-		"-kernel", c.guest.Kernel, "-initrd", c.guest.Initrd, "-append", cmdline(c.fn),
-		"-drive", "file=" + c.guest.RootImg + ",format=raw,if=none,id=d0,readonly=on",
+		"-kernel", c.Guest.Kernel, "-initrd", c.Guest.Initrd, "-append", cmdline(c.Fn),
+		"-drive", "file=" + c.Guest.RootImg + ",format=raw,if=none,id=d0,readonly=on",
 		"-device", "virtio-blk-pci,drive=d0",
+		"-device", "virtio-balloon-pci,id=balloon0",
 	}
-	if c.incoming != "" {
+	if c.Incoming != "" {
 		args = append(args, "-S", "-incoming", "defer")
 	}
-	if c.plugin != "" {
-		args = append(args, "-plugin", c.plugin)
+	if c.NoReboot {
+		args = append(args, "-no-reboot")
 	}
-	cmd := exec.Command("qemu-system-x86_64", args...)
+	if c.Plugin != "" {
+		args = append(args, "-plugin", c.Plugin)
+	}
+	return args
+}
+
+// StartVM starts QEMU, connects to its QMP socket and, with Incoming,
+// restores the device state (the VM stays paused). On error nothing is
+// left running.
+func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
+	sock := filepath.Join(c.WorkDir, "qmp.sock")
+	os.Remove(sock)
+	cmd := exec.Command("qemu-system-x86_64", QEMUArgs(c, sock)...)
 	cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	if len(c.Env) > 0 {
+		cmd.Env = append(os.Environ(), c.Env...)
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -155,23 +200,30 @@ func startVM(ctx context.Context, c vmConfig) (*vm, error) {
 		return nil, err
 	}
 	cmd.Stderr = cmd.Stdout // QEMU's own errors go into the same log tail
+	if c.Stderr != nil {
+		cmd.Stderr = c.Stderr
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("corpus: starting qemu: %w", err)
 	}
-	v := &vm{cmd: cmd, stdin: stdin, lines: make(chan string, 1024), died: make(chan struct{})}
+	v := &VM{cmd: cmd, stdin: stdin, lines: make(chan Line, 1024), died: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			l := strings.TrimRight(sc.Text(), "\r")
+			at := time.Now()
 			v.mu.Lock()
 			v.tail = append(v.tail, l)
 			if len(v.tail) > 40 {
 				v.tail = v.tail[1:]
 			}
 			v.mu.Unlock()
-			if strings.HasPrefix(l, "AQ-") {
-				v.lines <- l
+			if i := strings.Index(l, "AQ-"); i >= 0 {
+				select {
+				case v.lines <- Line{Text: l[i:], At: at}:
+				default: // nobody reads: keep the tail only
+				}
 			}
 		}
 		err := cmd.Wait()
@@ -182,65 +234,94 @@ func startVM(ctx context.Context, c vmConfig) (*vm, error) {
 	}()
 	v.q, err = dialQMP(ctx, sock, v.died)
 	if err != nil {
-		v.kill()
-		return nil, fmt.Errorf("corpus: %w; console: %s", err, v.log())
+		v.Kill()
+		return nil, fmt.Errorf("corpus: %w; console: %s", err, v.Log())
 	}
-	if c.incoming != "" {
-		caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
-		if _, err := v.q.exec("migrate-set-capabilities", caps); err != nil {
-			v.kill()
+	if c.Incoming != "" && !c.RestoreLater {
+		if err := v.Restore(ctx, c.Incoming); err != nil {
+			v.Kill()
 			return nil, err
-		}
-		if _, err := v.q.exec("migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(c.incoming)}); err != nil {
-			v.kill()
-			return nil, err
-		}
-		if err := v.waitStatus(ctx, func(s string) bool { return s != "inmigrate" }); err != nil {
-			v.kill()
-			return nil, fmt.Errorf("corpus: restoring device state: %w", err)
 		}
 	}
 	return v, nil
 }
 
+// Restore loads device state saved with x-ignore-shared (RAM comes from
+// the memory backend) into a QEMU started with -incoming defer, and waits
+// until the load is over (the VM stays paused).
+func (v *VM) Restore(ctx context.Context, state string) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if _, err := v.q.exec("migrate-set-capabilities", caps); err != nil {
+		return err
+	}
+	if _, err := v.q.exec("migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+		return err
+	}
+	if err := v.waitStatus(ctx, func(s string) bool { return s != "inmigrate" }); err != nil {
+		return fmt.Errorf("corpus: restoring device state: %w; console: %s", err, v.Log())
+	}
+	return nil
+}
+
+// Pid is QEMU's process id.
+func (v *VM) Pid() int { return v.cmd.Process.Pid }
+
+// Exited is closed when QEMU has exited.
+func (v *VM) Exited() <-chan struct{} { return v.died }
+
+// QMP runs one machine-protocol command and returns its "return" value.
+func (v *VM) QMP(cmd string, args any) (json.RawMessage, error) { return v.q.exec(cmd, args) }
+
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// log returns the last console lines, for error messages.
-func (v *vm) log() string {
+// Log returns the last console lines, for error messages.
+func (v *VM) Log() string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return strings.Join(v.tail, " | ")
 }
 
 // waitMarker waits for a console line starting with prefix.
-func (v *vm) waitMarker(ctx context.Context, prefix string, timeout time.Duration) (string, error) {
+func (v *VM) waitMarker(ctx context.Context, prefix string, timeout time.Duration) (string, error) {
+	l, err := v.WaitMarker(ctx, prefix, timeout)
+	return l.Text, err
+}
+
+// WaitMarker waits for a console marker line starting with prefix and
+// returns it with its arrival time. AQ-FATAL from the guest, QEMU exiting
+// (a guest crash with NoReboot), the timeout or ctx end it with an error.
+func (v *VM) WaitMarker(ctx context.Context, prefix string, timeout time.Duration) (Line, error) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
 		select {
 		case l := <-v.lines:
-			if strings.HasPrefix(l, "AQ-FATAL") {
-				return "", fmt.Errorf("corpus: guest: %s", l)
+			if strings.HasPrefix(l.Text, "AQ-FATAL") {
+				return l, fmt.Errorf("corpus: guest: %s", l.Text)
 			}
-			if strings.HasPrefix(l, prefix) {
+			if strings.HasPrefix(l.Text, prefix) {
 				return l, nil
 			}
 		case <-v.died:
-			return "", fmt.Errorf("corpus: qemu exited (%v) waiting for %s; console: %s", v.waitErr, prefix, v.log())
+			v.mu.Lock()
+			err := v.waitErr
+			v.mu.Unlock()
+			return Line{}, fmt.Errorf("corpus: qemu exited (%v) waiting for %s; console: %s", err, prefix, v.Log())
 		case <-t.C:
-			return "", fmt.Errorf("corpus: no %s from the guest within %v; console: %s", prefix, timeout, v.log())
+			return Line{}, fmt.Errorf("corpus: no %s from the guest within %v; console: %s", prefix, timeout, v.Log())
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return Line{}, ctx.Err()
 		}
 	}
 }
 
-func (v *vm) send(line string) error {
+// Send writes one line to the guest's serial console.
+func (v *VM) Send(line string) error {
 	_, err := io.WriteString(v.stdin, line+"\n")
 	return err
 }
 
-func (v *vm) waitStatus(ctx context.Context, ok func(string) bool) error {
+func (v *VM) waitStatus(ctx context.Context, ok func(string) bool) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		r, err := v.q.exec("query-status", nil)
@@ -263,7 +344,7 @@ func (v *vm) waitStatus(ctx context.Context, ok func(string) bool) error {
 
 // saveState pauses the VM (if running) and writes its device state, without
 // RAM (x-ignore-shared), to path.
-func (v *vm) saveState(ctx context.Context, path string) error {
+func (v *VM) saveState(ctx context.Context, path string) error {
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
 	if _, err := v.q.exec("migrate-set-capabilities", caps); err != nil {
 		return err
@@ -297,18 +378,20 @@ func (v *vm) saveState(ctx context.Context, path string) error {
 	return errors.New("corpus: saving device state timed out")
 }
 
-func (v *vm) stop() error {
+// Stop pauses the vCPUs.
+func (v *VM) Stop() error {
 	_, err := v.q.exec("stop", nil)
 	return err
 }
 
-func (v *vm) cont() error {
+// Cont resumes the vCPUs.
+func (v *VM) Cont() error {
 	_, err := v.q.exec("cont", nil)
 	return err
 }
 
-// quit asks QEMU to exit and waits; it kills QEMU if it does not.
-func (v *vm) quit() {
+// Quit asks QEMU to exit and waits; it kills QEMU if it does not.
+func (v *VM) Quit() {
 	if v.q != nil {
 		v.q.exec("quit", nil)
 		v.q.close()
@@ -316,12 +399,13 @@ func (v *vm) quit() {
 	select {
 	case <-v.died:
 	case <-time.After(10 * time.Second):
-		v.kill()
+		v.Kill()
 	}
 	v.stdin.Close()
 }
 
-func (v *vm) kill() {
+// Kill ends QEMU at once and waits for it.
+func (v *VM) Kill() {
 	if v.cmd.Process != nil {
 		v.cmd.Process.Kill()
 	}
@@ -329,4 +413,46 @@ func (v *vm) kill() {
 	if v.q != nil {
 		v.q.close()
 	}
+}
+
+// Invocation is the runner's answer to one AQ-INVOKE (protocol in
+// corpus/guest/runner.py).
+type Invocation struct {
+	Input string
+	// Started is when AQ-START arrived: the guest's first output after
+	// the invocation was sent; Done when AQ-DONE arrived.
+	Started, Done time.Time
+	// GuestNs is handle()'s duration measured inside the guest.
+	GuestNs int64
+	// Digest is the runner's digest of the result; Output its text
+	// (ascii(), truncated to 200 characters).
+	Digest, Output string
+}
+
+// WaitInvocation reads the runner's answer to AQ-INVOKE input.
+func WaitInvocation(ctx context.Context, v *VM, input string, timeout time.Duration) (*Invocation, error) {
+	deadline := time.Now().Add(timeout)
+	inv := &Invocation{Input: input}
+	l, err := v.WaitMarker(ctx, "AQ-START "+input, timeout)
+	if err != nil {
+		return nil, err
+	}
+	inv.Started = l.At
+	if l, err = v.WaitMarker(ctx, "AQ-OUT "+input+" ", time.Until(deadline)); err != nil {
+		return nil, err
+	}
+	inv.Output = strings.TrimPrefix(l.Text, "AQ-OUT "+input+" ")
+	if l, err = v.WaitMarker(ctx, "AQ-DONE "+input+" ", time.Until(deadline)); err != nil {
+		return nil, err
+	}
+	inv.Done = l.At
+	f := strings.Fields(l.Text)
+	if len(f) != 4 {
+		return nil, fmt.Errorf("corpus: malformed runner line %q", l.Text)
+	}
+	if inv.GuestNs, err = strconv.ParseInt(f[2], 10, 64); err != nil {
+		return nil, fmt.Errorf("corpus: malformed runner line %q: %w", l.Text, err)
+	}
+	inv.Digest = f[3]
+	return inv, nil
 }

@@ -161,155 +161,26 @@ func Synth(o SynthOptions) (*Corpus, error) {
 	return Open(o.Out)
 }
 
+// synthOne writes one synthetic workload as steps: check the parameters,
+// lay out zero and non-zero pages and choose the hot set, write the traces,
+// the image and meta.json into a staging directory, then move it into
+// place. The generator's random draws happen in this order, so a seed
+// always yields the same workload.
 func synthOne(dir string, f Function, p SynthParams, seed uint64) error {
-	if p.MemSize == 0 || p.MemSize%pageSize != 0 {
-		return fmt.Errorf("memory size %d is not a positive multiple of 4 KiB", p.MemSize)
+	if err := p.check(); err != nil {
+		return err
 	}
-	for _, x := range []float64{p.ZeroFrac, p.HotFrac, p.EvalKeep, p.ColdFrac, p.TouchedZeroFrac, p.WriteFrac, p.ExecFrac} {
-		if x < 0 || x > 1 {
-			return fmt.Errorf("fraction %v out of [0,1]", x)
-		}
-	}
-	if p.HotFrac+p.ColdFrac > 1-p.ZeroFrac || p.TouchedZeroFrac > p.ZeroFrac {
-		return fmt.Errorf("hot+cold %.3f exceed the non-zero share %.3f", p.HotFrac+p.ColdFrac, 1-p.ZeroFrac)
-	}
-	h := fnv.New64a()
-	io.WriteString(h, f.Name)
-	rng := rand.New(rand.NewPCG(seed, h.Sum64()))
-	n := int(p.MemSize / pageSize)
-
-	// Non-zero pages come in runs, as allocations do.
-	nonzero := make([]bool, n)
-	target := int(float64(n) * (1 - p.ZeroFrac))
-	for cnt := 0; cnt < target; {
-		start := rng.IntN(n)
-		for l := 1 + rng.IntN(64); l > 0 && start < n && cnt < target; l, start = l-1, start+1 {
-			if !nonzero[start] {
-				nonzero[start] = true
-				cnt++
-			}
-		}
-	}
-	var nz, zr []uint64
-	for i, b := range nonzero {
-		if b {
-			nz = append(nz, uint64(i))
-		} else {
-			zr = append(zr, uint64(i))
-		}
-	}
-	pick := func(from []uint64, k int, exclude map[uint64]bool) []uint64 {
-		// Clustered choice: runs of up to 16 consecutive candidates.
-		out := make([]uint64, 0, k)
-		seen := map[uint64]bool{}
-		for tries := 0; len(out) < k && tries < 100*k+100; tries++ {
-			i := rng.IntN(len(from))
-			for l := 1 + rng.IntN(16); l > 0 && i < len(from) && len(out) < k; l, i = l-1, i+1 {
-				if pg := from[i]; !seen[pg] && !exclude[pg] {
-					seen[pg] = true
-					out = append(out, pg)
-				}
-			}
-		}
-		return out
-	}
-	hot := pick(nz, int(float64(n)*p.HotFrac), nil)
-	hotSet := map[uint64]bool{}
-	for _, pg := range hot {
-		hotSet[pg] = true
-	}
-	mkTrace := func(pages []uint64, zeroTouched map[uint64]bool, src string) *wset.Trace {
-		t := &wset.Trace{PageSize: pageSize, MemSize: p.MemSize, Source: src}
-		if len(pages) == 0 {
-			return t
-		}
-		step := p.HandlerInsns / uint64(len(pages)+1)
-		var insn uint64
-		for _, pg := range pages {
-			insn += 1 + rng.Uint64N(2*step+1)
-			k := wset.Read
-			if rng.Float64() < p.ExecFrac && !zeroTouched[pg] {
-				k = wset.Exec
-			}
-			if zeroTouched[pg] {
-				k = wset.Write
-			}
-			t.Accesses = append(t.Accesses, wset.Access{Page: pg, Insn: insn, T: insnToDuration(insn, p.NsPerInsn), Kind: k})
-			if k != wset.Write && rng.Float64() < p.WriteFrac {
-				wi := insn + rng.Uint64N(step+1)
-				t.Accesses = append(t.Accesses, wset.Access{Page: pg, Insn: wi, T: insnToDuration(wi, p.NsPerInsn), Kind: wset.Write})
-			}
-		}
-		sort.SliceStable(t.Accesses, func(i, j int) bool { return t.Accesses[i].Insn < t.Accesses[j].Insn })
-		return t
-	}
-	order := func(pages []uint64) []uint64 {
-		// First-touch order: clusters stay together, clusters shuffled.
-		rng.Shuffle(len(pages)/8, func(i, j int) {
-			for k := 0; k < 8; k++ {
-				pages[i*8+k], pages[j*8+k] = pages[j*8+k], pages[i*8+k]
-			}
-		})
-		return pages
-	}
+	g := newSynthGen(f, p, seed)
 	staging, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".tmp-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(staging)
-	src := func(what string) string {
-		return fmt.Sprintf("corpus synth: %s %s (%s; %s)", f.Name, what, KindSynthetic, p.Source)
-	}
-	recZero := map[uint64]bool{}
-	recPages := append([]uint64(nil), hot...)
-	for _, pg := range pick(zr, int(float64(n)*p.TouchedZeroFrac), nil) {
-		recZero[pg] = true
-		recPages = append(recPages, pg)
-	}
-	if err := wset.WriteFile(filepath.Join(staging, RecordFile), mkTrace(order(recPages), recZero, src("record"))); err != nil {
+	evalInputs := []string{"b", "c"}
+	if err := g.writeTraces(staging, evalInputs); err != nil {
 		return err
 	}
-	evalInputs := []string{"b", "c"}
-	for i := range evalInputs {
-		var pages []uint64
-		for _, pg := range hot {
-			if rng.Float64() < p.EvalKeep {
-				pages = append(pages, pg)
-			}
-		}
-		pages = append(pages, pick(nz, int(float64(n)*p.ColdFrac), hotSet)...)
-		ez := map[uint64]bool{}
-		for _, pg := range pick(zr, int(float64(n)*p.TouchedZeroFrac), nil) {
-			ez[pg] = true
-			pages = append(pages, pg)
-		}
-		t := mkTrace(order(pages), ez, src("eval-"+evalInputs[i]))
-		if err := wset.WriteFile(filepath.Join(staging, EvalFile(i+1)), t); err != nil {
-			return err
-		}
-	}
-	// The image: non-zero pages hold pseudo-random words in a random-length
-	// prefix (partly filled pages, like real heaps); zero pages are holes.
-	err = writeAtomic(filepath.Join(staging, MemFile), func(w io.Writer) error {
-		fw := w.(*os.File)
-		buf := make([]byte, pageSize)
-		for _, pg := range nz {
-			clear(buf)
-			fill := 8 + rng.IntN(pageSize-8)
-			for i := 0; i+8 <= fill; i += 8 {
-				v := rng.Uint64()
-				for b := 0; b < 8; b++ {
-					buf[i+b] = byte(v >> (8 * b))
-				}
-			}
-			buf[0] |= 1 // never all zero
-			if _, err := fw.WriteAt(buf, int64(pg)*pageSize); err != nil {
-				return err
-			}
-		}
-		return fw.Truncate(int64(p.MemSize))
-	})
-	if err != nil {
+	if err := g.writeImage(staging); err != nil {
 		return err
 	}
 	pc := p
@@ -321,4 +192,183 @@ func synthOne(dir string, f Function, p SynthParams, seed uint64) error {
 	}
 	os.RemoveAll(dir)
 	return os.Rename(staging, dir)
+}
+
+// check validates the parameters.
+func (p SynthParams) check() error {
+	if p.MemSize == 0 || p.MemSize%pageSize != 0 {
+		return fmt.Errorf("memory size %d is not a positive multiple of 4 KiB", p.MemSize)
+	}
+	for _, x := range []float64{p.ZeroFrac, p.HotFrac, p.EvalKeep, p.ColdFrac, p.TouchedZeroFrac, p.WriteFrac, p.ExecFrac} {
+		if x < 0 || x > 1 {
+			return fmt.Errorf("fraction %v out of [0,1]", x)
+		}
+	}
+	if p.HotFrac+p.ColdFrac > 1-p.ZeroFrac || p.TouchedZeroFrac > p.ZeroFrac {
+		return fmt.Errorf("hot+cold %.3f exceed the non-zero share %.3f", p.HotFrac+p.ColdFrac, 1-p.ZeroFrac)
+	}
+	return nil
+}
+
+// synthGen generates one workload from its parameters and a seeded RNG.
+type synthGen struct {
+	f      Function
+	p      SynthParams
+	rng    *rand.Rand
+	n      int
+	nz, zr []uint64 // non-zero and zero pages
+	hot    []uint64
+	hotSet map[uint64]bool
+}
+
+// newSynthGen lays out the memory (non-zero pages come in runs, as
+// allocations do) and chooses the hot set among the non-zero pages.
+func newSynthGen(f Function, p SynthParams, seed uint64) *synthGen {
+	h := fnv.New64a()
+	io.WriteString(h, f.Name)
+	g := &synthGen{f: f, p: p, rng: rand.New(rand.NewPCG(seed, h.Sum64())), n: int(p.MemSize / pageSize)}
+	nonzero := make([]bool, g.n)
+	target := int(float64(g.n) * (1 - p.ZeroFrac))
+	for cnt := 0; cnt < target; {
+		start := g.rng.IntN(g.n)
+		for l := 1 + g.rng.IntN(64); l > 0 && start < g.n && cnt < target; l, start = l-1, start+1 {
+			if !nonzero[start] {
+				nonzero[start] = true
+				cnt++
+			}
+		}
+	}
+	for i, b := range nonzero {
+		if b {
+			g.nz = append(g.nz, uint64(i))
+		} else {
+			g.zr = append(g.zr, uint64(i))
+		}
+	}
+	g.hot = g.pick(g.nz, int(float64(g.n)*p.HotFrac), nil)
+	g.hotSet = map[uint64]bool{}
+	for _, pg := range g.hot {
+		g.hotSet[pg] = true
+	}
+	return g
+}
+
+// pick chooses k pages of from, clustered: runs of up to 16 consecutive
+// candidates.
+func (g *synthGen) pick(from []uint64, k int, exclude map[uint64]bool) []uint64 {
+	out := make([]uint64, 0, k)
+	seen := map[uint64]bool{}
+	for tries := 0; len(out) < k && tries < 100*k+100; tries++ {
+		i := g.rng.IntN(len(from))
+		for l := 1 + g.rng.IntN(16); l > 0 && i < len(from) && len(out) < k; l, i = l-1, i+1 {
+			if pg := from[i]; !seen[pg] && !exclude[pg] {
+				seen[pg] = true
+				out = append(out, pg)
+			}
+		}
+	}
+	return out
+}
+
+// order shuffles pages into a first-touch order: clusters of 8 stay
+// together, clusters are shuffled.
+func (g *synthGen) order(pages []uint64) []uint64 {
+	g.rng.Shuffle(len(pages)/8, func(i, j int) {
+		for k := 0; k < 8; k++ {
+			pages[i*8+k], pages[j*8+k] = pages[j*8+k], pages[i*8+k]
+		}
+	})
+	return pages
+}
+
+// trace turns pages (in touch order) into a trace: reads, instruction
+// fetches and writes spread over the handler's instructions; zero pages
+// touched are written.
+func (g *synthGen) trace(pages []uint64, zeroTouched map[uint64]bool, what string) *wset.Trace {
+	p := g.p
+	t := &wset.Trace{PageSize: pageSize, MemSize: p.MemSize,
+		Source: fmt.Sprintf("corpus synth: %s %s (%s; %s)", g.f.Name, what, KindSynthetic, p.Source)}
+	if len(pages) == 0 {
+		return t
+	}
+	step := p.HandlerInsns / uint64(len(pages)+1)
+	var insn uint64
+	for _, pg := range pages {
+		insn += 1 + g.rng.Uint64N(2*step+1)
+		k := wset.Read
+		if g.rng.Float64() < p.ExecFrac && !zeroTouched[pg] {
+			k = wset.Exec
+		}
+		if zeroTouched[pg] {
+			k = wset.Write
+		}
+		t.Accesses = append(t.Accesses, wset.Access{Page: pg, Insn: insn, T: insnToDuration(insn, p.NsPerInsn), Kind: k})
+		if k != wset.Write && g.rng.Float64() < p.WriteFrac {
+			wi := insn + g.rng.Uint64N(step+1)
+			t.Accesses = append(t.Accesses, wset.Access{Page: pg, Insn: wi, T: insnToDuration(wi, p.NsPerInsn), Kind: wset.Write})
+		}
+	}
+	sort.SliceStable(t.Accesses, func(i, j int) bool { return t.Accesses[i].Insn < t.Accesses[j].Insn })
+	return t
+}
+
+// touchedZero picks the zero pages an invocation touches.
+func (g *synthGen) touchedZero() ([]uint64, map[uint64]bool) {
+	pages := g.pick(g.zr, int(float64(g.n)*g.p.TouchedZeroFrac), nil)
+	set := map[uint64]bool{}
+	for _, pg := range pages {
+		set[pg] = true
+	}
+	return pages, set
+}
+
+// writeTraces writes the recording (the hot set plus touched zero pages)
+// and one evaluation trace per input (most of the hot set, some cold and
+// some zero pages).
+func (g *synthGen) writeTraces(staging string, evalInputs []string) error {
+	zp, recZero := g.touchedZero()
+	recPages := append(append([]uint64(nil), g.hot...), zp...)
+	if err := wset.WriteFile(filepath.Join(staging, RecordFile), g.trace(g.order(recPages), recZero, "record")); err != nil {
+		return err
+	}
+	for i, in := range evalInputs {
+		var pages []uint64
+		for _, pg := range g.hot {
+			if g.rng.Float64() < g.p.EvalKeep {
+				pages = append(pages, pg)
+			}
+		}
+		pages = append(pages, g.pick(g.nz, int(float64(g.n)*g.p.ColdFrac), g.hotSet)...)
+		zp, ez := g.touchedZero()
+		pages = append(pages, zp...)
+		if err := wset.WriteFile(filepath.Join(staging, EvalFile(i+1)), g.trace(g.order(pages), ez, "eval-"+in)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeImage writes the memory image: non-zero pages hold pseudo-random
+// words in a random-length prefix (partly filled pages, like real heaps);
+// zero pages are holes.
+func (g *synthGen) writeImage(staging string) error {
+	return writeAtomic(filepath.Join(staging, MemFile), func(w io.Writer) error {
+		fw := w.(*os.File)
+		buf := make([]byte, pageSize)
+		for _, pg := range g.nz {
+			clear(buf)
+			fill := 8 + g.rng.IntN(pageSize-8)
+			for i := 0; i+8 <= fill; i += 8 {
+				v := g.rng.Uint64()
+				for b := 0; b < 8; b++ {
+					buf[i+b] = byte(v >> (8 * b))
+				}
+			}
+			buf[0] |= 1 // never all zero
+			if _, err := fw.WriteAt(buf, int64(pg)*pageSize); err != nil {
+				return err
+			}
+		}
+		return fw.Truncate(int64(g.p.MemSize))
+	})
 }

@@ -55,9 +55,17 @@ type PodConfig struct {
 	// DataDir holds the embedded etcd member's data, in-process memory
 	// nodes' segments and the pod secret.
 	DataDir string
-	// EtcdEndpoints, if set, is an external etcd cluster; otherwise an etcd
-	// member runs in this process with its data in DataDir.
+	// EtcdEndpoints, if set, is an external etcd cluster (https://);
+	// otherwise an etcd member runs in this process with its data in
+	// DataDir, serving mutual TLS with certificates in DataDir/tls.
 	EtcdEndpoints []string
+	// EtcdTLSDir holds an external cluster's ca.crt, client.crt and
+	// client.key (what `aquifer etcd` writes to its DATA-DIR/tls); EtcdCA,
+	// EtcdCert and EtcdKey name them one by one instead. EtcdUser and
+	// EtcdPasswordFile add (or, with a CA only, replace the certificate by)
+	// an etcd user. See tls.go.
+	EtcdTLSDir, EtcdCA, EtcdCert, EtcdKey string
+	EtcdUser, EtcdPasswordFile            string
 	// CXL is the pod's CXL region: "shm:PATH" (the emulated region, a
 	// shared memory file; created and formatted on first start),
 	// "devdax:/dev/daxX.Y" (a real device, formatted with `aquifer cxl
@@ -98,9 +106,10 @@ type PodConfig struct {
 	// default twice this machine's cores; -1 for none (reads share the
 	// owner identity).
 	ReaderSlots int
-	// LeaseTTL is the pod lease's time to live in seconds (default 10): a
-	// host silent for that long is fenced and its slots and chunks are
-	// reclaimed.
+	// LeaseTTL is the time to live in seconds (default 10) of this host's
+	// leases: its pod membership (a host silent for that long is fenced
+	// and its slots and chunks are reclaimed) and its and its memory nodes'
+	// registrations.
 	LeaseTTL int64
 }
 
@@ -149,10 +158,8 @@ func (c *PodConfig) defaults() error {
 	if c.DataDir == "" {
 		return fieldErr("data-dir", "a pod needs a data directory")
 	}
-	for _, e := range c.EtcdEndpoints {
-		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
-			return fieldErr("etcd-endpoints", "%q: want http://HOST:PORT or https://HOST:PORT", e)
-		}
+	if err := c.etcdDefaults(); err != nil {
+		return err
 	}
 	if len(c.MemNodeAddrs) > 0 {
 		if c.MemNodes != 0 && c.MemNodes != len(c.MemNodeAddrs) {

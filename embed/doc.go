@@ -5,7 +5,7 @@
 // start through it, so there is one place where the pieces are wired:
 //
 //	Config ──Validate──► Start
-//	                       ├─ control plane: embedded etcd member (DataDir) or external endpoints
+//	                       ├─ control plane: embedded etcd member (DataDir, mutual TLS: tls.go) or external endpoints (credentials)
 //	                       ├─ memory nodes: in-process on loopback, or external `aquifer memnode`s
 //	                       ├─ RDMA transport: emu (latency model) | tcp | verbs (-tags rdma, an RNIC)
 //	                       ├─ CXL region: shm:PATH (emulated) | devdax:/dev/daxX.Y | none

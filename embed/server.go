@@ -121,7 +121,11 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	}
 	// The pool first (it receives the host's identities), then the claim
 	// and the join.
-	pc := pool.Config{Plane: s.Plane, RDMA: s.client, Logger: s.log}
+	key, err := pool.CatalogKey(secret)
+	if err != nil {
+		return fieldErr("secret-file", "%v", err)
+	}
+	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log}
 	if s.region != nil && s.cxlDown == "" {
 		if s.podState, err = s.Plane.NewPodState(c.Name, c.LeaseTTL); err != nil {
 			return err
@@ -154,21 +158,12 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 }
 
 func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
-	var err error
-	if len(c.EtcdEndpoints) > 0 {
-		s.Plane, err = control.Connect(ctx, c.EtcdEndpoints)
-	} else {
-		if s.etcd, err = member.Start(ctx, member.Config{Dir: c.DataDir}); err != nil {
-			return err
-		}
-		s.Plane, err = control.Connect(ctx, s.etcd.Endpoints)
-	}
-	if err != nil {
+	if err := s.connectControlPlane(ctx, c); err != nil {
 		return err
 	}
 	// This host is a member of the pod while its lease lives.
 	host, _ := os.Hostname()
-	reg, err := s.Plane.RegisterHost(ctx, control.Member{ID: sanitizeID(fmt.Sprintf("%s-%s-%d", c.Name, host, os.Getpid()))}, 10)
+	reg, err := s.Plane.RegisterHost(ctx, control.Member{ID: sanitizeID(fmt.Sprintf("%s-%s-%d", c.Name, host, os.Getpid()))}, c.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -198,7 +193,7 @@ func (s *Server) startMemNodes(ctx context.Context, c *PodConfig, secret []byte)
 	// lease (the entry means "served to this pod", not a liveness probe).
 	for i, a := range c.MemNodeAddrs {
 		s.MemNodes = append(s.MemNodes, a)
-		reg, err := s.Plane.RegisterMemNode(ctx, control.Member{ID: memberID(i, a), Addr: a, Capacity: c.MemNodeCapacity}, 10)
+		reg, err := s.Plane.RegisterMemNode(ctx, control.Member{ID: memberID(i, a), Addr: a, Capacity: c.MemNodeCapacity}, c.LeaseTTL)
 		if err != nil {
 			return err
 		}
@@ -221,7 +216,7 @@ func (s *Server) startMemNodes(ctx context.Context, c *PodConfig, secret []byte)
 		s.MemNodes = append(s.MemNodes, l.Addr().String())
 		go n.Serve(l)
 		m := control.Member{ID: name, Addr: l.Addr().String(), Capacity: c.MemNodeCapacity}
-		reg, err := s.Plane.RegisterMemNode(ctx, m, 10)
+		reg, err := s.Plane.RegisterMemNode(ctx, m, c.LeaseTTL)
 		if err != nil {
 			return err
 		}

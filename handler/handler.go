@@ -33,6 +33,10 @@ type Options struct {
 	HangupFD int
 	// NoHangup disables HangupFD (the zero value of HangupFD is fd 0).
 	NoHangup bool
+	// OnRemove, when set, is called on the reader thread with every
+	// REMOVE range (host addresses [start, end)) after it was applied:
+	// an observer (balloon accounting, tests); it must not block.
+	OnRemove func(start, end uint64)
 	// SpinPoll keeps the reader polling without sleeping for this long
 	// after an event (0: always sleep in poll). Worth it only with a
 	// dedicated core.
@@ -357,6 +361,9 @@ func (h *Handler) applyRemove(start, end uint64) {
 			r.markRemoved(p)
 			r.clearPresent(p)
 		}
+	}
+	if h.opts.OnRemove != nil {
+		h.opts.OnRemove(start, end)
 	}
 }
 

@@ -33,6 +33,10 @@ type ListenOptions struct {
 	// directory (see LockDir), so any socket file already at path is a
 	// stale one of its own and no per-socket lock is taken.
 	DirLocked bool
+	// Owner, if > 0 and not this process's uid, becomes the socket's owner
+	// before it appears at path (mode 0600: only that uid and root can
+	// connect), so that a VMM running as another uid can reach it.
+	Owner int
 }
 
 // Listen creates a Unix stream socket at path, mode 0600. Only one process
@@ -52,7 +56,7 @@ func ListenWith(path string, o ListenOptions) (*Listener, error) {
 			return nil, err
 		}
 	}
-	l, err := listen(path)
+	l, err := listen(path, o.Owner)
 	if err != nil {
 		if lock != nil {
 			lock.Close()
@@ -93,7 +97,7 @@ func lockFile(path, busy string) (*os.File, error) {
 	return f, nil
 }
 
-func listen(path string) (*net.UnixListener, error) {
+func listen(path string, owner int) (*net.UnixListener, error) {
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("handshake: %s exists and is not a socket; refusing to replace it", path)
@@ -120,6 +124,13 @@ func listen(path string) (*net.UnixListener, error) {
 		l.Close()
 		os.Remove(tmp)
 		return nil, fmt.Errorf("handshake: chmod %s: %w", path, err)
+	}
+	if owner > 0 && owner != os.Getuid() {
+		if err := os.Lchown(tmp, owner, -1); err != nil {
+			l.Close()
+			os.Remove(tmp)
+			return nil, fmt.Errorf("handshake: giving socket %s to uid %d (the VMM's) needs root or CAP_CHOWN: %w", path, owner, err)
+		}
 	}
 	if tmp != path {
 		if err := os.Rename(tmp, path); err != nil {

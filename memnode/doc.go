@@ -19,7 +19,10 @@
 // Any request before a valid answer is refused with a clear error, logged
 // with log/slog and counted, and the connection closed; other connections
 // are unaffected. Malformed, oversized and out-of-bounds requests get an
-// error frame naming the problem.
+// error frame naming the problem. Connections in admission are bounded
+// (admission.go): small buffers, Config.AuthTimeout to answer, at most
+// Config.MaxUnauthenticated at once (the oldest closed beyond), so a flood
+// of idle connections costs little and does not lock pod members out.
 //
 // With Config.RDMA (the CLI's --rdma, backed by rdma/verbs) every slab is
 // also registered for one-sided RDMA READs, put answers carry each

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/pki"
 	"github.com/aquifer-pool/aquifer/rdma/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,6 +34,13 @@ type Config struct {
 	Secret        []byte // the pod's shared admission secret
 	Name          string // node name sent in Hello (default: the listen address)
 	Logger        *slog.Logger
+	// MaxUnauthenticated caps connections that have not passed admission
+	// yet (default 256); when a new one would exceed it, the oldest is
+	// closed. AuthTimeout bounds each connection's admission (default 5s).
+	// Together they bound what unauthenticated clients can hold (see
+	// admission.go).
+	MaxUnauthenticated int
+	AuthTimeout        time.Duration
 
 	// RDMA, when set, exposes the slabs for one-sided reads and connects
 	// clients' queue pairs (package rdma/verbs provides one). Without it the
@@ -66,6 +74,8 @@ type Node struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
+
+	pending pendingConns
 }
 
 type metrics struct {
@@ -76,6 +86,7 @@ type metrics struct {
 	admitted                        prometheus.Counter
 	batchSeconds                    prometheus.Histogram
 	conns                           prometheus.Gauge
+	unauthenticated                 prometheus.Gauge
 }
 
 // New opens the store (loading DataDir) and prepares metrics.
@@ -94,6 +105,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = cfg.Listen
+	}
+	if err := admissionDefaults(&cfg); err != nil {
+		return nil, err
 	}
 	st, err := OpenStore(cfg.Capacity, cfg.SlabSize, cfg.DataDir, cfg.Logger)
 	if err != nil {
@@ -129,7 +143,8 @@ func (n *Node) initMetrics() {
 	n.m.authFail = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "auth_failures_total", Help: "Connections refused admission, by reason."}, []string{"reason"})
 	n.m.batchSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "read_batch_seconds", Help: "Time to serve one read batch (node side).", Buckets: prometheus.ExponentialBuckets(1e-6, 2, 20)})
 	n.m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "connections", Help: "Open admitted connections."})
-	n.reg.MustRegister(n.m.errors, n.m.authFail, n.m.batchSeconds, n.m.conns,
+	n.m.unauthenticated = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "unauthenticated_connections", Help: "Open connections that have not passed admission yet (at most --max-unauthenticated)."})
+	n.reg.MustRegister(n.m.errors, n.m.authFail, n.m.batchSeconds, n.m.conns, n.m.unauthenticated,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "capacity_bytes", Help: "Configured capacity."}, func() float64 { return float64(n.store.Capacity()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "used_bytes", Help: "Bytes held by segments."}, func() float64 { return float64(n.store.Used()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "aquifer", Subsystem: "memnode", Name: "segments", Help: "Segments held."}, func() float64 { return float64(n.store.Segments()) }),
@@ -242,10 +257,16 @@ type connState struct {
 
 func (n *Node) serveConn(c net.Conn) {
 	defer c.Close()
-	cs := &connState{n: n, c: c, br: bufio.NewReaderSize(c, 64<<10), bw: bufio.NewWriterSize(c, 256<<10), remote: c.RemoteAddr().String()}
-	if !cs.admit() {
+	// Small buffers until the client is admitted: an unauthenticated
+	// connection must cost little.
+	cs := &connState{n: n, c: c, br: bufio.NewReaderSize(c, 512), bw: bufio.NewWriterSize(c, 512), remote: c.RemoteAddr().String()}
+	p := n.pending.add(n, c)
+	ok := cs.admit(p)
+	n.pending.remove(n, p)
+	if !ok {
 		return
 	}
+	cs.grow()
 	defer func() {
 		for _, r := range cs.releases {
 			r()
@@ -304,8 +325,9 @@ func (n *Node) serveConn(c net.Conn) {
 	}
 }
 
-// admit runs the challenge/response. It logs and counts every refusal.
-func (cs *connState) admit() bool {
+// admit runs the challenge/response within the admission deadline. It
+// logs and counts every refusal.
+func (cs *connState) admit(p *pendingConn) bool {
 	n := cs.n
 	var hello wire.Hello
 	if _, err := rand.Read(hello.Nonce[:]); err != nil {
@@ -313,10 +335,10 @@ func (cs *connState) admit() bool {
 		return false
 	}
 	hello.Node = n.cfg.Name
-	cs.c.SetDeadline(time.Now().Add(10 * time.Second))
+	cs.c.SetDeadline(time.Now().Add(n.cfg.AuthTimeout))
 	cs.send(wire.OpHello, 0, wire.EncodeHello(nil, &hello))
 	if err := cs.bw.Flush(); err != nil {
-		return false
+		return cs.lost(p, err)
 	}
 	fail := func(reason string, code wire.Code, msg string, attrs ...any) bool {
 		n.m.authFail.WithLabelValues(reason).Inc()
@@ -327,6 +349,9 @@ func (cs *connState) admit() bool {
 	}
 	h, err := wire.ReadHeader(cs.br, &cs.hdr)
 	if err != nil {
+		if p.gone() || isTimeout(err) || isClosed(err) {
+			return cs.lost(p, err)
+		}
 		return fail("bad-frame", wire.CodeUnauthenticated, "expected an auth frame: "+err.Error())
 	}
 	if h.Op != wire.OpAuth {
@@ -338,6 +363,9 @@ func (cs *connState) admit() bool {
 	}
 	body := make([]byte, h.Len)
 	if _, err := io.ReadFull(cs.br, body); err != nil {
+		if p.gone() || isTimeout(err) {
+			return cs.lost(p, err)
+		}
 		return fail("bad-frame", wire.CodeMalformed, "truncated auth frame")
 	}
 	a, err := wire.DecodeAuth(body)
@@ -496,8 +524,15 @@ func (cs *connState) read(id uint64, rd *wire.Read) {
 }
 
 // ParseSecret accepts a secret file's content: surrounding whitespace is
-// trimmed; the bytes themselves are the secret.
+// trimmed; the bytes themselves are the secret. A file other users could
+// read is refused with the chmod that fixes it.
 func ParseSecret(path string) ([]byte, error) {
+	if err := pki.CheckPrivate(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("memnode: read secret: %w", err)
+		}
+		return nil, fmt.Errorf("memnode: pod secret: %w", err)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("memnode: read secret: %w", err)

@@ -83,6 +83,10 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.VMMUID < 0 {
 		cfg.VMMUID = os.Getuid()
 	}
+	if err := checkSocketDir(cfg.SocketDir, cfg.VMMUID, cfg.Logger); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	if cfg.AcceptTimeout == 0 {
 		cfg.AcceptTimeout = 60 * time.Second
 	}
@@ -108,12 +112,16 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	if req.Snapshot == "" {
 		return nil, fmt.Errorf("%w request: no snapshot named", restore.ErrInvalid)
 	}
+	peer, err := d.vmmOf(req)
+	if err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	if _, ok := d.vms[id]; ok {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("VM %q: %w", id, ErrVMExists)
 	}
-	v := &vm{wire: api.VM{ID: id, Snapshot: req.Snapshot, State: api.StateWaiting},
+	v := &vm{wire: api.VM{ID: id, Snapshot: req.Snapshot, State: api.StateWaiting, VMMUID: peer.UID, VMMPID: peer.PID},
 		ready: make(chan struct{}), done: make(chan struct{})}
 	d.vms[id] = v
 	d.mu.Unlock()
@@ -147,7 +155,7 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	d.seq++
 	v.wire.Socket = filepath.Join(d.cfg.SocketDir, fmt.Sprintf("vm%d.sock", d.seq))
 	d.mu.Unlock()
-	l, err := handshake.ListenWith(v.wire.Socket, handshake.ListenOptions{DirLocked: true})
+	l, err := handshake.ListenWith(v.wire.Socket, handshake.ListenOptions{DirLocked: true, Owner: peer.UID})
 	if err != nil {
 		sess.Close()
 		return fail(err)
@@ -156,7 +164,7 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	v.cancel = vcancel
 	d.metrics.ActiveVMs.Inc()
 	d.wg.Add(1)
-	go d.run(vctx, v, snap, sess, l)
+	go d.run(vctx, v, snap, sess, l, peer)
 	return d.wireOf(v), nil
 }
 
@@ -177,7 +185,7 @@ func (d *Daemon) setState(v *vm, state string, err error) {
 }
 
 // run serves one VM from handshake to exit.
-func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *pager.Session, l *handshake.Listener) {
+func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *pager.Session, l *handshake.Listener, peer handshake.AcceptOptions) {
 	defer d.wg.Done()
 	defer close(v.done)
 	defer d.metrics.ActiveVMs.Dec()
@@ -194,8 +202,8 @@ func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *p
 		markReady()
 	}
 	actx, cancel := context.WithTimeout(ctx, d.cfg.AcceptTimeout)
-	conn, err := handshake.Accept(actx, l, handshake.AcceptOptions{MemSize: int64(snap.Image.MemSize()),
-		UID: d.cfg.VMMUID, Logger: log}, func(handshake.Peer) { d.metrics.RefusedPeers.Inc() })
+	peer.MemSize, peer.Logger = int64(snap.Image.MemSize()), log
+	conn, err := handshake.Accept(actx, l, peer, func(handshake.Peer) { d.metrics.RefusedPeers.Inc() })
 	cancel()
 	l.Close()
 	if err != nil {

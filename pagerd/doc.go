@@ -8,8 +8,10 @@
 // resolves everything the restore path needs, and the daemon listens on a
 // per-VM UFFD socket; the orchestrator passes that socket to Firecracker's
 // snapshot load as mem_backend.backend_path; Firecracker connects and sends
-// its userfaultfd (handshake.Accept: only the expected VMM's uid is
-// admitted, others are refused without consuming the socket); the session
+// its userfaultfd (handshake.Accept: only the VMM the PUT names — vmm_uid,
+// default the daemon's VMM uid, and vmm_pid if given — is admitted, others
+// are refused without consuming the socket, which is given to the VMM's
+// uid when that is not the daemon's: vmm.go); the session
 // pre-installs the hot set; /ready answers; the orchestrator resumes the VM.
 //
 // Isolation: each VM has its own socket, session, goroutines and arena; a

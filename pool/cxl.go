@@ -212,7 +212,7 @@ func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string) (s
 // copy), then the extent is unpublished and reclaimed once no host can
 // still be reading it. Called with cxlMu held.
 func (p *Pool) evictLocal(ctx context.Context, m *membership, s *control.Snapshot) error {
-	s.Hot = nil
+	p.reseal(s, func(s *control.Snapshot) { s.Hot = nil })
 	if err := p.cfg.Plane.UpdateSnapshot(ctx, s, nil); err != nil {
 		return err
 	}

@@ -12,6 +12,14 @@
 //     lives. It stays small: the per-page digests travel inside the
 //     metadata object, not in etcd.
 //
+// Every catalog entry is sealed (seal.go): an HMAC-SHA256, under a key
+// derived from the pod secret (which the control plane does not hold),
+// over the name and every field that decides what a VM is served, the
+// SHA-256 of the metadata object included. An entry that does not verify —
+// rewritten in etcd, swapped with another name's, or published before
+// entries were sealed — fails Open and List with an error saying to
+// republish it, and never feeds a guest.
+//
 // Open reads the metadata back from the memory nodes, checks it, and hands
 // the pager (through pagerd.Snapshot) a CXL hot source with the RDMA copy as
 // its fallback, and an RDMA cold source. When the CXL tier is full, Publish

@@ -42,6 +42,9 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 // entry returns the cached metadata of the published version cat names,
 // reading it from the memory nodes on first use.
 func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error) {
+	if err := p.verify(cat); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
 		e.hot.Store(cat.Hot)
@@ -61,6 +64,9 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 	defer release()
 	if err := src.Read(ctx, 0, buf, false); err != nil {
 		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("snapshot %q: reading its metadata from the memory nodes: %w", cat.Name, err))
+	}
+	if err := checkMeta(cat.Name, h, buf); err != nil {
+		return nil, err
 	}
 	img, objs, err := decodeMeta(bytes.Clone(buf), h)
 	if err != nil {

@@ -32,7 +32,9 @@ type Config struct {
 	// CheckRegion, if set, is run every sweep; an error puts the CXL tier
 	// out of service on this host (restores read the RDMA copies).
 	CheckRegion func() error
-	Logger      *slog.Logger
+	// CatalogKey seals catalog entries (CatalogKey(pod secret); seal.go).
+	CatalogKey []byte
+	Logger     *slog.Logger
 }
 
 // Pool publishes and opens snapshots.
@@ -72,8 +74,8 @@ type entry struct {
 
 // New creates a pool. Close stops its background work.
 func New(cfg Config) (*Pool, error) {
-	if cfg.Plane == nil || cfg.RDMA == nil {
-		return nil, errors.New("pool: needs a control plane and an RDMA client")
+	if cfg.Plane == nil || cfg.RDMA == nil || len(cfg.CatalogKey) < 32 {
+		return nil, errors.New("pool: needs a control plane, an RDMA client and the catalog key")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -102,6 +104,9 @@ func (p *Pool) Close() {
 // catalogChanged keeps cached placements current: an eviction or removal
 // seen here stops restores from trying CXL for a segment that is gone.
 func (p *Pool) catalogChanged(name string, s *control.Snapshot) {
+	if s != nil && p.verify(s) != nil {
+		s = nil // forget it: the next Open reads it again and refuses it
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e, ok := p.cache[name]
@@ -127,6 +132,8 @@ type header struct {
 	HotPages uint64       `json:"hot_pages"`
 	Cold     uint64       `json:"cold_pages"`
 	PageSize uint64       `json:"page_size,omitempty"`
+	// MetaSHA256 binds the metadata object to the sealed entry.
+	MetaSHA256 string `json:"meta_sha256"`
 }
 
 // objects is stored after the image metadata in the meta object.
@@ -158,6 +165,9 @@ func seamErr(err error) error {
 
 // info describes a catalog entry.
 func (p *Pool) info(s *control.Snapshot) (*restore.Info, error) {
+	if err := p.verify(s); err != nil {
+		return nil, err
+	}
 	var h header
 	if err := json.Unmarshal(s.Header, &h); err != nil {
 		return nil, fmt.Errorf("snapshot %q: bad catalog header: %w", s.Name, err)

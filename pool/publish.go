@@ -118,7 +118,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize())}
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize()), MetaSHA256: metaDigest(mm.B)}
 	hb, _ := json.Marshal(h)
 	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
 	if len(hot) > 0 && p.cfg.PodState != nil {
@@ -129,6 +129,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 			snap.Hot = &control.HotPlacement{Descriptor: ref.Desc, Gen: ref.Gen, Token: ref.Token, Len: uint64(ref.Len)}
 		}
 	}
+	p.seal(snap)
 	if err := p.cfg.Plane.PutSnapshot(ctx, snap); err != nil {
 		return nil, err
 	}

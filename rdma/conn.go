@@ -185,8 +185,10 @@ func (c *Client) post(n *node, p Priority, cc *cconn, ops []ReadOp, errs []error
 			cc.mu.Lock()
 			delete(cc.attempts, id)
 			cc.mu.Unlock()
-			for i := range chunk {
-				errs[lo+i] = err
+			// Nothing from this batch on was posted: those ops failed with
+			// err (not "no answer", which would read as a digest failure).
+			for i := lo; i < len(ops); i++ {
+				errs[i] = err
 			}
 			if errors.Is(err, ErrNotRegistered) || errors.Is(err, ErrMixedSegments) {
 				return nil, err // caller bug: failing over would not help

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -23,8 +24,23 @@ type Config struct {
 	// Name of the member (default "aquifer").
 	Name string
 	// InitialCluster lists every member of a new multi-member cluster as
-	// name=http://peer,... (default: this member alone).
+	// name=https://peer,... (default: this member alone).
 	InitialCluster string
+	// TLS makes the member serve clients and peers over mutual TLS: only
+	// holders of a certificate its CA issued can read or write a key.
+	// Without it the member speaks plain HTTP to anyone who can connect
+	// (Insecure must then say so).
+	TLS *TLSFiles
+	// Insecure allows a member without TLS (package tests only).
+	Insecure bool
+}
+
+// TLSFiles are the PEM files of a member's mutual TLS: the cluster CA
+// that client and peer certificates must chain to, and the member's own
+// certificate (server and client usage: etcd dials itself and its peers
+// with it) and key.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // Member is a running etcd member.
@@ -62,8 +78,19 @@ func Start(ctx context.Context, c Config) (*Member, error) {
 	cfg.Name = c.Name
 	cfg.Dir = filepath.Join(c.Dir, "etcd")
 	cfg.TickMs, cfg.ElectionMs = 10, 100
-	cu := url.URL{Scheme: "http", Host: c.ClientAddr}
-	pu := url.URL{Scheme: "http", Host: c.PeerAddr}
+	scheme := "http"
+	switch {
+	case c.TLS != nil:
+		scheme = "https"
+		info := transport.TLSInfo{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, TrustedCAFile: c.TLS.CAFile,
+			ClientCertAuth: true}
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = info, info
+		cfg.TlsMinVersion = "TLS1.2"
+	case !c.Insecure:
+		return nil, fmt.Errorf("etcd member in %s: no TLS files (a member without mutual TLS lets anyone who can connect read and write every key)", c.Dir)
+	}
+	cu := url.URL{Scheme: scheme, Host: c.ClientAddr}
+	pu := url.URL{Scheme: scheme, Host: c.PeerAddr}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

@@ -6,7 +6,9 @@ a chroot of the same root filesystem for timing calibration.
 Guest protocol on the serial console (one line each):
   guest -> host  AQ-READY <init_ns>             init() done: the snapshot point
   host -> guest  AQ-INVOKE <input>              run handle(input)
-  guest -> host  AQ-DONE <input> <ns> <digest>  handle() returned
+  guest -> host  AQ-START <input>               the input arrived (the guest's first output)
+  guest -> host  AQ-OUT <input> <text>          handle()'s result, ascii(), at most 200 characters
+  guest -> host  AQ-DONE <input> <ns> <digest>  handle() returned; digest of repr(result)
   guest -> host  AQ-FATAL <message>             anything went wrong
 
 Native mode (--native INPUT): init() then one handle(INPUT), prints
@@ -73,10 +75,12 @@ def main():
         parts = line.split()
         if len(parts) != 2 or parts[0] != "AQ-INVOKE":
             continue
+        print("AQ-START %s" % parts[1], flush=True)
         try:
             t = time.perf_counter_ns()
             out = run(mod, parts[1])
             dt = time.perf_counter_ns() - t
+            print("AQ-OUT %s %s" % (parts[1], ascii(out)[:200]), flush=True)
             print("AQ-DONE %s %d %s" % (parts[1], dt, digest(out)), flush=True)
         except BaseException:
             print("AQ-FATAL handle(%r) failed: %s" % (parts[1], traceback.format_exc().replace("\n", " | ")), flush=True)

@@ -21,6 +21,7 @@ type benchFlags struct {
 	runs, vcpus                      int
 	jsonOut, plotOut, corpusDir, dir string
 	localPod                         bool
+	vmm                              string
 }
 
 func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
@@ -36,6 +37,7 @@ func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus if present, else the synthetic one, generated if missing)")
 	fl.StringVar(&f.dir, "work-dir", "", "directory for derived files (default: a temporary one)")
 	fl.BoolVar(&f.localPod, "local-images", false, "aquifer strategies read images from local disk instead of the embedded pod (no tiers)")
+	fl.StringVar(&f.vmm, "vmm", bench.VMMEmulator, "where VMs run: emulator (trace replay) or qemu (real guests in QEMU TCG, checked by their output; concurrency 1,4 by default)")
 }
 
 func splitList(s string) []string {
@@ -64,12 +66,22 @@ func openCorpus(dir string) (*corpus.Corpus, error) {
 }
 
 func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
-	c, err := openCorpus(f.corpusDir)
+	if err := bench.CheckVMM(f.vmm); err != nil {
+		return nil, err
+	}
+	open := openCorpus
+	if f.vmm == bench.VMMQEMU {
+		open = func(dir string) (*corpus.Corpus, error) { return realCorpus(cmd, dir, splitList(f.workloads)) }
+	}
+	c, err := open(f.corpusDir)
 	if err != nil {
 		return nil, err
 	}
 	o := bench.Options{Corpus: c, Workloads: splitList(f.workloads), Strategies: splitList(f.strategies),
-		Runs: f.runs, VCPUs: f.vcpus, Log: os.Stderr}
+		Runs: f.runs, VCPUs: f.vcpus, Log: os.Stderr, VMM: f.vmm}
+	if f.vmm == bench.VMMQEMU && !cmd.Flags().Changed("concurrency") {
+		f.conc = "1,4"
+	}
 	for _, s := range splitList(f.conc) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {

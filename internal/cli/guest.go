@@ -179,7 +179,8 @@ func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) e
 		return fmt.Errorf("--pager-api needs --vm and --snapshot")
 	}
 	pc := client.New(g.pagerAPI, client.Options{})
-	vm, err := pc.Prepare(ctx, g.vmID, api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume})
+	// This process is the VMM: its socket admits this pid only.
+	vm, err := pc.Prepare(ctx, g.vmID, api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()})
 	if err != nil {
 		return err
 	}

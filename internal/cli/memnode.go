@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/memnode"
 	"github.com/aquifer-pool/aquifer/rdma/verbs"
@@ -16,7 +17,8 @@ import (
 func init() {
 	var (
 		listen, metrics, capacity, dataDir, secretFile, secretEnv, maxSeg, slab, name, rdmaDev string
-		rdmaPort, gidIndex                                                                     int
+		rdmaPort, gidIndex, maxUnauth                                                          int
+		authTimeout                                                                            time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "memnode --listen ADDR --capacity SIZE --data-dir DIR",
@@ -26,8 +28,12 @@ large off-heap slabs and serves batched page reads of them (docs/rdma.md).
 
 Only members of the pod are admitted: clients prove knowledge of the pod's
 shared secret by HMAC challenge/response, and the node proves it back. The
-secret is read from --secret-file, or else from the environment variable
-named by --secret-env. Refused connections are logged and counted.
+secret is read from --secret-file (mode 0600), or else from the environment
+variable named by --secret-env. Refused connections are logged and counted.
+A connection must pass admission within --auth-timeout, and at most
+--max-unauthenticated connections may be waiting to (the oldest is closed
+when a new one would exceed it), so a flood of idle connections costs the
+node little and does not lock pod members out.
 
 Segments are persisted in --data-dir (temp file, fsync, rename) and served
 again after a restart. Prometheus metrics are on --metrics-listen at /metrics.
@@ -37,7 +43,8 @@ READs (binary built with -tags rdma); on a machine without an RDMA device
 the command says so and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := memnode.Config{Listen: listen, MetricsListen: metrics, DataDir: dataDir, Name: name, Logger: slog.Default()}
+			cfg := memnode.Config{Listen: listen, MetricsListen: metrics, DataDir: dataDir, Name: name, Logger: slog.Default(),
+				MaxUnauthenticated: maxUnauth, AuthTimeout: authTimeout}
 			var err error
 			if cfg.Capacity, err = parseSize(capacity); err != nil {
 				return fmt.Errorf("--capacity: %w", err)
@@ -90,6 +97,8 @@ the command says so and exits.`,
 	f.IntVar(&rdmaPort, "rdma-port", 1, "RNIC port for --rdma")
 	f.IntVar(&gidIndex, "rdma-gid-index", 0, "GID index for --rdma on RoCE")
 	f.StringVar(&name, "name", "", "node name reported to clients (default: the listen address)")
+	f.IntVar(&maxUnauth, "max-unauthenticated", memnode.DefaultMaxUnauthenticated, "connections that may be waiting for admission at once (the oldest is closed beyond)")
+	f.DurationVar(&authTimeout, "auth-timeout", memnode.DefaultAuthTimeout, "time a connection has to pass admission")
 	cmd.MarkFlagRequired("capacity")
 	cmd.MarkFlagRequired("data-dir")
 	register(cmd)

@@ -15,8 +15,9 @@ import (
 )
 
 // podFlags are the flags of serve that apply to --embedded only.
-var podFlags = []string{"data-dir", "etcd-endpoints", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
-	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "lease-ttl", "memnode-capacity"}
+var podFlags = []string{"data-dir", "etcd-endpoints", "etcd-tls-dir", "etcd-ca", "etcd-cert", "etcd-key", "etcd-user",
+	"etcd-password-file", "lease-ttl", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
+	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "memnode-capacity"}
 
 func init() {
 	var (
@@ -35,8 +36,10 @@ UFFD socket to give Firecracker as mem_backend.backend_path; GET
 resumed. See docs/operations.md.
 
 With --embedded this host is a member of a pod and runs what the pod needs
-that it is not told to find elsewhere: an etcd member (unless
---etcd-endpoints), memory nodes on loopback (unless --memnode-addrs names
+that it is not told to find elsewhere: an etcd member serving mutual TLS
+only, certificates in DATA-DIR/tls (unless --etcd-endpoints https://...
+with --etcd-tls-dir, or --etcd-ca/--etcd-cert/--etcd-key and
+--etcd-user/--etcd-password-file), memory nodes on loopback (unless --memnode-addrs names
 aquifer memnode processes, admitted with the pod secret --secret-file), and
 the pod's CXL region (--cxl shm:PATH, the emulated region, created on first
 start; devdax:/dev/daxX.Y, a real device formatted with aquifer cxl format;
@@ -89,7 +92,14 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.DurationVar(&cfg.AcceptTimeout, "accept-timeout", 0, "give up on a prepared VM whose Firecracker has not connected after this long (default 60s)")
 	f.BoolVar(&embedded, "embedded", false, "run this host as a member of a pod: etcd, memory nodes and the CXL region as the flags below say")
 	f.StringVar(&pc.DataDir, "data-dir", "/var/lib/aquifer", "with --embedded: data directory (etcd, memory nodes, pod secret)")
-	f.StringSliceVar(&pc.EtcdEndpoints, "etcd-endpoints", nil, "with --embedded: use this external etcd cluster (http://host:2379,...) instead of an embedded member")
+	f.StringSliceVar(&pc.EtcdEndpoints, "etcd-endpoints", nil, "with --embedded: use this external etcd cluster (https://host:2379,...) instead of an embedded member")
+	f.StringVar(&pc.EtcdTLSDir, "etcd-tls-dir", "", "with --etcd-endpoints: directory holding ca.crt, client.crt and client.key (what aquifer etcd writes to its DATA-DIR/tls)")
+	f.StringVar(&pc.EtcdCA, "etcd-ca", "", "with --etcd-endpoints: CA certificate of the etcd cluster (overrides --etcd-tls-dir's)")
+	f.StringVar(&pc.EtcdCert, "etcd-cert", "", "with --etcd-endpoints: client certificate (with --etcd-key; overrides --etcd-tls-dir's)")
+	f.StringVar(&pc.EtcdKey, "etcd-key", "", "with --etcd-endpoints: client key, mode 0600")
+	f.StringVar(&pc.EtcdUser, "etcd-user", "", "with --etcd-endpoints: etcd user (etcd's own authentication; with --etcd-password-file)")
+	f.StringVar(&pc.EtcdPasswordFile, "etcd-password-file", "", "with --etcd-user: file holding the password, mode 0600")
+	f.Int64Var(&pc.LeaseTTL, "lease-ttl", 10, "with --embedded: seconds of silence after which this host is fenced: its registrations, pod slots and CXL chunks are reclaimed")
 	f.StringVar(&pc.Name, "pod", "pod0", "with --embedded: pod name (its coordination keys in etcd and its default region path)")
 	f.IntVar(&pc.MemNodes, "memnodes", 3, "with --embedded: in-process memory nodes")
 	f.StringSliceVar(&pc.MemNodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
@@ -104,7 +114,6 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.StringVar(&pc.HostName, "host-name", "", "with --embedded: this host's name in the pod (default the machine's host name; one daemon per name)")
 	f.StringVar(&pc.HostAddr, "host-addr", "", "with --embedded: this host's IP address in the pod (source address of its memory-node connections)")
 	f.IntVar(&pc.ReaderSlots, "readers", 0, "with --embedded: CXL reader identities, the concurrent pre-installs of this host (default twice its cores; -1: none)")
-	f.Int64Var(&pc.LeaseTTL, "lease-ttl", 10, "with --embedded: seconds of silence after which this host is fenced and its slots and chunks reclaimed")
 	register(cmd)
 }
 

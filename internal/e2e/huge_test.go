@@ -146,8 +146,8 @@ func touchedHuge(t *testing.T, f *hugeFixture, trace string) (nonzero, zero int)
 	return nonzero, zero
 }
 
-// startHandle runs aquifer handle with args on a new socket.
-func startHandle(t *testing.T, ctx context.Context, sock string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+// startHugeHandle runs aquifer handle with args on a new socket.
+func startHugeHandle(t *testing.T, ctx context.Context, sock string, args ...string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
 	h := exec.CommandContext(ctx, bin, append([]string{"handle", "--socket", sock}, args...)...)
 	var hout bytes.Buffer
@@ -174,7 +174,7 @@ func TestHugeHandle(t *testing.T) {
 		t.Run("fc"+ver, func(t *testing.T) {
 			sock := filepath.Join(f.dir, "h"+ver+".sock")
 			rec := filepath.Join(f.dir, "h"+ver+".rec")
-			h, hout := startHandle(t, ctx, sock, "--mem", f.mem, "--record", rec)
+			h, hout := startHugeHandle(t, ctx, sock, "--mem", f.mem, "--record", rec)
 			rep := runHugeGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock, "--fc-version", ver, "--gap-start", "16MiB")
 			if err := h.Wait(); err != nil {
 				t.Fatalf("handle: %v\n%s", err, hout)
@@ -210,7 +210,7 @@ func TestHugeHandle(t *testing.T) {
 			t.Fatalf("baseline reap: %v\n%s", err, out)
 		}
 		sock := filepath.Join(f.dir, "reap.sock")
-		h, hout := startHandle(t, ctx, sock, "--mem", f.mem, "--reap-ws", ws)
+		h, hout := startHugeHandle(t, ctx, sock, "--mem", f.mem, "--reap-ws", ws)
 		runHugeGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock, "--fc-version", "1.12")
 		if err := h.Wait(); err != nil {
 			t.Fatalf("handle --reap-ws: %v\n%s", err, hout)
@@ -225,7 +225,7 @@ func TestHugeHandle(t *testing.T) {
 			t.Fatalf("baseline reap: %v\n%s", err, out)
 		}
 		sock = filepath.Join(f.dir, "reap4k.sock")
-		h, hout = startHandle(t, ctx, sock, "--mem", f.mem, "--reap-ws", ws4k)
+		h, hout = startHugeHandle(t, ctx, sock, "--mem", f.mem, "--reap-ws", ws4k)
 		g := exec.CommandContext(ctx, bin, "guest", "run", "--page-size", "2MiB", "--mem", f.mem, "--trace", f.trace, "--socket", sock)
 		g.Start()
 		err := h.Wait()
@@ -258,7 +258,7 @@ func TestHugeBalloon(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sock := filepath.Join(f.dir, c.name+".sock")
-			h, hout := startHandle(t, ctx, sock, "--mem", f.mem)
+			h, hout := startHugeHandle(t, ctx, sock, "--mem", f.mem)
 			rep := runHugeGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock, "--fc-version", "1.12", "--balloon", c.balloon)
 			if err := h.Wait(); err != nil {
 				t.Fatalf("handle: %v\n%s", err, hout)
@@ -321,7 +321,7 @@ func TestHugeHandleImage(t *testing.T) {
 		t.Run("fc"+ver, func(t *testing.T) {
 			sock := filepath.Join(f.dir, "img"+ver+".sock")
 			ready := filepath.Join(f.dir, "ready"+ver)
-			h, hout := startHandle(t, ctx, sock, "--image", img, "--ready-file", ready)
+			h, hout := startHugeHandle(t, ctx, sock, "--image", img, "--ready-file", ready)
 			runHugeGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--socket", sock, "--fc-version", ver, "--gap-start", "16MiB", "--wait-ready", ready)
 			if err := h.Wait(); err != nil {
 				t.Fatalf("handle --image: %v\n%s", err, hout)

@@ -28,11 +28,18 @@ func freePort(t *testing.T) string {
 }
 
 // startEtcd runs `aquifer etcd` as its own process and returns its client
-// endpoint and the process.
+// endpoint (https://: it serves mutual TLS only; daemons get
+// --etcd-tls-dir DIR/tls) and the process.
 func startEtcd(t *testing.T, ctx context.Context, dir string) (string, *exec.Cmd) {
 	t.Helper()
-	client := freePort(t)
-	cmd := exec.CommandContext(ctx, bin, "etcd", "--data-dir", dir, "--client-addr", client, "--peer-addr", freePort(t))
+	return startEtcdAt(t, ctx, dir, freePort(t), freePort(t))
+}
+
+// startEtcdAt is startEtcd on given client and peer addresses (to restart
+// a member where its clients look for it).
+func startEtcdAt(t *testing.T, ctx context.Context, dir, client, peer string) (string, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, "etcd", "--data-dir", dir, "--client-addr", client, "--peer-addr", peer)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -51,7 +58,7 @@ func startEtcd(t *testing.T, ctx context.Context, dir string) (string, *exec.Cmd
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return "http://" + client, cmd
+	return "https://" + client, cmd
 }
 
 // TestControlPlaneDown runs a daemon on an external etcd, then kills etcd:
@@ -64,7 +71,7 @@ func TestControlPlaneDown(t *testing.T) {
 	f, img := poolFixture(t, ctx)
 	dir := t.TempDir()
 	ep, etcd := startEtcd(t, ctx, filepath.Join(dir, "etcd"))
-	s := startPool(t, ctx, dir, "--etcd-endpoints", ep)
+	s := startPool(t, ctx, dir, "--etcd-endpoints", ep, "--etcd-tls-dir", filepath.Join(dir, "etcd", "tls"))
 
 	// Not an image, a truncated image, a missing file: 400.
 	notImage := filepath.Join(dir, "not-an-image")
