@@ -201,10 +201,14 @@ func printGuestReport(w io.Writer, rep *guest.Report, asJSON bool) {
 		enc.Encode(rep)
 		return
 	}
+	huge := ""
+	if rep.PageSize == 2<<20 {
+		huge = fmt.Sprintf(", 2 MiB pages: %d verified whole", rep.WholePagesVerified)
+	}
 	fmt.Fprintf(w,
-		"guest: backend %s dialect %s regions %d vcpus %d: %d accesses over %d pages, restore %v, first touch %v, end-to-end %v, verified %d pages, mismatches %d\n",
+		"guest: backend %s dialect %s regions %d vcpus %d: %d accesses over %d pages, restore %v, first touch %v, end-to-end %v, verified %d pages, mismatches %d%s\n",
 		rep.Backend, rep.Dialect, rep.Regions, rep.VCPUs, rep.Accesses, rep.Pages,
-		rep.Restore, rep.FirstTouch, rep.EndToEnd, rep.Verified, rep.Mismatches)
+		rep.Restore, rep.FirstTouch, rep.EndToEnd, rep.Verified, rep.Mismatches, huge)
 }
 
 func waitForFile(ctx context.Context, path string) error {
