@@ -56,6 +56,9 @@ type PageSizeSample struct {
 	// Preinstalled is the pages installed before the first fault or resume
 	// (REAP's working set, Aquifer's hot set).
 	Preinstalled uint64 `json:"preinstalled_pages,omitempty"`
+	// HotSource is where an Aquifer strategy's hot set came from ("cxl",
+	// or the RDMA copy when the CXL tier was out of service).
+	HotSource string `json:"hot_source,omitempty"`
 }
 
 // PageSizeSupport says whether strategy s can restore guests of page size
@@ -363,7 +366,7 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 			return smp, err
 		}
 		r := v.Report
-		smp.Faults, smp.BytesCopied, smp.Preinstalled = r.Handler.Faults, r.Handler.BytesCopied, r.PreinstallPages
+		smp.Faults, smp.BytesCopied, smp.Preinstalled, smp.HotSource = r.Handler.Faults, r.Handler.BytesCopied, r.PreinstallPages, r.HotSource
 		smp.Preinstall = time.Duration(r.PreinstallNS)
 	}
 	return smp, nil
@@ -400,6 +403,9 @@ type PageSizeRow struct {
 	P50         int64   `json:"end_to_end_p50_ns"`
 	Faults      float64 `json:"faults_mean"`
 	MiBCopied   float64 `json:"mib_copied_mean"`
+	// HotFromCXL counts the samples whose hot set came from the CXL tier
+	// (Aquifer strategies with a hot set; the rest read its RDMA copy).
+	HotFromCXL int `json:"hot_from_cxl,omitempty"`
 	// Ratio is the geometric mean over workloads of the median end-to-end
 	// time at this page size over that at the first one (4 KiB).
 	Ratio float64 `json:"ratio_to_first_page_size"`
@@ -450,6 +456,9 @@ func PageSizeTable(samples []PageSizeSample, strategies []string, conc []int, si
 					all = append(all, int64(x.EndToEnd))
 					r.Faults += float64(x.Faults)
 					r.MiBCopied += float64(x.BytesCopied) / (1 << 20)
+					if x.HotSource == "cxl" {
+						r.HotFromCXL++
+					}
 				}
 				r.Faults /= float64(len(g))
 				r.MiBCopied /= float64(len(g))
@@ -475,14 +484,18 @@ func PageSizeTable(samples []PageSizeSample, strategies []string, conc []int, si
 // WritePageSizeTable prints the rows, and a line per unsupported pair.
 func WritePageSizeTable(w io.Writer, rows []PageSizeRow, strategies []string, sizes []uint32) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "strategy\tconc\tpages\tVMs\tp50 end-to-end\tfaults/VM\tMiB copied/VM\tvs 4 KiB\t")
+	fmt.Fprintln(tw, "strategy\tconc\tpages\tVMs\tp50 end-to-end\tfaults/VM\tMiB copied/VM\tvs 4 KiB\thot from CXL\t")
 	for _, r := range rows {
 		ratio := "-"
 		if r.PageSize != sizes[0] && r.Ratio > 0 {
 			ratio = fmt.Sprintf("%.2fx", r.Ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.2fms\t%.0f\t%.1f\t%s\t\n", r.Strategy, r.Concurrency, pageSizeName(r.PageSize), r.Samples,
-			float64(r.P50)/1e6, r.Faults, r.MiBCopied, ratio)
+		cxl := "-"
+		if r.HotFromCXL > 0 || r.Strategy == Aquifer || r.Strategy == AquiferEarly || r.Strategy == AquiferCXLOnly {
+			cxl = fmt.Sprintf("%d/%d", r.HotFromCXL, r.Samples)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.2fms\t%.0f\t%.1f\t%s\t%s\t\n", r.Strategy, r.Concurrency, pageSizeName(r.PageSize), r.Samples,
+			float64(r.P50)/1e6, r.Faults, r.MiBCopied, ratio, cxl)
 	}
 	tw.Flush()
 	for _, s := range strategies {
