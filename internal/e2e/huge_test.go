@@ -359,8 +359,14 @@ func TestHugePool(t *testing.T) {
 	for _, ver := range []string{"1.10", "1.12"} {
 		t.Run("fc"+ver, func(t *testing.T) {
 			vm := "h" + strings.ReplaceAll(ver, ".", "")
-			runHugeGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--pager-api", s.api, "--vm", vm, "--snapshot", "huge",
-				"--fc-version", ver, "--gap-start", "16MiB")
+			args := []string{"--mem", f.mem, "--trace", f.trace, "--pager-api", s.api, "--vm", vm, "--snapshot", "huge",
+				"--fc-version", ver, "--gap-start", "16MiB"}
+			if ver == "1.12" {
+				// A balloon discarding three whole huge pages (hot and
+				// cold ones): one REMOVE, zeros there from then on.
+				args = append(args, "--balloon", fmt.Sprintf("%d:%d", 8<<20, 6<<20+8192))
+			}
+			rep := runHugeGuest(t, ctx, args...)
 			v := s.waitExited(t, ctx, vm)
 			r := v.Report
 			if r.HotSource != "cxl" || r.PreinstallPages != 13 || r.PreinstallBytes != 13<<21 || r.ColdFaults == 0 || r.ColdBytesRead == 0 {
@@ -369,7 +375,23 @@ func TestHugePool(t *testing.T) {
 			if r.Handler.BytesCopied%(2<<20) != 0 {
 				t.Fatalf("copied %d bytes: not whole huge pages", r.Handler.BytesCopied)
 			}
+			if ver == "1.12" && (rep.BalloonReclaimed != 6<<20 || r.Handler.Removes != 1) {
+				t.Fatalf("balloon reclaimed %d bytes, daemon saw %d removes", rep.BalloonReclaimed, r.Handler.Removes)
+			}
 		})
+	}
+}
+
+// TestHugePoolTooSmall: a daemon told its 2 MiB guests need more huge
+// pages than the host's pool has refuses to start, naming the sysctl.
+func TestHugePoolTooSmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	out, err := exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", filepath.Join(dir, "d"), "--cxl-path", filepath.Join(dir, "cxl"),
+		"--api", filepath.Join(dir, "api.sock"), "--huge-pages", "100000000").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--huge-pages") || !strings.Contains(string(out), "sysctl -w vm.nr_hugepages=") {
+		t.Fatalf("serve --huge-pages beyond the pool: %v\n%s", err, out)
 	}
 }
 
