@@ -86,9 +86,13 @@ type psPrepared struct {
 }
 
 // RunPageSizes runs every strategy of o that supports each page size in
-// sizes, side by side: per round, per workload, every (strategy, page size)
-// pair once in a rotating order.
-func RunPageSizes(ctx context.Context, o Options, sizes []uint32) ([]PageSizeSample, error) {
+// sizes, side by side: per workload, per round, every (strategy, page size)
+// pair once in a rotating order. With newPod, each workload is published
+// into a pod of its own, closed when the workload is done: memory nodes
+// keep every segment published to them (there is no garbage collection
+// yet), and a workload's images at two page sizes and three hot-set
+// choices, replicated, are a GiB or more.
+func RunPageSizes(ctx context.Context, o Options, sizes []uint32, newPod func(context.Context) (Pod, error)) ([]PageSizeSample, error) {
 	if err := CheckStrategies(o.Strategies); err != nil {
 		return nil, err
 	}
@@ -120,31 +124,22 @@ func RunPageSizes(ctx context.Context, o Options, sizes []uint32) ([]PageSizeSam
 			}
 		}
 	}
-	var preps [][]*psPrepared // [workload][page size]
-	var hugeNeed int
+	var wls []*corpus.Workload
+	hugeNeed := 0
 	for _, w := range o.Corpus.Workloads {
 		if len(o.Workloads) > 0 && !contains(o.Workloads, w.Name) {
 			continue
 		}
-		var row []*psPrepared
-		for _, ps := range sizes {
-			fmt.Fprintf(o.Log, "bench: preparing %s at %d-byte pages\n", w.Name, ps)
-			p, err := preparePageSize(ctx, o, w, ps)
+		wls = append(wls, w)
+		if slices.Contains(sizes, hugetlb.PageSize) {
+			st, err := os.Stat(w.Mem)
 			if err != nil {
-				return nil, fmt.Errorf("bench: preparing %s at %d-byte pages: %w", w.Name, ps, err)
+				return nil, err
 			}
-			row = append(row, p)
-			if ps == hugetlb.PageSize {
-				st, err := os.Stat(w.Mem)
-				if err != nil {
-					return nil, err
-				}
-				hugeNeed = max(hugeNeed, int(st.Size()/hugetlb.PageSize))
-			}
+			hugeNeed = max(hugeNeed, int(st.Size()/hugetlb.PageSize))
 		}
-		preps = append(preps, row)
 	}
-	if len(preps) == 0 {
+	if len(wls) == 0 {
 		return nil, fmt.Errorf("bench: no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
 	}
 	if hugeNeed > 0 {
@@ -156,18 +151,48 @@ func RunPageSizes(ctx context.Context, o Options, sizes []uint32) ([]PageSizeSam
 		}
 	}
 	var out []PageSizeSample
+	for _, w := range wls {
+		got, err := runPageSizeWorkload(ctx, o, w, sizes, len(pairs), func(k int) (string, uint32) { return pairs[k].s, pairs[k].ps }, newPod)
+		out = append(out, got...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// runPageSizeWorkload prepares one workload at every page size (in a pod
+// of its own when newPod is set) and runs its rounds.
+func runPageSizeWorkload(ctx context.Context, o Options, w *corpus.Workload, sizes []uint32, npairs int, pair func(int) (string, uint32),
+	newPod func(context.Context) (Pod, error)) ([]PageSizeSample, error) {
+	if newPod != nil {
+		pod, err := newPod(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer pod.Close()
+		o.Pod = pod
+	}
+	var row []*psPrepared
+	for _, ps := range sizes {
+		fmt.Fprintf(o.Log, "bench: preparing %s at %d-byte pages\n", w.Name, ps)
+		p, err := preparePageSize(ctx, o, w, ps)
+		if err != nil {
+			return nil, fmt.Errorf("bench: preparing %s at %d-byte pages: %w", w.Name, ps, err)
+		}
+		row = append(row, p)
+	}
+	var out []PageSizeSample
 	for _, c := range o.Concurrency {
 		for round := 0; round < o.Runs; round++ {
-			for _, row := range preps {
-				for k := range pairs {
-					pr := pairs[(k+round)%len(pairs)]
-					p := row[slices.Index(sizes, pr.ps)]
-					got, err := runPageSizeBatch(ctx, o, p, pr.s, c, round)
-					if err != nil {
-						return out, fmt.Errorf("bench: %s at %d-byte pages on %s at concurrency %d: %w", pr.s, pr.ps, p.w.Name, c, err)
-					}
-					out = append(out, got...)
+			for k := 0; k < npairs; k++ {
+				s, ps := pair((k + round) % npairs)
+				p := row[slices.Index(sizes, ps)]
+				got, err := runPageSizeBatch(ctx, o, p, s, c, round)
+				if err != nil {
+					return out, fmt.Errorf("bench: %s at %d-byte pages on %s at concurrency %d: %w", s, ps, w.Name, c, err)
 				}
+				out = append(out, got...)
 			}
 		}
 	}

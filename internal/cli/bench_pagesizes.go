@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -94,22 +95,31 @@ func runPageSizeBench(cmd *cobra.Command, sizeList string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	local, _ := fl.GetBool("local-images")
-	pod, err := startPod(ctx, o.Bin, o.WorkDir, local)
-	if err != nil {
-		return err
+	// A pod per workload (its memory nodes keep every segment published).
+	var podKind string
+	n := 0
+	newPod := func(ctx context.Context) (bench.Pod, error) {
+		n++
+		dir := filepath.Join(o.WorkDir, fmt.Sprintf("pod%d", n))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		pod, err := startPod(ctx, o.Bin, dir, local)
+		if err == nil {
+			podKind = pod.Kind()
+		}
+		return pod, err
 	}
-	defer pod.Close()
-	o.Pod = pod
-	samples, err := bench.RunPageSizes(ctx, o, sizes)
+	samples, err := bench.RunPageSizes(ctx, o, sizes, newPod)
 	if err != nil {
 		return err
 	}
 	rows := bench.PageSizeTable(samples, o.Strategies, o.Concurrency, sizes)
 	out := cmd.OutOrStdout()
-	fmt.Fprintf(out, "corpus %s, %s; end-to-end = restore + invocation of a separate guest process, %d vCPUs\n", c.Kind(), pod.Kind(), o.VCPUs)
+	fmt.Fprintf(out, "corpus %s, %s (one pod per workload); end-to-end = restore + invocation of a separate guest process, %d vCPUs\n", c.Kind(), podKind, o.VCPUs)
 	bench.WritePageSizeTable(out, rows, o.Strategies, sizes)
 	if j := str("json"); j != "" {
-		rep := pageSizeReport{Corpus: c.Kind(), Pod: pod.Kind(), Date: time.Now().UTC().Format(time.RFC3339), Sizes: sizes, Rows: rows, Samples: samples}
+		rep := pageSizeReport{Corpus: c.Kind(), Pod: podKind, Date: time.Now().UTC().Format(time.RFC3339), Sizes: sizes, Rows: rows, Samples: samples}
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {
 			return err
