@@ -10,6 +10,9 @@
 //	POST   /v1/snapshots         PublishRequest          → 201 Snapshot  (pools that publish)
 //	GET    /v1/snapshots                                 → 200 [Snapshot]
 //	DELETE /v1/snapshots/{name}                          → 204
+//	POST   /v1/snapshots/{name}/promote                  → 204: hot set into this pod's CXL region now
+//	POST   /v1/snapshots/{name}/demote                   → 204: hot set out of it (served from the RDMA copy)
+//	POST   /v1/memnodes/{addr}/drain                     → 204 once no segment is left on that memory node
 //	GET    /metrics                                      → Prometheus text
 //
 // A VM's socket admits one peer, checked with SO_PEERCRED before anything

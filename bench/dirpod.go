@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 )
 
 // DirPod runs a pager daemon (aquifer serve --images) over a directory of
@@ -51,12 +52,28 @@ func (p *DirPod) Publish(ctx context.Context, image, name string) error {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(dst + ".tmp")
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
 		return fmt.Errorf("bench: copying %s: %w", image, err)
 	}
-	out.Close()
-	return os.Rename(dst+".tmp", dst)
+	// Atomic and durable: fsync the copy, rename, fsync the directory.
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(dst+".tmp", dst); err != nil {
+		return err
+	}
+	d, err := os.Open(p.dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // API implements Pod.
@@ -74,4 +91,12 @@ func (p *DirPod) Close() error {
 		p.cmd.Wait()
 	}
 	return nil
+}
+
+// CPUTime implements CPUMeter.
+func (p *DirPod) CPUTime() time.Duration {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return processCPU(p.cmd.Process.Pid)
 }

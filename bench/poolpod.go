@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/api/client"
 )
@@ -61,4 +62,16 @@ func (p *PoolPod) Close() error {
 	}
 	os.Remove(p.cxl)
 	return nil
+}
+
+// Replicas implements Tiered: the embedded pod keeps R=2 copies.
+func (p *PoolPod) Replicas() int { return 2 }
+
+// CPUTime implements CPUMeter: the daemon's (and its in-process memory
+// nodes' and etcd's) CPU time so far.
+func (p *PoolPod) CPUTime() time.Duration {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return processCPU(p.cmd.Process.Pid)
 }

@@ -59,7 +59,7 @@ func (p *prepared) realConfig(ctx context.Context, o Options, s string) (realvm.
 		return realvm.Config{}, err
 	}
 	c := realvm.Config{Workload: p.w, Guest: g, Shim: so, Strategy: s, WorkDir: o.WorkDir, Bin: o.Bin,
-		REAPWS: p.reapWS, FaaSnapPlan: p.faasnap, Snapshot: p.snapName[s]}
+		REAPWS: p.on[StorageHost].reapWS, FaaSnapPlan: p.on[StorageHost].faasnapPlan, Snapshot: p.snapName[s]}
 	if realvm.PoolStrategy(s) {
 		if o.Pod == nil {
 			return c, fmt.Errorf("bench: no pod for %s", s)
@@ -80,7 +80,7 @@ func PrepareReal(ctx context.Context, o Options, w *corpus.Workload, s string) (
 	if err := w.Restorable(); err != nil {
 		return realvm.Config{}, err
 	}
-	p, err := prepare(ctx, o, w)
+	p, err := prepare(ctx, o, w, nil)
 	if err != nil {
 		return realvm.Config{}, err
 	}

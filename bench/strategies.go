@@ -18,13 +18,16 @@ const (
 	AquiferRDMAOnly = realvm.AquiferRDMAOnly
 	AquiferEarly    = realvm.AquiferEarly
 	Warm            = realvm.Warm
+	// NoRestore is the floor: the trace replayed on memory already
+	// resident and already touched, so no access faults at all.
+	NoRestore = "no-restore"
 )
 
 // AllStrategies in report order.
-var AllStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly, Warm}
+var AllStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly, Warm, NoRestore}
 
 // DefaultStrategies are run unless told otherwise.
-var DefaultStrategies = []string{Firecracker, FirecrackerUffd, REAP, FaaSnap, Aquifer, AquiferEarly, AquiferCXLOnly, AquiferRDMAOnly, Warm}
+var DefaultStrategies = AllStrategies
 
 // CheckStrategies validates a strategy list.
 func CheckStrategies(s []string) error {

@@ -46,6 +46,8 @@ type PodStatus struct {
 	// ChunkOwners maps each owned chunk of the region to its owner's host
 	// name.
 	ChunkOwners map[string]string `json:"chunk_owners"`
+	// HotSets are the snapshots whose hot set this pod's region holds.
+	HotSets []string `json:"hot_sets"`
 }
 
 // HostStatus is a pager daemon.
@@ -76,10 +78,13 @@ type MemNodeStatus struct {
 
 // SnapshotStatus is a published snapshot.
 type SnapshotStatus struct {
-	Name      string `json:"name"`
-	HotTier   string `json:"hot_tier"`
-	HotBytes  uint64 `json:"hot_bytes"`
-	ColdBytes uint64 `json:"cold_bytes"`
+	Name string `json:"name"`
+	// HotTier is "cxl" if some pod's region holds its hot set, else
+	// "rdma"; HotIn names those pods.
+	HotTier   string   `json:"hot_tier"`
+	HotIn     []string `json:"hot_in"`
+	HotBytes  uint64   `json:"hot_bytes"`
+	ColdBytes uint64   `json:"cold_bytes"`
 }
 
 // GetStatus asks every piece of the cluster in dir.
@@ -121,11 +126,15 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 			st.Errors = append(st.Errors, err.Error())
 		} else {
 			for _, sn := range snaps {
-				tier := "rdma"
-				if sn.Hot != nil {
-					tier = "cxl"
+				ss := SnapshotStatus{Name: sn.Name, HotTier: "rdma", HotIn: []string{}, HotBytes: sn.HotBytes, ColdBytes: sn.ColdBytes}
+				for _, p := range st.Pods {
+					for _, n := range p.HotSets {
+						if n == sn.Name {
+							ss.HotTier, ss.HotIn = "cxl", append(ss.HotIn, p.Name)
+						}
+					}
 				}
-				st.Snapshots = append(st.Snapshots, SnapshotStatus{Name: sn.Name, HotTier: tier, HotBytes: sn.HotBytes, ColdBytes: sn.ColdBytes})
+				st.Snapshots = append(st.Snapshots, ss)
 			}
 		}
 	}
@@ -133,7 +142,7 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 }
 
 func podStatus(ctx context.Context, plane *control.Plane, p *Pod, st *Status) PodStatus {
-	ps := PodStatus{Name: p.Name, CXL: p.CXL, ChunkOwners: map[string]string{}}
+	ps := PodStatus{Name: p.Name, CXL: p.CXL, ChunkOwners: map[string]string{}, HotSets: []string{}}
 	members := map[string]control.MemberInfo{}
 	slotHost := map[int]string{}
 	if plane != nil {
@@ -147,6 +156,12 @@ func podStatus(ctx context.Context, plane *control.Plane, p *Pod, st *Status) Po
 						slotHost[sl] = m.Name
 					}
 				}
+			}
+			if pls, err := state.Placements(ctx); err == nil {
+				for name := range pls {
+					ps.HotSets = append(ps.HotSets, name)
+				}
+				sort.Strings(ps.HotSets)
 			}
 			if owners, err := state.ChunkOwners(ctx); err == nil {
 				for chunk, slot := range owners {
@@ -218,7 +233,7 @@ func (st *Status) WriteText(w io.Writer) {
 		for _, h := range p.ChunkOwners {
 			owners[h]++
 		}
-		fmt.Fprintf(tw, "pod %s\tregion %s\t%d chunks owned\n", p.Name, p.CXL, len(p.ChunkOwners))
+		fmt.Fprintf(tw, "pod %s\tregion %s\t%d chunks owned\thot sets: %s\n", p.Name, p.CXL, len(p.ChunkOwners), strings.Join(p.HotSets, ", "))
 		for _, h := range p.Hosts {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\tpid %d\t%s\tslots %v\tchunks %d\tvms %d\n", h.Name, h.Addr, h.API, h.PID, alive(h.Alive), h.Slots, owners[h.Name], h.VMs)
 		}
@@ -228,7 +243,11 @@ func (st *Status) WriteText(w io.Writer) {
 	}
 	names := make([]string, 0, len(st.Snapshots))
 	for _, s := range st.Snapshots {
-		names = append(names, fmt.Sprintf("%s (hot %s)", s.Name, s.HotTier))
+		where := "rdma"
+		if len(s.HotIn) > 0 {
+			where = "cxl in " + strings.Join(s.HotIn, ", ")
+		}
+		names = append(names, fmt.Sprintf("%s (hot set: %s)", s.Name, where))
 	}
 	sort.Strings(names)
 	fmt.Fprintf(tw, "snapshots\t%d\t%s\n", len(names), strings.Join(names, ", "))

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -40,37 +39,26 @@ func ValidName(n string) error {
 	return nil
 }
 
-// HotPlacement says where a snapshot's hot segment lives in the pod's CXL
-// region.
-type HotPlacement struct {
-	Pod        string `json:"pod"`
-	Descriptor int    `json:"descriptor"`
-	Gen        uint64 `json:"gen"`
-	Token      uint64 `json:"token"`
-	Offset     uint64 `json:"offset"`
-	Len        uint64 `json:"len"`
-	Digest     uint64 `json:"digest"`
-}
-
 // SegmentPlacement says where one immutable segment lives on memory nodes.
 type SegmentPlacement struct {
 	ID     string   `json:"id"`
 	Nodes  []string `json:"nodes"`
 	Len    uint64   `json:"len"`
 	Digest uint64   `json:"digest"`
-	// Kind is "cold", or "hot" for a hot segment demoted from CXL.
+	// Kind is "meta" (the image metadata), "hot" (the hot segment's copy)
+	// or "cold".
 	Kind string `json:"kind"`
 }
 
-// Snapshot is one catalog entry.
+// Snapshot is one entry of the cluster catalog: a published snapshot,
+// whose segments live on the cluster's memory nodes. Where its hot set is
+// placed in each pod's CXL region is that pod's own record (Placement).
 type Snapshot struct {
 	Name string `json:"name"`
 	// Header is the image header, opaque to the control plane.
 	Header json.RawMessage `json:"header,omitempty"`
-	// Hot is nil when the hot segment is not (or no longer) in CXL.
-	Hot *HotPlacement `json:"hot,omitempty"`
-	// Segments on memory nodes: the cold segment, and the hot one once
-	// demoted.
+	// Segments lists every memory-node segment of the snapshot (memory
+	// nodes authorize reads by it).
 	Segments  []SegmentPlacement `json:"segments"`
 	HotBytes  uint64             `json:"hot_bytes"`
 	ColdBytes uint64             `json:"cold_bytes"`
@@ -196,48 +184,6 @@ func (p *Plane) DeleteSnapshot(ctx context.Context, name string) error {
 		return fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
 	}
 	return nil
-}
-
-// TouchRestored stamps a snapshot as restored now (eviction order).
-func (p *Plane) TouchRestored(ctx context.Context, name string, at time.Time) error {
-	ctx, cancel := p.op(ctx)
-	defer cancel()
-	_, err := p.Client.Put(ctx, prefixLRU+name, strconv.FormatInt(at.UnixNano(), 10))
-	return p.fail("record restore of "+name, err)
-}
-
-// EvictionOrder returns snapshot names holding CXL space, least recently
-// restored first (never-restored ones first, by publish time).
-func (p *Plane) EvictionOrder(ctx context.Context) ([]*Snapshot, error) {
-	snaps, err := p.ListSnapshots(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := p.op(ctx)
-	defer cancel()
-	r, err := p.Client.Get(ctx, prefixLRU, clientv3.WithPrefix())
-	if err != nil {
-		return nil, p.fail("read restore order", err)
-	}
-	last := map[string]int64{}
-	for _, kv := range r.Kvs {
-		n, _ := strconv.ParseInt(string(kv.Value), 10, 64)
-		last[string(kv.Key[len(prefixLRU):])] = n
-	}
-	var out []*Snapshot
-	for _, s := range snaps {
-		if s.Hot != nil {
-			out = append(out, s)
-		}
-	}
-	key := func(s *Snapshot) int64 {
-		if t, ok := last[s.Name]; ok {
-			return t
-		}
-		return s.Published.UnixNano()
-	}
-	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
-	return out, nil
 }
 
 // WatchSnapshots calls fn with every change of a catalog entry (s is nil

@@ -99,22 +99,52 @@ func TestControlPlane(t *testing.T) {
 		}
 	})
 
-	t.Run("eviction order", func(t *testing.T) {
-		base := time.Now()
-		for i, n := range []string{"e1", "e2", "e3"} {
-			p.PutSnapshot(ctx, &Snapshot{Name: n, Hot: &HotPlacement{Len: 1}, Published: base.Add(time.Duration(i) * time.Second)})
-		}
-		p.TouchRestored(ctx, "e1", base.Add(time.Hour))
-		order, err := p.EvictionOrder(ctx)
+	t.Run("placements and heat", func(t *testing.T) {
+		ps, err := p.NewPodState("podx", 5)
 		if err != nil {
 			t.Fatal(err)
 		}
+		base := time.Now()
+		for i, n := range []string{"e1", "e2", "e3"} {
+			pl := &Placement{Name: n, Pod: "podx", Published: base.Add(time.Duration(i) * time.Second), Extents: []HotExtent{{Descriptor: i, Gen: 2, Token: 7, Len: 4096}}}
+			if err := ps.PutPlacement(ctx, pl, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ps.PutPlacement(ctx, &Placement{Name: "e1", Pod: "podx"}, 0); !errors.Is(err, ErrExists) {
+			t.Fatalf("second placement of e1: %v", err)
+		}
+		if _, err := ps.Restored(ctx, "e1", base); err != nil {
+			t.Fatal(err)
+		}
+		h, err := ps.Restored(ctx, "e1", base)
+		if err != nil || h.Score < 1.99 || h.Score > 2.01 {
+			t.Fatalf("heat after two restores: %+v %v", h, err)
+		}
+		if later := h.Now(base.Add(HalfLife)); later < 0.99 || later > 1.01 {
+			t.Fatalf("heat after one half-life: %v, want 1", later)
+		}
+		pls, _ := ps.Placements(ctx)
+		heats, _ := ps.Heats(ctx)
 		var names []string
-		for _, s := range order {
-			names = append(names, s.Name)
+		for _, pl := range Coldest(pls, heats, base) {
+			names = append(names, pl.Name)
 		}
 		if len(names) != 3 || names[0] != "e2" || names[1] != "e3" || names[2] != "e1" {
-			t.Fatalf("eviction order %v, want [e2 e3 e1]", names)
+			t.Fatalf("coldest first %v, want [e2 e3 e1]", names)
+		}
+		got, err := ps.GetPlacement(ctx, "e2")
+		if err != nil || got.Extents[0].Descriptor != 1 {
+			t.Fatalf("get e2: %+v %v", got, err)
+		}
+		if err := ps.DeletePlacement(ctx, "e2", got.Rev+1); err == nil {
+			t.Fatal("delete at a stale revision accepted")
+		}
+		if err := ps.DeletePlacement(ctx, "e2", got.Rev); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ps.GetPlacement(ctx, "e2"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleted placement: %v", err)
 		}
 	})
 

@@ -1,18 +1,29 @@
-// Package control is Aquifer's control plane on etcd: the snapshot catalog,
-// membership of pager hosts and memory nodes through leases, ownership and
-// fencing tokens for the CXL coherence protocol, capacity-aware placement
-// and the least-recently-restored order used for CXL eviction.
+// Package control is Aquifer's control plane on etcd: the cluster catalog
+// of snapshots, each pod's placements and restore heat, membership of pager
+// hosts, pods and memory nodes through leases, a pod's slot table and the
+// ownership and fencing tokens of its CXL region, capacity-aware placement
+// and drains.
 //
-// etcd runs embedded by default (StartEmbedded: an in-process member with a
-// data directory on loopback, tuned for fast elections) or as an external
-// cluster (Connect with endpoints). Everything else in Aquifer reaches etcd
-// only through this package, which keeps the key layout in one place:
+// etcd runs as its own member (package control/member: in `aquifer serve
+// --embedded` without --etcd-endpoints, or `aquifer etcd`), mutual TLS
+// only; this package is the client (Connect), so that only the setup root
+// links etcd's server. Every call is bounded (Plane.Timeout, DefaultTimeout
+// 5 s) and an unreachable etcd is reported as ErrUnavailable. Everything
+// else in Aquifer reaches etcd only through this package, which keeps the
+// key layout in one place:
 //
-//	/aquifer/snap/<name>          Snapshot (JSON)            catalog
-//	/aquifer/lru/<name>           last restore (unix ns)     eviction order
-//	/aquifer/host/<id>            Member (JSON), leased      pager hosts
-//	/aquifer/memnode/<id>         Member (JSON), leased      memory nodes
-//	/aquifer/owner/<resource>     holder id, leased          CXL ownership
+//	/aquifer/snap/<name>                  Snapshot (JSON, sealed by pool)      the cluster catalog
+//	/aquifer/host/<id>                    Member, leased                       pager hosts
+//	/aquifer/memnode/<id>                 Member (addr, capacity, used), leased  memory nodes
+//	/aquifer/drain/<addr>                 "pending" | "done"                   memory nodes leaving
+//	/aquifer/owner/<resource>             holder, leased                       ownership (the memory tier's leader)
+//	/aquifer/pods/<pod>/members/<name>    MemberInfo, leased                   a pod's hosts
+//	/aquifer/pods/<pod>/hosts/<slot>      host name, leased                    the pod's slot table
+//	/aquifer/pods/<pod>/chunks/<chunk>    "<slot>/<lease>", leased             CXL chunk ownership (create revision = fencing token)
+//	/aquifer/pods/<pod>/catalog/<key>     ExtentRef                            published CXL extents
+//	/aquifer/pods/<pod>/hot/<name>        Placement (sealed by pool)           where the pod's region holds a hot set
+//	/aquifer/pods/<pod>/heat/<name>       Heat                                 restores in the pod, decayed
+//	/aquifer/pods/<pod>/evict/<name>      requester, leased                    demotions asked of a chunk's owner
 //
 // A fencing token is the etcd revision at which ownership was acquired; a
 // writer presents it with every publish, and a catalog update made under

@@ -229,3 +229,38 @@ func PlaceSegment(nodes []Member, n uint64, r int) ([]Member, error) {
 	})
 	return cand[:r], nil
 }
+
+// Draining memory nodes: /aquifer/drain/<addr> = "pending" | "done".
+const prefixDrain = "/aquifer/drain/"
+
+// RequestDrain asks the memory tier to move every segment off the node at
+// addr (placement no longer uses it).
+func (p *Plane) RequestDrain(ctx context.Context, addr string) error {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
+	_, err := p.Client.Put(ctx, prefixDrain+addr, "pending")
+	return p.fail("request a drain of "+addr, err)
+}
+
+// Drains returns every drain request: addr → "pending" or "done".
+func (p *Plane) Drains(ctx context.Context) (map[string]string, error) {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
+	r, err := p.Client.Get(ctx, prefixDrain, clientv3.WithPrefix())
+	if err != nil {
+		return nil, p.fail("read drain requests", err)
+	}
+	out := map[string]string{}
+	for _, kv := range r.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), prefixDrain)] = string(kv.Value)
+	}
+	return out, nil
+}
+
+// DrainDone records that no segment is left on addr.
+func (p *Plane) DrainDone(ctx context.Context, addr string) error {
+	ctx, cancel := p.op(ctx)
+	defer cancel()
+	_, err := p.Client.Put(ctx, prefixDrain+addr, "done")
+	return p.fail("record the drain of "+addr, err)
+}

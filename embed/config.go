@@ -89,6 +89,10 @@ type PodConfig struct {
 	MemNodeCapacity uint64
 	// Replicas per segment (default min(2, nodes)).
 	Replicas int
+	// MemNodeDeadAfter is how long a memory node the catalog references
+	// may be missing from the control plane before its segments are
+	// re-replicated elsewhere (default 10s).
+	MemNodeDeadAfter time.Duration
 	// SecretFile holds the pod's admission secret (default
 	// DataDir/pod.secret, created for in-process nodes; external nodes need
 	// it to exist: `aquifer pool init`).

@@ -185,7 +185,9 @@ func runImage(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 
 // accept listens on the socket and completes Firecracker's handshake.
 func accept(ctx context.Context, c HandlerConfig, memSize int64) (*handshake.VM, *uffd.FD, error) {
-	l, err := handshake.Listen(c.Socket)
+	// A VMM of another uid (the jailer's) must be able to connect: the
+	// socket is given to it before it appears.
+	l, err := handshake.ListenWith(c.Socket, handshake.ListenOptions{Owner: c.VMMUID})
 	if err != nil {
 		return nil, nil, err
 	}

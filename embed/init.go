@@ -40,7 +40,7 @@ func Init(c PodConfig, force bool) (*InitResult, error) {
 	}
 	b, _ := parseCXL(c.CXL, c.Name)
 	if b.kind != "shm" {
-		return nil, fieldErr("cxl", "pool init formats an emulated region (shm:PATH); format a device with `aquifer cxl format --dax DEV`")
+		return nil, fieldErr("cxl", "pool init formats an emulated region (shm:PATH); format a device with `aquifer cxl format --cxl devdax:DEV`")
 	}
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 		return nil, fieldErr("data-dir", "%v", err)

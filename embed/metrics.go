@@ -1,6 +1,7 @@
 package embed
 
 import (
+	"strings"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,12 @@ func (s *Server) registerPodMetrics(reg prometheus.Registerer) {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
 	c := &s.Pool.Counters
+	gauge64 := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		if strings.HasSuffix(name, "_seconds") {
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) / 1e9 })
+		}
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
 	reg.MustRegister(
 		gauge("aquifer_cxl_in_service", "1 while this host serves from the pod's CXL tier, 0 while it is out of service (corrupt region, lost lease).", func() float64 {
 			if ok, _ := s.Pool.CXLStatus(); ok {
@@ -36,5 +43,14 @@ func (s *Server) registerPodMetrics(reg prometheus.Registerer) {
 		counter("aquifer_cxl_orphans_retired_total", "Extents of this host's chunks retired because no snapshot referenced them.", &c.OrphansRetired),
 		counter("aquifer_cxl_chunks_acquired_total", "CXL chunks this host acquired.", &c.ChunksAcquired),
 		counter("aquifer_cxl_chunks_released_total", "Empty CXL chunks this host gave back.", &c.ChunksReleased),
+		counter("aquifer_cxl_promotions_total", "Hot sets promoted into this pod's CXL region from their RDMA copies.", &c.Promoted),
+		counter("aquifer_cxl_promotion_failures_total", "Promotions that failed.", &c.PromoteFailures),
+		counter("aquifer_memnode_segments_deleted_total", "Memory-node segments this host deleted (removed snapshots).", &c.SegmentsDeleted),
+		gauge64("aquifer_memtier_leader", "1 while this host looks after the memory tier (re-replication, drains).", &s.Pool.MemTier.Leader),
+		gauge64("aquifer_memtier_rounds_total", "Memory tier rounds run by this host while leader.", &s.Pool.MemTier.Rounds),
+		gauge64("aquifer_memtier_segments_repaired_total", "Segments re-replicated after a memory node was lost or drained.", &s.Pool.MemTier.SegmentsRepaired),
+		gauge64("aquifer_memtier_repair_errors_total", "Snapshots whose re-replication failed in a round (retried).", &s.Pool.MemTier.RepairErrors),
+		gauge64("aquifer_memtier_drains_done_total", "Memory nodes drained.", &s.Pool.MemTier.DrainsDone),
+		gauge64("aquifer_memtier_last_repair_seconds", "Duration of the last round that re-replicated segments (nanoseconds as seconds).", &s.Pool.MemTier.LastRepairNS),
 	)
 }

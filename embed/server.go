@@ -125,7 +125,8 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if err != nil {
 		return fieldErr("secret-file", "%v", err)
 	}
-	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log}
+	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log,
+		MemTier: &pool.MemTierConfig{DeadAfter: c.MemNodeDeadAfter}}
 	if s.region != nil && s.cxlDown == "" {
 		if s.podState, err = s.Plane.NewPodState(c.Name, c.LeaseTTL); err != nil {
 			return err
@@ -464,9 +465,16 @@ func (s *Server) place(id rdma.SegmentID, n int) []rdma.NodeID {
 		m.Used = node.Store().Used()
 		s.Plane.UpdateUsage(ctx, s.nodeRegs[i], m)
 	}
-	nodes, err := s.Plane.MemNodes(ctx)
+	all, err := s.Plane.MemNodes(ctx)
 	if err != nil {
 		return nil
+	}
+	drains, _ := s.Plane.Drains(ctx)
+	var nodes []control.Member
+	for _, m := range all {
+		if drains[m.Addr] == "" { // a draining node takes no new segment
+			nodes = append(nodes, m)
+		}
 	}
 	var room int
 	for _, m := range nodes {

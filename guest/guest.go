@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,35 @@ type Config struct {
 	// backed by hugetlbfs pages (Firecracker's huge_pages "2M"; Uffd
 	// backend only, see huge.go). 0 means the trace's page size.
 	PageSize uint64
+	// RefPath, if set, is the file verification compares against instead
+	// of MemPath (same content; e.g. a DRAM copy, so verifying never reads
+	// the storage under test).
+	RefPath string
+	// TouchTimes records how long each page's first access in the trace
+	// took on its vCPU (the fault, as the guest sees it): Report.Touches.
+	TouchTimes bool
+	// NoFaults touches every traced page once before the clock starts
+	// (warm backend only): the replay then takes no fault at all, the
+	// lower bound of any restore.
+	NoFaults bool
+}
+
+// Touch is the time a page's first access took.
+type Touch struct {
+	Page uint64 `json:"p"`
+	NS   int64  `json:"ns"`
+	CPU  int    `json:"cpu"`
+}
+
+// Residency is the guest memory resident at the end of the replay, from
+// /proc/self/smaps over the guest regions only.
+type Residency struct {
+	// Private is anonymous memory (copied-in, zero-filled or CoW pages):
+	// this VM's own DRAM.
+	Private uint64 `json:"private_bytes"`
+	// FileMapped is page-cache memory mapped into the guest (shared with
+	// every VM and the page cache).
+	FileMapped uint64 `json:"file_mapped_bytes"`
 }
 
 // Report is the outcome of one run.
@@ -100,6 +130,18 @@ type Report struct {
 	// BalloonReclaimed is the memory the balloon's discard really freed
 	// (less than the balloon on a 2 MiB guest: only whole huge pages).
 	BalloonReclaimed uint64 `json:"balloon_reclaimed_bytes,omitempty"`
+	// ResumeWait is the time between the end of the restore and the
+	// resume (waiting for the handler's hot set: Config.Resumed).
+	ResumeWait time.Duration `json:"resume_wait_ns,omitempty"`
+	Touches    []Touch       `json:"touches,omitempty"`
+	// VCPUEnd is when each vCPU made its last access, since the start of
+	// the restore: the largest is on the critical path.
+	VCPUEnd []time.Duration `json:"vcpu_end_ns,omitempty"`
+	// VCPUCPU is each vCPU thread's CPU time during the replay (user and
+	// system: think-time spinning, verification, faults the kernel
+	// resolves), not its waits for a handler or its sleeps.
+	VCPUCPU  []time.Duration `json:"vcpu_cpu_ns,omitempty"`
+	Resident *Residency      `json:"resident,omitempty"`
 }
 
 type mapped struct {
@@ -120,6 +162,8 @@ type vm struct {
 
 	bgDone   chan struct{} // background paging (faasnap)
 	populate bool          // prefault the file mapping (warm)
+
+	firstIdx map[int]bool // trace indices of first accesses (TouchTimes)
 
 	ballooned atomic.Bool
 	discarded [][2]uint64 // memory-file ranges the balloon really discarded
@@ -144,9 +188,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	ref, size, err := offheap.OpenFileRO(cfg.MemPath)
+	refPath := cfg.MemPath
+	if cfg.RefPath != "" {
+		refPath = cfg.RefPath
+	}
+	ref, size, err := offheap.OpenFileRO(refPath)
 	if err != nil {
 		return nil, fmt.Errorf("guest: memory file: %w", err)
+	}
+	if cfg.RefPath != "" {
+		if st, err := os.Stat(cfg.MemPath); err != nil || st.Size() != size {
+			return nil, fmt.Errorf("guest: memory file %s and reference %s differ in size (%v)", cfg.MemPath, cfg.RefPath, err)
+		}
+	}
+	if cfg.NoFaults && cfg.Backend != BackendWarm {
+		return nil, errors.New("guest: no-faults needs the warm backend")
 	}
 	defer ref.Unmap()
 	if size == 0 || uint64(size)%gps != 0 {
@@ -179,6 +235,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if cfg.NoFaults {
+			v.touchAll()
+		}
 	}
 	start := time.Now()
 	switch cfg.Backend {
@@ -201,12 +260,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err := cfg.Resumed(ctx); err != nil {
 			return nil, fmt.Errorf("guest: waiting for resume: %w", err)
 		}
+		rep.ResumeWait = time.Since(start) - rep.Restore
 	}
 	if err := v.replay(ctx, start, rep); err != nil {
 		return rep, err
 	}
 	rep.EndToEnd = time.Since(start)
 	v.verifyWhole(rep)
+	rep.Resident = v.residency()
 	if rep.Mismatches > 0 {
 		return rep, fmt.Errorf("guest: %d pages did not match the snapshot; first: %s", rep.Mismatches, rep.FirstError)
 	}
@@ -319,6 +380,9 @@ type cpuResult struct {
 	mismatches int
 	firstErr   string
 	firstTouch time.Time
+	lastTouch  time.Time
+	touches    []Touch
+	cpu        time.Duration // the vCPU thread's CPU time in the replay
 }
 
 func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
@@ -343,6 +407,16 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 	}
 	rep.Pages = len(distinct)
 
+	if v.cfg.TouchTimes {
+		v.firstIdx = map[int]bool{}
+		seen := map[uint64]bool{}
+		for i, a := range acc {
+			if !seen[a.Page] {
+				seen[a.Page] = true
+				v.firstIdx[i] = true
+			}
+		}
+	}
 	results := make([]cpuResult, n)
 	for ph := 0; ph < 2; ph++ {
 		if ph == 1 && v.cfg.Balloon != nil {
@@ -358,7 +432,9 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 				defer wg.Done()
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
+				t0 := threadCPU()
 				v.runCPU(ctx, c, phases[ph][c], &results[c])
+				results[c].cpu += threadCPU() - t0
 			}(c)
 		}
 		wg.Wait()
@@ -376,6 +452,13 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 		if !r.firstTouch.IsZero() && (first.IsZero() || r.firstTouch.Before(first)) {
 			first = r.firstTouch
 		}
+		rep.Touches = append(rep.Touches, r.touches...)
+		var end time.Duration
+		if !r.lastTouch.IsZero() {
+			end = r.lastTouch.Sub(start)
+		}
+		rep.VCPUEnd = append(rep.VCPUEnd, end)
+		rep.VCPUCPU = append(rep.VCPUCPU, r.cpu)
 	}
 	if !first.IsZero() {
 		rep.FirstTouch = first.Sub(start)
@@ -401,6 +484,12 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 		prev = a.T
 		addr, _ := v.hostAddr(a.Page)
 		page := offheap.At(addr, int(v.ps))
+		timed := v.firstIdx[i]
+		var t0 time.Time
+		var stall time.Duration
+		if timed {
+			t0 = time.Now()
+		}
 		if a.Kind&wset.Write != 0 {
 			slot := uint64(cpu*8) % v.ps
 			val := a.Page*0x9E3779B97F4A7C15 ^ uint64(i+1)
@@ -409,6 +498,9 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 			// add of zero), then the visible store with its shadow entry
 			// under the lock that verification holds while comparing.
 			atomic.AddUint64(w, 0)
+			if timed {
+				stall = time.Since(t0)
+			}
 			v.shadowMu.Lock()
 			atomic.StoreUint64(w, val)
 			s := v.shadow[a.Page]
@@ -420,11 +512,18 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 			v.shadowMu.Unlock()
 		} else {
 			atomic.LoadUint64((*uint64)(unsafe.Pointer(&page[0]))) // the load faults the page in
+			if timed {
+				stall = time.Since(t0)
+			}
 		}
 		if res.firstTouch.IsZero() {
 			res.firstTouch = time.Now()
 		}
+		if timed {
+			res.touches = append(res.touches, Touch{Page: a.Page, NS: int64(stall), CPU: cpu})
+		}
 		if v.cfg.NoVerify {
+			res.lastTouch = time.Now()
 			continue
 		}
 		if err := v.verify(a.Page, page, scratch); err != nil {
@@ -435,6 +534,7 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 		} else {
 			res.verified++
 		}
+		res.lastTouch = time.Now()
 	}
 }
 
@@ -527,6 +627,66 @@ func (v *vm) inflate(b Balloon) error {
 	v.shadowMu.Unlock()
 	v.ballooned.Store(true)
 	return nil
+}
+
+// touchAll reads every traced page and write-faults every page the trace
+// writes, without changing content, so the replay takes no fault.
+func (v *vm) touchAll() {
+	for _, a := range v.cfg.Trace.Accesses {
+		addr, ok := v.hostAddr(a.Page)
+		if !ok {
+			continue
+		}
+		w := (*uint64)(unsafe.Pointer(&offheap.At(addr, 8)[0]))
+		if a.Kind&wset.Write != 0 {
+			atomic.AddUint64(w, 0)
+		} else {
+			atomic.LoadUint64(w)
+		}
+	}
+}
+
+// residency sums Rss and Anonymous of the guest regions' VMAs in
+// /proc/self/smaps (nil if it cannot be read).
+func (v *vm) residency() *Residency {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return nil
+	}
+	var r Residency
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		var lo, hi uint64
+		if n, _ := fmt.Sscanf(line, "%x-%x ", &lo, &hi); n == 2 {
+			in = false
+			for _, m := range v.regions {
+				if uint64(m.addr) <= lo && hi <= uint64(m.addr)+m.Size {
+					in = true
+				}
+			}
+			continue
+		}
+		if !in {
+			continue
+		}
+		var kb uint64
+		if k, _ := fmt.Sscanf(line, "Rss: %d kB", &kb); k == 1 {
+			r.FileMapped += kb << 10
+		} else if k, _ := fmt.Sscanf(line, "Anonymous: %d kB", &kb); k == 1 {
+			r.Private += kb << 10
+			r.FileMapped -= kb << 10
+		}
+	}
+	return &r
+}
+
+// threadCPU is the calling OS thread's CPU time.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
 
 // spin busy-waits d: think time is guest computation, which occupies a CPU.

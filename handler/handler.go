@@ -217,12 +217,25 @@ func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
 	runtime.UnlockOSThread()
 	close(work)
 	wg.Wait()
-	h.stats.Wall = time.Since(h.start)
-	h.stats.Exit = exit
+	st := h.counters()
+	st.Wall = time.Since(h.start)
+	st.Exit = exit
 	if p := h.fatal.Load(); p != nil && err == nil {
 		err = *p
 	}
-	return h.stats, err
+	return st, err
+}
+
+// counters reads the statistics. Install, InstallQuiet and LeaveToKernel
+// may still be adding to them from other goroutines (a pager's background
+// installs), so every shared counter is loaded atomically; Removes and
+// Unexpected belong to the reader, which is Serve's own goroutine.
+func (h *Handler) counters() Stats {
+	s := &h.stats
+	return Stats{Faults: atomic.LoadUint64(&s.Faults), WriteFaults: atomic.LoadUint64(&s.WriteFaults),
+		ZeroFaults: atomic.LoadUint64(&s.ZeroFaults), BytesCopied: atomic.LoadUint64(&s.BytesCopied),
+		Exists: atomic.LoadUint64(&s.Exists), Retries: atomic.LoadUint64(&s.Retries), Removes: s.Removes,
+		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered)}
 }
 
 func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
@@ -304,14 +317,19 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 				pending = nil
 			}
 		}
-		if fds[1].Revents&unix.POLLIN != 0 {
-			return "stopped", nil
-		}
+		// The VM's going is named before a stop: serving stops itself
+		// (Stop) when a copy finds the VM gone.
 		if exitIdx >= 0 && fds[exitIdx].Revents&unix.POLLIN != 0 {
 			return "vm exited", nil
 		}
 		if hupIdx >= 0 && fds[hupIdx].Revents != 0 {
 			return "vm closed the handshake socket", nil
+		}
+		if fds[1].Revents&unix.POLLIN != 0 {
+			if h.gone.Load() {
+				return "vm gone (ESRCH)", nil
+			}
+			return "stopped", nil
 		}
 	}
 }

@@ -115,19 +115,47 @@ func (s *stage) fill(img *snapimage.Image, id snapimage.SectionID, i uint64, sto
 }
 
 // pageSource returns the address of page i of segment id, whose stored
-// bytes are seg (its Span), ready to be copied into the guest: the stored
-// bytes themselves for a page stored whole, else a staging buffer holding
-// the rebuilt page. release returns the buffer (nil when none was used).
-func (s *Session) pageSource(id snapimage.SectionID, i uint64, seg []byte) (addr uintptr, release func(), err error) {
-	if s.img.Full(id, i) {
-		return offheap.AddrOf(seg), nil, nil
+// bytes are stored (its Span), ready to be copied into the guest: the
+// stored bytes themselves for a page stored whole when they are off-heap
+// memory of the tier (direct), else a staging buffer holding the rebuilt
+// page. release returns the buffer (nil when none was used).
+func (s *Session) pageSource(id snapimage.SectionID, i uint64, stored []byte, direct bool) (addr uintptr, release func(), err error) {
+	if direct && s.img.Full(id, i) {
+		return offheap.AddrOf(stored), nil, nil
 	}
 	st, err := s.stages.get()
 	if err != nil {
 		return 0, nil, err
 	}
-	st.fill(s.img, id, i, seg)
+	st.fill(s.img, id, i, stored)
 	return st.m.Addr(), func() { s.stages.put(st) }, nil
+}
+
+// hotStored returns hot page i's stored bytes in seg. A hot segment that a
+// tier keeps in several pieces (CXL extents of a chunk each) may split a
+// page between two of them: its bytes are then copied into one slice on
+// the Go heap, and direct is false (they cannot be a UFFDIO_COPY source).
+func (s *Session) hotStored(seg restore.Segment, i uint64) (b []byte, direct bool) {
+	off, n := s.img.Span(snapimage.SecHotSegment, i)
+	for k, p := range seg {
+		if off < uint64(len(p)) {
+			if off+n <= uint64(len(p)) {
+				return p[off : off+n], true
+			}
+			b = make([]byte, 0, n)
+			for _, q := range seg[k:] {
+				take := min(n-uint64(len(b)), uint64(len(q))-off)
+				b = append(b, q[off:off+take]...)
+				off = 0
+				if uint64(len(b)) == n {
+					break
+				}
+			}
+			return b, false
+		}
+		off -= uint64(len(p))
+	}
+	return nil, false
 }
 
 // whole reports whether the image stores every page whole (4 KiB images,
@@ -164,9 +192,9 @@ func (s *Session) longZeroRun(run snapimage.Run) bool {
 
 // installStored installs n stored pages of segment id, indices first
 // onward, onto the consecutive guest pages from page on, ahead of faults
-// (InstallQuiet). seg holds the segment's bytes at segment offsets (the
-// hot segment, or the cold arena). Whole pages stored back to back go in
-// one copy; any other page is rebuilt in a staging buffer first.
+// (InstallQuiet). seg holds the segment's bytes at segment offsets, off
+// the Go heap (the cold arena). Whole pages stored back to back go in one
+// copy; any other page is rebuilt in a staging buffer first.
 func (s *Session) installStored(id snapimage.SectionID, seg []byte, first, page, n uint64) (uint64, error) {
 	base := offheap.AddrOf(seg)
 	if s.whole() {
@@ -191,7 +219,7 @@ func (s *Session) installStored(id snapimage.SectionID, seg []byte, first, page,
 			k = j
 			continue
 		}
-		addr, release, err := s.pageSource(id, i, s.spanOf(id, seg, i))
+		addr, release, err := s.pageSource(id, i, s.spanOf(id, seg, i), true)
 		if err != nil {
 			return installed, err
 		}
@@ -252,13 +280,25 @@ func parallel(n uint64, fn func(w int, i uint64) error) error {
 
 // verifyHot checks every hot page's stored bytes in seg against the
 // image's digests, in parallel for a large hot set.
-func (s *Session) verifyHot(seg []byte, src string) error {
+func (s *Session) verifyHot(seg restore.Segment, src string) error {
 	_, nhot, _ := s.img.Counts()
+	check := func(i uint64) error {
+		var b []byte
+		if s.whole() {
+			b = seg.Page(i, s.ps)
+		} else {
+			b, _ = s.hotStored(seg, i)
+		}
+		if err := s.img.VerifyHotPage(i, b); err != nil {
+			return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+		}
+		return nil
+	}
 	const chunk = 256 // pages per task: 1 MiB of 4 KiB pages
 	if s.whole() && s.ps*nhot < 4<<20 {
 		for i := uint64(0); i < nhot; i++ {
-			if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
-				return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+			if err := check(i); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -269,8 +309,8 @@ func (s *Session) verifyHot(seg []byte, src string) error {
 	}
 	return parallel((nhot+per-1)/per, func(_ int, t uint64) error {
 		for i := t * per; i < min((t+1)*per, nhot); i++ {
-			if err := s.img.VerifyHotPage(i, s.spanOf(snapimage.SecHotSegment, seg, i)); err != nil {
-				return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+			if err := check(i); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -280,7 +320,7 @@ func (s *Session) verifyHot(seg []byte, src string) error {
 // preinstallHuge installs a hot set of pages stored as sub-pages, in
 // first-touch order, on several threads: each rebuilds its page in its own
 // staging buffer and copies it in. It returns the pages installed.
-func (s *Session) preinstallHuge(seg []byte) (uint64, error) {
+func (s *Session) preinstallHuge(seg restore.Segment) (uint64, error) {
 	_, nhot, _ := s.img.Counts()
 	var installed atomic.Uint64
 	stages := make([]*stage, preinstallWorkers())
@@ -293,9 +333,9 @@ func (s *Session) preinstallHuge(seg []byte) (uint64, error) {
 	}()
 	err := parallel(nhot, func(w int, i uint64) error {
 		page := s.img.HotPage(i)
-		stored := s.spanOf(snapimage.SecHotSegment, seg, i)
+		stored, direct := s.hotStored(seg, i)
 		addr := offheap.AddrOf(stored)
-		if !s.img.Full(snapimage.SecHotSegment, i) {
+		if !direct || !s.img.Full(snapimage.SecHotSegment, i) {
 			if stages[w] == nil {
 				st, err := s.stages.get()
 				if err != nil {

@@ -79,7 +79,7 @@ type Session struct {
 
 	hotReady  chan struct{}
 	hotMu     sync.Mutex
-	hotSeg    []byte
+	hotSeg    restore.Segment
 	hotUsers  sync.WaitGroup
 	hotOnce   sync.Once
 	readyOnce sync.Once
@@ -172,11 +172,18 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			// valid until every demand copy from it is done.
 			s.hotUsers.Add(1)
 			s.hotMu.Unlock()
-			addr, release, err := s.pageSource(snapimage.SecHotSegment, idx, s.spanOf(snapimage.SecHotSegment, seg, idx))
-			if err != nil || release != nil {
-				s.hotUsers.Done() // rebuilt in a staging buffer: seg no longer read
-				return addr, false, release, err
+			if !s.whole() {
+				// Rebuilt in a staging buffer unless stored whole in one
+				// piece: then seg is read until the copy is done.
+				stored, direct := s.hotStored(seg, idx)
+				addr, release, err := s.pageSource(snapimage.SecHotSegment, idx, stored, direct)
+				if err != nil || release != nil {
+					s.hotUsers.Done()
+					return addr, false, release, err
+				}
+				return addr, false, func() { s.hotUsers.Done() }, nil
 			}
+			addr, _ := seg.Run(idx, 1, ps)
 			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
 		s.hotMu.Unlock()
@@ -195,7 +202,7 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		}
 		// The faulting page is installed (and its vCPU woken) first; the
 		// rest of the extent follows asynchronously, off the fault path.
-		addr, release, err := s.pageSource(snapimage.SecColdSegment, idx, s.spanOf(snapimage.SecColdSegment, s.arena, idx))
+		addr, release, err := s.pageSource(snapimage.SecColdSegment, idx, s.spanOf(snapimage.SecColdSegment, s.arena, idx), true)
 		if err != nil {
 			return 0, false, nil, err
 		}
@@ -358,7 +365,7 @@ func (s *Session) preinstall(ctx context.Context) {
 	_, nhot, _ := s.img.Counts()
 	var err error
 	if nhot > 0 {
-		err = s.withHot(ctx, func(seg []byte) error {
+		err = s.withHot(ctx, func(seg restore.Segment) error {
 			s.hotMu.Lock()
 			s.hotSeg = seg
 			s.hotMu.Unlock()
@@ -377,18 +384,23 @@ func (s *Session) preinstall(ctx context.Context) {
 			if !s.whole() {
 				n, err := s.preinstallHuge(seg)
 				s.rep.PreinstallPages += n
-				if err != nil {
-					return err
-				}
+				s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
+				return err
 			}
 			for _, run := range s.img.HotRuns() {
-				if !s.whole() {
-					break
-				}
-				n, err := s.installStored(snapimage.SecHotSegment, seg, run.Index, run.Page, uint64(run.Count))
-				s.rep.PreinstallPages += n
-				if err != nil {
-					return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+				// A run is one UFFDIO_COPY unless it crosses from one piece
+				// of the segment to the next.
+				for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
+					addr, k := seg.Run(idx, left, s.ps)
+					if k == 0 {
+						return fmt.Errorf("pager: hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
+					}
+					n, err := s.h.InstallQuiet(page*s.ps, addr, k)
+					s.rep.PreinstallPages += n
+					if err != nil {
+						return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+					}
+					page, idx, left = page+k, idx+k, left-k
 				}
 			}
 			s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
@@ -445,12 +457,12 @@ func (s *Session) openHot() {
 // withHot runs fn on the verified hot segment, falling back to the snapshot's HotFallback
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
-func (s *Session) withHot(ctx context.Context, fn func(seg []byte) error) error {
+func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) error) error {
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
-		err := src.With(ctx, func(seg []byte) error {
-			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(len(seg)) < want {
-				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), len(seg), want)
+		err := src.With(ctx, func(seg restore.Segment) error {
+			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(seg.Len()) < want {
+				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
 			}
 			if err := s.verifyHot(seg, src.Name()); err != nil {
 				return err
@@ -541,8 +553,13 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 	if err != nil {
 		return 0, false, nil, err
 	}
-	err = s.withHot(s.ctx, func(seg []byte) error {
-		return s.img.Expand(snapimage.SecHotSegment, idx, s.spanOf(snapimage.SecHotSegment, seg, idx), m.B)
+	err = s.withHot(s.ctx, func(seg restore.Segment) error {
+		if !s.whole() {
+			stored, _ := s.hotStored(seg, idx)
+			return s.img.Expand(snapimage.SecHotSegment, idx, stored, m.B)
+		}
+		copy(m.B, seg.Page(idx, s.ps))
+		return nil
 	})
 	if err != nil {
 		m.Unmap()

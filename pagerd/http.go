@@ -108,6 +108,36 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		writeJSON(w, 200, out)
 	})
+	tier, _ := d.cfg.Opener.(restore.Tiering)
+	for _, op := range []string{"promote", "demote"} {
+		mux.HandleFunc("POST /v1/snapshots/{name}/"+op, func(w http.ResponseWriter, r *http.Request) {
+			if tier == nil {
+				writeErr(w, fmt.Errorf("%w: this daemon has no CXL tier to %s into or out of", restore.ErrInvalid, op))
+				return
+			}
+			f := tier.Promote
+			if op == "demote" {
+				f = tier.Demote
+			}
+			if err := f(r.Context(), r.PathValue("name")); err != nil {
+				writeErr(w, err)
+				return
+			}
+			w.WriteHeader(204)
+		})
+	}
+	mt, _ := d.cfg.Opener.(restore.MemTier)
+	mux.HandleFunc("POST /v1/memnodes/{addr}/drain", func(w http.ResponseWriter, r *http.Request) {
+		if mt == nil {
+			writeErr(w, fmt.Errorf("%w: this daemon has no memory tier", restore.ErrInvalid))
+			return
+		}
+		if err := mt.Drain(r.Context(), r.PathValue("addr")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(204)
+	})
 	mux.HandleFunc("DELETE /v1/snapshots/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if cat == nil {
 			writeErr(w, errNoCatalog)

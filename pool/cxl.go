@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/cxl/pod"
 	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/restore"
 )
 
 // membership is this host's identities on the pod's CXL region: the owner
@@ -98,23 +101,75 @@ func (p *Pool) OwnedChunks() []int {
 	return m.owner.Owned()
 }
 
-// publishHot writes the hot segment into CXL: into a chunk this host owns,
-// else one it acquires, else after evicting the pod's least recently
-// restored hot set (retired by whichever host owns its chunk).
-func (p *Pool) publishHot(ctx context.Context, name string, hot []byte) (pod.Ref, error) {
+// extentKey names piece i of a snapshot's hot set in the pod catalog.
+func extentKey(name string, i int) string { return fmt.Sprintf("%s#%d", name, i) }
+
+// keyExtent parses an extentKey.
+func keyExtent(key string) (string, int, bool) {
+	i := strings.LastIndexByte(key, '#')
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(key[i+1:])
+	return key[:i], n, err == nil
+}
+
+// place writes hot, the hot segment of snap, into this pod's region and
+// records (sealed) where it is. A hot set larger than a chunk is stored as
+// several extents. Room is made by demoting only hot sets colder than
+// maxHeat (math.Inf(1): any).
+func (p *Pool) place(ctx context.Context, snap *control.Snapshot, hot []byte, maxHeat float64) (*control.Placement, error) {
+	refs, err := p.publishHot(ctx, snap.Name, hot, maxHeat)
+	if err != nil {
+		return nil, err
+	}
+	pl := &control.Placement{Name: snap.Name, Pod: p.podName(), Published: snap.Published}
+	for _, r := range refs {
+		pl.Extents = append(pl.Extents, control.HotExtent{Descriptor: r.Desc, Gen: r.Gen, Token: r.Token, Len: uint64(r.Len)})
+	}
+	p.sealPlacement(pl)
+	if err := p.cfg.PodState.PutPlacement(ctx, pl, 0); err != nil {
+		// Unrecorded extents are orphans: this host's sweep retires them.
+		return nil, err
+	}
+	return pl, nil
+}
+
+// publishHot writes the hot segment into CXL as extents of at most a chunk:
+// into chunks this host owns, else ones it acquires, else after demoting
+// the pod's coldest hot sets (retired by whichever host owns their chunks).
+// On failure the extents already written are retired.
+func (p *Pool) publishHot(ctx context.Context, name string, hot []byte, maxHeat float64) ([]pod.Ref, error) {
 	m := p.cxl.Load()
 	if m == nil {
-		return pod.Ref{}, errNoCXL
+		return nil, errNoCXL
 	}
-	if int64(len(hot)) > m.owner.Geometry().ChunkSize {
-		return pod.Ref{}, fmt.Errorf("hot segment of %d bytes exceeds the region's %d-byte chunks", len(hot), m.owner.Geometry().ChunkSize)
-	}
+	g := m.owner.Geometry()
 	p.cxlMu.Lock()
 	defer p.cxlMu.Unlock()
 	p.lastPub.Store(time.Now().UnixNano())
 	defer func() { p.lastPub.Store(time.Now().UnixNano()) }()
+	var refs []pod.Ref
+	for i, off := 0, 0; off < len(hot); i++ {
+		n := min(len(hot)-off, int(g.ChunkSize))
+		ref, err := p.publishExtent(ctx, m, name, extentKey(name, i), hot[off:off+n], maxHeat)
+		if err != nil {
+			for j := range refs {
+				m.owner.Unpublish(ctx, extentKey(name, j))
+			}
+			return nil, err
+		}
+		refs = append(refs, ref)
+		off += n
+	}
+	return refs, nil
+}
+
+// publishExtent publishes one extent, making room as needed. Called with
+// cxlMu held.
+func (p *Pool) publishExtent(ctx context.Context, m *membership, name, key string, data []byte, maxHeat float64) (pod.Ref, error) {
 	for attempt := 0; ; attempt++ {
-		ref, err := m.owner.Publish(ctx, name, hot)
+		ref, err := m.owner.Publish(ctx, key, data)
 		if err == nil || !errors.Is(err, pod.ErrNoSpace) {
 			return ref, err
 		}
@@ -122,9 +177,9 @@ func (p *Pool) publishHot(ctx context.Context, name string, hot []byte) (pod.Ref
 			continue
 		}
 		if attempt >= 16 {
-			return pod.Ref{}, fmt.Errorf("CXL tier full after %d evictions: %w", attempt, err)
+			return pod.Ref{}, fmt.Errorf("CXL tier full after %d demotions: %w", attempt, err)
 		}
-		victim, err := p.evictForSpace(ctx, m, name)
+		victim, err := p.evictForSpace(ctx, m, name, maxHeat)
 		if err != nil {
 			return pod.Ref{}, err
 		}
@@ -153,11 +208,35 @@ func (p *Pool) acquireFree(ctx context.Context, m *membership) bool {
 	return false
 }
 
-// evictForSpace demotes the pod's least recently restored hot set other
-// than keep: at once if this host owns its chunk, else by asking the owner
-// and waiting (bounded) for a chunk to come free. Called with cxlMu held.
-func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string) (string, error) {
-	order, err := p.cfg.Plane.EvictionOrder(ctx)
+// owns reports whether this host owns every chunk of pl's extents, after
+// taking over the chunks whose owner is gone (their published extents stay
+// readable). Called with cxlMu held.
+func (p *Pool) owns(ctx context.Context, m *membership, pl *control.Placement, owners map[int]int) bool {
+	per := m.owner.Geometry().DescPerChunk
+	all := true
+	for _, x := range pl.Extents {
+		if m.owner.Owns(x.Descriptor) {
+			continue
+		}
+		if _, owned := owners[x.Descriptor/per]; !owned && m.owner.Acquire(ctx, x.Descriptor/per) == nil {
+			p.Counters.ChunksAcquired.Add(1)
+			continue
+		}
+		all = false
+	}
+	return all
+}
+
+// evictForSpace demotes the pod's coldest hot set other than keep: at once
+// if this host owns its chunks (or takes them over from a dead owner), else
+// by asking their owner and waiting (bounded) for a chunk to come free.
+// Called with cxlMu held.
+func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string, maxHeat float64) (string, error) {
+	pls, err := p.cfg.PodState.Placements(ctx)
+	if err != nil {
+		return "", err
+	}
+	heats, err := p.cfg.PodState.Heats(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -165,36 +244,30 @@ func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string) (s
 	if err != nil {
 		return "", err
 	}
-	per := m.owner.Geometry().DescPerChunk
-	for _, s := range order {
-		if s.Name == keep || s.Hot == nil {
+	now := time.Now()
+	for _, pl := range control.Coldest(pls, heats, now) {
+		if pl.Name == keep {
 			continue
 		}
-		if chunk := s.Hot.Descriptor / per; !m.owner.Owns(s.Hot.Descriptor) {
-			if _, owned := owners[chunk]; !owned {
-				// Its owner is gone (lease expired): take the chunk
-				// over; its published extents stay readable.
-				if err := m.owner.Acquire(ctx, chunk); err == nil {
-					p.Counters.ChunksAcquired.Add(1)
-				}
-			}
+		if heats[pl.Name].Now(now) >= maxHeat {
+			break // the rest are hotter still
 		}
-		if m.owner.Owns(s.Hot.Descriptor) {
-			if err := p.evictLocal(ctx, m, s); err != nil {
+		if p.owns(ctx, m, pl, owners) {
+			if err := p.evictLocal(ctx, m, pl); err != nil {
 				return "", err
 			}
 			m.owner.ReleaseEmpty(ctx)
-			return s.Name, nil
+			return pl.Name, nil
 		}
-		// Another host owns the chunk: ask it, then wait for space.
-		if err := p.cfg.PodState.RequestEviction(ctx, m.member, s.Name); err != nil {
+		// Another host owns a chunk of it: ask it, then wait for space.
+		if err := p.cfg.PodState.RequestEviction(ctx, m.member, pl.Name); err != nil {
 			return "", err
 		}
 		p.Counters.EvictRequests.Add(1)
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {
 			if p.acquireFree(ctx, m) {
-				return s.Name, nil
+				return pl.Name, nil
 			}
 			select {
 			case <-ctx.Done():
@@ -202,28 +275,25 @@ func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string) (s
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
-		return "", fmt.Errorf("the owner of %s's CXL chunk did not free it within 5s", s.Name)
+		return "", fmt.Errorf("the owner of %s's CXL chunk did not free it within 5s", pl.Name)
 	}
-	return "", errors.New("CXL tier full and no hot set to evict")
+	return "", errors.New("CXL tier full and no colder hot set to demote")
 }
 
-// evictLocal demotes s, whose extent lies in a chunk this host owns: the
-// catalog entry drops its CXL placement first (new restores read the RDMA
-// copy), then the extent is unpublished and reclaimed once no host can
-// still be reading it. Called with cxlMu held.
-func (p *Pool) evictLocal(ctx context.Context, m *membership, s *control.Snapshot) error {
-	p.reseal(s, func(s *control.Snapshot) { s.Hot = nil })
-	if err := p.cfg.Plane.UpdateSnapshot(ctx, s, nil); err != nil {
+// evictLocal demotes pl: its placement goes first (new restores read the
+// RDMA copy; hosts watching placements stop using it), then its extents in
+// this host's chunks are unpublished and reclaimed once no host can still
+// be reading them. Called with cxlMu held.
+func (p *Pool) evictLocal(ctx context.Context, m *membership, pl *control.Placement) error {
+	if err := p.cfg.PodState.DeletePlacement(ctx, pl.Name, pl.Rev); err != nil && !errors.Is(err, control.ErrNotFound) {
 		return err
 	}
 	p.mu.Lock()
-	if e, ok := p.cache[s.Name]; ok {
+	if e, ok := p.cache[pl.Name]; ok {
 		e.hot.Store(nil)
 	}
 	p.mu.Unlock()
-	if err := m.owner.Unpublish(ctx, s.Name); err != nil && !errors.Is(err, pod.ErrNotFound) {
-		return err
-	}
+	p.retireExtentsLocked(ctx, m, pl)
 	if _, err := m.owner.Reclaim(ctx); err != nil {
 		return err
 	}
@@ -231,20 +301,29 @@ func (p *Pool) evictLocal(ctx context.Context, m *membership, s *control.Snapsho
 	return nil
 }
 
-// retireKey retires the extent of key if this host owns its chunk
-// (removal of a snapshot). Other hosts' extents are retired by their
-// owners' sweeps, which find them orphaned.
-func (p *Pool) retireKey(ctx context.Context, key string) {
+// retireExtents retires the extents of pl that lie in this host's chunks
+// (the others are retired by their owners' sweeps, which find them
+// orphaned).
+func (p *Pool) retireExtents(ctx context.Context, pl *control.Placement) {
 	m := p.cxl.Load()
 	if m == nil {
 		return
 	}
 	p.cxlMu.Lock()
 	defer p.cxlMu.Unlock()
-	if err := m.owner.Unpublish(ctx, key); err != nil && !errors.Is(err, pod.ErrNotFound) {
-		p.log.Debug("retiring a removed snapshot's extent", "snapshot", key, "err", err)
-	}
+	p.retireExtentsLocked(ctx, m, pl)
 	m.owner.Reclaim(ctx)
+}
+
+func (p *Pool) retireExtentsLocked(ctx context.Context, m *membership, pl *control.Placement) {
+	for i, x := range pl.Extents {
+		if !m.owner.Owns(x.Descriptor) {
+			continue
+		}
+		if err := m.owner.Unpublish(ctx, extentKey(pl.Name, i)); err != nil && !errors.Is(err, pod.ErrNotFound) {
+			p.log.Debug("retiring a demoted extent", "snapshot", pl.Name, "extent", i, "err", err)
+		}
+	}
 }
 
 // sweepLoop runs the owner's housekeeping until ctx ends.
@@ -273,10 +352,13 @@ func (p *Pool) sweepLoop(ctx context.Context) {
 	}
 }
 
-// sweep, for the chunks this host owns: honours eviction requests, retires
-// extents no catalog entry references any more (removed or replaced
-// snapshots, publishes that died before their catalog entry), reclaims
-// retired extents whose grace period is over and gives empty chunks back.
+// sweep keeps this pod's placements and this host's chunks tidy: it drops
+// placements of snapshots that were removed or republished (or that do not
+// verify), honours eviction requests for hot sets in this host's chunks,
+// retires extents of its chunks that no placement names (removed,
+// demoted or republished snapshots, publishes that died before their
+// placement), reclaims retired extents whose grace period is over and
+// gives empty chunks back when another host needs room.
 func (p *Pool) sweep(ctx context.Context) error {
 	m := p.cxl.Load()
 	if m == nil {
@@ -290,36 +372,51 @@ func (p *Pool) sweep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pls, err := p.cfg.PodState.Placements(ctx)
+	if err != nil {
+		return err
+	}
 	snaps, err := p.cfg.Plane.ListSnapshots(ctx)
 	if err != nil {
 		return err
 	}
-	byName := map[string]*control.Snapshot{}
+	live := map[string]*control.Snapshot{}
 	for _, s := range snaps {
-		byName[s.Name] = s
+		live[s.Name] = s
+	}
+	for name, pl := range pls {
+		if s := live[name]; s == nil || !s.Published.Equal(pl.Published) || p.verifyPlacement(pl) != nil {
+			p.cfg.PodState.DeletePlacement(ctx, name, pl.Rev)
+			delete(pls, name)
+		}
 	}
 	p.cxlMu.Lock()
 	defer p.cxlMu.Unlock()
+	owners, err := p.cfg.PodState.ChunkOwners(ctx)
+	if err != nil {
+		return err
+	}
 	for _, name := range reqs {
-		ref, ok := refs[name]
-		s := byName[name]
-		if !ok || s == nil || s.Hot == nil || !m.owner.Owns(ref.Desc) {
-			if !ok || s == nil || s.Hot == nil {
-				p.cfg.PodState.EvictionDone(ctx, name)
-			}
+		pl := pls[name]
+		if pl == nil {
+			p.cfg.PodState.EvictionDone(ctx, name)
 			continue
 		}
-		if err := p.evictLocal(ctx, m, s); err != nil {
+		if !p.owns(ctx, m, pl, owners) {
+			continue // another host owns part of it
+		}
+		if err := p.evictLocal(ctx, m, pl); err != nil {
 			return err
 		}
+		delete(pls, name)
 		p.cfg.PodState.EvictionDone(ctx, name)
 		p.log.Info("demoted a hot segment another host needed the space of", "snapshot", name)
 	}
-	// A publish writes the pod catalog before the snapshot entry: leave
-	// this host's extents alone while one of its publishes may be between
-	// the two.
+	// A publish writes the pod catalog before the placement: leave this
+	// host's extents alone while one of its publishes may be between the
+	// two.
 	if time.Since(time.Unix(0, p.lastPub.Load())) > 5*p.cfg.Sweep+5*time.Second {
-		if err := p.retireOrphans(ctx, m, refs, byName); err != nil {
+		if err := p.retireOrphans(ctx, m, refs, pls); err != nil {
 			return err
 		}
 	}
@@ -334,12 +431,12 @@ func (p *Pool) sweep(ctx context.Context) error {
 	return nil
 }
 
-// retireOrphans retires the extents of this host's chunks that no snapshot
-// references: pod-catalog keys whose snapshot is gone or points elsewhere
-// (removed, demoted or republished), and published extents no key names
-// (a publish that died before its catalog write, or a key that moved to
-// another host's extent). Called with cxlMu held.
-func (p *Pool) retireOrphans(ctx context.Context, m *membership, refs map[string]control.ExtentRef, byName map[string]*control.Snapshot) error {
+// retireOrphans retires the extents of this host's chunks that no placement
+// names: pod-catalog keys whose placement is gone or points elsewhere, and
+// published extents no key names (a publish that died before its catalog
+// write, or a key that moved to another host's extent). Called with cxlMu
+// held.
+func (p *Pool) retireOrphans(ctx context.Context, m *membership, refs map[string]control.ExtentRef, pls map[string]*control.Placement) error {
 	named := map[pod.Ref]bool{}
 	for key, ref := range refs {
 		r := refToPod(ref)
@@ -347,8 +444,10 @@ func (p *Pool) retireOrphans(ctx context.Context, m *membership, refs map[string
 		if !m.owner.Owns(ref.Desc) {
 			continue
 		}
-		if s := byName[key]; s != nil && s.Hot != nil && s.Hot.Descriptor == ref.Desc && s.Hot.Gen == ref.Gen {
-			continue
+		if name, i, ok := keyExtent(key); ok {
+			if pl := pls[name]; pl != nil && i < len(pl.Extents) && pl.Extents[i].Descriptor == ref.Desc && pl.Extents[i].Gen == ref.Gen {
+				continue
+			}
 		}
 		if err := m.owner.Unpublish(ctx, key); err != nil && !errors.Is(err, pod.ErrNotFound) {
 			return err
@@ -394,19 +493,26 @@ func (p *Pool) withReader(ctx context.Context, fn func(*pod.Pod) error) error {
 type cxlHot struct {
 	p     *Pool
 	e     *entry
-	place *control.HotPlacement
+	place *control.Placement
 }
 
 func (h *cxlHot) Name() string { return "cxl" }
 
-func (h *cxlHot) With(ctx context.Context, fn func([]byte) error) error {
-	if cur := h.e.hot.Load(); cur == nil || *cur != *h.place {
+func (h *cxlHot) With(ctx context.Context, fn func(restore.Segment) error) error {
+	if cur := h.e.hot.Load(); cur == nil || !cur.Equal(h.place) {
 		return errEvicted
 	}
-	ref := pod.Ref{Desc: h.place.Descriptor, Gen: h.place.Gen, Token: h.place.Token, Len: uint32(h.place.Len)}
+	refs := make([]pod.Ref, len(h.place.Extents))
+	for i, x := range h.place.Extents {
+		refs[i] = pod.Ref{Desc: x.Descriptor, Gen: x.Gen, Token: x.Token, Len: uint32(x.Len)}
+	}
 	return h.p.withReader(ctx, func(r *pod.Pod) error {
-		_, err := r.Install(ref, func(addr uintptr, n int) error {
-			return fn(offheap.At(addr, n))
+		_, err := r.InstallMany(refs, func(addrs []uintptr, lens []int) error {
+			seg := make(restore.Segment, len(addrs))
+			for i := range addrs {
+				seg[i] = offheap.At(addrs[i], lens[i])
+			}
+			return fn(seg)
 		})
 		return err
 	})

@@ -16,10 +16,12 @@ import (
 	"github.com/aquifer-pool/aquifer/snapimage"
 )
 
-// Open implements restore.Opener: it reads the catalog entry once, and the
-// image metadata from the memory nodes the first time a published version
-// is opened. The returned snapshot's CXL source carries the placement the
-// entry named; nothing on the restore path reads the control plane.
+// Open implements restore.Opener: it reads the catalog entry and this
+// pod's placement of it once, and the image metadata from the memory nodes
+// the first time a published version is opened. The returned snapshot's
+// CXL source carries the placement; nothing on the restore path reads the
+// control plane (a watch keeps cached placements current, so a restore of
+// a hot set demoted meanwhile reads the RDMA copy).
 func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error) {
 	if err := restore.ValidName(name); err != nil {
 		return nil, err
@@ -33,8 +35,17 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 		return nil, err
 	}
 	s := &restore.Snapshot{Name: name, Image: e.img, Cold: e.cold, HotFallback: e.fallback, Hot: e.fallback}
-	if cat.Hot != nil && p.cxl.Load() != nil {
-		s.Hot = &cxlHot{p: p, e: e, place: cat.Hot}
+	if p.cfg.PodState != nil && p.cxl.Load() != nil {
+		pl, err := p.cfg.PodState.GetPlacement(ctx, name)
+		switch {
+		case err == nil && pl.Published.Equal(cat.Published) && p.verifyPlacement(pl) == nil:
+			e.hot.Store(pl)
+			s.Hot = &cxlHot{p: p, e: e, place: pl}
+		case err == nil || errors.Is(err, control.ErrNotFound):
+			e.hot.Store(nil)
+		default:
+			return nil, seamErr(err)
+		}
 	}
 	return s, nil
 }
@@ -46,8 +57,7 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 		return nil, err
 	}
 	p.mu.Lock()
-	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) {
-		e.hot.Store(cat.Hot)
+	if e, ok := p.cache[cat.Name]; ok && e.published.Equal(cat.Published) && e.rev == cat.Rev {
 		p.mu.Unlock()
 		return e, nil
 	}
@@ -72,14 +82,19 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %q: %w", cat.Name, err)
 	}
-	e := &entry{published: cat.Published, img: img}
+	e := &entry{published: cat.Published, rev: cat.Rev, img: img}
+	// The header's object descriptors are the current ones (repair moves
+	// replicas and rewrites the header, never the immutable metadata
+	// object); entries without them fall back to the metadata's copy.
+	if h.HotObj != nil || h.ColdObj != nil {
+		objs = &objects{Hot: h.HotObj, Cold: h.ColdObj}
+	}
 	if objs.Cold != nil {
 		e.cold = &coldSource{ObjectSource: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Cold}}
 	}
 	if objs.Hot != nil {
 		e.fallback = &rdmaHot{src: rdma.ObjectSource{C: p.cfg.RDMA, Obj: objs.Hot}, n: int(objs.Hot.Len)}
 	}
-	e.hot.Store(cat.Hot)
 	p.mu.Lock()
 	p.cache[cat.Name] = e
 	p.mu.Unlock()
@@ -140,7 +155,7 @@ type rdmaHot struct {
 
 func (h *rdmaHot) Name() string { return h.src.Name() }
 
-func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
+func (h *rdmaHot) With(ctx context.Context, fn func(restore.Segment) error) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.buf == nil {
@@ -153,7 +168,7 @@ func (h *rdmaHot) With(ctx context.Context, fn func([]byte) error) error {
 	if err := h.src.Read(ctx, 0, h.buf, false); err != nil {
 		return err
 	}
-	return fn(h.buf)
+	return fn(restore.Segment{h.buf})
 }
 
 // coldSource recycles registered read arenas across restores.

@@ -32,6 +32,10 @@ type Config struct {
 	// CheckRegion, if set, is run every sweep; an error puts the CXL tier
 	// out of service on this host (restores read the RDMA copies).
 	CheckRegion func() error
+	// MemTier, if set, makes this host a candidate to look after the
+	// memory tier (re-replication and drains; one host of the cluster at a
+	// time).
+	MemTier *MemTierConfig
 	// CatalogKey seals catalog entries (CatalogKey(pod secret); seal.go).
 	CatalogKey []byte
 	Logger     *slog.Logger
@@ -51,14 +55,18 @@ type Pool struct {
 	outage   atomic.Pointer[string]
 	lastPub  atomic.Int64 // unix ns of this host's last CXL publish
 	wake     chan struct{}
+	ctx      context.Context
 	stop     context.CancelFunc
+	promos   sync.Map // names being promoted
 	bg       sync.WaitGroup
 	Counters Counters
+	MemTier  MemTierStats
 }
 
 // Counters are the pool's event counts (exported as metrics by embed).
 type Counters struct {
 	Evicted, EvictRequests, OrphansRetired, ChunksAcquired, ChunksReleased atomic.Uint64
+	Promoted, PromoteFailures, SegmentsDeleted                             atomic.Uint64
 }
 
 // entry is an opened snapshot's metadata and RDMA sources, shared by every
@@ -66,10 +74,15 @@ type Counters struct {
 // seen in the catalog (kept current by a watch).
 type entry struct {
 	published time.Time
+	rev       int64 // the catalog entry's revision (repair rewrites its header)
 	img       *snapimage.Image
 	cold      restore.ColdSource
 	fallback  restore.HotSource
-	hot       atomic.Pointer[control.HotPlacement]
+	// hot is this pod's placement of this version, nil when the hot set
+	// is served from its RDMA copy here (kept current by a watch).
+	hot atomic.Pointer[control.Placement]
+	// segments lists every memory-node segment (for removal).
+	objs []*rdma.Object
 }
 
 // New creates a pool. Close stops its background work.
@@ -86,19 +99,41 @@ func New(cfg Config) (*Pool, error) {
 	p := &Pool{cfg: cfg, log: cfg.Logger, cache: map[string]*entry{}, wake: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
+	p.ctx = ctx
 	cfg.Plane.WatchSnapshots(ctx, p.catalogChanged)
 	if cfg.PodState != nil {
+		cfg.PodState.WatchPlacements(ctx, p.placementChanged)
 		p.bg.Add(1)
 		go p.sweepLoop(ctx)
 	}
+	if mt := cfg.MemTier; mt != nil {
+		if mt.Interval <= 0 {
+			mt.Interval = 2 * time.Second
+		}
+		if mt.DeadAfter <= 0 {
+			mt.DeadAfter = 10 * time.Second
+		}
+		p.bg.Add(1)
+		go p.memTierLoop(ctx)
+	}
 	return p, nil
+}
+
+// podName is the pod this host belongs to ("" without a CXL tier).
+func (p *Pool) podName() string {
+	if p.cfg.PodState == nil {
+		return ""
+	}
+	return p.cfg.PodState.Name()
 }
 
 // Close stops the pool's background work and leaves the CXL tier.
 func (p *Pool) Close() {
 	p.stop()
 	p.bg.Wait()
-	p.ClearCXL("closing")
+	if old := p.cxl.Swap(nil); old != nil {
+		p.retireMembership(old) // leaving the region, not an outage: nothing to warn about
+	}
 }
 
 // catalogChanged keeps cached placements current: an eviction or removal
@@ -113,12 +148,27 @@ func (p *Pool) catalogChanged(name string, s *control.Snapshot) {
 	if !ok {
 		return
 	}
-	if s == nil || !s.Published.Equal(e.published) {
+	if s == nil || !s.Published.Equal(e.published) || s.Rev != e.rev {
 		delete(p.cache, name)
-		e.hot.Store(nil)
-		return
+		if s == nil || !s.Published.Equal(e.published) {
+			e.hot.Store(nil)
+		}
 	}
-	e.hot.Store(s.Hot)
+}
+
+// placementChanged keeps the cached placements of this pod current.
+func (p *Pool) placementChanged(name string, pl *control.Placement) {
+	if pl != nil && p.verifyPlacement(pl) != nil {
+		pl = nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.cache[name]; ok {
+		if pl != nil && !pl.Published.Equal(e.published) {
+			pl = nil // it places another version
+		}
+		e.hot.Store(pl)
+	}
 }
 
 // header is the catalog's image header: where the pieces live.
@@ -134,6 +184,11 @@ type header struct {
 	PageSize uint64       `json:"page_size,omitempty"`
 	// MetaSHA256 binds the metadata object to the sealed entry.
 	MetaSHA256 string `json:"meta_sha256"`
+	// Hot and Cold are the segment objects (also inside the metadata
+	// object): the entry names every segment it owns, for removal, repair
+	// and the memory nodes' authorization.
+	HotObj  *rdma.Object `json:"hot_object,omitempty"`
+	ColdObj *rdma.Object `json:"cold_object,omitempty"`
 }
 
 // objects is stored after the image metadata in the meta object.
@@ -163,8 +218,8 @@ func seamErr(err error) error {
 	return err
 }
 
-// info describes a catalog entry.
-func (p *Pool) info(s *control.Snapshot) (*restore.Info, error) {
+// info describes a catalog entry; pl is this pod's placement of it.
+func (p *Pool) info(s *control.Snapshot, pl *control.Placement) (*restore.Info, error) {
 	if err := p.verify(s); err != nil {
 		return nil, err
 	}
@@ -178,10 +233,19 @@ func (p *Pool) info(s *control.Snapshot) (*restore.Info, error) {
 		h.PageSize = 4096 // entries published before the header recorded it
 	}
 	in.MemBytes = h.Pages * h.PageSize
-	if s.Hot != nil {
+	if pl != nil && pl.Published.Equal(s.Published) && p.verifyPlacement(pl) == nil {
 		in.HotTier = "cxl"
 	}
 	return in, nil
+}
+
+// placements returns this pod's placements (none without a CXL tier).
+func (p *Pool) placements(ctx context.Context) (map[string]*control.Placement, error) {
+	if p.cfg.PodState == nil {
+		return nil, nil
+	}
+	pls, err := p.cfg.PodState.Placements(ctx)
+	return pls, seamErr(err)
 }
 
 // List returns the catalog.
@@ -190,9 +254,13 @@ func (p *Pool) List(ctx context.Context) ([]*restore.Info, error) {
 	if err != nil {
 		return nil, seamErr(err)
 	}
+	pls, err := p.placements(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]*restore.Info, 0, len(l))
 	for _, s := range l {
-		in, err := p.info(s)
+		in, err := p.info(s, pls[s.Name])
 		if err != nil {
 			return nil, err
 		}
@@ -201,9 +269,18 @@ func (p *Pool) List(ctx context.Context) ([]*restore.Info, error) {
 	return out, nil
 }
 
-// Restored implements restore.Opener.
+// Restored implements restore.Opener: the restore counts towards the
+// snapshot's heat in this pod, and a snapshot restored here whose hot set
+// this pod's region does not hold is promoted in the background when the
+// policy says so (tiering.go).
 func (p *Pool) Restored(ctx context.Context, name string) {
-	if err := p.cfg.Plane.TouchRestored(ctx, name, time.Now()); err != nil {
-		p.log.Warn("recording restore", "snapshot", name, "err", err)
+	if p.cfg.PodState == nil {
+		return
 	}
+	h, err := p.cfg.PodState.Restored(ctx, name, time.Now())
+	if err != nil {
+		p.log.Warn("recording a restore", "snapshot", name, "err", err)
+		return
+	}
+	p.maybePromote(name, h)
 }

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/offheap"
+	"github.com/aquifer-pool/aquifer/rdma"
 	"github.com/aquifer-pool/aquifer/restore"
 	"github.com/aquifer-pool/aquifer/snapimage"
 	"golang.org/x/sys/unix"
@@ -40,16 +42,17 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, e
 	if err != nil {
 		return nil, err
 	}
-	snap, err := p.publish(ctx, img, f, st.Size(), name)
+	snap, pl, err := p.publish(ctx, img, f, st.Size(), name)
 	if err != nil {
 		return nil, seamErr(err)
 	}
-	return p.info(snap)
+	return p.info(snap, pl)
 }
 
 // publish places an opened, checked image: segments and metadata on the
-// memory nodes, the hot segment in CXL, then the catalog entry.
-func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, size int64, name string) (*control.Snapshot, error) {
+// memory nodes, the catalog entry, then the hot segment in this pod's CXL
+// region and its placement.
+func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, size int64, name string) (*control.Snapshot, *control.Placement, error) {
 	hs, cs := img.Section(snapimage.SecHotSegment), img.Section(snapimage.SecColdSegment)
 	read := func(off, n uint64) ([]byte, *offheap.Mapping, error) {
 		if n == 0 {
@@ -72,22 +75,22 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	ps := int(img.SubPageSize())
 	hot, hm, err := read(hs.Offset, hs.Length)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer hm.Unmap()
 	cold, cm, err := read(cs.Offset, cs.Length)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer cm.Unmap()
 	if len(cold) > 0 {
 		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
-			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
 		}
 	}
 	if len(hot) > 0 {
 		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
-			return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
 		}
 	}
 	// Metadata object: the image up to the hot segment, the object
@@ -95,7 +98,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	metaLen := hs.Offset
 	prefix := make([]byte, metaLen)
 	if _, err := f.ReadAt(prefix, 0); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ob, _ := json.Marshal(objs)
 	blob := append(prefix, ob...)
@@ -108,35 +111,71 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	mm, err := offheap.Anon(len(blob), unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer mm.Unmap()
 	copy(mm.B, blob)
 	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
 	if err != nil {
-		return nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
+		return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize()), MetaSHA256: metaDigest(mm.B)}
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize()), MetaSHA256: metaDigest(mm.B),
+		HotObj: objs.Hot, ColdObj: objs.Cold}
 	hb, _ := json.Marshal(h)
-	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now}
-	if len(hot) > 0 && p.cfg.PodState != nil {
-		ref, err := p.publishHot(ctx, name, hot)
-		if err != nil {
-			p.log.Warn("hot segment not placed in CXL; restores will pre-install from its RDMA copy", "snapshot", name, "err", err)
-		} else {
-			snap.Hot = &control.HotPlacement{Descriptor: ref.Desc, Gen: ref.Gen, Token: ref.Token, Len: uint64(ref.Len)}
-		}
-	}
+	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now,
+		Segments: segmentsOf(h)}
 	p.seal(snap)
 	if err := p.cfg.Plane.PutSnapshot(ctx, snap); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return snap, nil
+	var pl *control.Placement
+	if len(hot) > 0 && p.cfg.PodState != nil {
+		if pl, err = p.place(ctx, snap, hot, math.Inf(1)); err != nil {
+			p.log.Warn("hot segment not placed in CXL; restores will pre-install from its RDMA copy", "snapshot", name, "err", err)
+		} else {
+			// A snapshot is published to be restored: it starts as warm as
+			// one restore, so that a colder resident is demoted before it.
+			p.cfg.PodState.SetHeat(ctx, name, control.Heat{Score: 1, At: time.Now()})
+		}
+	}
+	return snap, pl, nil
 }
 
-// Remove deletes a snapshot from the catalog and the tiers.
+// segmentsOf lists every memory-node segment an entry's objects hold.
+func segmentsOf(h header) []control.SegmentPlacement {
+	var out []control.SegmentPlacement
+	for _, o := range []struct {
+		kind string
+		obj  *rdma.Object
+	}{{"meta", h.Meta}, {"hot", h.HotObj}, {"cold", h.ColdObj}} {
+		if o.obj == nil {
+			continue
+		}
+		for _, seg := range o.obj.Segs {
+			sp := control.SegmentPlacement{ID: fmt.Sprintf("%016x", uint64(seg.ID)), Len: uint64(seg.Pages) * uint64(seg.PageSize), Kind: o.kind}
+			for _, r := range seg.Replicas {
+				sp.Nodes = append(sp.Nodes, string(r.Node))
+			}
+			if ec := seg.EC; ec != nil {
+				// A coded segment is stored as shard segments, one a node.
+				for i, r := range ec.Shards {
+					out = append(out, control.SegmentPlacement{ID: fmt.Sprintf("%016x", uint64(rdma.ShardID(seg.ID, i))),
+						Nodes: []string{string(r.Node)}, Len: uint64(ec.ShardPages) * uint64(seg.PageSize), Kind: o.kind})
+				}
+				continue
+			}
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+// Remove deletes a snapshot from the catalog and the tiers: the catalog
+// entry first (no new restore can start), this pod's placement and the
+// extents of this host's chunks (other pods' and hosts' sweeps retire
+// theirs, finding them orphaned), then its segments on the memory nodes.
 func (p *Pool) Remove(ctx context.Context, name string) error {
 	if err := restore.ValidName(name); err != nil {
 		return err
@@ -154,12 +193,39 @@ func (p *Pool) Remove(ctx context.Context, name string) error {
 		delete(p.cache, name)
 	}
 	p.mu.Unlock()
-	if s.Hot != nil {
-		// Its extent is retired now if this host owns the chunk, else by
-		// the owner's sweep, which finds it orphaned.
-		p.retireKey(ctx, name)
+	if p.cfg.PodState != nil {
+		if pl, err := p.cfg.PodState.GetPlacement(ctx, name); err == nil {
+			p.cfg.PodState.DeletePlacement(ctx, name, pl.Rev)
+			p.retireExtents(ctx, pl)
+		}
+		p.cfg.PodState.DropHeat(ctx, name)
 	}
-	// Memory-node segments are immutable and unreferenced now; deleting
-	// them is the memory nodes' garbage collection (not yet implemented).
+	p.deleteSegments(ctx, s)
 	return nil
+}
+
+// deleteSegments deletes an entry's segments from the memory nodes (an
+// entry that does not verify names nothing trustworthy: its segments are
+// left to the garbage collector). Failures are logged; what is left is
+// collected later.
+func (p *Pool) deleteSegments(ctx context.Context, s *control.Snapshot) {
+	if p.verify(s) != nil {
+		return
+	}
+	var h header
+	if json.Unmarshal(s.Header, &h) != nil {
+		return
+	}
+	for _, o := range []*rdma.Object{h.Meta, h.HotObj, h.ColdObj} {
+		if o == nil {
+			continue
+		}
+		for _, seg := range o.Segs {
+			if err := p.cfg.RDMA.Delete(ctx, seg); err != nil {
+				p.log.Warn("deleting a removed snapshot's segment; the garbage collector will retry", "snapshot", s.Name, "segment", fmt.Sprintf("%016x", uint64(seg.ID)), "err", err)
+				continue
+			}
+			p.Counters.SegmentsDeleted.Add(1)
+		}
+	}
 }

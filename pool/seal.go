@@ -116,7 +116,7 @@ func canonical(s *control.Snapshot) []byte {
 		b.WriteString(v)
 	}
 	u64 := func(v uint64) { binary.Write(&b, binary.BigEndian, v) }
-	str("aquifer catalog entry v1")
+	str("aquifer catalog entry v2")
 	str(s.Name)
 	var hdr bytes.Buffer
 	if err := json.Compact(&hdr, s.Header); err != nil {
@@ -127,18 +127,6 @@ func canonical(s *control.Snapshot) []byte {
 	u64(uint64(s.Published.UnixNano()))
 	u64(s.HotBytes)
 	u64(s.ColdBytes)
-	if h := s.Hot; h == nil {
-		b.WriteByte(0)
-	} else {
-		b.WriteByte(1)
-		str(h.Pod)
-		u64(uint64(int64(h.Descriptor)))
-		u64(h.Gen)
-		u64(h.Token)
-		u64(h.Offset)
-		u64(h.Len)
-		u64(h.Digest)
-	}
 	u64(uint64(len(s.Segments)))
 	for _, sp := range s.Segments {
 		str(sp.ID)
@@ -151,4 +139,43 @@ func canonical(s *control.Snapshot) []byte {
 		str(sp.Kind)
 	}
 	return b.Bytes()
+}
+
+// Placements (a pod's record of where a snapshot's hot set sits in its
+// region) are sealed with the same key, under their own label, over the
+// snapshot name, the pod, the version placed and every extent.
+
+func placementSeal(key []byte, pl *control.Placement) string {
+	var b bytes.Buffer
+	str := func(v string) {
+		binary.Write(&b, binary.BigEndian, uint32(len(v)))
+		b.WriteString(v)
+	}
+	u64 := func(v uint64) { binary.Write(&b, binary.BigEndian, v) }
+	str("aquifer placement v1")
+	str(pl.Name)
+	str(pl.Pod)
+	u64(uint64(pl.Published.UnixNano()))
+	u64(uint64(len(pl.Extents)))
+	for _, x := range pl.Extents {
+		u64(uint64(int64(x.Descriptor)))
+		u64(x.Gen)
+		u64(x.Token)
+		u64(x.Len)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(b.Bytes())
+	return sealPrefix + hex.EncodeToString(m.Sum(nil))
+}
+
+func (p *Pool) sealPlacement(pl *control.Placement) { pl.Seal = placementSeal(p.cfg.CatalogKey, pl) }
+
+// verifyPlacement says whether pl is a placement this cluster sealed for
+// this pod.
+func (p *Pool) verifyPlacement(pl *control.Placement) error {
+	if pl.Seal == "" || !hmac.Equal([]byte(pl.Seal), []byte(placementSeal(p.cfg.CatalogKey, pl))) || pl.Pod != p.podName() {
+		p.log.Error("refused a CXL placement that does not verify (changed outside Aquifer or moved from another pod); its hot set is read from the RDMA copy", "snapshot", pl.Name, "pod", pl.Pod)
+		return fmt.Errorf("placement of %q: %w: it does not verify under this pod's secret", pl.Name, ErrUnsealed)
+	}
+	return nil
 }

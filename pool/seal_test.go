@@ -33,7 +33,6 @@ func sample(name string) *control.Snapshot {
 		Cold: 50, PageSize: 4096, MetaSHA256: strings.Repeat("ab", 32)})
 	return &control.Snapshot{Name: name, Header: h, HotBytes: 6 * 4096, ColdBytes: 50 * 4096,
 		Published: time.Unix(1700000000, 123456789),
-		Hot:       &control.HotPlacement{Pod: "pod0", Descriptor: 3, Gen: 7, Token: 11, Offset: 1 << 21, Len: 6 * 4096, Digest: 99},
 		Segments:  []control.SegmentPlacement{{ID: "s1", Nodes: []string{"a:1", "b:2"}, Len: 4096, Digest: 5, Kind: "cold"}}}
 }
 
@@ -118,7 +117,7 @@ func TestSealCoversEveryField(t *testing.T) {
 		t.Fatal(err)
 	}
 	muts := mutators(reflect.TypeOf(*base), "", func(r reflect.Value) reflect.Value { return r })
-	if len(muts) < 20 {
+	if len(muts) < 12 {
 		t.Fatalf("only %d mutations: the walk is broken", len(muts))
 	}
 	for name, mut := range muts {
@@ -168,12 +167,12 @@ func TestSealRefusesSwapForgeryAndOldEntries(t *testing.T) {
 		t.Fatalf("unsealed entry: %v", err)
 	}
 	// reseal never launders a forged entry.
-	p.reseal(forged, func(s *control.Snapshot) { s.Hot = nil })
+	p.reseal(forged, func(s *control.Snapshot) { s.Segments = nil })
 	if err := p.verify(forged); err == nil {
 		t.Fatal("rewriting a forged entry sealed it")
 	}
-	p.reseal(a, func(s *control.Snapshot) { s.Hot = nil })
-	if err := p.verify(a); err != nil || a.Hot != nil {
+	p.reseal(a, func(s *control.Snapshot) { s.Segments = nil })
+	if err := p.verify(a); err != nil || a.Segments != nil {
 		t.Fatalf("rewriting a sealed entry: %v", err)
 	}
 	// The key is derived, never the raw secret, and needs 16 bytes.
@@ -204,5 +203,39 @@ func TestCheckMeta(t *testing.T) {
 	h.MetaSHA256 = ""
 	if err := checkMeta("fn", h, blob); !errors.Is(err, ErrUnsealed) {
 		t.Fatalf("header without a digest: %v", err)
+	}
+}
+
+// TestPlacementSeal: a pod's placement verifies only as sealed, for its
+// own snapshot, version and pod; any changed extent field, or a placement
+// moved to another pod or name, is refused.
+func TestPlacementSeal(t *testing.T) {
+	p := testPool(t, "pod-secret-0123456789abcdef")
+	p.cfg.PodState = nil
+	mk := func() *control.Placement {
+		pl := &control.Placement{Name: "fn", Pod: "", Published: time.Unix(1700000000, 5),
+			Extents: []control.HotExtent{{Descriptor: 3, Gen: 8, Token: 11, Len: 1 << 20}, {Descriptor: 900, Gen: 2, Token: 11, Len: 4096}}}
+		p.sealPlacement(pl)
+		return pl
+	}
+	if err := p.verifyPlacement(mk()); err != nil {
+		t.Fatal(err)
+	}
+	for what, change := range map[string]func(*control.Placement){
+		"name":      func(pl *control.Placement) { pl.Name = "other" },
+		"pod":       func(pl *control.Placement) { pl.Pod = "pod9" },
+		"published": func(pl *control.Placement) { pl.Published = pl.Published.Add(time.Nanosecond) },
+		"desc":      func(pl *control.Placement) { pl.Extents[1].Descriptor++ },
+		"gen":       func(pl *control.Placement) { pl.Extents[0].Gen += 2 },
+		"token":     func(pl *control.Placement) { pl.Extents[0].Token-- },
+		"len":       func(pl *control.Placement) { pl.Extents[1].Len = 8192 },
+		"dropped":   func(pl *control.Placement) { pl.Extents = pl.Extents[:1] },
+		"unsealed":  func(pl *control.Placement) { pl.Seal = "" },
+	} {
+		pl := mk()
+		change(pl)
+		if err := p.verifyPlacement(pl); !errors.Is(err, ErrUnsealed) {
+			t.Errorf("placement with a changed %s verified: %v", what, err)
+		}
 	}
 }

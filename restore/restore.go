@@ -41,6 +41,19 @@ type Catalog interface {
 	List(ctx context.Context) ([]*Info, error)
 }
 
+// Tiering is implemented by catalogs that move hot sets between tiers on
+// an operator's request (this host's pod: its CXL region or the RDMA copy).
+type Tiering interface {
+	Promote(ctx context.Context, name string) error
+	Demote(ctx context.Context, name string) error
+}
+
+// MemTier is implemented by catalogs whose memory tier an operator can
+// drain a node of.
+type MemTier interface {
+	Drain(ctx context.Context, addr string) error
+}
+
 // Info describes a published snapshot.
 type Info struct {
 	Name      string

@@ -17,7 +17,7 @@ type HotSource interface {
 	// and calls fn with its bytes (off-heap, so they can be the source of
 	// UFFDIO_COPY directly: for CXL, the region's own mapping). The bytes
 	// are valid and stable only until fn returns.
-	With(ctx context.Context, fn func(seg []byte) error) error
+	With(ctx context.Context, fn func(seg Segment) error) error
 	// Name says where the pages come from ("cxl", "rdma", "local").
 	Name() string
 }
@@ -31,6 +31,51 @@ type ColdSource interface {
 	// RDMA memory region) and its release function.
 	Arena(n int) ([]byte, func() error, error)
 	Name() string
+}
+
+// Segment is a hot segment as a source hands it out: one or more off-heap
+// pieces in hot-index order, each a whole number of pages. A segment that a
+// tier stores in several extents (CXL chunks are smaller than the largest
+// hot sets) stays in pieces; other sources give one piece.
+type Segment [][]byte
+
+// Len returns the segment's length in bytes.
+func (s Segment) Len() int {
+	n := 0
+	for _, p := range s {
+		n += len(p)
+	}
+	return n
+}
+
+// Page returns hot page i of ps bytes, or nil beyond the segment.
+func (s Segment) Page(i, ps uint64) []byte {
+	off := i * ps
+	for _, p := range s {
+		if off < uint64(len(p)) {
+			if off+ps > uint64(len(p)) {
+				return nil
+			}
+			return p[off : off+ps]
+		}
+		off -= uint64(len(p))
+	}
+	return nil
+}
+
+// Run returns the address of hot page i and how many of the n pages from i
+// on follow it contiguously in memory (at least 1 inside the segment, 0
+// beyond it).
+func (s Segment) Run(i, n, ps uint64) (uintptr, uint64) {
+	off := i * ps
+	for _, p := range s {
+		if off < uint64(len(p)) {
+			k := min(n, (uint64(len(p))-off)/ps)
+			return offheap.AddrOf(p) + uintptr(off), k
+		}
+		off -= uint64(len(p))
+	}
+	return 0, 0
 }
 
 // ReaderAtSource serves a segment from any io.ReaderAt (an image file on
@@ -61,7 +106,7 @@ func LocalSegments(img *snapimage.Image, r io.ReaderAt) (*ReaderAtSource, *Reade
 func (s *ReaderAtSource) Name() string { return s.Kind }
 
 // With implements HotSource: the segment is read once and shared.
-func (s *ReaderAtSource) With(ctx context.Context, fn func(seg []byte) error) error {
+func (s *ReaderAtSource) With(ctx context.Context, fn func(seg Segment) error) error {
 	if s.Len == 0 {
 		return fn(nil)
 	}
@@ -81,7 +126,7 @@ func (s *ReaderAtSource) With(ctx context.Context, fn func(seg []byte) error) er
 	}
 	seg := s.hot.B
 	s.mu.Unlock()
-	return fn(seg)
+	return fn(Segment{seg})
 }
 
 // Read implements ColdSource.

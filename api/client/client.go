@@ -200,6 +200,24 @@ func (c *Client) RemoveSnapshot(ctx context.Context, name string) error {
 	return c.do(ctx, c.o.Timeout, "DELETE", "/snapshots/"+url.PathEscape(name), nil, nil)
 }
 
+// Promote places snapshot name's hot set in the CXL region of the daemon's
+// pod now (demoting colder ones as needed).
+func (c *Client) Promote(ctx context.Context, name string) error {
+	return c.do(ctx, c.o.PublishTimeout, "POST", "/snapshots/"+url.PathEscape(name)+"/promote", nil, nil)
+}
+
+// Demote drops snapshot name's hot set from the daemon's pod's CXL region
+// (its restores there read the RDMA copy until it is hot again).
+func (c *Client) Demote(ctx context.Context, name string) error {
+	return c.do(ctx, c.o.Timeout, "POST", "/snapshots/"+url.PathEscape(name)+"/demote", nil, nil)
+}
+
+// Drain moves every segment off the memory node at addr and returns once
+// none is left there.
+func (c *Client) Drain(ctx context.Context, addr string) error {
+	return c.do(ctx, c.o.PublishTimeout, "POST", "/memnodes/"+url.PathEscape(addr)+"/drain", nil, nil)
+}
+
 // Metrics returns the daemon's Prometheus exposition text.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)

@@ -714,7 +714,6 @@ func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc
 	if ref.Desc < 0 || ref.Desc >= p.g.Descs() {
 		return Desc{}, 0, fmt.Errorf("pod: descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
 	}
-	chunk := ref.Desc / p.g.DescPerChunk
 	doff := p.g.descOff(ref.Desc)
 	p.stats.Reads++
 	if p.fenced() {
@@ -726,29 +725,12 @@ func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc
 		if attempt > 0 {
 			p.stats.Retries++
 		}
-		d, crcOK := loadDesc(p.r, doff, !p.bugs.noReaderInvalidate)
-		if !crcOK && !p.bugs.noValidation {
-			p.stats.BadCRC++
+		d, err := p.validate(ref, exact)
+		if errors.Is(err, errRetry) {
 			continue
 		}
-		if crcOK && exact && d.Gen > ref.Gen && d.Gen%2 == 0 {
-			p.stats.Superseded++
-			return Desc{}, 0, ErrSuperseded
-		}
-		if crcOK && !exact && d.Gen%2 == 0 && d.State != StatePublished {
-			return Desc{}, 0, ErrNotPublished
-		}
-		if d.State != StatePublished || d.Gen%2 != 0 || (exact && (d.Gen != ref.Gen || d.Token != ref.Token || d.Len != ref.Len)) {
-			p.stats.BadGen++
-			continue
-		}
-		if _, _, ok := p.extentPages(chunk, d); !ok {
-			p.stats.BadCRC++
-			continue
-		}
-		if !p.bugs.noReaderInvalidate {
-			p.r.Invalidate(int64(d.Off), int64(d.Len))
-			p.r.FullFence()
+		if err != nil {
+			return Desc{}, 0, err
 		}
 		buf, err := copyFn(d)
 		if errors.Is(err, errBadHash) && !p.bugs.noValidation {
@@ -765,14 +747,125 @@ func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc
 			p.stats.BadHash++
 			continue
 		}
-		p.r.Invalidate(doff, 8)
-		p.r.FullFence()
-		if p.r.Load64(doff) != d.Gen {
-			p.stats.Rechecks++
+		if !p.recheck(doff, d) {
 			continue
 		}
 		return d, int(d.Len), nil
 	}
 	p.stats.Fallbacks++
 	return Desc{}, 0, ErrFallback
+}
+
+// errRetry: this attempt did not validate; try again.
+var errRetry = errors.New("pod: retry")
+
+// validate is the reader's first step on one extent, inside a read
+// section: invalidate and load the descriptor, require its CRC, Published
+// state and (exact) the Ref's generation, token and length, then
+// invalidate the extent. It returns errRetry for a check that may pass on
+// another attempt.
+func (p *Pod) validate(ref Ref, exact bool) (Desc, error) {
+	chunk := ref.Desc / p.g.DescPerChunk
+	d, crcOK := loadDesc(p.r, p.g.descOff(ref.Desc), !p.bugs.noReaderInvalidate)
+	if !crcOK && !p.bugs.noValidation {
+		p.stats.BadCRC++
+		return Desc{}, errRetry
+	}
+	if crcOK && exact && d.Gen > ref.Gen && d.Gen%2 == 0 {
+		p.stats.Superseded++
+		return Desc{}, ErrSuperseded
+	}
+	if crcOK && !exact && d.Gen%2 == 0 && d.State != StatePublished {
+		return Desc{}, ErrNotPublished
+	}
+	if d.State != StatePublished || d.Gen%2 != 0 || (exact && (d.Gen != ref.Gen || d.Token != ref.Token || d.Len != ref.Len)) {
+		p.stats.BadGen++
+		return Desc{}, errRetry
+	}
+	if _, _, ok := p.extentPages(chunk, d); !ok {
+		p.stats.BadCRC++
+		return Desc{}, errRetry
+	}
+	if !p.bugs.noReaderInvalidate {
+		p.r.Invalidate(int64(d.Off), int64(d.Len))
+		p.r.FullFence()
+	}
+	return d, nil
+}
+
+// recheck is the reader's last step: the descriptor's generation is
+// unchanged after the copy.
+func (p *Pod) recheck(doff int64, d Desc) bool {
+	p.r.Invalidate(doff, 8)
+	p.r.FullFence()
+	if p.r.Load64(doff) != d.Gen {
+		p.stats.Rechecks++
+		return false
+	}
+	return true
+}
+
+// InstallMany is Install for a value stored as several extents (a hot
+// segment larger than a chunk): inside one read section every extent is
+// validated and hashed in place, install is called once with all of them
+// (in refs' order), and every generation is re-checked afterwards. A
+// failed check retries the whole; after MaxAttempts it returns
+// ErrFallback. It returns the total bytes.
+func (p *Pod) InstallMany(refs []Ref, install func(addrs []uintptr, lens []int) error) (int, error) {
+	if len(refs) == 1 {
+		return p.Install(refs[0], func(a uintptr, n int) error { return install([]uintptr{a}, []int{n}) })
+	}
+	m, ok := p.r.(interface {
+		cxl.Addresser
+		Bytes() []byte
+	})
+	if !ok {
+		return 0, fmt.Errorf("pod: InstallMany needs a mapped region, not %T", p.r)
+	}
+	for _, ref := range refs {
+		if ref.Desc < 0 || ref.Desc >= p.g.Descs() {
+			return 0, fmt.Errorf("pod: descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
+		}
+	}
+	p.stats.Reads++
+	if p.fenced() {
+		return 0, ErrFenced
+	}
+	p.enter()
+	defer p.exit()
+	descs := make([]Desc, len(refs))
+	addrs, lens := make([]uintptr, len(refs)), make([]int, len(refs))
+attempts:
+	for attempt := 0; attempt < p.opts.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			p.stats.Retries++
+		}
+		total := 0
+		for i, ref := range refs {
+			d, err := p.validate(ref, true)
+			if errors.Is(err, errRetry) {
+				continue attempts
+			}
+			if err != nil {
+				return 0, err
+			}
+			if !p.bugs.noValidation && xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
+				p.stats.BadHash++
+				continue attempts
+			}
+			descs[i], addrs[i], lens[i] = d, m.Addr(int64(d.Off)), int(d.Len)
+			total += int(d.Len)
+		}
+		if err := install(addrs, lens); err != nil {
+			return 0, err
+		}
+		for i, ref := range refs {
+			if !p.bugs.noValidation && !p.recheck(p.g.descOff(ref.Desc), descs[i]) {
+				continue attempts
+			}
+		}
+		return total, nil
+	}
+	p.stats.Fallbacks++
+	return 0, ErrFallback
 }

@@ -1,8 +1,10 @@
 package pod_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"testing"
 
@@ -230,4 +232,67 @@ func uffdGuest(tb testing.TB, size int) (*uffd.FD, *offheap.Mapping) {
 		tb.Fatal(err)
 	}
 	return f, guest
+}
+
+// TestInstallMany: a value stored as extents in two chunks is installed in
+// one read section, every extent validated; a retired extent makes it fail
+// over instead of installing stale bytes.
+func TestInstallMany(t *testing.T) {
+	ctx := context.Background()
+	path, g := formatTempPod(t, "aquifer-pod-many", 8<<20, pod.FormatOptions{ChunkSize: 64 << 10, HostSlots: 4})
+	coord := podtest.NewMemCoordinator()
+	wr, err := shm.Open(path, g.Windows(0, true), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wr.Close()
+	w, err := pod.Open(ctx, wr, 0, coord, pod.Options{Owner: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := shm.Open(path, g.Windows(1, false), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Close()
+	r, err := pod.Open(ctx, rr, 1, coord, pod.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c := 0; c < 2; c++ {
+		if err := w.Acquire(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two 60 KiB pieces: each fills most of a 64 KiB chunk.
+	parts := [][]byte{payload(1, 1, 60<<10), payload(2, 1, 60<<10)}
+	var refs []pod.Ref
+	for i, b := range parts {
+		ref, err := w.Publish(ctx, fmt.Sprint("v#", i), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, ref)
+	}
+	if refs[0].Desc/g.DescPerChunk == refs[1].Desc/g.DescPerChunk {
+		t.Fatalf("both pieces in one chunk: %+v", refs)
+	}
+	var got [][]byte
+	n, err := r.InstallMany(refs, func(addrs []uintptr, lens []int) error {
+		got = got[:0]
+		for i := range addrs {
+			got = append(got, append([]byte(nil), offheap.At(addrs[i], lens[i])...))
+		}
+		return nil
+	})
+	if err != nil || n != 120<<10 || len(got) != 2 || !bytes.Equal(got[0], parts[0]) || !bytes.Equal(got[1], parts[1]) {
+		t.Fatalf("InstallMany: %d bytes, %v", n, err)
+	}
+	// Retire the second piece: the whole value must fail over.
+	if err := w.Unpublish(ctx, "v#1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.InstallMany(refs, func([]uintptr, []int) error { return nil }); !errors.Is(err, pod.ErrFallback) && !errors.Is(err, pod.ErrSuperseded) {
+		t.Fatalf("InstallMany with a retired piece: %v, want a fallback", err)
+	}
 }

@@ -56,10 +56,13 @@ coarsened to the 2 MiB pages it touched and whole 2 MiB pages are stored.`,
 			return nil
 		},
 	}
-	for _, c := range []*cobra.Command{reap, fs} {
+	for c, outHelp := range map[*cobra.Command]string{
+		reap: "REAP working-set file to write",
+		fs:   "directory to write the loading set and mapping plan into",
+	} {
 		c.Flags().StringVar(&mem, "mem", "", "snapshot memory file")
-		c.Flags().StringVar(&ws, "ws", "", "recorded working set (aquifer handle --record)")
-		c.Flags().StringVar(&out, "out", "", "output file (reap) or directory (faasnap)")
+		c.Flags().StringVar(&ws, "ws", "", "recorded working set (aquifer handle --record or corpus capture)")
+		c.Flags().StringVar(&out, "out", "", outHelp)
 		c.MarkFlagRequired("mem")
 		c.MarkFlagRequired("ws")
 		c.MarkFlagRequired("out")

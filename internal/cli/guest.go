@@ -65,17 +65,22 @@ type guestRunFlags struct {
 	vcpus                                                         int
 	think                                                         float64
 	dropCache, noVerify, asJSON                                   bool
+	refPath                                                       string
+	touchTimes, noFaults                                          bool
 }
 
 func (g *guestRunFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&g.mem, "mem", "", "snapshot memory file (mapped by the File backend; reference for verification)")
 	f.StringVar(&g.tracePath, "trace", "", "working-set / access trace file to replay")
+	f.StringVar(&g.refPath, "ref", "", "verify against this copy of the memory file instead of --mem (same size and content)")
+	f.BoolVar(&g.touchTimes, "touch-times", false, "report how long each page's first access took (JSON touches)")
+	f.BoolVar(&g.noFaults, "no-faults", false, "with --backend warm: touch every traced page before the clock starts (the replay takes no fault)")
 	f.StringVar(&g.backend, "backend", "uffd", "memory backend: uffd, file, or faasnap (the FaaSnap baseline's mapping; needs --faasnap-plan)")
-	f.StringVar(&g.pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve)")
-	f.StringVar(&g.vmID, "vm", "", "VM id for --pager-api")
+	f.StringVar(&g.pagerAPI, "pager-api", "", "restore through the pager daemon at this control socket (aquifer serve; default with --vm and --snapshot: $AQUIFER_API, else /run/aquifer/api.sock)")
+	f.StringVar(&g.vmID, "vm", "", "VM id to prepare on the pager daemon (restores through it)")
 	f.BoolVar(&g.earlyResume, "early-resume", false, "with --pager-api: resume before the whole hot set is installed (it streams in)")
-	f.StringVar(&g.snapshot, "snapshot", "", "snapshot name for --pager-api")
+	f.StringVar(&g.snapshot, "snapshot", "", "published snapshot to restore through the pager daemon")
 	f.StringVar(&g.faasnapPlan, "faasnap-plan", "", "FaaSnap mapping plan (aquifer baseline faasnap)")
 	f.StringVar(&g.socket, "socket", "", "handler socket (uffd backend)")
 	f.StringVar(&g.fcVersion, "fc-version", "1.12", "Firecracker version whose handshake dialect to speak (1.1–1.6, 1.7–1.11, 1.12+)")
@@ -97,6 +102,11 @@ func runGuest(cmd *cobra.Command, g *guestRunFlags) error {
 	cfg, err := g.config()
 	if err != nil {
 		return err
+	}
+	if g.pagerAPI == "" && (g.vmID != "" || g.snapshot != "") {
+		// --vm and --snapshot restore through a daemon: the one the
+		// environment names (AQUIFER_API) or the default socket.
+		g.pagerAPI = client.Socket("")
 	}
 	if g.pagerAPI != "" {
 		if err := g.prepareOnPager(cmd.Context(), &cfg); err != nil {
@@ -125,7 +135,8 @@ func (g *guestRunFlags) config() (guest.Config, error) {
 		return guest.Config{}, err
 	}
 	cfg := guest.Config{MemPath: g.mem, Backend: guest.Backend(g.backend), Socket: g.socket, VCPUs: g.vcpus,
-		Trace: tr, ThinkScale: g.think, DropCache: g.dropCache, NoVerify: g.noVerify}
+		Trace: tr, ThinkScale: g.think, DropCache: g.dropCache, NoVerify: g.noVerify,
+		RefPath: g.refPath, TouchTimes: g.touchTimes, NoFaults: g.noFaults}
 	if cfg.Dialect, err = handshake.ParseDialect(g.fcVersion); err != nil {
 		return cfg, err
 	}
@@ -176,7 +187,7 @@ func parseBalloon(s string) (*guest.Balloon, error) {
 // the daemon says the VM is ready.
 func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) error {
 	if g.vmID == "" || g.snapshot == "" {
-		return fmt.Errorf("--pager-api needs --vm and --snapshot")
+		return fmt.Errorf("a restore through the pager daemon needs both --vm ID and --snapshot NAME")
 	}
 	pc := client.New(g.pagerAPI, client.Options{})
 	// This process is the VMM: its socket admits this pid only.

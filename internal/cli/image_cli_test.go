@@ -10,19 +10,47 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
 // runCLI runs the aquifer command tree with args and returns stdout.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	resetFlags(root())
 	var out bytes.Buffer
 	rootCmd.SetOut(&out)
 	rootCmd.SetArgs(args)
 	defer rootCmd.SetArgs(nil)
 	defer rootCmd.SetOut(nil)
-	err := rootCmd.Execute()
+	err := root().Execute()
 	return out.String(), err
+}
+
+// resetFlags puts every flag of the tree back to its default, so one
+// test's flags do not leak into the next command line.
+func resetFlags(c *cobra.Command) {
+	reset := func(f *pflag.Flag) {
+		if f.Changed {
+			if sv, ok := f.Value.(pflag.SliceValue); ok {
+				var def []string
+				if d := strings.Trim(f.DefValue, "[]"); d != "" {
+					def = strings.Split(d, ",")
+				}
+				sv.Replace(def)
+			} else {
+				f.Value.Set(f.DefValue)
+			}
+			f.Changed = false
+		}
+	}
+	c.PersistentFlags().VisitAll(reset)
+	c.Flags().VisitAll(reset)
+	for _, s := range c.Commands() {
+		resetFlags(s)
+	}
 }
 
 // TestImageCommands drives inspect, ws merge/show, convert and verify

@@ -77,6 +77,6 @@ hot (non-zero) or zero. --json prints one object (schema: docs/format.md).`,
 	}
 	cmd.Flags().StringVar(&tracePath, "trace", "", "working-set file to overlay (hot_pages, touched_zero_pages)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (schema in docs/format.md)")
-	cmd.Flags().IntVar(&pageSize, "page-size", pagestat.DefaultPageSize, "page size in bytes (default: the trace's, else 4096)")
+	cmd.Flags().IntVar(&pageSize, "page-size", pagestat.DefaultPageSize, "page size in bytes, when no --trace gives it")
 	register(cmd)
 }

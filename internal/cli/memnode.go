@@ -101,5 +101,24 @@ the command says so and exits.`,
 	f.DurationVar(&authTimeout, "auth-timeout", memnode.DefaultAuthTimeout, "time a connection has to pass admission")
 	cmd.MarkFlagRequired("capacity")
 	cmd.MarkFlagRequired("data-dir")
+	var api string
+	drain := &cobra.Command{
+		Use:   "drain ADDR",
+		Short: "Move every segment off a memory node (before it leaves), through a host's pager daemon",
+		Long: `drain asks the cluster's memory tier to copy every segment held by the memory
+node at ADDR (host:port) to other nodes, back to the configured redundancy,
+and returns once no snapshot keeps a segment there. New segments are no longer
+placed on it. The node may then be stopped.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := apiClient(api).Drain(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "drained %s: no snapshot keeps a segment there\n", args[0])
+			return nil
+		},
+	}
+	apiFlag(drain, &api)
+	cmd.AddCommand(drain)
 	register(cmd)
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -65,7 +66,25 @@ func init() {
 			return nil
 		},
 	}
-	for _, c := range []*cobra.Command{ls, rm} {
+	tier := func(op, short string, f func(c *client.Client) func(context.Context, string) error) *cobra.Command {
+		return &cobra.Command{
+			Use:   op + " NAME",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if err := f(apiClient(api))(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%sd %s in this host's pod\n", op, args[0])
+				return nil
+			},
+		}
+	}
+	promote := tier("promote", "Place a snapshot's hot set in this pod's CXL region now (demoting colder ones as needed)",
+		func(c *client.Client) func(context.Context, string) error { return c.Promote })
+	demote := tier("demote", "Drop a snapshot's hot set from this pod's CXL region: restores here read its RDMA copy until it is hot again",
+		func(c *client.Client) func(context.Context, string) error { return c.Demote })
+	for _, c := range []*cobra.Command{ls, rm, promote, demote} {
 		apiFlag(c, &api)
 		p.AddCommand(c)
 	}

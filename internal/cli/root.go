@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 )
@@ -22,11 +24,18 @@ var (
 		Long: `aquifer serves Firecracker microVM snapshot memory through the UFFD memory
 backend: hot pages from a pod-local CXL tier are installed before the VM
 resumes, cold pages are demand-paged from a cluster-wide RDMA tier, and zero
-pages are never stored.`,
+pages are never stored.
+
+Environment:
+  AQUIFER_API        the pager daemon's control socket for every command that
+                     talks to one (publish, pool, memnode drain, guest run);
+                     default /run/aquifer/api.sock; a flag --api wins
+  AQUIFER_CACHE_DIR  where the corpus, guests and packages are cached;
+                     default $XDG_CACHE_HOME/aquifer, else ~/.cache/aquifer`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(cmd *cobra.Command, args []string) {
-			setupLogging()
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return setupLogging()
 		},
 	}
 	logLevel  string
@@ -41,17 +50,57 @@ func init() {
 // register adds a subcommand to the root. Call it from init functions.
 func register(cmds ...*cobra.Command) { rootCmd.AddCommand(cmds...) }
 
-func setupLogging() {
+func setupLogging() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-		lvl = slog.LevelInfo
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
-	if logFormat == "json" {
+	var h slog.Handler
+	switch logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
 		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", logFormat)
 	}
 	slog.SetDefault(slog.New(h))
+	return nil
+}
+
+var finishOnce sync.Once
+
+// root returns the finished command tree: every group of subcommands
+// (aquifer cxl, aquifer pool, ...) prints its help when called bare and
+// fails, naming its subcommands, on one it does not have (cobra's default
+// prints the help and exits 0, hiding a typo from scripts).
+func root() *cobra.Command {
+	finishOnce.Do(func() { finishGroups(rootCmd) })
+	return rootCmd
+}
+
+func finishGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		finishGroups(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		var names []string
+		for _, s := range cmd.Commands() {
+			if s.IsAvailableCommand() {
+				names = append(names, s.Name())
+			}
+		}
+		return &exitError{code: 2, err: fmt.Errorf("unknown command %q for %q: want one of %s (see %s --help)",
+			args[0], cmd.CommandPath(), strings.Join(names, ", "), cmd.CommandPath())}
+	}
 }
 
 // exitError carries a specific exit code out of a command.
@@ -65,7 +114,7 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // Execute runs the command tree and returns the process exit code.
 func Execute() int {
-	if err := rootCmd.Execute(); err != nil {
+	if err := root().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "aquifer:", err)
 		var ee *exitError
 		if errors.As(err, &ee) {

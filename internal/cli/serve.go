@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/api/client"
 	"github.com/aquifer-pool/aquifer/embed"
@@ -17,7 +18,7 @@ import (
 // podFlags are the flags of serve that apply to --embedded only.
 var podFlags = []string{"data-dir", "etcd-endpoints", "etcd-tls-dir", "etcd-ca", "etcd-cert", "etcd-key", "etcd-user",
 	"etcd-password-file", "lease-ttl", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
-	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "memnode-capacity"}
+	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "memnode-capacity", "memnode-dead-after"}
 
 func init() {
 	var (
@@ -104,6 +105,7 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.IntVar(&pc.MemNodes, "memnodes", 3, "with --embedded: in-process memory nodes")
 	f.StringSliceVar(&pc.MemNodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
 	f.StringVar(&nodeCap, "memnode-capacity", "4GiB", "with --embedded: capacity of each memory node (in-process ones reserve it lazily; external ones are recorded with it)")
+	f.DurationVar(&pc.MemNodeDeadAfter, "memnode-dead-after", 10*time.Second, "with --embedded: a memory node missing from the control plane this long is declared dead and its segments are re-replicated")
 	f.IntVar(&pc.Replicas, "replicas", 0, "with --embedded: copies of each segment on the memory nodes (default 2, or 1 with one node)")
 	f.StringVar(&pc.RDMA, "rdma", "", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated; default with in-process nodes), tcp (default with --memnode-addrs) or verbs (RNIC; binary built with -tags rdma)")
 	f.StringVar(&pc.CXL, "cxl", "", "with --embedded: the pod's CXL region: shm:PATH (emulated), devdax:/dev/daxX.Y or none (default shm:/dev/shm/aquifer-POD-cxl)")

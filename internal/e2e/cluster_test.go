@@ -387,3 +387,78 @@ func TestRegionOfAnotherPod(t *testing.T) {
 		t.Logf("--pod %s refused in %v: %s", pod, el.Round(time.Millisecond), strings.TrimSpace(string(out)))
 	}
 }
+
+// TestClusterOfPods: a snapshot published in pod1 restores in pod2 — its
+// first restore there pre-installs the hot set from the RDMA copy, pod2
+// then promotes it into its own region, and the next restore in pod2 reads
+// CXL; an independent Firecracker double restoring through pod2 reads
+// exactly the memory file; `pool rm` returns every memory node's used
+// bytes to where they were before the publish.
+func TestClusterOfPods(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	dir := t.TempDir()
+	out, err := exec.CommandContext(ctx, bin, "cluster", "up", "--pods", "2", "--hosts-per-pod", "2", "--memnodes", "3", "--dir", dir,
+		"--lease-ttl", fmt.Sprint(clusterTTL), "--memnode-capacity", "1GiB", "--readers", "2", "--cxl-size", "24MiB", "--cxl-chunk", "4MiB").CombinedOutput()
+	if err != nil {
+		t.Fatalf("cluster up: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command(bin, "cluster", "down", "--dir", dir, "--grace", "3s").Run() })
+	s, err := cluster.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &testCluster{dir: dir, s: s}
+	host := func(pod, j int) *cluster.Host { return s.Pods[pod-1].Hosts[j-1] }
+	cl := func(pod, j int) *client.Client { return client.New(host(pod, j).API, client.Options{}) }
+	restore := func(pod, j int, vm string) *api.VM {
+		t.Helper()
+		ps := &poolServer{api: host(pod, j).API, pc: cl(pod, j)}
+		v, err := ps.restore(ctx, f, vm, "fn")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	used := func() map[string]uint64 {
+		st := c.status(t, ctx)
+		out := map[string]uint64{}
+		for _, m := range st.MemNodes {
+			out[m.Addr] = m.UsedBytes
+		}
+		return out
+	}
+	before := used()
+	if out, err := exec.CommandContext(ctx, bin, "publish", img, "--name", "fn", "--api", host(1, 1).API).CombinedOutput(); err != nil || !strings.Contains(string(out), "hot set in CXL") {
+		t.Fatalf("publish in pod1: %v: %s", err, out)
+	}
+	if v := restore(2, 2, "first"); !strings.HasPrefix(v.Report.HotSource, "rdma") || v.Report.PreinstallPages == 0 {
+		t.Fatalf("first restore in pod2: want the hot set pre-installed from RDMA, got %+v", v.Report)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := c.status(t, ctx)
+		if len(st.Snapshots) == 1 && fmt.Sprint(st.Snapshots[0].HotIn) == "[pod1 pod2]" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod2 did not promote fn: %+v", st.Snapshots)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v := restore(2, 1, "second"); v.Report.HotSource != "cxl" {
+		t.Fatalf("second restore in pod2: want CXL, got %+v", v.Report)
+	}
+	c.s.Pods[0] = s.Pods[1] // the helpers below use pod index 0
+	c.double(t, ctx, f, 2, "double", "fn", "1.12")
+	if err := cl(2, 1).RemoveSnapshot(ctx, "fn"); err != nil {
+		t.Fatal(err)
+	}
+	after := used()
+	for addr, b := range before {
+		if after[addr] != b {
+			t.Errorf("memory node %s: %d bytes used before the publish, %d after pool rm", addr, b, after[addr])
+		}
+	}
+}

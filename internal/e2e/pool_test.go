@@ -492,9 +492,28 @@ func TestPoolCXLEviction(t *testing.T) {
 	if v.Report.PreinstallPages == 0 || !strings.HasPrefix(v.Report.HotSource, "rdma") {
 		t.Fatalf("demoted b: hot set not pre-installed from its RDMA copy: %+v", v.Report)
 	}
-	for _, name := range []string{"a", "c"} {
+	// b was restored again and is now hotter than c (published, never
+	// restored) by more than the promotion margin: it comes back into CXL
+	// in the background, and c makes room for it.
+	deadline := time.Now().Add(30 * time.Second)
+	for tiers = s.poolLS(t, ctx); tiers["b"] != "cxl" || tiers["c"] != "rdma"; tiers = s.poolLS(t, ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("b was not promoted back in place of c: %v", tiers)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, name := range []string{"a", "b"} {
 		if v := s.restore1(t, ctx, f, name+"2", name); v.Report.HotSource != "cxl" {
 			t.Fatalf("%s: %+v", name, v.Report)
 		}
+	}
+	// c, restored once now, is not hotter than a and b by the margin: it
+	// stays on its RDMA copy.
+	if v := s.restore1(t, ctx, f, "c2", "c"); !strings.HasPrefix(v.Report.HotSource, "rdma") {
+		t.Fatalf("c: %+v", v.Report)
+	}
+	time.Sleep(time.Second)
+	if tiers := s.poolLS(t, ctx); tiers["a"] != "cxl" || tiers["b"] != "cxl" || tiers["c"] != "rdma" {
+		t.Fatalf("after c's restore: %v, want a and b in CXL", tiers)
 	}
 }
