@@ -19,6 +19,7 @@ import (
 	"github.com/aquifer-pool/aquifer/api"
 	"github.com/aquifer-pool/aquifer/hugetlb/hugetlbtest"
 	"github.com/aquifer-pool/aquifer/internal/testsnap"
+	"github.com/aquifer-pool/aquifer/snapimage"
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
@@ -352,7 +353,24 @@ func TestHugePool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	img := convertHuge(t, ctx, f)
-	s := startPool(t, ctx, t.TempDir(), "--huge-pages", "8")
+	// Chunks of 4 MiB: the 13 MiB hot segment is stored as four CXL
+	// extents, and stored pages straddle their boundaries.
+	im, imf, err := snapimage.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imf.Close()
+	_, nhot, _ := im.Counts()
+	straddle := 0
+	for i := uint64(0); i < nhot; i++ {
+		if off, n := im.Span(snapimage.SecHotSegment, i); off/(4<<20) != (off+n-1)/(4<<20) {
+			straddle++
+		}
+	}
+	if straddle == 0 {
+		t.Fatal("no hot page straddles a 4 MiB extent boundary: the test would not exercise split pages")
+	}
+	s := startPool(t, ctx, t.TempDir(), "--huge-pages", "8", "--cxl-chunk", "4MiB")
 	if out := s.publish(t, ctx, img, "huge"); !strings.Contains(out, "hot set in CXL") {
 		t.Fatalf("hot segment not placed in CXL: %s", out)
 	}
