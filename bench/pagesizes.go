@@ -332,6 +332,8 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 		args = append(args, "--backend", "file")
 	case Warm:
 		args = append(args, "--backend", "warm")
+	case NoRestore:
+		args = append(args, "--backend", "warm", "--no-faults")
 	case FaaSnap:
 		args = append(args, "--backend", "faasnap", "--faasnap-plan", p.plan)
 	case FirecrackerUffd, REAP:
