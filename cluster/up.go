@@ -282,31 +282,19 @@ func (s *State) startMemNodes(ctx context.Context, c *Config) error {
 			return err
 		}
 		s.MemNodes = append(s.MemNodes, m)
-		if err := s.spawn(&m.Proc, c.Bin, m.Dir+".log", "memnode", "--name", m.Name, "--listen", m.Addr, "--metrics-listen", m.Metrics,
-			"--capacity", fmt.Sprint(m.Capacity), "--data-dir", m.Dir, "--secret-file", s.Secret); err != nil {
+		sec, err := s.memnodeArgs(m, c.LeaseTTL)
+		if err != nil {
+			return err
+		}
+		if err := s.spawn(&m.Proc, c.Bin, m.Dir+".log", append([]string{"memnode", "--name", m.Name, "--listen", m.Addr, "--metrics-listen", m.Metrics,
+			"--capacity", fmt.Sprint(m.Capacity), "--data-dir", m.Dir}, sec...)...); err != nil {
 			return err
 		}
 	}
-	for _, m := range s.MemNodes {
-		for {
-			conn, err := net.DialTimeout("tcp", m.Addr, time.Second)
-			if err == nil {
-				conn.Close()
-				break
-			}
-			if err := s.waitOrDie(ctx, []*Proc{&m.Proc}); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return s.waitRegistered(ctx)
 }
 
 func (s *State) startHosts(ctx context.Context, c *Config) error {
-	var nodes []string
-	for _, m := range s.MemNodes {
-		nodes = append(nodes, m.Addr)
-	}
 	k := 0
 	for _, p := range s.Pods {
 		for j := 1; j <= c.HostsPerPod; j++ {
@@ -317,11 +305,15 @@ func (s *State) startHosts(ctx context.Context, c *Config) error {
 			if err := os.MkdirAll(h.Dir, 0o700); err != nil {
 				return err
 			}
-			args := []string{"serve", "--embedded", "--pod", p.Name, "--host-name", h.Name, "--host-addr", h.Addr,
+			sec, err := s.hostArgs(p, h)
+			if err != nil {
+				return err
+			}
+			args := append([]string{"serve", "--embedded", "--pod", p.Name, "--host-name", h.Name, "--host-addr", h.Addr,
 				"--data-dir", h.Dir, "--api", h.API, "--socket-dir", filepath.Join(h.Dir, "vms"),
-				"--etcd-endpoints", strings.Join(s.Endpoints(), ","), "--etcd-tls-dir", s.ClientTLS, "--memnode-addrs", strings.Join(nodes, ","),
-				"--memnode-capacity", fmt.Sprint(c.MemNodeCapacity), "--replicas", fmt.Sprint(c.Replicas),
-				"--secret-file", s.Secret, "--cxl", p.CXL, "--rdma", "tcp", "--lease-ttl", fmt.Sprint(c.LeaseTTL)}
+				"--etcd-endpoints", strings.Join(s.Endpoints(), ","), "--etcd-tls-dir", s.ClientTLS,
+				"--replicas", fmt.Sprint(c.Replicas),
+				"--secret-file", s.Secret, "--cxl", p.CXL, "--rdma", "tcp", "--lease-ttl", fmt.Sprint(c.LeaseTTL)}, sec...)
 			if c.Readers != 0 {
 				args = append(args, "--readers", fmt.Sprint(c.Readers))
 			}

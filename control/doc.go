@@ -25,6 +25,10 @@
 //	/aquifer/pods/<pod>/heat/<name>       Heat                                 restores in the pod, decayed
 //	/aquifer/pods/<pod>/evict/<name>      requester, leased                    demotions asked of a chunk's owner
 //
+// Memory nodes read it too (segindex.go): SegmentIndex keeps the segment
+// lists of the catalog's entries, which they authorize reads and deletes
+// by, and WatchMemNodes follows the memory nodes' own registrations.
+//
 // A fencing token is the etcd revision at which ownership was acquired; a
 // writer presents it with every publish, and a catalog update made under
 // ownership is a transaction conditioned on the owner key still holding

@@ -20,6 +20,10 @@ type Member struct {
 	Used     uint64 `json:"used,omitempty"`
 	// Epoch is the lease ID: a member that re-registers gets a new epoch.
 	Epoch int64 `json:"epoch"`
+	// Self: a memory node that registered itself (under its own lease)
+	// and reports its usage; otherwise a host recorded it and Used is
+	// what that host knows.
+	Self bool `json:"self,omitempty"`
 }
 
 // Free returns unused capacity.

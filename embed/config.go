@@ -115,6 +115,9 @@ type PodConfig struct {
 	// and its slots and chunks are reclaimed) and its and its memory nodes'
 	// registrations.
 	LeaseTTL int64
+	// MemNodeAccess: mutual TLS to memory nodes, and memory nodes taken
+	// from the control plane (memsec.go).
+	MemNodeAccess
 }
 
 // FieldError is a Config validation error: Field is the option's
@@ -165,6 +168,9 @@ func (c *PodConfig) defaults() error {
 	if err := c.etcdDefaults(); err != nil {
 		return err
 	}
+	if err := c.memnodeAccessDefaults(); err != nil {
+		return err
+	}
 	if len(c.MemNodeAddrs) > 0 {
 		if c.MemNodes != 0 && c.MemNodes != len(c.MemNodeAddrs) {
 			return fieldErr("memnodes", "%d in-process memory nodes and %d external ones (--memnode-addrs): give one or the other", c.MemNodes, len(c.MemNodeAddrs))
@@ -179,10 +185,10 @@ func (c *PodConfig) defaults() error {
 	if c.MemNodes < 0 {
 		return fieldErr("memnodes", "%d: want at least 1", c.MemNodes)
 	}
-	if c.MemNodes == 0 {
+	if c.MemNodes == 0 && !c.MemNodesFromControlPlane {
 		c.MemNodes = 3
 	}
-	if c.Replicas < 0 || c.Replicas > c.MemNodes {
+	if c.Replicas < 0 || (c.Replicas > c.MemNodes && !c.MemNodesFromControlPlane) {
 		return fieldErr("replicas", "%d copies on %d memory nodes", c.Replicas, c.MemNodes)
 	}
 	if c.Replicas == 0 {

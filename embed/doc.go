@@ -6,7 +6,8 @@
 //
 //	Config ──Validate──► Start
 //	                       ├─ control plane: embedded etcd member (DataDir, mutual TLS: tls.go) or external endpoints (credentials)
-//	                       ├─ memory nodes: in-process on loopback, or external `aquifer memnode`s
+//	                       ├─ memory nodes: in-process on loopback, or external `aquifer memnode`s (named, or
+//	                       │  registered in the control plane; pod secret or mutual TLS: memsec.go)
 //	                       ├─ RDMA transport: emu (latency model) | tcp | verbs (-tags rdma, an RNIC)
 //	                       ├─ CXL region: shm:PATH (emulated) | devdax:/dev/daxX.Y | none
 //	                       ├─ pod membership (cxl/pod over control's pod state) and reader identities
@@ -19,6 +20,10 @@
 // A backend that this machine cannot provide (a devdax device that does not
 // exist, verbs without an RDMA NIC or without the rdma build tag) is refused
 // at once with the reason.
+//
+// RunMemNode is the same for `aquifer memnode` (memnode.go): the node, its
+// TLS configuration, and with a control plane its own registration, usage
+// reports and the catalog view it authorizes by.
 //
 // This package owns wiring and lifecycle only. It must not implement
 // paging, tiers, the catalog or the API: those live in the packages it

@@ -24,7 +24,6 @@ import (
 	"github.com/aquifer-pool/aquifer/pool"
 	"github.com/aquifer-pool/aquifer/rdma"
 	"github.com/aquifer-pool/aquifer/rdma/emu"
-	"github.com/aquifer-pool/aquifer/rdma/tcp"
 	"github.com/aquifer-pool/aquifer/rdma/verbs"
 	"github.com/aquifer-pool/aquifer/restore"
 )
@@ -53,6 +52,7 @@ type Server struct {
 	regs                 []*control.Registration
 	nodeRegs             []*control.Registration
 	members              []control.Member
+	memsec               memsec
 	done                 chan struct{}
 }
 
@@ -173,7 +173,7 @@ func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
 }
 
 func (s *Server) secret(c *PodConfig) ([]byte, error) {
-	if len(c.MemNodeAddrs) == 0 {
+	if !c.externalMemNodes() {
 		return podSecret(c.SecretFile)
 	}
 	// The memory nodes already run with a secret: never invent one.
@@ -191,9 +191,19 @@ func (s *Server) secret(c *PodConfig) ([]byte, error) {
 // on loopback.
 func (s *Server) startMemNodes(ctx context.Context, c *PodConfig, secret []byte) error {
 	// External memory nodes: recorded in the catalog under this host's
-	// lease (the entry means "served to this pod", not a liveness probe).
+	// lease (the entry means "served to this pod", not a liveness probe),
+	// unless they registered themselves (then their registration, which
+	// reports their usage, is theirs alone).
+	self := map[string]bool{}
+	if len(c.MemNodeAddrs) > 0 {
+		self = s.selfRegistered(ctx)
+	}
 	for i, a := range c.MemNodeAddrs {
 		s.MemNodes = append(s.MemNodes, a)
+		if self[a] {
+			s.log.Info("memory node registered itself; not recording it under this host's lease", "addr", a)
+			continue
+		}
 		reg, err := s.Plane.RegisterMemNode(ctx, control.Member{ID: memberID(i, a), Addr: a, Capacity: c.MemNodeCapacity}, c.LeaseTTL)
 		if err != nil {
 			return err
@@ -241,12 +251,16 @@ func (s *Server) startRDMA(c *PodConfig, secret []byte) error {
 		}
 		s.tr = t
 	case "tcp":
-		t := tcp.New(secret, c.Name)
-		t.LocalIP = net.ParseIP(c.HostAddr)
+		t, err := s.memNodeTransport(c, secret)
+		if err != nil {
+			return err
+		}
 		s.tr = t
 	case "verbs":
-		ctl := tcp.New(secret, c.Name)
-		ctl.LocalIP = net.ParseIP(c.HostAddr)
+		ctl, err := s.memNodeTransport(c, secret)
+		if err != nil {
+			return err
+		}
 		t, err := verbs.New(verbs.Config{Control: ctl})
 		if err != nil {
 			return fieldErr("rdma", "verbs: %v", err)
@@ -254,7 +268,11 @@ func (s *Server) startRDMA(c *PodConfig, secret []byte) error {
 		s.tr = t
 	}
 	var err error
-	s.client, err = rdma.NewClient(rdma.Options{Transport: s.tr, Nodes: ids, Replicas: c.Replicas, Logger: s.log, Place: s.place})
+	s.client, err = rdma.NewClient(rdma.Options{Transport: s.tr, Nodes: ids, Replicas: c.Replicas, Logger: s.log, Place: s.place,
+		Membership: c.MemNodesFromControlPlane})
+	if err == nil && c.MemNodesFromControlPlane {
+		s.followMemNodes()
+	}
 	return err
 }
 
@@ -434,6 +452,7 @@ func (s *Server) Stop() {
 	if s.closeReg != nil {
 		s.closeReg()
 	}
+	s.stopMemsec()
 	if s.client != nil {
 		s.client.Close()
 	}
@@ -476,6 +495,7 @@ func (s *Server) place(id rdma.SegmentID, n int) []rdma.NodeID {
 			nodes = append(nodes, m)
 		}
 	}
+	nodes = s.placementView(nodes)
 	var room int
 	for _, m := range nodes {
 		if m.Free() >= uint64(n) {
@@ -493,6 +513,7 @@ func (s *Server) place(id rdma.SegmentID, n int) []rdma.NodeID {
 	for _, m := range pl {
 		out = append(out, rdma.NodeID(m.Addr))
 	}
+	s.placedOn(out[:min(len(out), s.cfg.Pod.Replicas)], uint64(n))
 	return out
 }
 

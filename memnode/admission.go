@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"container/list"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/aquifer-pool/aquifer/rdma/wire"
 )
 
 // Admission under abuse. A connection that has not proved knowledge of
@@ -131,4 +134,49 @@ func (cs *connState) grow() {
 	}
 	cs.br = bufio.NewReaderSize(r, 64<<10)
 	cs.bw = bufio.NewWriterSize(cs.c, 256<<10)
+}
+
+// admitTLS admits a client by mutual TLS within the admission deadline:
+// the handshake verifies its certificate against the cluster CA, its
+// identity (the certificate's CN) must be a host's, and the node then
+// sends its Hello (the nonce unused), which tells the client it was
+// admitted. Every refusal is logged and counted.
+func (cs *connState) admitTLS(p *pendingConn) bool {
+	n := cs.n
+	tc := cs.c.(*tls.Conn)
+	cs.c.SetDeadline(time.Now().Add(n.cfg.AuthTimeout))
+	if err := tc.Handshake(); err != nil {
+		if p.gone() || isTimeout(err) || isClosed(err) {
+			return cs.lost(p, err)
+		}
+		n.m.authFail.WithLabelValues("tls").Inc()
+		n.log.Warn("refused connection: TLS handshake failed (a client without a certificate of the cluster CA, or not speaking TLS)",
+			"remote", cs.remote, "reason", "tls", "err", err)
+		return false
+	}
+	who := PeerIdentity(tc.ConnectionState())
+	if _, _, ok := ParseHostIdentity(who); !ok || len(who) > wire.MaxIdentity {
+		n.m.authFail.WithLabelValues("wrong-role").Inc()
+		msg := fmt.Sprintf("certificate %q is not a host's (want %q): memory nodes admit hosts only", who, HostIdentity("POD", "HOST"))
+		n.log.Warn("refused connection: "+msg, "remote", cs.remote, "reason", "wrong-role", "identity", who)
+		cs.sendError(0, wire.CodeAuthFailed, msg)
+		cs.bw.Flush()
+		return false
+	}
+	cs.who = who
+	cs.send(wire.OpHello, 0, wire.EncodeHello(nil, &wire.Hello{Node: n.cfg.Name}))
+	if err := cs.bw.Flush(); err != nil {
+		return cs.lost(p, err)
+	}
+	cs.c.SetDeadline(time.Time{})
+	n.log.Debug("admitted", "remote", cs.remote, "identity", who)
+	return true
+}
+
+// admissionMode describes how the node admits clients.
+func (n *Node) admissionMode() string {
+	if n.cfg.TLS != nil {
+		return "mutual TLS (hosts with a certificate of the cluster CA)"
+	}
+	return "pod secret (HMAC challenge/response)"
 }

@@ -13,12 +13,25 @@
 // never exposes a partial segment, and a file that fails its digests at
 // start-up is moved aside and logged instead of served.
 //
-// Admission: the node sends a random nonce; the client answers with
-// HMAC-SHA256 over both nonces and its pod name under the pod's shared
-// secret, and the node proves itself back the same way (package rdma/wire).
-// Any request before a valid answer is refused with a clear error, logged
-// with log/slog and counted, and the connection closed; other connections
-// are unaffected. Malformed, oversized and out-of-bounds requests get an
+// Admission, by mutual TLS (Config.TLS, identity.go): the node presents its
+// certificate of the cluster CA (CN "memnode NAME") and admits only hosts
+// with one (CN "host POD/HOST"); every frame then travels inside the TLS
+// session and the client's identity is its certificate's common name. Or,
+// the simple mode, by the pod secret: the node sends a random nonce; the
+// client answers with HMAC-SHA256 over both nonces and its pod name under
+// the pod's shared secret, and the node proves itself back the same way
+// (package rdma/wire); the identity is then "pod NAME". Any request before
+// admission is refused with a clear error, logged with log/slog and
+// counted, and the connection closed; other connections are unaffected.
+//
+// Authorization (Config.Catalog, authz.go): every segment records its
+// writer's identity, persisted with it. With a view of the cluster
+// catalog, a client reads only segments a published snapshot lists, its
+// own, or any within Config.Grace of its put, and deletes only its own or
+// unlisted ones; anything else is refused with the forbidden code, logged
+// and counted. Without a catalog every admitted client may do everything.
+// List and Usage (rdma/wire) tell what the node holds, by whom, and how
+// full it is. Malformed, oversized and out-of-bounds requests get an
 // error frame naming the problem. Connections in admission are bounded
 // (admission.go): small buffers, Config.AuthTimeout to answer, at most
 // Config.MaxUnauthenticated at once (the oldest closed beyond), so a flood
@@ -30,6 +43,8 @@
 // the qp-connect request on their admitted control connection.
 //
 // This package must not import the rdma client or any backend; it speaks
-// only rdma/wire and reaches verbs through the RDMAEndpoint interface. It must not interpret page contents beyond the digests it
-// verifies.
+// only rdma/wire, reaches verbs through the RDMAEndpoint interface and the
+// control plane through the Catalog interface (package embed wires
+// control's SegmentIndex in). It must not interpret page contents beyond
+// the digests it verifies.
 package memnode

@@ -143,6 +143,8 @@ func FuzzServeConn(f *testing.F) {
 	f.Add(frame(wire.OpRead, wire.EncodeRead(nil, &wire.Read{Segment: 1, Ops: []wire.ReadOp{{Off: 8000, Len: 4096}}})))
 	f.Add(frame(wire.OpStat, wire.EncodeU64(nil, 1)))
 	f.Add(frame(wire.OpDelete, wire.EncodeU64(nil, 7)))
+	f.Add(frame(wire.OpList, wire.EncodeListReq(nil, &wire.ListReq{From: 0, Max: 2})))
+	f.Add(frame(wire.OpUsage, nil))
 	f.Add(append(frame(wire.OpRead, []byte{1}), 0xff, 0xff))
 	f.Add([]byte{0x1f, 0xa7, 1, 5, 0xff, 0xff, 0xff, 0x7f})
 	l, err := net.Listen("tcp", "127.0.0.1:0")

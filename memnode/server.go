@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,7 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Config configures a memory node. Listen, Capacity and Secret are required.
+// Config configures a memory node. Listen, Capacity and either Secret or
+// TLS are required.
 type Config struct {
 	Listen        string // control/data address, e.g. 127.0.0.1:7400
 	MetricsListen string // Prometheus /metrics address; "" disables
@@ -31,9 +33,19 @@ type Config struct {
 	SlabSize      uint64 // bytes per slab mapping (default 1 GiB, capped at Capacity)
 	MaxSegment    uint64 // largest accepted segment (default 64 MiB)
 	DataDir       string // persisted segments; "" keeps them in memory only
-	Secret        []byte // the pod's shared admission secret
+	Secret        []byte // the pod's shared admission secret (without TLS)
 	Name          string // node name sent in Hello (default: the listen address)
-	Logger        *slog.Logger
+	// TLS, when set, admits clients by mutual TLS instead of the pod
+	// secret: only hosts with a certificate of the cluster CA (ServerTLS
+	// builds it from a TLS directory); every frame then travels inside the
+	// TLS session. Identity is the certificate's common name.
+	TLS *tls.Config
+	// Catalog, when set, authorizes reads and deletes by the cluster
+	// catalog (authz.go); Grace is how long after a put any client may
+	// read a segment (default DefaultGrace).
+	Catalog Catalog
+	Grace   time.Duration
+	Logger  *slog.Logger
 	// MaxUnauthenticated caps connections that have not passed admission
 	// yet (default 256); when a new one would exceed it, the oldest is
 	// closed. AuthTimeout bounds each connection's admission (default 5s).
@@ -76,6 +88,7 @@ type Node struct {
 	wg    sync.WaitGroup
 
 	pending pendingConns
+	authz   authz
 }
 
 type metrics struct {
@@ -91,7 +104,7 @@ type metrics struct {
 
 // New opens the store (loading DataDir) and prepares metrics.
 func New(cfg Config) (*Node, error) {
-	if len(cfg.Secret) < 16 {
+	if cfg.TLS == nil && len(cfg.Secret) < 16 {
 		return nil, fmt.Errorf("memnode: the pod secret must be at least 16 bytes (got %d); generate one with `head -c 32 /dev/urandom | base64`", len(cfg.Secret))
 	}
 	if cfg.MaxSegment == 0 {
@@ -105,6 +118,15 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = cfg.Listen
+	}
+	if cfg.Grace < 0 {
+		return nil, fmt.Errorf("memnode: --put-grace %v must not be negative", cfg.Grace)
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = DefaultGrace
+	}
+	if cfg.TLS != nil && cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, fmt.Errorf("memnode: the TLS configuration must require and verify client certificates (use memnode.ServerTLS)")
 	}
 	if err := admissionDefaults(&cfg); err != nil {
 		return nil, err
@@ -121,6 +143,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), store: st, reg: prometheus.NewRegistry(), conns: map[net.Conn]struct{}{}}
 	n.initMetrics()
+	n.initAuthz()
 	if cfg.FaultCorruptReads {
 		n.log.Warn("FAULT INJECTION: this node corrupts every page it returns (test only)")
 	}
@@ -200,6 +223,17 @@ func (n *Node) Serve(l net.Listener) error {
 // cfg.Listen (and cfg.MetricsListen), calls ready with the bound address,
 // and serves until ctx ends.
 func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) error {
+	return RunNode(ctx, cfg, func(_ *Node, addr, metricsAddr string) error {
+		if ready != nil {
+			ready(addr, metricsAddr)
+		}
+		return nil
+	})
+}
+
+// RunNode is Run with the node handed to ready, which may refuse to go on
+// (its error ends RunNode before anything is served).
+func RunNode(ctx context.Context, cfg Config, ready func(n *Node, addr, metricsAddr string) error) error {
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("memnode: listen: %w", err)
@@ -227,9 +261,18 @@ func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) 
 		go srv.Serve(ml)
 		defer srv.Close()
 	}
-	n.log.Info("memory node serving", "listen", l.Addr().String(), "metrics", maddr, "capacity", cfg.Capacity, "data_dir", cfg.DataDir, "segments", n.store.Segments())
+	n.log.Info("memory node serving", "listen", l.Addr().String(), "metrics", maddr, "capacity", cfg.Capacity, "data_dir", cfg.DataDir, "segments", n.store.Segments(),
+		"admission", n.admissionMode())
+	if cfg.Catalog == nil {
+		n.log.Warn("no control plane configured (--etcd-endpoints): every admitted client may read and delete every segment on this node")
+	} else {
+		n.log.Info("authorizing reads and deletes by the cluster catalog", "put_grace", n.cfg.Grace)
+	}
 	if ready != nil {
-		ready(l.Addr().String(), maddr)
+		if err := ready(n, l.Addr().String(), maddr); err != nil {
+			l.Close()
+			return err
+		}
 	}
 	go func() { <-ctx.Done(); l.Close() }()
 	err = n.Serve(l)
@@ -240,17 +283,22 @@ func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) 
 // ---- one connection ----------------------------------------------------------
 
 type connState struct {
-	n      *Node
-	c      net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	hdr    [wire.HeaderSize]byte
-	out    []byte
-	body   []byte
-	rd     wire.Read
-	pod    string
-	remote string
-	fault  []byte
+	n    *Node
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	hdr  [wire.HeaderSize]byte
+	out  []byte
+	body []byte
+	rd   wire.Read
+	pod  string
+	// who is the admitted identity: the certificate's CN under TLS,
+	// "pod NAME" under the pod secret (claimed by any holder of it).
+	who         string
+	received    time.Time // when the request being handled arrived
+	refusedOnce bool
+	remote      string
+	fault       []byte
 	// releases destroy the queue pairs this connection set up
 	releases []func() error
 }
@@ -259,9 +307,19 @@ func (n *Node) serveConn(c net.Conn) {
 	defer c.Close()
 	// Small buffers until the client is admitted: an unauthenticated
 	// connection must cost little.
-	cs := &connState{n: n, c: c, br: bufio.NewReaderSize(c, 512), bw: bufio.NewWriterSize(c, 512), remote: c.RemoteAddr().String()}
+	remote := c.RemoteAddr().String()
+	if n.cfg.TLS != nil {
+		c = tls.Server(c, n.cfg.TLS)
+		defer c.Close()
+	}
+	cs := &connState{n: n, c: c, br: bufio.NewReaderSize(c, 512), bw: bufio.NewWriterSize(c, 512), remote: remote}
 	p := n.pending.add(n, c)
-	ok := cs.admit(p)
+	var ok bool
+	if n.cfg.TLS != nil {
+		ok = cs.admitTLS(p)
+	} else {
+		ok = cs.admit(p)
+	}
 	n.pending.remove(n, p)
 	if !ok {
 		return
@@ -277,6 +335,7 @@ func (n *Node) serveConn(c net.Conn) {
 	defer n.m.conns.Dec()
 	for {
 		h, err := wire.ReadHeader(cs.br, &cs.hdr)
+		cs.received = time.Now()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				n.log.Warn("closing connection: unreadable frame", "remote", cs.remote, "pod", cs.pod, "err", err)
@@ -352,6 +411,9 @@ func (cs *connState) admit(p *pendingConn) bool {
 		if p.gone() || isTimeout(err) || isClosed(err) {
 			return cs.lost(p, err)
 		}
+		if errors.Is(err, wire.ErrBadMagic) && cs.hdr[0] == 0x16 && cs.hdr[1] == 0x03 {
+			return fail("bad-frame", wire.CodeUnauthenticated, "the client started a TLS handshake, but this node admits by the pod secret (it was started without --tls-dir): give the node its certificates, or the client the pod secret")
+		}
 		return fail("bad-frame", wire.CodeUnauthenticated, "expected an auth frame: "+err.Error())
 	}
 	if h.Op != wire.OpAuth {
@@ -377,6 +439,7 @@ func (cs *connState) admit(p *pendingConn) bool {
 		return fail("wrong-credential", wire.CodeAuthFailed, "wrong pod credential (HMAC mismatch): this client does not hold the pod's shared secret", "pod", a.Pod)
 	}
 	cs.pod = a.Pod
+	cs.who = "pod " + a.Pod
 	proof := wire.NodeMAC(n.cfg.Secret, hello.Nonce, a.ClientNonce, a.Pod)
 	cs.send(wire.OpAuthOK, h.ID, proof[:])
 	if err := cs.bw.Flush(); err != nil {
@@ -435,7 +498,7 @@ func (cs *connState) handle(h wire.Header, body []byte) {
 		cs.read(h.ID, v.(*wire.Read))
 	case wire.OpPut:
 		p := v.(*wire.Put)
-		_, existed, err := n.store.Put(p)
+		_, existed, err := n.store.PutAs(p, cs.who)
 		if err != nil {
 			if codeOf(err) == wire.CodeInternal {
 				n.log.Error("put failed", "segment", p.Segment, "err", err)
@@ -468,12 +531,30 @@ func (cs *connState) handle(h wire.Header, body []byte) {
 		cs.out = wire.EncodeQPInfo(cs.out[:0], &local)
 		cs.send(wire.OpQPConnOK, h.ID, cs.out)
 	case wire.OpDelete:
-		if err := n.store.Delete(v.(uint64)); err != nil {
+		id := v.(uint64)
+		m, err := n.store.Meta(id)
+		if err != nil {
+			cs.refuse(h.ID, codeOf(err), err.Error())
+			return
+		}
+		if !cs.allow(h.ID, "delete", m) {
+			return
+		}
+		if err := n.store.Delete(id); err != nil {
 			cs.refuse(h.ID, codeOf(err), err.Error())
 			return
 		}
 		cs.send(wire.OpDeleteOK, h.ID, nil)
 	case wire.OpStat:
+		// The digests fingerprint the pages: stat is authorized as a read.
+		m, err := n.store.Meta(v.(uint64))
+		if err != nil {
+			cs.refuse(h.ID, codeOf(err), err.Error())
+			return
+		}
+		if !cs.allow(h.ID, "read", m) {
+			return
+		}
 		ps, d, err := n.store.Stat(v.(uint64))
 		if err != nil {
 			cs.refuse(h.ID, codeOf(err), err.Error())
@@ -481,6 +562,24 @@ func (cs *connState) handle(h wire.Header, body []byte) {
 		}
 		cs.out = wire.EncodeStatResp(cs.out[:0], &wire.StatResp{PageSize: ps, Digests: d})
 		cs.send(wire.OpStatResp, h.ID, cs.out)
+	case wire.OpList:
+		r := v.(*wire.ListReq)
+		max := int(r.Max)
+		if max == 0 || max > wire.MaxListPage {
+			max = wire.MaxListPage
+		}
+		ms, more, next := n.store.List(r.From, max)
+		resp := &wire.ListResp{More: more, Next: next, Entries: make([]wire.ListEntry, 0, len(ms))}
+		for _, m := range ms {
+			resp.Entries = append(resp.Entries, wire.ListEntry{ID: m.ID, Len: m.Len, PutNanos: m.PutAt.UnixNano(), PageSize: m.PageSize,
+				Flags: n.referenced(m.ID), Writer: m.Writer})
+		}
+		cs.out = wire.EncodeListResp(cs.out[:0], resp)
+		cs.send(wire.OpListResp, h.ID, cs.out)
+	case wire.OpUsage:
+		u := &wire.UsageResp{Capacity: n.store.Capacity(), Used: n.store.Used(), Segments: uint64(n.store.Segments()), Flags: n.usageFlags()}
+		cs.out = wire.EncodeUsageResp(cs.out[:0], u)
+		cs.send(wire.OpUsageResp, h.ID, cs.out)
 	}
 }
 
@@ -493,6 +592,9 @@ func (cs *connState) read(id uint64, rd *wire.Read) {
 		return
 	}
 	defer n.store.release(g)
+	if !cs.allow(id, "read", g.meta()) {
+		return
+	}
 	size := uint64(len(g.data))
 	var total uint64
 	for i, op := range rd.Ops {
@@ -542,3 +644,6 @@ func ParseSecret(path string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Name is the node's name (as sent in Hello).
+func (n *Node) Name() string { return n.cfg.Name }

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
@@ -43,6 +45,11 @@ type segment struct {
 	refs     atomic.Int64
 	dead     atomic.Bool
 	freeOnce sync.Once
+	// writer is the identity that stored the segment ("" for segments
+	// stored in-process or before writers were recorded); putAt is when.
+	// Both are persisted with it.
+	writer string
+	putAt  time.Time
 }
 
 type extent struct{ off, len uint64 }
@@ -94,6 +101,7 @@ type Store struct {
 
 	mu       sync.RWMutex
 	segs     map[uint64]*segment
+	ids      []uint64 // the keys of segs, sorted (for List)
 	slabs    []*slab
 	mapped   uint64 // bytes of slabs mapped
 	used     atomic.Uint64
@@ -167,7 +175,7 @@ func (s *Store) Close() error {
 			first = err
 		}
 	}
-	s.slabs, s.segs = nil, map[uint64]*segment{}
+	s.slabs, s.segs, s.ids = nil, map[uint64]*segment{}, nil
 	return first
 }
 
@@ -241,10 +249,20 @@ func VerifyPages(data []byte, pageSize uint32, digests []uint64) error {
 // dir, copies into a slab and only then makes it readable. It reports
 // whether an identical segment already existed.
 func (s *Store) Put(p *wire.Put) (seg *segment, existed bool, err error) {
-	return s.put(p, s.dataDir != "")
+	return s.PutAs(p, "")
 }
 
-func (s *Store) put(p *wire.Put, persist bool) (seg *segment, existed bool, err error) {
+// PutAs is Put on behalf of writer (the client identity recorded, and
+// persisted, with a new segment; an identical re-put keeps the first
+// writer).
+func (s *Store) PutAs(p *wire.Put, writer string) (seg *segment, existed bool, err error) {
+	if len(writer) > wire.MaxIdentity {
+		return nil, false, fmt.Errorf("put segment %#x: writer identity of %d bytes (max %d)", p.Segment, len(writer), wire.MaxIdentity)
+	}
+	return s.put(p, writer, time.Now(), s.dataDir != "")
+}
+
+func (s *Store) put(p *wire.Put, writer string, at time.Time, persist bool) (seg *segment, existed bool, err error) {
 	if err := VerifyPages(p.Data, p.PageSize, p.Digests); err != nil {
 		return nil, false, fmt.Errorf("put segment %#x: %w (data damaged in transit or wrong digests)", p.Segment, err)
 	}
@@ -264,7 +282,7 @@ func (s *Store) put(p *wire.Put, persist bool) (seg *segment, existed bool, err 
 	if err != nil {
 		return nil, false, err
 	}
-	g := &segment{id: p.Segment, pageSize: p.PageSize, digests: p.Digests, slab: sl, off: off, data: sl.m.B[off : off+n]}
+	g := &segment{id: p.Segment, pageSize: p.PageSize, digests: p.Digests, slab: sl, off: off, data: sl.m.B[off : off+n], writer: writer, putAt: at}
 	s.used.Add(n)
 	copy(g.data, p.Data)
 	if persist {
@@ -275,6 +293,8 @@ func (s *Store) put(p *wire.Put, persist bool) (seg *segment, existed bool, err 
 	}
 	s.mu.Lock()
 	s.segs[g.id] = g
+	i, _ := slices.BinarySearch(s.ids, g.id)
+	s.ids = slices.Insert(s.ids, i, g.id)
 	s.mu.Unlock()
 	s.nsegs.Add(1)
 	return g, false, nil
@@ -304,6 +324,9 @@ func (s *Store) Delete(id uint64) error {
 	s.mu.Lock()
 	g := s.segs[id]
 	delete(s.segs, id)
+	if i, ok := slices.BinarySearch(s.ids, id); ok {
+		s.ids = slices.Delete(s.ids, i, i+1)
+	}
 	s.mu.Unlock()
 	if g == nil {
 		return fmt.Errorf("%w: %#x", ErrNotFound, id)
@@ -332,6 +355,45 @@ func (s *Store) Stat(id uint64) (uint32, []uint64, error) {
 	return g.pageSize, g.digests, nil
 }
 
+// SegmentMeta is what List and Meta tell about a stored segment.
+type SegmentMeta struct {
+	ID       uint64
+	Len      uint64
+	PageSize uint32
+	Writer   string
+	PutAt    time.Time
+}
+
+func (g *segment) meta() SegmentMeta {
+	return SegmentMeta{ID: g.id, Len: uint64(len(g.data)), PageSize: g.pageSize, Writer: g.writer, PutAt: g.putAt}
+}
+
+// Meta describes one stored segment.
+func (s *Store) Meta(id uint64) (SegmentMeta, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g := s.segs[id]
+	if g == nil {
+		return SegmentMeta{}, fmt.Errorf("%w: %#x", ErrNotFound, id)
+	}
+	return g.meta(), nil
+}
+
+// List returns up to max segments with IDs from from on, in ID order, and
+// whether more follow (then from the returned next on).
+func (s *Store) List(from uint64, max int) (out []SegmentMeta, more bool, next uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i, _ := slices.BinarySearch(s.ids, from)
+	for ; i < len(s.ids) && len(out) < max; i++ {
+		out = append(out, s.segs[s.ids[i]].meta())
+	}
+	if i < len(s.ids) {
+		return out, true, s.ids[i]
+	}
+	return out, false, 0
+}
+
 // ReadAt copies len(dst) bytes at off of segment id into dst, with the
 // same bounds checks as a network read. In-process transports (rdma/emu)
 // use it.
@@ -351,17 +413,39 @@ func (s *Store) ReadAt(id, off uint64, dst []byte) error {
 
 // ---- persistence -----------------------------------------------------------
 
-const fileMagic = "AQSEG001"
+// fileMagic opens a segment file; version 1 files (no writer, no time)
+// are still read.
+const (
+	fileMagic   = "AQSEG002"
+	fileMagicV1 = "AQSEG001"
+)
 
 func (s *Store) segPath(id uint64) string {
 	return filepath.Join(s.dataDir, fmt.Sprintf("seg-%016x.aqs", id))
 }
 
-// file layout: magic[8] id u64 pageSize u32 npages u32 digests[n]u64
-// xxhash64(all preceding bytes) u64, then the data.
+// file layout: magic[8] id u64 pageSize u32 npages u32 digests[n]u64,
+// then (version 2) put time i64 (Unix ns), writer length u16, writer,
+// then xxhash64(all preceding bytes) u64, then the data.
 func encodeFileHeader(g *segment) []byte {
-	h := make([]byte, 0, 24+8*len(g.digests)+8)
+	h := make([]byte, 0, 24+8*len(g.digests)+10+len(g.writer)+8)
 	h = append(h, fileMagic...)
+	h = binary.LittleEndian.AppendUint64(h, g.id)
+	h = binary.LittleEndian.AppendUint32(h, g.pageSize)
+	h = binary.LittleEndian.AppendUint32(h, uint32(len(g.digests)))
+	for _, d := range g.digests {
+		h = binary.LittleEndian.AppendUint64(h, d)
+	}
+	h = binary.LittleEndian.AppendUint64(h, uint64(g.putAt.UnixNano()))
+	h = binary.LittleEndian.AppendUint16(h, uint16(len(g.writer)))
+	h = append(h, g.writer...)
+	return binary.LittleEndian.AppendUint64(h, xxhash.Sum64(h))
+}
+
+// encodeFileHeaderV1 is the version 1 header (tests of old data dirs).
+func encodeFileHeaderV1(g *segment) []byte {
+	h := make([]byte, 0, 24+8*len(g.digests)+8)
+	h = append(h, fileMagicV1...)
 	h = binary.LittleEndian.AppendUint64(h, g.id)
 	h = binary.LittleEndian.AppendUint32(h, g.pageSize)
 	h = binary.LittleEndian.AppendUint32(h, uint32(len(g.digests)))
@@ -428,20 +512,42 @@ func (s *Store) loadFile(path string, id uint64) error {
 	}
 	defer m.Unmap()
 	b := m.B
-	if size < 32 || string(b[:8]) != fileMagic {
+	if size < 32 || (string(b[:8]) != fileMagic && string(b[:8]) != fileMagicV1) {
 		return fmt.Errorf("not a segment file")
 	}
+	v2 := string(b[:8]) == fileMagic
 	if got := binary.LittleEndian.Uint64(b[8:]); got != id {
 		return fmt.Errorf("file name says segment %#x, header says %#x", id, got)
 	}
 	ps := binary.LittleEndian.Uint32(b[16:])
 	n := uint64(binary.LittleEndian.Uint32(b[20:]))
 	hdr := 24 + 8*n
+	var writer string
+	var at time.Time
+	if v2 {
+		if uint64(size) < hdr+10 {
+			return fmt.Errorf("truncated header")
+		}
+		at = time.Unix(0, int64(binary.LittleEndian.Uint64(b[hdr:])))
+		wl := uint64(binary.LittleEndian.Uint16(b[hdr+8:]))
+		if wl > wire.MaxIdentity || uint64(size) < hdr+10+wl {
+			return fmt.Errorf("truncated header")
+		}
+		writer = string(b[hdr+10 : hdr+10+wl])
+		hdr += 10 + wl
+	}
 	if uint64(size) < hdr+8 {
 		return fmt.Errorf("truncated header")
 	}
 	if xxhash.Sum64(b[:hdr]) != binary.LittleEndian.Uint64(b[hdr:]) {
 		return fmt.Errorf("header checksum mismatch")
+	}
+	if !v2 {
+		st, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		at = st.ModTime()
 	}
 	p := &wire.Put{Segment: id, PageSize: ps, Digests: make([]uint64, n)}
 	for i := range p.Digests {
@@ -451,6 +557,6 @@ func (s *Store) loadFile(path string, id uint64) error {
 	if uint64(len(p.Data)) != n*uint64(ps) {
 		return fmt.Errorf("data is %d bytes, header says %d pages of %d", len(p.Data), n, ps)
 	}
-	_, _, err = s.put(p, false) // already on disk
+	_, _, err = s.put(p, writer, at, false) // already on disk
 	return err
 }

@@ -2,7 +2,8 @@
 // (an ECDSA P-256 key and a self-signed certificate) that issues the
 // certificates the cluster's processes authenticate each other with over
 // mutual TLS — the etcd member (server and peer), the pager daemons (etcd
-// clients) and, later, memory nodes.
+// clients), and hosts and memory nodes on the memory-node protocol (package
+// memnode names their identities and issues their certificates).
 //
 // Everything is standard crypto/x509 and crypto/tls. Files live in one
 // directory (by default DATA-DIR/tls), every one mode 0600, written

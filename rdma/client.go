@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,10 @@ const (
 type Options struct {
 	Transport Transport
 	Nodes     []NodeID // memory nodes of the pod's cold tier
+	// Membership makes Nodes the starting point of a list that follows
+	// the control plane (Client.SetNodes): the client may start with no
+	// node, and the node count is checked when a segment is published.
+	Membership bool
 	// Replicas is R, copies per segment (default 2). Ignored with EC.
 	Replicas int
 	// EC, when non-nil, stores segments Reed–Solomon coded instead of
@@ -68,6 +73,9 @@ type Client struct {
 	mu    sync.Mutex
 	nodes map[NodeID]*node
 
+	nmu     sync.RWMutex
+	members []NodeID // where new segments may go (Options.Nodes, SetNodes)
+
 	dmu      sync.Mutex
 	dcond    *sync.Cond
 	inflight int // demand reads in flight
@@ -81,22 +89,24 @@ type Client struct {
 	sreg    *Registration
 
 	pages, batches, failovers, digestFail, timeouts, nodeErrs, recon, prefPages atomic.Uint64
+	closeOnce                                                                   sync.Once
 }
 
 // NewClient starts a client and its prefetch worker.
 func NewClient(o Options) (*Client, error) {
-	if o.Transport == nil || len(o.Nodes) == 0 {
+	if o.Transport == nil || (len(o.Nodes) == 0 && !o.Membership) {
 		return nil, errors.New("rdma: client needs a transport and at least one node")
 	}
 	if o.Replicas <= 0 {
 		o.Replicas = 2
 	}
-	if o.EC != nil {
-		if o.EC.Data < 1 || o.EC.Parity < 1 || o.EC.Data+o.EC.Parity > len(o.Nodes) {
-			return nil, fmt.Errorf("rdma: EC %d+%d needs at least %d nodes, have %d", o.EC.Data, o.EC.Parity, o.EC.Data+o.EC.Parity, len(o.Nodes))
+	if o.EC != nil && (o.EC.Data < 1 || o.EC.Parity < 1) {
+		return nil, fmt.Errorf("rdma: EC %d+%d: want at least one data and one parity shard", o.EC.Data, o.EC.Parity)
+	}
+	if !o.Membership {
+		if err := enoughNodes(&o, len(o.Nodes)); err != nil {
+			return nil, err
 		}
-	} else if o.Replicas > len(o.Nodes) {
-		return nil, fmt.Errorf("rdma: %d replicas need at least %d nodes, have %d", o.Replicas, o.Replicas, len(o.Nodes))
 	}
 	if o.ReadTimeout <= 0 {
 		o.ReadTimeout = 250 * time.Millisecond
@@ -119,13 +129,20 @@ func NewClient(o Options) (*Client, error) {
 	for _, n := range o.Nodes {
 		c.nodes[n] = &node{id: n}
 	}
+	c.members = slices.Clone(o.Nodes)
 	c.pwg.Add(1)
 	go c.prefetchLoop()
 	return c, nil
 }
 
-// Close stops the prefetch worker and closes every connection.
+// Close stops the prefetch worker and closes every connection. Closing
+// again does nothing.
 func (c *Client) Close() error {
+	c.closeOnce.Do(c.close)
+	return nil
+}
+
+func (c *Client) close() {
 	c.end()
 	close(c.pq)
 	c.dmu.Lock()
@@ -147,7 +164,6 @@ func (c *Client) Close() error {
 	c.smu.Lock()
 	c.freeScratch()
 	c.smu.Unlock()
-	return nil
 }
 
 // Stats returns the counters.
@@ -159,3 +175,38 @@ func (c *Client) Stats() Stats {
 // Latency is the per-page read latency histogram of a priority class: from
 // the call to the moment the page's bytes were verified (failover included).
 func (c *Client) Latency(p Priority) *Histogram { return &c.hist[p] }
+
+// enoughNodes checks that n nodes can hold a segment under o.
+func enoughNodes(o *Options, n int) error {
+	if o.EC != nil {
+		if o.EC.Data+o.EC.Parity > n {
+			return fmt.Errorf("rdma: EC %d+%d needs at least %d nodes, have %d", o.EC.Data, o.EC.Parity, o.EC.Data+o.EC.Parity, n)
+		}
+	} else if o.Replicas > n {
+		return fmt.Errorf("rdma: %d replicas need at least %d nodes, have %d", o.Replicas, o.Replicas, n)
+	}
+	return nil
+}
+
+// Nodes returns the nodes new segments may be placed on.
+func (c *Client) Nodes() []NodeID {
+	c.nmu.RLock()
+	defer c.nmu.RUnlock()
+	return slices.Clone(c.members)
+}
+
+// SetNodes replaces the nodes new segments may be placed on (membership
+// from the control plane). Segments already stored are read where their
+// SegmentInfo says, whether or not their nodes are still listed.
+func (c *Client) SetNodes(ids []NodeID) {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	c.nmu.Lock()
+	old := c.members
+	c.members = ids
+	c.nmu.Unlock()
+	if !slices.Equal(old, ids) {
+		c.log.Info("memory nodes for new segments", "nodes", ids, "before", old)
+	}
+}

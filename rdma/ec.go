@@ -48,6 +48,9 @@ func (c *Client) publishEC(ctx context.Context, seg *SegmentInfo, data []byte) e
 	}
 	lay := &ECLayout{Data: k, Parity: m, ShardPages: rows, Shards: make([]Replica, k+m), ShardDigests: make([][]uint64, k+m)}
 	nodes := c.rank(seg.ID)
+	if len(nodes) < k+m { // the membership changed since Publish checked
+		return fmt.Errorf("rdma: EC %d+%d needs %d nodes, have %d", k, m, k+m, len(nodes))
+	}
 	errs := make([]error, k+m)
 	var wg sync.WaitGroup
 	for i := range shards {

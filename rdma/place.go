@@ -20,7 +20,7 @@ func (c *Client) rank(id SegmentID) []NodeID {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], uint64(id))
 	var up, down []sc
-	for _, n := range c.o.Nodes {
+	for _, n := range c.Nodes() {
 		h := xxhash.New()
 		h.Write(b[:])
 		h.WriteString(string(n))

@@ -27,6 +27,9 @@ func (c *Client) Publish(ctx context.Context, id SegmentID, pageSize int, data [
 	if pageSize <= 0 || len(data) == 0 || len(data)%pageSize != 0 {
 		return nil, fmt.Errorf("rdma: segment of %d bytes is not a whole number of %d-byte pages", len(data), pageSize)
 	}
+	if err := enoughNodes(&c.o, len(c.Nodes())); err != nil {
+		return nil, fmt.Errorf("%w (memory nodes known now: %v)", err, c.Nodes())
+	}
 	seg := &SegmentInfo{ID: id, PageSize: pageSize, Pages: len(data) / pageSize, Digests: PageDigests(data, pageSize)}
 	if c.o.EC != nil {
 		return seg, c.publishEC(ctx, seg, data)

@@ -18,7 +18,8 @@ import (
 // podFlags are the flags of serve that apply to --embedded only.
 var podFlags = []string{"data-dir", "etcd-endpoints", "etcd-tls-dir", "etcd-ca", "etcd-cert", "etcd-key", "etcd-user",
 	"etcd-password-file", "lease-ttl", "pod", "memnodes", "memnode-addrs", "rdma", "cxl", "cxl-path",
-	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "memnode-capacity", "memnode-dead-after"}
+	"cxl-size", "cxl-chunk", "secret-file", "replicas", "host-name", "host-addr", "readers", "memnode-capacity", "memnode-dead-after",
+	"memnode-tls-dir", "memnodes-from-control-plane"}
 
 func init() {
 	var (
@@ -41,7 +42,9 @@ that it is not told to find elsewhere: an etcd member serving mutual TLS
 only, certificates in DATA-DIR/tls (unless --etcd-endpoints https://...
 with --etcd-tls-dir, or --etcd-ca/--etcd-cert/--etcd-key and
 --etcd-user/--etcd-password-file), memory nodes on loopback (unless --memnode-addrs names
-aquifer memnode processes, admitted with the pod secret --secret-file), and
+aquifer memnode processes, admitted with the pod secret --secret-file or, with
+--memnode-tls-dir, over mutual TLS; or --memnodes-from-control-plane takes the
+memory nodes registered in the control plane), and
 the pod's CXL region (--cxl shm:PATH, the emulated region, created on first
 start; devdax:/dev/daxX.Y, a real device formatted with aquifer cxl format;
 or none). aquifer publish / pool ls / pool rm talk to it through the same
@@ -66,6 +69,9 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 					return fmt.Errorf("--memnode-capacity: %w", err)
 				}
 				pc.MemNodeCapacity = n
+				if pc.MemNodesFromControlPlane && !cmd.Flags().Changed("memnodes") {
+					pc.MemNodes = 0 // the default counts in-process nodes
+				}
 				cfg.Pod = &pc
 			}
 			cfg.API = client.Socket(cfg.API)
@@ -104,6 +110,8 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.StringVar(&pc.Name, "pod", "pod0", "with --embedded: pod name (its coordination keys in etcd and its default region path)")
 	f.IntVar(&pc.MemNodes, "memnodes", 3, "with --embedded: in-process memory nodes")
 	f.StringSliceVar(&pc.MemNodeAddrs, "memnode-addrs", nil, "with --embedded: use these aquifer memnode processes (host:port,...) instead of in-process ones")
+	f.StringVar(&pc.MemNodeTLSDir, "memnode-tls-dir", "", "with external memory nodes: directory holding ca.crt and this host's certificate host.crt/host.key (aquifer cert host): speak to memory nodes over mutual TLS instead of admitting with the pod secret")
+	f.BoolVar(&pc.MemNodesFromControlPlane, "memnodes-from-control-plane", false, "with --embedded: use the memory nodes registered in the control plane (aquifer memnode --etcd-endpoints) instead of --memnode-addrs; new segments follow the nodes that join and leave and the usage they report")
 	f.StringVar(&nodeCap, "memnode-capacity", "4GiB", "with --embedded: capacity of each memory node (in-process ones reserve it lazily; external ones are recorded with it)")
 	f.DurationVar(&pc.MemNodeDeadAfter, "memnode-dead-after", 10*time.Second, "with --embedded: a memory node missing from the control plane this long is declared dead and its segments are re-replicated")
 	f.IntVar(&pc.Replicas, "replicas", 0, "with --embedded: copies of each segment on the memory nodes (default 2, or 1 with one node)")

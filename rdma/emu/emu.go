@@ -255,3 +255,22 @@ func (c *Conn) Close() error {
 	}
 	return nil
 }
+
+// ListFrom implements rdma.Inventory from the node's store (an in-process
+// node watches no catalog: nothing is marked referenced).
+func (c *Conn) ListFrom(ctx context.Context, from rdma.SegmentID, max int) (rdma.ListPage, error) {
+	if max <= 0 || max > wire.MaxListPage {
+		max = wire.MaxListPage
+	}
+	ms, more, next := c.store.List(uint64(from), max)
+	p := rdma.ListPage{More: more, Next: rdma.SegmentID(next)}
+	for _, m := range ms {
+		p.Segments = append(p.Segments, rdma.StoredSegment{ID: rdma.SegmentID(m.ID), Len: m.Len, PageSize: int(m.PageSize), Writer: m.Writer, Stored: m.PutAt})
+	}
+	return p, nil
+}
+
+// Usage implements rdma.Inventory.
+func (c *Conn) Usage(ctx context.Context) (rdma.NodeUsage, error) {
+	return rdma.NodeUsage{Capacity: c.store.Capacity(), Used: c.store.Used(), Segments: uint64(c.store.Segments())}, nil
+}

@@ -51,6 +51,14 @@ func TestMain(m *testing.M) {
 			FaultCorruptReads: os.Getenv("AQ_MEMNODE_FAULT") == "corrupt",
 			Logger:            slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		}
+		if d := os.Getenv("AQ_MEMNODE_TLS_DIR"); d != "" {
+			var err error
+			if cfg.TLS, _, err = memnode.ServerTLS(d); err != nil {
+				fmt.Fprintln(os.Stderr, "memnode:", err)
+				os.Exit(1)
+			}
+			cfg.Secret = nil
+		}
 		err := memnode.Run(context.Background(), cfg, func(addr, maddr string) {
 			fmt.Printf("%s%s %s\n", readyTag, addr, maddr)
 		})
@@ -80,10 +88,11 @@ type proc struct {
 }
 
 // startNode runs a memory node process on a loopback port.
-func startNode(t *testing.T, dir, fault string) *proc {
+func startNode(t *testing.T, dir, fault string, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"=memnode", "AQ_MEMNODE_DIR="+dir, "AQ_MEMNODE_SECRET="+string(secret), "AQ_MEMNODE_FAULT="+fault)
+	cmd.Env = append(cmd.Env, env...)
 	p := &proc{cmd: cmd, log: &syncBuf{}}
 	cmd.Stderr = p.log
 	out, err := cmd.StdoutPipe()
@@ -324,6 +333,10 @@ func TestBadRequestsRefused(t *testing.T) {
 	ref, err := good.Write(ctx, &rdma.WriteSegment{ID: 1, PageSize: pageSize, Data: data, Digests: rdma.PageDigests(data, pageSize)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Under the pod secret the writer is the pod the client claims.
+	if p, err := good.(rdma.Inventory).ListFrom(ctx, 0, 0); err != nil || len(p.Segments) != 1 || p.Segments[0].Writer != "pod pod-a" || p.More {
+		t.Fatalf("list under the pod secret: %+v %v", p, err)
 	}
 	dst := registered(t, tr, pageSize)
 	checkGood := func() {

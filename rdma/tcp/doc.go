@@ -9,8 +9,11 @@
 // buffers and queues per-read completions for Poll. Close waits for that
 // goroutine, so no destination is written after Close returns.
 //
-// The connection is admitted by the HMAC challenge/response of rdma/wire and
-// verifies the node's proof in turn. This package must not implement
+// The connection is admitted either by mutual TLS (NewTLS: this host's
+// certificate of the cluster CA, the node's verified against the CA, the
+// address dialled and the memory-node role; every frame inside the TLS
+// session) or by the HMAC challenge/response of rdma/wire (New), verifying
+// the node's proof in turn. This package must not implement
 // replication, digests or retries (package rdma does) and must not import
 // memnode outside tests.
 package tcp

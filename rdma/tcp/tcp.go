@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,10 +18,12 @@ import (
 	"github.com/aquifer-pool/aquifer/rdma/wire"
 )
 
-// Transport is the tcp backend. Create it with New.
+// Transport is the tcp backend. Create it with New (pod secret) or NewTLS
+// (mutual TLS).
 type Transport struct {
 	secret []byte
 	pod    string
+	tls    *tls.Config
 	reg    rdma.Registry
 	// DialTimeout bounds connect + admission when ctx has no deadline.
 	DialTimeout time.Duration
@@ -32,6 +35,14 @@ type Transport struct {
 // New returns a transport that authenticates as pod with the pod's secret.
 func New(secret []byte, pod string) *Transport {
 	return &Transport{secret: append([]byte(nil), secret...), pod: pod, DialTimeout: 5 * time.Second}
+}
+
+// NewTLS returns a transport that speaks to memory nodes over mutual TLS
+// with cfg (memnode.ClientTLS builds it: this host's certificate, the
+// cluster CA, the memory-node role check); ServerName is set per node to
+// the host part of its address, which the node's certificate must cover.
+func NewTLS(cfg *tls.Config) *Transport {
+	return &Transport{tls: cfg, DialTimeout: 5 * time.Second}
 }
 
 // Name implements rdma.Transport.
@@ -60,6 +71,22 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
+	}
+	if t.tls != nil {
+		cfg := t.tls.Clone()
+		if host, _, err := net.SplitHostPort(string(node)); err == nil {
+			cfg.ServerName = host
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) {
+				return nil, fmt.Errorf("rdma/tcp: memory node %s does not speak TLS (started without --tls-dir? it admits by the pod secret): %w", node, err)
+			}
+			return nil, fmt.Errorf("rdma/tcp: TLS handshake with memory node %s: %w", node, err)
+		}
+		nc = tc
 	}
 	c := &conn{t: t, node: node, nc: nc, br: bufio.NewReaderSize(nc, 256<<10), bw: bufio.NewWriterSize(nc, 64<<10),
 		pending: map[uint64]*pend{}, done: make(chan struct{})}
@@ -109,7 +136,15 @@ func (c *conn) handshake() error {
 	var hb [wire.HeaderSize]byte
 	h, err := wire.ReadHeader(c.br, &hb)
 	if err != nil {
-		return fmt.Errorf("reading hello: %w", err)
+		if c.t.tls != nil {
+			// Under TLS 1.3 the node checks this host's certificate after
+			// the client's side of the handshake: a refusal is an alert.
+			return fmt.Errorf("the memory node refused this host's certificate (is it of the cluster CA, and a host's?): %w", err)
+		}
+		if errors.Is(err, wire.ErrBadMagic) && hb[0] == 0x15 {
+			return fmt.Errorf("the memory node answered with a TLS alert: it admits hosts by mutual TLS; give this host its certificates (--memnode-tls-dir): %w", err)
+		}
+		return fmt.Errorf("reading hello (a memory node that requires mutual TLS waits for a TLS handshake instead: give this host its certificates, --memnode-tls-dir): %w", err)
 	}
 	body, err := c.readBody(h, 1024)
 	if err != nil {
@@ -124,6 +159,9 @@ func (c *conn) handshake() error {
 	hello, err := wire.DecodeHello(body)
 	if err != nil {
 		return err
+	}
+	if c.t.tls != nil {
+		return nil // the TLS handshake authenticated both sides; hello says the node admitted us
 	}
 	a := &wire.Auth{Pod: c.t.pod}
 	if _, err := rand.Read(a.ClientNonce[:]); err != nil {
@@ -302,6 +340,41 @@ func (c *conn) Stat(ctx context.Context, id rdma.SegmentID) (*wire.StatResp, err
 	return wire.DecodeStatResp(r.body)
 }
 
+// ListFrom implements rdma.Inventory.
+func (c *conn) ListFrom(ctx context.Context, from rdma.SegmentID, max int) (rdma.ListPage, error) {
+	if max < 0 || max > wire.MaxListPage {
+		max = wire.MaxListPage
+	}
+	r, err := c.call(ctx, wire.OpList, wire.EncodeListReq(nil, &wire.ListReq{From: uint64(from), Max: uint32(max)}), nil)
+	if err != nil {
+		return rdma.ListPage{}, err
+	}
+	lr, err := wire.DecodeListResp(r.body)
+	if err != nil {
+		return rdma.ListPage{}, err
+	}
+	p := rdma.ListPage{More: lr.More, Next: rdma.SegmentID(lr.Next)}
+	for _, e := range lr.Entries {
+		p.Segments = append(p.Segments, rdma.StoredSegment{ID: rdma.SegmentID(e.ID), Len: e.Len, PageSize: int(e.PageSize), Writer: e.Writer,
+			Stored: time.Unix(0, e.PutNanos), Referenced: e.Flags&wire.EntryReferenced != 0, ReferencedHere: e.Flags&wire.EntryReferencedHere != 0})
+	}
+	return p, nil
+}
+
+// Usage implements rdma.Inventory.
+func (c *conn) Usage(ctx context.Context) (rdma.NodeUsage, error) {
+	r, err := c.call(ctx, wire.OpUsage, nil, nil)
+	if err != nil {
+		return rdma.NodeUsage{}, err
+	}
+	u, err := wire.DecodeUsageResp(r.body)
+	if err != nil {
+		return rdma.NodeUsage{}, err
+	}
+	return rdma.NodeUsage{Capacity: u.Capacity, Used: u.Used, Segments: u.Segments,
+		Authorizing: u.Flags&wire.UsageAuthorizing != 0, CatalogIncomplete: u.Flags&wire.UsageCatalogIncomplete != 0}, nil
+}
+
 // ExchangeQP sends a verbs client's queue-pair info over this admitted
 // control connection and returns the node's (rdma/verbs uses it to connect
 // an RC queue pair). A node without RDMA answers CodeUnsupported.
@@ -385,7 +458,7 @@ func (c *conn) readLoop() {
 				}
 			}
 			c.complete(p.ops, nil)
-		case wire.OpError, wire.OpPutOK, wire.OpDeleteOK, wire.OpStatResp, wire.OpQPConnOK:
+		case wire.OpError, wire.OpPutOK, wire.OpDeleteOK, wire.OpStatResp, wire.OpQPConnOK, wire.OpListResp, wire.OpUsageResp:
 			body, err := c.readBody(h, 64<<20)
 			if err != nil {
 				c.fail(fmt.Errorf("rdma/tcp: %s: %w", c.node, err))

@@ -587,6 +587,24 @@ func (c *conn) Delete(ctx context.Context, id rdma.SegmentID) error {
 	return c.ctl.Delete(ctx, id)
 }
 
+// ListFrom implements rdma.Inventory over the control connection.
+func (c *conn) ListFrom(ctx context.Context, from rdma.SegmentID, max int) (rdma.ListPage, error) {
+	inv, ok := c.ctl.(rdma.Inventory)
+	if !ok {
+		return rdma.ListPage{}, rdma.ErrNoInventory
+	}
+	return inv.ListFrom(ctx, from, max)
+}
+
+// Usage implements rdma.Inventory over the control connection.
+func (c *conn) Usage(ctx context.Context) (rdma.NodeUsage, error) {
+	inv, ok := c.ctl.(rdma.Inventory)
+	if !ok {
+		return rdma.NodeUsage{}, rdma.ErrNoInventory
+	}
+	return inv.Usage(ctx)
+}
+
 // Close destroys the queue pair: after ibv_destroy_qp the NIC no longer
 // writes any destination of this connection.
 func (c *conn) Close() error {

@@ -1,7 +1,10 @@
 // Package wire owns the byte format spoken between Aquifer clients and
 // memory nodes over a stream transport (rdma/tcp) and the control exchange
 // that precedes a verbs connection: framing, request/response encoding, the
-// HMAC challenge/response that admits pod members, and error codes.
+// HMAC challenge/response that admits pod members when the connection is
+// not mutual TLS (under TLS the same frames travel inside the session and
+// the node's hello follows the handshake), the inventory requests (list,
+// usage), and error codes.
 //
 // Every decoder here is total: it returns an error for any input and never
 // panics or allocates more than the frame limits allow, because a memory node

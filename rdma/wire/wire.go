@@ -56,12 +56,16 @@ const (
 	OpStatResp  Op = 12 // S→C
 	OpQPConnect Op = 13 // C→S: a verbs client's queue-pair info
 	OpQPConnOK  Op = 14 // S→C: the node's queue-pair info for that client
-	opLimit     Op = 15 // first invalid op
+	OpList      Op = 15 // C→S: one page of the segments the node holds (list.go)
+	OpListResp  Op = 16 // S→C
+	OpUsage     Op = 17 // C→S: the node's capacity and usage (list.go)
+	OpUsageResp Op = 18 // S→C
+	opLimit     Op = 19 // first invalid op
 	ProtocolTag    = "aquifer-memnode-v1"
 )
 
 func (o Op) String() string {
-	names := [...]string{"invalid", "hello", "auth", "auth-ok", "error", "put", "put-ok", "read", "read-resp", "delete", "delete-ok", "stat", "stat-resp", "qp-connect", "qp-connect-ok"}
+	names := [...]string{"invalid", "hello", "auth", "auth-ok", "error", "put", "put-ok", "read", "read-resp", "delete", "delete-ok", "stat", "stat-resp", "qp-connect", "qp-connect-ok", "list", "list-resp", "usage", "usage-resp"}
 	if o < opLimit {
 		return names[o]
 	}
@@ -83,6 +87,10 @@ const (
 	CodeTooLarge        Code = 8
 	CodeInternal        Code = 9
 	CodeUnsupported     Code = 10
+	// CodeForbidden: the client's identity may not do this to this
+	// segment (a read of a segment no published snapshot references, a
+	// delete of another writer's referenced segment).
+	CodeForbidden Code = 11
 )
 
 func (c Code) String() string {
@@ -107,6 +115,8 @@ func (c Code) String() string {
 		return "internal error"
 	case CodeUnsupported:
 		return "unsupported"
+	case CodeForbidden:
+		return "forbidden"
 	}
 	return fmt.Sprintf("code %d", uint16(c))
 }
@@ -184,6 +194,10 @@ func MaxRequestBody(op Op, maxSegment uint64) (uint64, error) {
 		return 8, nil
 	case OpQPConnect:
 		return QPInfoSize, nil
+	case OpList:
+		return ListReqSize, nil
+	case OpUsage:
+		return 0, nil
 	}
 	return 0, fmt.Errorf("%w: %s is not a request", ErrBadOp, op)
 }
@@ -511,6 +525,13 @@ func DecodeRequest(op Op, body []byte, maxSegment uint64, rd *Read) (any, error)
 		return DecodeU64(body)
 	case OpQPConnect:
 		return DecodeQPInfo(body)
+	case OpList:
+		return DecodeListReq(body)
+	case OpUsage:
+		if len(body) != 0 {
+			return nil, fmt.Errorf("wire: usage request with a %d-byte body, want none", len(body))
+		}
+		return UsageReq{}, nil
 	}
 	return nil, fmt.Errorf("%w: %s is not a request", ErrBadOp, op)
 }

@@ -87,6 +87,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add(frame(OpRead, []byte{1, 2, 3}))
 	f.Add(frame(OpQPConnect, EncodeQPInfo(nil, &QPInfo{LID: 3, QPN: 0x1234, PSN: 99})))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Add(frame(OpList, EncodeListReq(nil, &ListReq{From: 1 << 40, Max: 100})))
+	f.Add(frame(OpUsage, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseHeader(b)
 		if err != nil {
@@ -121,6 +123,10 @@ func FuzzDecodeRequest(f *testing.F) {
 		case *QPInfo:
 			if !bytes.Equal(EncodeQPInfo(nil, x), body) {
 				t.Fatal("qp info re-encodes differently")
+			}
+		case *ListReq:
+			if !bytes.Equal(EncodeListReq(nil, x), body) {
+				t.Fatal("list request re-encodes differently")
 			}
 		}
 	})
