@@ -120,6 +120,10 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 	return s, nil
 }
 
+// PageSize is the page size of the working set's pages: it must be the
+// guest's (a 2 MiB guest needs a file built with --page-size 2MiB).
+func (s *REAPSource) PageSize() uint64 { return s.ps }
+
 // Attach gives the source the handler it installs through.
 func (s *REAPSource) Attach(h *handler.Handler) { s.h = h }
 

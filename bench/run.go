@@ -54,6 +54,10 @@ type Options struct {
 	// Progress draws a progress bar on this writer (nil: none).
 	Progress io.Writer
 	Log      io.Writer
+	// GuestPageSize makes images and REAP working sets for guests of this
+	// page size (0: 4 KiB; 2 MiB: real guests in the shim's huge mode,
+	// `aquifer vm run --huge-pages`). See pagesizes.go.
+	GuestPageSize uint32
 	// VMM is where the VMs run: VMMEmulator (default, trace replay) or
 	// VMMQEMU (real guests, bench/qemu.go).
 	VMM string
@@ -376,7 +380,11 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload, stor *storages)
 	host := files{mem: w.Mem}
 	if need(REAP) {
 		host.reapWS = filepath.Join(dir, "reap.ws")
-		if err := baseline.BuildREAP(w.Mem, rec, host.reapWS); err != nil {
+		r, err := coarsened(rec, o.GuestPageSize)
+		if err != nil {
+			return nil, err
+		}
+		if err := baseline.BuildREAP(w.Mem, r, host.reapWS); err != nil {
 			return nil, err
 		}
 	}
@@ -407,7 +415,7 @@ func prepare(ctx context.Context, o Options, w *corpus.Workload, stor *storages)
 			return nil
 		}
 		img := filepath.Join(dir, strategy+".img")
-		if _, err := snapimage.Convert(w.Mem, img, snapimage.ConvertOptions{Trace: tr, PageSize: 4096}); err != nil {
+		if _, err := snapimage.Convert(w.Mem, img, snapimage.ConvertOptions{Trace: tr, PageSize: max(4096, o.GuestPageSize)}); err != nil {
 			return err
 		}
 		p.images[strategy] = img

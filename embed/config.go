@@ -32,6 +32,12 @@ type Config struct {
 	EarlyResume bool
 	// AcceptTimeout bounds the wait for a VM's Firecracker (default 60s).
 	AcceptTimeout time.Duration
+	// HugePages is the number of 2 MiB huge pages this host's 2 MiB
+	// (hugetlbfs) guests hold at once: Start checks that the hugetlb pool
+	// has them available, refusing to start otherwise with the sysctl to
+	// run, and warms them (huge.go). 0: no check (2 MiB restores are still
+	// checked one by one when prepared).
+	HugePages int
 
 	// Images serves Aquifer images DIR/NAME.img from local disk (no tiers).
 	Images string
@@ -291,6 +297,9 @@ func (c *Config) Validate() error {
 	}
 	if c.VMMUID < -1 {
 		return fieldErr("vmm-uid", "%d is not a uid", c.VMMUID)
+	}
+	if err := c.validateHugePages(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

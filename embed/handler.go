@@ -119,6 +119,9 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	}
 	defer vm.Close()
 	defer u.Close()
+	if reap != nil && reap.PageSize() != vm.Regions[0].PageSize {
+		return nil, restore.Mark(ErrHandshake, fmt.Errorf("the REAP working set %s has %d-byte pages, the guest %d-byte pages (build it with aquifer baseline reap --page-size)", c.REAPWS, reap.PageSize(), vm.Regions[0].PageSize))
+	}
 	h, err := handler.New(u, vm.Regions, src, handler.Options{Workers: c.Workers, Record: c.Record != "", Logger: c.Logger,
 		HangupFD: vm.Watch.HangupFD, NoHangup: vm.Watch.HangupFD < 0})
 	if err != nil {

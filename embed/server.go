@@ -69,6 +69,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 			s = nil
 		}
 	}()
+	if err := s.hugePool(cfg.HugePages); err != nil {
+		return nil, err
+	}
 	var opener restore.Opener
 	if cfg.Images != "" {
 		opener = &restore.Dir{Path: cfg.Images}

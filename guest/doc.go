@@ -17,6 +17,13 @@
 // file at its offset (what stock Firecracker does without mem_backend),
 // optionally after dropping the file's page cache (a cold restore).
 //
+// 2 MiB guests (Config.PageSize, `--page-size 2MiB`): guest memory is
+// hugetlb (MAP_HUGETLB|MAP_HUGE_2MB, as Firecracker maps huge_pages "2M"),
+// the handshake carries a 2 MiB page size, only the Uffd backend (and the
+// warm lower bound) exists, and every 2 MiB page the trace touched is
+// compared whole after the replay; see huge.go, also for what the balloon
+// discards on hugetlb memory.
+//
 // Balloon: at the trace's midpoint all vCPUs stop at a barrier and a range is
 // discarded the way Firecracker discards balloon pages: MADV_DONTNEED on
 // anonymous (Uffd) memory, an anonymous MAP_FIXED remap on file-backed

@@ -82,7 +82,7 @@ func (v *vm) restoreFaaSnap(layout []Region) error {
 		}
 	}()
 	for _, r := range layout {
-		m, err := mapAnon(r.Size)
+		m, err := mapAnon(r.Size, v.gps)
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/hugetlb"
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/uffd"
 	"github.com/aquifer-pool/aquifer/wset"
@@ -71,6 +72,10 @@ type Config struct {
 	// Resumed, if set, is waited on after the restore and before the vCPUs
 	// run: the orchestrator's PATCH /vm Resumed.
 	Resumed func(ctx context.Context) error
+	// PageSize is the guest's page size: 4096, or 2 MiB for a guest
+	// backed by hugetlbfs pages (Firecracker's huge_pages "2M"; Uffd
+	// backend only, see huge.go). 0 means the trace's page size.
+	PageSize uint64
 	// RefPath, if set, is the file verification compares against instead
 	// of MemPath (same content; e.g. a DRAM copy, so verifying never reads
 	// the storage under test).
@@ -117,6 +122,14 @@ type Report struct {
 	Mismatches  int           `json:"mismatches"`
 	FirstError  string        `json:"first_error,omitempty"`
 	BalloonDone bool          `json:"balloon_done"`
+	// PageSize is the guest page size (2 MiB for a hugetlbfs guest).
+	PageSize uint64 `json:"page_size"`
+	// WholePagesVerified counts guest pages larger than the trace's
+	// compared whole, every byte, after the replay (huge.go).
+	WholePagesVerified int `json:"whole_pages_verified,omitempty"`
+	// BalloonReclaimed is the memory the balloon's discard really freed
+	// (less than the balloon on a 2 MiB guest: only whole huge pages).
+	BalloonReclaimed uint64 `json:"balloon_reclaimed_bytes,omitempty"`
 	// ResumeWait is the time between the end of the restore and the
 	// resume (waiting for the handler's hot set: Config.Resumed).
 	ResumeWait time.Duration `json:"resume_wait_ns,omitempty"`
@@ -140,7 +153,8 @@ type mapped struct {
 // vm is a restored VM.
 type vm struct {
 	cfg     Config
-	ps      uint64
+	ps      uint64 // the trace's page size: the unit of accesses and checks
+	gps     uint64 // the guest's page size (mapping, handshake, faults)
 	regions []*mapped
 	ref     *offheap.Mapping // snapshot content for verification
 	u       *uffd.FD
@@ -152,6 +166,8 @@ type vm struct {
 	firstIdx map[int]bool // trace indices of first accesses (TouchTimes)
 
 	ballooned atomic.Bool
+	discarded [][2]uint64 // memory-file ranges the balloon really discarded
+	reclaimed uint64
 	shadowMu  sync.Mutex
 	shadow    map[uint64]map[uint64]uint64 // page -> slot offset -> value written
 }
@@ -168,8 +184,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if ps == 0 {
 		ps = handshake.PageSize4K
 	}
-	if ps != handshake.PageSize4K {
-		return nil, fmt.Errorf("guest: page size %d: only 4 KiB guests are emulated (2 MiB needs hugetlbfs)", ps)
+	gps, err := guestPageSize(cfg, ps)
+	if err != nil {
+		return nil, err
 	}
 	refPath := cfg.MemPath
 	if cfg.RefPath != "" {
@@ -188,10 +205,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, errors.New("guest: no-faults needs the warm backend")
 	}
 	defer ref.Unmap()
-	if size == 0 || uint64(size)%ps != 0 {
-		return nil, fmt.Errorf("guest: memory file %s: size %d is not a non-zero multiple of %d", cfg.MemPath, size, ps)
+	if size == 0 || uint64(size)%gps != 0 {
+		return nil, fmt.Errorf("guest: memory file %s: size %d is not a non-zero multiple of the %d-byte guest page size", cfg.MemPath, size, gps)
 	}
-	layout, err := FirecrackerLayout(uint64(size), cfg.GapStart, ps)
+	layout, err := FirecrackerLayout(uint64(size), cfg.GapStart, gps)
 	if err != nil {
 		return nil, err
 	}
@@ -204,13 +221,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("guest: trace access %d touches page %d beyond the %d-page memory file", i, a.Page, pages)
 		}
 	}
-	v := &vm{cfg: cfg, ps: ps, ref: ref, shadow: map[uint64]map[uint64]uint64{}}
+	v := &vm{cfg: cfg, ps: ps, gps: gps, ref: ref, shadow: map[uint64]map[uint64]uint64{}}
 	defer v.close()
 
-	rep := &Report{Backend: cfg.Backend, Regions: len(layout), VCPUs: cfg.VCPUs, Accesses: len(cfg.Trace.Accesses)}
+	rep := &Report{Backend: cfg.Backend, Regions: len(layout), VCPUs: cfg.VCPUs, Accesses: len(cfg.Trace.Accesses), PageSize: gps}
 	if cfg.Backend == BackendWarm {
 		v.populate = true
-		if err := v.restoreFile(layout); err != nil {
+		if gps != handshake.PageSize4K {
+			err = v.restoreWarmHuge(layout)
+		} else {
+			err = v.restoreFile(layout)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if cfg.NoFaults {
@@ -244,6 +266,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return rep, err
 	}
 	rep.EndToEnd = time.Since(start)
+	v.verifyWhole(rep)
 	rep.Resident = v.residency()
 	if rep.Mismatches > 0 {
 		return rep, fmt.Errorf("guest: %d pages did not match the snapshot; first: %s", rep.Mismatches, rep.FirstError)
@@ -268,7 +291,7 @@ func (v *vm) close() {
 
 func (v *vm) restoreUffd(layout []Region) error {
 	for _, r := range layout {
-		m, err := mapAnon(r.Size)
+		m, err := mapAnon(r.Size, v.gps)
 		if err != nil {
 			return err
 		}
@@ -295,7 +318,7 @@ func (v *vm) restoreUffd(layout []Region) error {
 		if _, err := v.u.Register(r.addr, uintptr(r.Size), uffd.RegisterModeMissing); err != nil {
 			return err
 		}
-		wire = append(wire, handshake.Region{BaseHostVirtAddr: uint64(r.addr), Size: r.Size, Offset: r.FileOffset, PageSize: v.ps})
+		wire = append(wire, handshake.Region{BaseHostVirtAddr: uint64(r.addr), Size: r.Size, Offset: r.FileOffset, PageSize: v.gps})
 	}
 	conn, err := handshake.Send(v.cfg.Socket, wire, v.cfg.Dialect, v.u.Fd())
 	if err != nil {
@@ -549,12 +572,16 @@ func (v *vm) verify(p uint64, got, scratch []byte) error {
 }
 
 func (v *vm) inBalloon(p uint64) bool {
-	b := v.cfg.Balloon
-	if b == nil || !v.ballooned.Load() {
+	if !v.ballooned.Load() {
 		return false
 	}
 	off := p * v.ps
-	return off >= b.Offset && off+v.ps <= b.Offset+b.Len
+	for _, d := range v.discarded {
+		if off >= d[0] && off+v.ps <= d[1] {
+			return true
+		}
+	}
+	return false
 }
 
 // inflate discards a balloon range the way Firecracker does. All vCPUs are
@@ -564,6 +591,11 @@ func (v *vm) inflate(b Balloon) error {
 	if b.Offset%v.ps != 0 || b.Len%v.ps != 0 || b.Len == 0 {
 		return fmt.Errorf("guest: balloon range [%d,+%d) not page aligned", b.Offset, b.Len)
 	}
+	if v.gps != handshake.PageSize4K {
+		return v.inflateHuge(b)
+	}
+	v.discarded = [][2]uint64{{b.Offset, b.Offset + b.Len}}
+	v.reclaimed = b.Len
 	for off := b.Offset; off < b.Offset+b.Len; {
 		addr, room, ok := v.at(off)
 		if !ok {
@@ -670,7 +702,12 @@ func spin(d time.Duration) {
 	}
 }
 
-// mapAnon maps guest memory the way Firecracker does.
-func mapAnon(size uint64) (*offheap.Mapping, error) {
-	return offheap.Anon(int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_NORESERVE)
+// mapAnon maps guest memory the way Firecracker does: anonymous, private,
+// MAP_NORESERVE, and from hugetlb pages for a 2 MiB guest.
+func mapAnon(size, pageSize uint64) (*offheap.Mapping, error) {
+	flags := unix.MAP_NORESERVE
+	if pageSize == hugetlb.PageSize {
+		flags |= hugetlb.MapFlags
+	}
+	return offheap.Anon(int(size), unix.PROT_READ|unix.PROT_WRITE, flags)
 }

@@ -300,7 +300,7 @@ func TestBadConfig(t *testing.T) {
 	}{
 		{guest.Config{MemPath: mem, Backend: guest.BackendFile}, "no trace"},
 		{guest.Config{MemPath: mem, Backend: guest.BackendFile, Trace: far}, "beyond"},
-		{guest.Config{MemPath: mem, Backend: guest.BackendFile, Trace: huge}, "only 4 KiB"},
+		{guest.Config{MemPath: mem, Backend: guest.BackendFile, Trace: huge}, "Firecracker refuses the File memory backend"},
 		{guest.Config{MemPath: mem, Backend: "ram", Trace: tr}, "unknown backend"},
 		{guest.Config{MemPath: mem, Backend: guest.BackendFaaSnap, Trace: tr}, "needs a plan"},
 		{guest.Config{MemPath: filepath.Join(t.TempDir(), "none"), Backend: guest.BackendFile, Trace: tr}, "memory file"},

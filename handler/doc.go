@@ -26,6 +26,10 @@
 // change. A guest never faults on a page it has just given to the balloon,
 // so demand faults cannot race the kernel's zap of that range.
 //
+// 2 MiB guests (hugetlbfs-backed, Firecracker's huge_pages "2M") are served
+// the same way in 2 MiB pages; what a REMOVE means there and how an
+// exhausted hugetlb pool is told from a present page is in huge.go.
+//
 // This package owns the serving loop and its statistics. It must not parse
 // handshakes (package handshake) or know about tiers (the pager does).
 package handler

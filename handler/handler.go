@@ -73,6 +73,10 @@ func (s Stats) String() string {
 type region struct {
 	handshake.Region
 	removed []atomic.Uint64 // bit per page
+	// present (2 MiB regions only) marks pages this handler installed, so
+	// an EEXIST on a page it never installed is recognised as the
+	// kernel's answer to an exhausted hugetlb pool (huge.go).
+	present []atomic.Uint64
 }
 
 func (r *region) pageIndex(a uint64) uint64 { return (a - r.BaseHostVirtAddr) / r.PageSize }
@@ -143,7 +147,11 @@ func New(u *uffd.FD, regions []handshake.Region, src Source, opts Options) (*Han
 	h.first.Store(-1)
 	for _, r := range regions {
 		n := r.Size / r.PageSize
-		h.regions = append(h.regions, &region{Region: r, removed: make([]atomic.Uint64, (n+63)/64)})
+		reg := &region{Region: r, removed: make([]atomic.Uint64, (n+63)/64)}
+		if r.PageSize != handshake.PageSize4K {
+			reg.present = make([]atomic.Uint64, (n+63)/64)
+		}
+		h.regions = append(h.regions, reg)
 		if r.PageSize != handshake.PageSize4K && h.zero == nil {
 			z, err := offheap.Anon(int(r.PageSize), unix.PROT_READ, 0)
 			if err != nil {
@@ -369,6 +377,7 @@ func (h *Handler) applyRemove(start, end uint64) {
 		last := (hi - r.BaseHostVirtAddr) / r.PageSize
 		for p := first; p < last; p++ {
 			r.markRemoved(p)
+			r.clearPresent(p)
 		}
 	}
 	if h.opts.OnRemove != nil {
@@ -438,9 +447,19 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 				n, err = h.u.Copy(uintptr(page), src, uintptr(ps), false)
 			}
 		}
+		if err == nil {
+			r.setPresent(idx, 1) // under the lock a REMOVE takes to clear it
+		}
 		h.removeMu.RUnlock()
 		if done != nil {
 			done()
+		}
+		if err != nil && uffd.IsExist(err) && r.exhausted(idx) {
+			// Never installed here: hugetlb's answer to an empty pool.
+			werr := h.poolExhausted(uintptr(page), err)
+			h.fatal.CompareAndSwap(nil, &werr)
+			h.Stop()
+			return true
 		}
 		switch {
 		case err == nil:

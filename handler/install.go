@@ -104,14 +104,17 @@ func (h *Handler) installSpan(s span, src uintptr) (uint64, error) {
 		}
 		dst := uintptr(s.r.BaseHostVirtAddr + p*ps)
 		n, err := h.u.Copy(dst, src+uintptr((p-s.first)*ps), uintptr((q-p)*ps), true)
-		h.removeMu.RUnlock()
 		done := uint64(n) / ps
+		s.r.setPresent(p, done)
+		h.removeMu.RUnlock()
 		installed += done
 		atomic.AddUint64(&h.stats.BytesCopied, uint64(n))
 		atomic.AddUint64(&h.stats.Installed, done)
 		p += done
 		switch {
 		case err == nil:
+		case uffd.IsExist(err) && s.r.exhausted(p):
+			return installed, h.poolExhausted(uintptr(s.r.BaseHostVirtAddr+p*ps), err)
 		case uffd.IsExist(err):
 			p++ // that page was present (a fault beat us); go on after it
 		case uffd.IsAgain(err):

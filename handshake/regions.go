@@ -180,7 +180,9 @@ func Parse(data []byte, defaultPageSize uint64) ([]Region, error) {
 }
 
 // Validate checks regions against a memory file of memSize bytes: page sizes
-// of 4 KiB or 2 MiB, non-empty page-aligned ranges, no overlap in host
+// of 4 KiB or 2 MiB (2 MiB: a hugetlbfs-backed guest, Firecracker's
+// huge_pages "2M"), one page size for every region, non-empty ranges whose
+// host address, size and file offset are aligned to it, no overlap in host
 // address space or in the file, no arithmetic overflow, and every region
 // inside the file. memSize < 0 skips the file bound.
 func Validate(regions []Region, memSize int64) error {
@@ -190,6 +192,9 @@ func Validate(regions []Region, memSize int64) error {
 	for i, r := range regions {
 		if r.PageSize != PageSize4K && r.PageSize != PageSize2M {
 			return fmt.Errorf("handshake: region %d: page size %d is neither 4096 nor 2097152", i, r.PageSize)
+		}
+		if r.PageSize != regions[0].PageSize {
+			return fmt.Errorf("handshake: region %d has page size %d, region 0 %d: Firecracker backs all guest memory with one page size", i, r.PageSize, regions[0].PageSize)
 		}
 		mask := r.PageSize - 1
 		if r.Size == 0 {

@@ -94,6 +94,8 @@ type Session struct {
 	rep     Report
 	bg      sync.WaitGroup
 	coldDur atomic.Int64
+
+	stages *stagePool // staging buffers for pages stored as sub-pages (huge.go)
 }
 
 // New prepares a session that restores snap. Its hot source may be nil
@@ -113,8 +115,14 @@ func New(snap *restore.Snapshot, opts Options) (*Session, error) {
 	if ncold > 0 && cold == nil {
 		return nil, errors.New("pager: the image has cold pages but no cold source")
 	}
+	if err := checkHugePool(img); err != nil {
+		return nil, err
+	}
 	s := &Session{img: img, hot: hot, fallback: snap.HotFallback, cold: cold, opts: opts, log: opts.Logger, ps: uint64(img.PageSize()),
 		ready: make(chan struct{}), hotReady: make(chan struct{}), ext: map[int]*extent{}}
+	if !s.whole() {
+		s.stages = stagesFor(int(s.ps))
+	}
 	if hot != nil {
 		s.rep.HotSource = hot.Name()
 	}
@@ -164,6 +172,17 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			// valid until every demand copy from it is done.
 			s.hotUsers.Add(1)
 			s.hotMu.Unlock()
+			if !s.whole() {
+				// Rebuilt in a staging buffer unless stored whole in one
+				// piece: then seg is read until the copy is done.
+				stored, direct := s.hotStored(seg, idx)
+				addr, release, err := s.pageSource(snapimage.SecHotSegment, idx, stored, direct)
+				if err != nil || release != nil {
+					s.hotUsers.Done()
+					return addr, false, release, err
+				}
+				return addr, false, func() { s.hotUsers.Done() }, nil
+			}
 			addr, _ := seg.Run(idx, 1, ps)
 			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
@@ -183,7 +202,14 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		}
 		// The faulting page is installed (and its vCPU woken) first; the
 		// rest of the extent follows asynchronously, off the fault path.
-		return offheap.AddrOf(s.arena) + uintptr(idx*ps), false, func() {
+		addr, release, err := s.pageSource(snapimage.SecColdSegment, idx, s.spanOf(snapimage.SecColdSegment, s.arena, idx), true)
+		if err != nil {
+			return 0, false, nil, err
+		}
+		return addr, false, func() {
+			if release != nil {
+				release()
+			}
 			if !e.installed.Load() {
 				s.bg.Add(1)
 				go func() {
@@ -241,7 +267,6 @@ func (s *Session) installExtent(x int, e *extent) {
 		return
 	}
 	ex := s.img.ColdExtents()[x]
-	base := offheap.AddrOf(s.arena)
 	i, end := ex.First, ex.First+uint64(ex.Pages)
 	for i < end {
 		// Group cold indices whose guest pages are consecutive.
@@ -250,7 +275,7 @@ func (s *Session) installExtent(x int, e *extent) {
 		for j < end && s.img.ColdPage(j) == g+(j-i) {
 			j++
 		}
-		if _, err := s.h.InstallQuiet(g*s.ps, base+uintptr(i*s.ps), j-i); err != nil {
+		if _, err := s.installStored(snapimage.SecColdSegment, s.arena, i, g, j-i); err != nil {
 			if !uffd.IsGone(err) {
 				s.log.Warn("installing cold extent", "extent", x, "err", err)
 			}
@@ -356,6 +381,12 @@ func (s *Session) preinstall(ctx context.Context) {
 			if s.opts.NoPreinstall {
 				return nil
 			}
+			if !s.whole() {
+				n, err := s.preinstallHuge(seg)
+				s.rep.PreinstallPages += n
+				s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
+				return err
+			}
 			for _, run := range s.img.HotRuns() {
 				// A run is one UFFDIO_COPY unless it crosses from one piece
 				// of the segment to the next.
@@ -396,7 +427,7 @@ func (s *Session) zeroRuns() bool {
 		if run.Class != snapimage.Zero {
 			continue
 		}
-		if run.Count < 64 {
+		if !s.longZeroRun(run) {
 			short = append(short, run)
 			continue
 		}
@@ -427,17 +458,14 @@ func (s *Session) openHot() {
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
 func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) error) error {
-	_, nhot, _ := s.img.Counts()
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
 		err := src.With(ctx, func(seg restore.Segment) error {
-			if uint64(seg.Len()) < nhot*s.ps {
-				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), nhot*s.ps)
+			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(seg.Len()) < want {
+				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
 			}
-			for i := uint64(0); i < nhot; i++ {
-				if err := s.img.VerifyHotPage(i, seg.Page(i, s.ps)); err != nil {
-					return fmt.Errorf("pager: hot segment from %s: %w", src.Name(), err)
-				}
+			if err := s.verifyHot(seg, src.Name()); err != nil {
+				return err
 			}
 			verified = true
 			return fn(seg)
@@ -526,6 +554,10 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 		return 0, false, nil, err
 	}
 	err = s.withHot(s.ctx, func(seg restore.Segment) error {
+		if !s.whole() {
+			stored, _ := s.hotStored(seg, idx)
+			return s.img.Expand(snapimage.SecHotSegment, idx, stored, m.B)
+		}
 		copy(m.B, seg.Page(idx, s.ps))
 		return nil
 	})

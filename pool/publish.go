@@ -70,7 +70,9 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	now := time.Now()
 	var objs objects
-	ps := int(img.PageSize())
+	// Segments are read from memory nodes in the image's storage unit (4
+	// KiB; a 2 MiB image stores pages as their non-zero 4 KiB sub-pages).
+	ps := int(img.SubPageSize())
 	hot, hm, err := read(hs.Offset, hs.Length)
 	if err != nil {
 		return nil, nil, err
@@ -119,7 +121,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
-		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(ps), MetaSHA256: metaDigest(mm.B),
+		Zero: zero, HotPages: nhot, Cold: ncold, PageSize: uint64(img.PageSize()), MetaSHA256: metaDigest(mm.B),
 		HotObj: objs.Hot, ColdObj: objs.Cold}
 	hb, _ := json.Marshal(h)
 	snap := &control.Snapshot{Name: name, Header: hb, HotBytes: hs.Length, ColdBytes: cs.Length, Published: now,

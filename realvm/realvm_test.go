@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/aquifer-pool/aquifer/hugetlb/hugetlbtest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -410,25 +411,8 @@ func TestCorruptedPageIsCaught(t *testing.T) {
 // page_size in the handshake) when the host can reserve the huge pages.
 func TestHugePages(t *testing.T) {
 	w, g, so := realGuest(t, "helloworld")
-	need := int(w.Meta.MemSize>>21) + 8
-	const nr = "/proc/sys/vm/nr_hugepages"
-	old, err := os.ReadFile(nr)
-	if err != nil {
-		t.Skipf("huge pages unavailable: %v", err)
-	}
-	var have int
-	fmt.Sscan(string(old), &have)
-	if have < need {
-		if err := os.WriteFile(nr, []byte(fmt.Sprint(need)), 0o644); err != nil {
-			t.Skipf("huge pages unavailable: cannot reserve %d: %v", need, err)
-		}
-		defer os.WriteFile(nr, old, 0o644)
-		b, _ := os.ReadFile(nr)
-		fmt.Sscan(string(b), &have)
-		if have < need {
-			t.Skipf("huge pages unavailable: the kernel reserved %d of %d 2 MiB pages (memory fragmented)", have, need)
-		}
-	}
+	// Grown, never shrunk: the pool is shared with concurrent tests.
+	hugetlbtest.Need(t, int(w.Meta.MemSize>>21)+8)
 	mem, err := handler.OpenMemFile(w.Mem)
 	if err != nil {
 		t.Fatal(err)

@@ -88,7 +88,9 @@ type Config struct {
 	// caller's (uffd backends only).
 	Serve Server
 	// HugePages restores through the shim's huge mode: 2 MiB pages
-	// (hugetlb; vm.nr_hugepages must cover guest RAM). uffd backends only.
+	// (hugetlb; vm.nr_hugepages must cover guest RAM). uffd backends only;
+	// REAP's working set and a pool strategy's image must be of 2 MiB
+	// pages (the daemon refuses a 4 KiB image for a 2 MiB guest).
 	HugePages bool
 	// Resident is warm's resident copy of the memory image (ResidentCopy),
 	// made by the caller before any VM of a batch starts; empty: Run makes
@@ -321,10 +323,11 @@ func (r *run) serving(ctx context.Context) error {
 		}
 		r.res.FaultsKind = "uffd"
 	}
-	if c.HugePages && c.Strategy != FirecrackerUffd {
-		// REAP's working set and the pool's images are built of 4 KiB
-		// pages; the 2 MiB pipeline is not theirs yet.
-		return fmt.Errorf("realvm: 2 MiB pages work with firecracker-uffd only, not %s", c.Strategy)
+	if c.HugePages && (c.Strategy == Firecracker || c.Strategy == FaaSnap || c.Strategy == Warm) {
+		// Firecracker restores hugetlbfs-backed guests only through UFFD
+		// (REAP's working set and the pool's image must then be of 2 MiB
+		// pages: bench.Options.GuestPageSize).
+		return fmt.Errorf("realvm: 2 MiB pages need a uffd backend (firecracker-uffd, reap or a pool strategy), not %s: Firecracker restores huge_pages \"2M\" snapshots only through UFFD", c.Strategy)
 	}
 	socket := filepath.Join(r.dir, "uffd.sock")
 	if c.Serve != nil {

@@ -7,9 +7,17 @@
 // An image is one file of separately addressable, separately checksummed
 // sections (docs/format.md, "Aquifer image"):
 //
-//	header | regions | page map | hot digests | cold digests | cold extents | hot segment | cold segment
+//	header | regions | page map | hot digests | cold digests | cold extents |
+//	hot sub-page maps | cold sub-page maps | hot segment | cold segment
 //
-// The metadata sections (header to cold extents) are small: a 4 GiB VM's
+// An image records its guest's page size: 4 KiB, or 2 MiB for a
+// hugetlbfs-backed guest. Zero, hot and cold are decided per page; the
+// segments are made of 4 KiB sub-pages, and a 2 MiB page is stored as its
+// non-zero sub-pages only, with a bitmap saying which (a zero 4 KiB page is
+// never stored; readers rebuild it). Format version 2; version 1 images
+// (pages stored whole) are still read.
+//
+// The metadata sections (header to the sub-page maps) are small: a 4 GiB VM's
 // page map is a run-length list, not one entry per page. The two segments
 // are page aligned and may be copied to different tiers; the reader API
 // (Image) classifies any page as zero, hot index or cold index and reads and

@@ -8,15 +8,26 @@ import (
 
 // Format constants (docs/format.md). All integers are little-endian.
 const (
-	// Version is the image format version written and read by this build.
-	Version = 1
+	// Version is the image format version this build writes. Version 2
+	// stores pages larger than SubPageSize (2 MiB guests) as their non-zero
+	// sub-pages only; this build still reads version 1 (MinVersion).
+	Version = 2
+	// MinVersion is the oldest image format version this build reads.
+	MinVersion = 1
+	// SubPageSize is the storage unit of a version 2 image: a page larger
+	// than this is stored as its non-zero sub-pages (zero sub-pages are
+	// rebuilt when the page is installed), so a 2 MiB guest's image never
+	// holds a zero 4 KiB page.
+	SubPageSize = 4096
 	// HeaderSize is the fixed size of the header at offset 0.
 	HeaderSize = 512
 	// SegmentAlign is the alignment of the hot and cold segments in the
 	// file, so each can be mmapped or copied page-aligned.
 	SegmentAlign = 4096
 	// DefaultExtentPages is the default maximum number of pages in a cold
-	// extent (256 KiB with 4 KiB pages).
+	// extent (256 KiB with 4 KiB pages). Images of larger pages default to
+	// as many pages as fit in the same 256 KiB, at least one (one page per
+	// extent for 2 MiB pages).
 	DefaultExtentPages = 64
 
 	regionSize = 24
@@ -25,6 +36,13 @@ const (
 	extentSize = 24
 	sectionAt  = 96  // section table offset in the header
 	checksumAt = 504 // header checksum offset
+	// Version 2 fields after the section table (9 sections).
+	subPageAt   = sectionAt + 24*9 // 312, after the 9 sections: sub-page size u32, then 4 reserved bytes
+	hotSubAt    = subPageAt + 8    // stored hot sub-pages u64
+	coldSubAt   = hotSubAt + 8     // stored cold sub-pages u64
+	v2FieldsEnd = coldSubAt + 8
+	// Version 1 had 7 sections (no sub-page maps).
+	v1Sections = 7
 )
 
 var magic = [8]byte{'A', 'Q', 'U', 'I', 'F', 'I', 'M', 'G'}
@@ -39,12 +57,18 @@ const (
 	SecHotDigests
 	SecColdDigests
 	SecColdExtents
+	// SecHotSubMaps and SecColdSubMaps hold, for every stored page of
+	// the hot and cold segment, the bitmap of the sub-pages stored for it
+	// (version 2 images of pages larger than SubPageSize; empty otherwise).
+	SecHotSubMaps
+	SecColdSubMaps
 	SecHotSegment
 	SecColdSegment
 	numSections
 )
 
-var sectionNames = [numSections]string{"region table", "page map", "hot digest table", "cold digest table", "cold extent table", "hot segment", "cold segment"}
+var sectionNames = [numSections]string{"region table", "page map", "hot digest table", "cold digest table", "cold extent table",
+	"hot sub-page maps", "cold sub-page maps", "hot segment", "cold segment"}
 
 func (s SectionID) String() string {
 	if s >= 0 && s < numSections {
@@ -150,7 +174,11 @@ func putExtent(b []byte, e Extent) {
 
 // header is the decoded fixed header.
 type header struct {
+	version     uint32
 	pageSize    uint32
+	subPageSize uint32 // SubPageSize in version 2; the page size in version 1
+	hotSub      uint64 // sub-pages stored in the hot segment
+	coldSub     uint64 // sub-pages stored in the cold segment
 	flags       uint32
 	memSize     uint64
 	pages       uint64
@@ -165,6 +193,24 @@ type header struct {
 	sections    [numSections]Section
 }
 
+// subWords is the number of 64-bit words of one sub-page map entry: 0 when
+// pages are stored whole (the sub-page size is the page size).
+func (h *header) subWords() int {
+	if h.subPageSize >= h.pageSize || h.subPageSize == 0 {
+		return 0
+	}
+	return int((h.pageSize/h.subPageSize + 63) / 64)
+}
+
+// subPerPage is the number of sub-pages of one page.
+func (h *header) subPerPage() uint64 {
+	if h.subPageSize == 0 {
+		return 1
+	}
+	return uint64(h.pageSize / h.subPageSize)
+}
+
+// encode writes the header in the current version (Version).
 func (h *header) encode() []byte {
 	b := make([]byte, HeaderSize)
 	copy(b, magic[:])
@@ -188,13 +234,17 @@ func (h *header) encode() []byte {
 		binary.LittleEndian.PutUint64(b[o+8:], s.Length)
 		binary.LittleEndian.PutUint64(b[o+16:], s.Digest)
 	}
+	binary.LittleEndian.PutUint32(b[subPageAt:], h.subPageSize)
+	binary.LittleEndian.PutUint64(b[hotSubAt:], h.hotSub)
+	binary.LittleEndian.PutUint64(b[coldSubAt:], h.coldSub)
 	binary.LittleEndian.PutUint64(b[checksumAt:], digest(b[:checksumAt]))
 	return b
 }
 
-// decodeHeader decodes the fixed header hb (HeaderSize bytes) and checks
-// what needs no other field: magic, checksum, version, header size,
-// reserved bytes and flags.
+// decodeHeader decodes the fixed header hb (HeaderSize bytes) of a version
+// 1 or 2 image and checks what needs no other field: magic, checksum,
+// version, header size, reserved bytes and flags. A version 1 header is
+// mapped onto the current layout: no sub-page maps, pages stored whole.
 func decodeHeader(hb []byte) (header, error) {
 	var h header
 	if !bytes.Equal(hb[:8], magic[:]) {
@@ -203,8 +253,12 @@ func decodeHeader(hb []byte) (header, error) {
 	if want, got := binary.LittleEndian.Uint64(hb[checksumAt:]), digest(hb[:checksumAt]); want != got {
 		return h, &FormatError{"header", checksumAt, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, want)}
 	}
-	if v := binary.LittleEndian.Uint32(hb[8:]); v != Version {
-		return h, ferr("header version", 8, "version %d not supported (this build reads %d)", v, Version)
+	h.version = binary.LittleEndian.Uint32(hb[8:])
+	switch {
+	case h.version > Version:
+		return h, ferr("header version", 8, "image format version %d is newer than this build reads (versions %d to %d): it was written by a newer Aquifer; upgrade, or convert the snapshot again with this build", h.version, MinVersion, Version)
+	case h.version < MinVersion:
+		return h, ferr("header version", 8, "version %d not supported (this build reads versions %d to %d)", h.version, MinVersion, Version)
 	}
 	if v := binary.LittleEndian.Uint32(hb[12:]); v != HeaderSize {
 		return h, ferr("header size", 12, "%d, want %d", v, HeaderSize)
@@ -221,12 +275,33 @@ func decodeHeader(hb []byte) (header, error) {
 	h.runs = binary.LittleEndian.Uint64(hb[72:])
 	h.extents = binary.LittleEndian.Uint64(hb[80:])
 	h.coldTouched = binary.LittleEndian.Uint64(hb[88:])
-	for i := range h.sections {
-		o := sectionAt + i*24
-		h.sections[i] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+	reserved := v2FieldsEnd
+	if h.version == 1 {
+		// Sections 0-4 as now, then the two segments; no sub-page maps.
+		ids := [v1Sections]SectionID{SecRegions, SecPageMap, SecHotDigests, SecColdDigests, SecColdExtents, SecHotSegment, SecColdSegment}
+		for i, id := range ids {
+			o := sectionAt + i*24
+			h.sections[id] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+		}
+		end := h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+		h.sections[SecHotSubMaps] = Section{Offset: end, Digest: digest(nil)}
+		h.sections[SecColdSubMaps] = Section{Offset: end, Digest: digest(nil)}
+		h.subPageSize, h.hotSub, h.coldSub = h.pageSize, h.hotPages, h.coldPages
+		reserved = sectionAt + 24*v1Sections
+	} else {
+		for i := range h.sections {
+			o := sectionAt + i*24
+			h.sections[i] = Section{binary.LittleEndian.Uint64(hb[o:]), binary.LittleEndian.Uint64(hb[o+8:]), binary.LittleEndian.Uint64(hb[o+16:])}
+		}
+		h.subPageSize = binary.LittleEndian.Uint32(hb[subPageAt:])
+		h.hotSub = binary.LittleEndian.Uint64(hb[hotSubAt:])
+		h.coldSub = binary.LittleEndian.Uint64(hb[coldSubAt:])
+		if !isZero(hb[subPageAt+4 : hotSubAt]) {
+			return h, ferr("header reserved bytes", subPageAt+4, "not zero")
+		}
 	}
-	if !isZero(hb[sectionAt+24*int(numSections) : checksumAt]) {
-		return h, ferr("header reserved bytes", sectionAt+24*uint64(numSections), "not zero")
+	if !isZero(hb[reserved:checksumAt]) {
+		return h, ferr("header reserved bytes", uint64(reserved), "not zero")
 	}
 	if h.flags != 0 {
 		return h, ferr("header flags", 20, "unknown flags %#x", h.flags)

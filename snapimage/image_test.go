@@ -568,6 +568,7 @@ func mentions(fe *FormatError, section string) bool {
 func FuzzRead(f *testing.F) {
 	img, _ := smallImage(f)
 	f.Add(img)
+	f.Add(tinyHugeImage(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, b := range [][]byte{data, reseal(data)} {
 			im, err := Read(bytes.NewReader(b), int64(len(b)))
@@ -592,7 +593,7 @@ func FuzzRead(f *testing.F) {
 				im.Classify(pg)
 			}
 			im.GuestToPage(1 << 32)
-			if im.Pages() < 1<<16 {
+			if im.Pages() < 1<<16 && im.MemSize() < 64<<20 {
 				_ = im.Reconstruct(im.Segment(r, SecHotSegment), im.Segment(r, SecColdSegment), io.Discard, nil)
 			}
 		}

@@ -1,10 +1,12 @@
 package snapimage
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"sort"
 
@@ -49,10 +51,27 @@ type Image struct {
 	extents []Extent
 	// byHot and byCold are indices into runs, sorted by segment index.
 	byHot, byCold []int
+	// Sub-page maps (version 2 images of pages larger than the sub-page
+	// size; nil otherwise): subWords words per stored page, and the prefix
+	// sums of stored sub-pages (len pages+1), so stored page i occupies
+	// sub-pages [off[i], off[i+1]) of its segment.
+	hotMap, coldMap []uint64
+	hotOff, coldOff []uint64
 }
 
 // PageSize returns the page size in bytes.
 func (im *Image) PageSize() uint32 { return im.hdr.pageSize }
+
+// Version returns the image's format version.
+func (im *Image) Version() uint32 { return im.hdr.version }
+
+// SubPageSize returns the storage unit of the segments: SubPageSize for a
+// version 2 image, the page size for a version 1 image. Segment lengths
+// and every stored page's span are multiples of it.
+func (im *Image) SubPageSize() uint32 { return im.hdr.subPageSize }
+
+// StoredSubPages returns how many sub-pages the hot and cold segments hold.
+func (im *Image) StoredSubPages() (hot, cold uint64) { return im.hdr.hotSub, im.hdr.coldSub }
 
 // MemSize returns the size of the original memory file in bytes.
 func (im *Image) MemSize() uint64 { return im.hdr.memSize }
@@ -94,7 +113,103 @@ func (im *Image) ExtentOf(i uint64) (x int, ok bool) {
 // ExtentRange returns the byte range of extent e relative to the start of
 // the cold segment.
 func (im *Image) ExtentRange(e Extent) (off, length uint64) {
-	return e.First * uint64(im.hdr.pageSize), uint64(e.Pages) * uint64(im.hdr.pageSize)
+	off, _ = im.Span(SecColdSegment, e.First)
+	lo, n := im.Span(SecColdSegment, e.First+uint64(e.Pages)-1)
+	return off, lo + n - off
+}
+
+// Span returns where stored page i of segment id (SecHotSegment or
+// SecColdSegment) lies in that segment: its byte offset and length. A
+// page stored whole is PageSize bytes; a version 2 page larger than the
+// sub-page size holds only its non-zero sub-pages.
+func (im *Image) Span(id SectionID, i uint64) (off, n uint64) {
+	offs := im.hotOff
+	if id == SecColdSegment {
+		offs = im.coldOff
+	}
+	if offs == nil {
+		ps := uint64(im.hdr.pageSize)
+		return i * ps, ps
+	}
+	s := uint64(im.hdr.subPageSize)
+	return offs[i] * s, (offs[i+1] - offs[i]) * s
+}
+
+// SubPages returns the bitmap of the sub-pages stored for page i of
+// segment id (bit k of word k/64: sub-page k, the bytes [k·S, (k+1)·S) of
+// the page), in order in the stored bytes; nil when pages are stored whole.
+func (im *Image) SubPages(id SectionID, i uint64) []uint64 {
+	m := im.hotMap
+	if id == SecColdSegment {
+		m = im.coldMap
+	}
+	if m == nil {
+		return nil
+	}
+	w := uint64(im.hdr.subWords())
+	return m[i*w : (i+1)*w]
+}
+
+// Full reports whether stored page i of segment id holds every byte of the
+// page, so its stored bytes can be installed as they are.
+func (im *Image) Full(id SectionID, i uint64) bool {
+	_, n := im.Span(id, i)
+	return n == uint64(im.hdr.pageSize)
+}
+
+// Expand writes page i of segment id, PageSize bytes, into dst from its
+// stored bytes (Span bytes of the segment): stored sub-pages at their
+// places, zeros in between. stored and dst may not overlap (ExpandInPlace
+// rebuilds a page inside one buffer).
+func (im *Image) Expand(id SectionID, i uint64, stored, dst []byte) error {
+	ps := uint64(im.hdr.pageSize)
+	_, n := im.Span(id, i)
+	if uint64(len(stored)) != n || uint64(len(dst)) < ps {
+		return fmt.Errorf("snapimage: expanding %s page %d: %d stored bytes (want %d) into %d bytes (want %d)", id, i, len(stored), n, len(dst), ps)
+	}
+	m := im.SubPages(id, i)
+	if m == nil {
+		copy(dst, stored)
+		return nil
+	}
+	s := uint64(im.hdr.subPageSize)
+	k := uint64(0)
+	for b := uint64(0); b < ps/s; b++ {
+		d := dst[b*s : (b+1)*s]
+		if m[b/64]&(1<<(b%64)) != 0 {
+			copy(d, stored[k*s:(k+1)*s])
+			k++
+		} else {
+			clear(d)
+		}
+	}
+	return nil
+}
+
+// ExpandInPlace rebuilds page i of segment id in buf (PageSize bytes) whose
+// first Span bytes hold its stored bytes.
+func (im *Image) ExpandInPlace(id SectionID, i uint64, buf []byte) {
+	m := im.SubPages(id, i)
+	if m == nil {
+		return
+	}
+	ps, s := uint64(im.hdr.pageSize), uint64(im.hdr.subPageSize)
+	_, n := im.Span(id, i)
+	k := n / s // stored sub-pages; moved back to front
+	for b := ps/s - 1; ; b-- {
+		d := buf[b*s : (b+1)*s]
+		if m[b/64]&(1<<(b%64)) != 0 {
+			k--
+			if k != b {
+				copy(d, buf[k*s:(k+1)*s])
+			}
+		} else {
+			clear(d)
+		}
+		if b == 0 {
+			break
+		}
+	}
 }
 
 // HotDigest and ColdDigest return the stored xxhash64 of a segment page.
@@ -232,6 +347,12 @@ func Read(r io.ReaderAt, size int64) (*Image, error) {
 	}
 	im.hotDig = getDigests(sec(SecHotDigests))
 	im.coldDig = getDigests(sec(SecColdDigests))
+	if err := im.decodeSubMaps(SecHotSubMaps, sec(SecHotSubMaps)); err != nil {
+		return nil, err
+	}
+	if err := im.decodeSubMaps(SecColdSubMaps, sec(SecColdSubMaps)); err != nil {
+		return nil, err
+	}
 	if err := im.decodeExtents(sec(SecColdExtents)); err != nil {
 		return nil, err
 	}
@@ -243,6 +364,9 @@ func (h *header) checkCounts() error {
 	ps := uint64(h.pageSize)
 	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
 		return ferr("header page size", 16, "%d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	if h.version >= 2 && h.subPageSize != SubPageSize {
+		return ferr("header sub-page size", subPageAt, "%d, want %d", h.subPageSize, SubPageSize)
 	}
 	if h.pages != (h.memSize+ps-1)/ps {
 		return ferr("header page count", 32, "%d pages for %d bytes of %d-byte pages", h.pages, h.memSize, ps)
@@ -256,6 +380,14 @@ func (h *header) checkCounts() error {
 	if h.extentPages == 0 {
 		return ferr("header extent size", 68, "zero pages per extent")
 	}
+	// Every stored page holds at least one sub-page and at most all.
+	per := h.subPerPage()
+	if h.hotSub < h.hotPages || h.hotSub/per > h.hotPages || (h.hotSub > h.hotPages*per) {
+		return ferr("header hot sub-pages", hotSubAt, "%d sub-pages for %d stored pages of %d", h.hotSub, h.hotPages, per)
+	}
+	if h.coldSub < h.coldPages || h.coldSub/per > h.coldPages || (h.coldSub > h.coldPages*per) {
+		return ferr("header cold sub-pages", coldSubAt, "%d sub-pages for %d stored pages of %d", h.coldSub, h.coldPages, per)
+	}
 	return nil
 }
 
@@ -263,10 +395,11 @@ func (h *header) checkCounts() error {
 // header's counts make it, in order, the segments aligned, and the last one
 // ending at the end of a file of size bytes.
 func (h *header) checkLayout(size int64) error {
-	ps := uint64(h.pageSize)
+	sub, mb := uint64(h.subPageSize), uint64(h.subWords()*8)
 	lens := [numSections]uint64{
 		uint64(h.regions) * regionSize, h.runs * runSize, h.hotPages * digestSize,
-		h.coldPages * digestSize, h.extents * extentSize, h.hotPages * ps, h.coldPages * ps,
+		h.coldPages * digestSize, h.extents * extentSize, h.hotPages * mb, h.coldPages * mb,
+		h.hotSub * sub, h.coldSub * sub,
 	}
 	if h.runs > h.pages || h.extents > h.coldPages || uint64(h.regions) > h.pages+1 {
 		return ferr("header counts", 64, "%d regions, %d runs, %d extents for %d pages", h.regions, h.runs, h.extents, h.pages)
@@ -275,6 +408,9 @@ func (h *header) checkLayout(size int64) error {
 	for i, s := range h.sections {
 		id := SectionID(i)
 		at := uint64(sectionAt + i*24)
+		if h.version == 1 && id >= SecHotSegment {
+			at = uint64(sectionAt + (i-2)*24) // version 1 has no sub-page maps
+		}
 		if s.Length != lens[i] {
 			return ferr("header: "+id.String()+" length", at+8, "%d, want %d from the header counts", s.Length, lens[i])
 		}
@@ -301,12 +437,12 @@ func (h *header) checkLayout(size int64) error {
 // the end of the cold extents) and checks each one's digest, and that the
 // padding before the hot segment, which no digest covers, is zero.
 func (h *header) readMetadata(r io.ReaderAt) ([]byte, error) {
-	metaEnd := h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+	metaEnd := h.metaEnd()
 	meta := make([]byte, metaEnd-HeaderSize)
 	if n, err := r.ReadAt(meta, HeaderSize); n != len(meta) {
 		return nil, ferr("metadata", HeaderSize+uint64(n), "short read: %v", err)
 	}
-	for id := SecRegions; id <= SecColdExtents; id++ {
+	for id := SecRegions; id <= SecColdSubMaps; id++ {
 		s := h.sections[id]
 		if got := digest(meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]); got != s.Digest {
 			return nil, &FormatError{id.String(), s.Offset, fmt.Errorf("%w: computed %#016x, stored %#016x in the header", ErrDigest, got, s.Digest)}
@@ -324,6 +460,66 @@ func (h *header) readMetadata(r io.ReaderAt) ([]byte, error) {
 		}
 	}
 	return meta, nil
+}
+
+// metaEnd is the end of the metadata sections (header to cold sub-page
+// maps): what a host keeps of an image.
+func (h *header) metaEnd() uint64 {
+	return h.sections[SecColdSubMaps].Offset + h.sections[SecColdSubMaps].Length
+}
+
+// MetadataBytes is the size of the image's metadata: everything before the
+// hot segment's alignment padding.
+func (im *Image) MetadataBytes() uint64 { return im.hdr.metaEnd() }
+
+// decodeSubMaps decodes the sub-page maps of one segment: every stored
+// page has at least one sub-page, no bit beyond the page or the memory, and
+// the maps account for exactly the sub-pages the header says the segment
+// holds.
+func (im *Image) decodeSubMaps(id SectionID, b []byte) error {
+	h := &im.hdr
+	w := h.subWords()
+	if w == 0 {
+		return nil
+	}
+	seg, want, name, by := SecHotSegment, h.hotSub, "hot", im.byHot
+	if id == SecColdSubMaps {
+		seg, want, name, by = SecColdSegment, h.coldSub, "cold", im.byCold
+	}
+	n := len(b) / (w * 8)
+	m := make([]uint64, n*w)
+	offs := make([]uint64, n+1)
+	per := h.subPerPage()
+	base := h.sections[id].Offset
+	for i := 0; i < n; i++ {
+		at := base + uint64(i*w*8)
+		pg := im.segPage(by, uint64(i))
+		// Sub-pages that lie beyond the memory are never stored.
+		valid := min(per, (h.memSize-pg*uint64(h.pageSize)+uint64(h.subPageSize)-1)/uint64(h.subPageSize))
+		cnt := uint64(0)
+		for j := 0; j < w; j++ {
+			x := binary.LittleEndian.Uint64(b[(i*w+j)*8:])
+			m[i*w+j] = x
+			cnt += uint64(bits.OnesCount64(x))
+			lo := uint64(j * 64)
+			if valid < lo+64 && x>>(max(valid, lo)-lo) != 0 {
+				return ferr(fmt.Sprintf("%s sub-page map of %s page %d (guest page %d)", name, name, i, pg), at+uint64(j*8), "sub-pages beyond the page's %d in memory are marked stored", valid)
+			}
+		}
+		if cnt == 0 {
+			return ferr(fmt.Sprintf("%s sub-page map of %s page %d (guest page %d)", name, name, i, pg), at, "a stored page without any stored sub-page")
+		}
+		offs[i+1] = offs[i] + cnt
+	}
+	if offs[n] != want {
+		return ferr(id.String(), base, "maps %d stored sub-pages, the header says the %s segment holds %d", offs[n], name, want)
+	}
+	if seg == SecHotSegment {
+		im.hotMap, im.hotOff = m, offs
+	} else {
+		im.coldMap, im.coldOff = m, offs
+	}
+	return nil
 }
 
 func isZero(b []byte) bool {
@@ -476,7 +672,8 @@ func (im *Image) pageAt(id SectionID, i uint64) (what string, at uint64) {
 	} else {
 		pg = im.ColdPage(i)
 	}
-	return fmt.Sprintf("%s page %d (guest page %d)", id, i, pg), im.hdr.sections[id].Offset + i*uint64(im.hdr.pageSize)
+	off, _ := im.Span(id, i)
+	return fmt.Sprintf("%s page %d (guest page %d)", id, i, pg), im.hdr.sections[id].Offset + off
 }
 
 func (im *Image) readSegPage(id SectionID, seg io.ReaderAt, i uint64, dst []byte, digs []uint64) error {
@@ -487,15 +684,24 @@ func (im *Image) readSegPage(id SectionID, seg io.ReaderAt, i uint64, dst []byte
 	if uint64(len(dst)) < ps {
 		return fmt.Errorf("snapimage: destination of %d bytes for a %d-byte page", len(dst), ps)
 	}
-	dst = dst[:ps]
-	if n, err := seg.ReadAt(dst, int64(i*ps)); uint64(n) != ps {
+	off, n := im.Span(id, i)
+	b := dst[:n]
+	if m, err := seg.ReadAt(b, int64(off)); uint64(m) != n {
 		what, at := im.pageAt(id, i)
-		return ferr(what, at+uint64(n), "short read (%d of %d bytes): %v", n, ps, err)
+		return ferr(what, at+uint64(m), "short read (%d of %d bytes): %v", m, n, err)
 	}
-	return im.checkPage(id, i, dst, digs)
+	if err := im.checkPage(id, i, b, digs); err != nil {
+		return err
+	}
+	im.ExpandInPlace(id, i, dst[:ps])
+	return nil
 }
 
 func (im *Image) checkPage(id SectionID, i uint64, b []byte, digs []uint64) error {
+	if _, n := im.Span(id, i); uint64(len(b)) != n {
+		what, at := im.pageAt(id, i)
+		return ferr(what, at, "%d stored bytes, want %d", len(b), n)
+	}
 	if got := digest(b); got != digs[i] {
 		what, at := im.pageAt(id, i)
 		return &FormatError{what, at, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, digs[i])}
@@ -504,8 +710,8 @@ func (im *Image) checkPage(id SectionID, i uint64, b []byte, digs []uint64) erro
 }
 
 // ReadHotPage reads hot page i from the hot segment bytes seg (offsets
-// relative to the segment start, from any tier) into dst and verifies its
-// digest.
+// relative to the segment start, from any tier) into dst (PageSize bytes),
+// verifies its digest and rebuilds its zero sub-pages.
 func (im *Image) ReadHotPage(seg io.ReaderAt, i uint64, dst []byte) error {
 	return im.readSegPage(SecHotSegment, seg, i, dst, im.hotDig)
 }
@@ -516,8 +722,9 @@ func (im *Image) ReadColdPage(seg io.ReaderAt, i uint64, dst []byte) error {
 	return im.readSegPage(SecColdSegment, seg, i, dst, im.coldDig)
 }
 
-// VerifyHotPage and VerifyColdPage check page bytes b obtained elsewhere
-// (for example an RDMA read) against the stored digest.
+// VerifyHotPage and VerifyColdPage check a page's stored bytes b (its Span
+// of the segment) obtained elsewhere (for example an RDMA read) against the
+// stored digest.
 func (im *Image) VerifyHotPage(i uint64, b []byte) error {
 	if i >= uint64(len(im.hotDig)) {
 		return fmt.Errorf("snapimage: hot index %d out of range", i)
@@ -575,52 +782,49 @@ func (im *Image) ReadPage(page uint64, hot, cold io.ReaderAt, dst []byte) error 
 // every page digest, every extent digest and both segment digests. The
 // first error names the segment, index, guest page and image offset.
 func (im *Image) CheckSegments(r io.ReaderAt, progress func(done int64)) error {
-	ps := int(im.hdr.pageSize)
-	buf := make([]byte, max(ps, 1<<20)/ps*ps)
+	// A stored page is at most a page and never longer than its segment.
+	longest := max(im.hdr.sections[SecHotSegment].Length, im.hdr.sections[SecColdSegment].Length)
+	buf := make([]byte, min(uint64(im.hdr.pageSize), longest))
 	var done int64
 	for _, id := range []SectionID{SecHotSegment, SecColdSegment} {
 		s := im.hdr.sections[id]
-		digs := im.hotDig
+		digs, pages := im.hotDig, im.hdr.hotPages
 		if id == SecColdSegment {
-			digs = im.coldDig
+			digs, pages = im.coldDig, im.hdr.coldPages
 		}
+		br := bufio.NewReaderSize(io.NewSectionReader(r, int64(s.Offset), int64(s.Length)), 1<<20)
 		sd := xxhash.New()
 		ext, extDig, extLeft := 0, xxhash.New(), uint64(0)
 		if id == SecColdSegment && len(im.extents) > 0 {
 			extLeft = uint64(im.extents[0].Pages)
 		}
-		for off := uint64(0); off < s.Length; {
-			n := min(uint64(len(buf)), s.Length-off)
-			b := buf[:n]
-			if m, err := r.ReadAt(b, int64(s.Offset+off)); uint64(m) != n {
+		for i := uint64(0); i < pages; i++ {
+			off, n := im.Span(id, i)
+			pg := buf[:n]
+			if m, err := io.ReadFull(br, pg); uint64(m) != n {
 				return ferr(id.String()+" (truncated)", s.Offset+off+uint64(m), "short read: %v", err)
 			}
-			sd.Write(b)
-			for p := uint64(0); p < n; p += uint64(ps) {
-				i := (off + p) / uint64(ps)
-				pg := b[p : p+uint64(ps)]
-				if err := im.checkPage(id, i, pg, digs); err != nil {
-					return err
-				}
-				if id == SecColdSegment {
-					extDig.Write(pg)
-					if extLeft--; extLeft == 0 {
-						e := im.extents[ext]
-						if got := extDig.Sum64(); got != e.Digest {
-							o, _ := im.ExtentRange(e)
-							return &FormatError{fmt.Sprintf("cold extent %d", ext), s.Offset + o, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, e.Digest)}
-						}
-						ext++
-						extDig.Reset()
-						if ext < len(im.extents) {
-							extLeft = uint64(im.extents[ext].Pages)
-						}
+			sd.Write(pg)
+			if err := im.checkPage(id, i, pg, digs); err != nil {
+				return err
+			}
+			if id == SecColdSegment {
+				extDig.Write(pg)
+				if extLeft--; extLeft == 0 {
+					e := im.extents[ext]
+					if got := extDig.Sum64(); got != e.Digest {
+						o, _ := im.ExtentRange(e)
+						return &FormatError{fmt.Sprintf("cold extent %d", ext), s.Offset + o, fmt.Errorf("%w: computed %#016x, stored %#016x", ErrDigest, got, e.Digest)}
+					}
+					ext++
+					extDig.Reset()
+					if ext < len(im.extents) {
+						extLeft = uint64(im.extents[ext].Pages)
 					}
 				}
 			}
-			off += n
 			done += int64(n)
-			if progress != nil {
+			if progress != nil && (i%256 == 255 || i == pages-1) {
 				progress(done)
 			}
 		}

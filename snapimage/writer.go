@@ -20,8 +20,10 @@ func digest(b []byte) uint64 { return xxhash.Sum64(b) }
 type ConvertOptions struct {
 	// Trace is the working set; nil makes an image with no hot pages.
 	Trace *wset.Trace
-	// PageSize is used when Trace is nil (default 4096); with a trace the
-	// trace's page size is used and PageSize, if set, must match it.
+	// PageSize is the image's (and the guest's) page size: 4096 or 2 MiB
+	// (any power of two in [4096, 1 GiB]). 0 means the trace's, or 4096
+	// without a trace. A trace of smaller pages is coarsened: a page is
+	// touched when any of its sub-pages is, first-touch order kept.
 	PageSize uint32
 	// HotBudget limits the hot segment.
 	HotBudget Budget
@@ -30,7 +32,8 @@ type ConvertOptions struct {
 	// memory file size; file offsets are recomputed cumulatively.
 	Regions []Region
 	// ExtentPages is the maximum number of pages per cold extent (default
-	// DefaultExtentPages).
+	// DefaultExtentPages for 4 KiB pages, as many as fit in 256 KiB for
+	// larger ones, at least 1).
 	ExtentPages uint32
 	// Progress, when set, is called as work advances with the bytes done
 	// and the total (classification pass plus stored pages).
@@ -39,8 +42,11 @@ type ConvertOptions struct {
 
 // Stats summarises a conversion.
 type Stats struct {
-	Pages            uint64 `json:"pages"`
-	PageSize         uint32 `json:"page_size"`
+	Pages    uint64 `json:"pages"`
+	PageSize uint32 `json:"page_size"`
+	// SubPageSize is the segments' storage unit: pages larger than it
+	// are stored as their non-zero sub-pages.
+	SubPageSize      uint32 `json:"sub_page_size"`
 	ZeroPages        uint64 `json:"zero_pages"`
 	HotPages         uint64 `json:"hot_pages"`
 	ColdPages        uint64 `json:"cold_pages"`
@@ -48,10 +54,16 @@ type Stats struct {
 	// OverBudgetPages are touched non-zero pages that went to the cold
 	// segment because the hot budget was exhausted.
 	OverBudgetPages uint64 `json:"over_budget_pages"`
-	Runs            uint64 `json:"page_map_runs"`
-	Extents         uint64 `json:"cold_extents"`
-	MetadataBytes   uint64 `json:"metadata_bytes"`
-	ImageBytes      uint64 `json:"image_bytes"`
+	// ZeroSubPages are the zero sub-pages of stored pages: not stored,
+	// rebuilt when the page is installed (0 when pages are 4 KiB).
+	ZeroSubPages uint64 `json:"zero_sub_pages"`
+	// HotBytes and ColdBytes are the segments' sizes.
+	HotBytes      uint64 `json:"hot_bytes"`
+	ColdBytes     uint64 `json:"cold_bytes"`
+	Runs          uint64 `json:"page_map_runs"`
+	Extents       uint64 `json:"cold_extents"`
+	MetadataBytes uint64 `json:"metadata_bytes"`
+	ImageBytes    uint64 `json:"image_bytes"`
 }
 
 // Convert builds the image at out from the memory file at mem. The image
@@ -77,12 +89,14 @@ func Convert(mem, out string, opt ConvertOptions) (*Stats, error) {
 // plan is the layout decided before any byte is written.
 type plan struct {
 	ps          uint64
+	sub         uint64 // storage unit: SubPageSize, or ps when smaller
 	memSize     uint64
 	pages       uint64
-	zero        pagestat.Bitmap
-	hot         []uint64 // pages in hot order
-	cold        []uint64 // pages in cold order
-	coldTouched uint64   // leading cold pages that were touched
+	zero        pagestat.Bitmap // zero pages
+	subZero     pagestat.Bitmap // zero sub-pages (nil when sub == ps)
+	hot         []uint64        // pages in hot order
+	cold        []uint64        // pages in cold order
+	coldTouched uint64          // leading cold pages that were touched
 	runs        []Run
 	extents     []Extent
 	regions     []Region
@@ -93,27 +107,33 @@ type plan struct {
 // zero (a streamed classification pass over f), the hot and cold order, the
 // page map, the cold extents and the section offsets.
 func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64)) (*plan, *Stats, error) {
-	ps, err := planPageSize(opt, uint64(len(mem)))
+	ps, trace, err := planPageSize(opt, uint64(len(mem)))
 	if err != nil {
 		return nil, nil, err
 	}
 	ep := opt.ExtentPages
 	if ep == 0 {
-		ep = DefaultExtentPages
+		ep = max(1, uint32(DefaultExtentPages*4096/uint64(ps)))
 	}
-	p := &plan{ps: uint64(ps), memSize: uint64(len(mem))}
+	p := &plan{ps: uint64(ps), sub: min(uint64(ps), SubPageSize), memSize: uint64(len(mem))}
 	p.pages = (p.memSize + p.ps - 1) / p.ps
-	st := &Stats{Pages: p.pages, PageSize: ps}
-	if p.regions, err = planRegions(opt.Regions, p.memSize); err != nil {
+	st := &Stats{Pages: p.pages, PageSize: ps, SubPageSize: uint32(p.sub)}
+	if p.regions, err = planRegions(opt.Regions, p.memSize, p.ps); err != nil {
 		return nil, nil, err
 	}
 	// Classification pass: streamed reads, not the mapping, so zero pages
-	// are never faulted in.
-	p.zero, st.ZeroPages, err = pagestat.ZeroPages(f, int64(p.memSize), int(ps), progress)
+	// are never faulted in. Pages larger than the storage unit are
+	// classified by sub-page: a page is zero when all its sub-pages are.
+	if p.sub == p.ps {
+		p.zero, st.ZeroPages, err = pagestat.ZeroPages(f, int64(p.memSize), int(ps), progress)
+	} else {
+		p.subZero, _, err = pagestat.ZeroPages(f, int64(p.memSize), int(p.sub), progress)
+		p.zero, st.ZeroPages = p.zeroPages()
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	slot, err := p.order(opt.Trace, opt.HotBudget, st)
+	slot, err := p.order(trace, opt.HotBudget, st)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -123,36 +143,71 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 	return p, st, nil
 }
 
-// planPageSize is the image's page size: the working set's, or
-// opt.PageSize (default 4096), a power of two in [4096, 1 GiB]. A working
-// set must be valid and, if it names one, for a memory of memSize bytes.
-func planPageSize(opt ConvertOptions, memSize uint64) (uint32, error) {
-	ps := opt.PageSize
-	if opt.Trace != nil {
-		if err := opt.Trace.Validate(); err != nil {
-			return 0, fmt.Errorf("working set: %w", err)
+// planPageSize is the image's page size: opt.PageSize, else the working
+// set's, else 4096; a power of two in [4096, 1 GiB]. A working set must be
+// valid and, if it names one, for a memory of memSize bytes; one recorded
+// in smaller pages is coarsened to the image's (returned as trace).
+func planPageSize(opt ConvertOptions, memSize uint64) (ps uint32, trace *wset.Trace, err error) {
+	ps, trace = opt.PageSize, opt.Trace
+	if ps != 0 && (ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30) {
+		return 0, nil, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
+	}
+	if trace != nil {
+		if err := trace.Validate(); err != nil {
+			return 0, nil, fmt.Errorf("working set: %w", err)
 		}
-		if ps != 0 && ps != opt.Trace.PageSize {
-			return 0, fmt.Errorf("page size %d differs from the working set's %d", ps, opt.Trace.PageSize)
+		if trace.MemSize != 0 && trace.MemSize != memSize {
+			return 0, nil, fmt.Errorf("working set %q is for a memory of %d bytes, memory file has %d", trace.Source, trace.MemSize, memSize)
 		}
-		ps = opt.Trace.PageSize
-		if opt.Trace.MemSize != 0 && opt.Trace.MemSize != memSize {
-			return 0, fmt.Errorf("working set %q is for a memory of %d bytes, memory file has %d", opt.Trace.Source, opt.Trace.MemSize, memSize)
+		switch {
+		case ps == 0:
+			ps = trace.PageSize
+		case ps < trace.PageSize:
+			return 0, nil, fmt.Errorf("page size %d is smaller than the working set's %d: an image of %d-byte pages needs a recording of pages that small", ps, trace.PageSize, ps)
+		case ps > trace.PageSize:
+			if trace, err = trace.Coarsen(ps); err != nil {
+				return 0, nil, fmt.Errorf("working set: %w", err)
+			}
 		}
 	}
 	if ps == 0 {
 		ps = 4096
 	}
 	if ps < 4096 || ps&(ps-1) != 0 || ps > 1<<30 {
-		return 0, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
+		return 0, nil, fmt.Errorf("page size %d is not a power of two in [4096, 1 GiB]", ps)
 	}
-	return ps, nil
+	return ps, trace, nil
+}
+
+// zeroPages derives the zero pages from the zero sub-pages: a page is zero
+// when every one of its sub-pages (inside the memory) is.
+func (p *plan) zeroPages() (pagestat.Bitmap, uint64) {
+	z := pagestat.NewBitmap(p.pages)
+	var n uint64
+	per := p.ps / p.sub
+	subs := (p.memSize + p.sub - 1) / p.sub
+	for pg := uint64(0); pg < p.pages; pg++ {
+		zero := true
+		for s := pg * per; s < min((pg+1)*per, subs); s++ {
+			if !p.subZero.Get(s) {
+				zero = false
+				break
+			}
+		}
+		if zero {
+			z.Set(pg)
+			n++
+		}
+	}
+	return z, n
 }
 
 // planRegions checks the guest regions (non-empty, in increasing guest
-// address order, adding up to memSize) and gives them cumulative file
-// offsets; nil means one region at guest address 0 covering the file.
-func planRegions(in []Region, memSize uint64) ([]Region, error) {
+// address order, adding up to memSize, each region's guest address and
+// size a multiple of the page size ps when there are several) and gives
+// them cumulative file offsets; nil means one region at guest address 0
+// covering the file.
+func planRegions(in []Region, memSize, ps uint64) ([]Region, error) {
 	if in == nil {
 		if memSize > 0 {
 			return []Region{{GuestAddr: 0, Size: memSize}}, nil
@@ -164,6 +219,9 @@ func planRegions(in []Region, memSize uint64) ([]Region, error) {
 	for i, r := range in {
 		if r.Size == 0 {
 			return nil, fmt.Errorf("region %d is empty", i)
+		}
+		if len(in) > 1 && (r.GuestAddr%ps != 0 || r.Size%ps != 0) {
+			return nil, fmt.Errorf("region %d at guest address %#x of %d bytes is not aligned to the %d-byte page size", i, r.GuestAddr, r.Size, ps)
 		}
 		if i > 0 {
 			prev := out[i-1]
@@ -227,6 +285,36 @@ func (p *plan) order(trace *wset.Trace, budget Budget, st *Stats) ([]uint64, err
 	return slot, nil
 }
 
+// storedSubs returns how many sub-pages page pg stores (every non-zero
+// one; 1 when pages are stored whole).
+func (p *plan) storedSubs(pg uint64) uint64 {
+	if p.subZero == nil {
+		return 1
+	}
+	per := p.ps / p.sub
+	subs := (p.memSize + p.sub - 1) / p.sub
+	var n uint64
+	for s := pg * per; s < min((pg+1)*per, subs); s++ {
+		if !p.subZero.Get(s) {
+			n++
+		}
+	}
+	return n
+}
+
+// subMap returns the sub-page bitmap of page pg (words of 64 bits).
+func (p *plan) subMap(pg uint64) []uint64 {
+	per := p.ps / p.sub
+	subs := (p.memSize + p.sub - 1) / p.sub
+	m := make([]uint64, (per+63)/64)
+	for k := uint64(0); k < per && pg*per+k < subs; k++ {
+		if !p.subZero.Get(pg*per + k) {
+			m[k/64] |= 1 << (k % 64)
+		}
+	}
+	return m
+}
+
 // pageMap run-length encodes the page classes and segment indexes.
 func (p *plan) pageMap(slot []uint64) {
 	for pg := uint64(0); pg < p.pages; pg++ {
@@ -263,16 +351,37 @@ func (p *plan) coldExtents(ep uint32) {
 // other, the segments aligned to SegmentAlign.
 func (p *plan) layout(ep uint32, st *Stats) {
 	h := &p.hdr
+	h.version = Version
 	h.pageSize, h.memSize, h.pages = uint32(p.ps), p.memSize, p.pages
+	h.subPageSize = uint32(p.sub)
+	for _, pg := range p.hot {
+		h.hotSub += p.storedSubs(pg)
+	}
+	for _, pg := range p.cold {
+		h.coldSub += p.storedSubs(pg)
+	}
+	if p.subZero != nil {
+		// Sub-pages of stored pages that lie in memory, minus those stored.
+		per := p.ps / p.sub
+		subs := (p.memSize + p.sub - 1) / p.sub
+		for _, pages := range [][]uint64{p.hot, p.cold} {
+			for _, pg := range pages {
+				st.ZeroSubPages += min((pg+1)*per, subs) - pg*per
+			}
+		}
+		st.ZeroSubPages -= h.hotSub + h.coldSub
+	}
 	h.zeroPages, h.hotPages, h.coldPages = st.ZeroPages, st.HotPages, st.ColdPages
 	h.regions, h.extentPages = uint32(len(p.regions)), ep
 	h.runs, h.extents = uint64(len(p.runs)), uint64(len(p.extents))
 	h.coldTouched = p.coldTouched
 	off := uint64(HeaderSize)
+	mb := uint64(h.subWords() * 8)
 	lens := [numSections]uint64{
 		uint64(len(p.regions)) * regionSize, uint64(len(p.runs)) * runSize,
 		h.hotPages * digestSize, h.coldPages * digestSize, uint64(len(p.extents)) * extentSize,
-		h.hotPages * p.ps, h.coldPages * p.ps,
+		h.hotPages * mb, h.coldPages * mb,
+		h.hotSub * p.sub, h.coldSub * p.sub,
 	}
 	for i := range h.sections {
 		if SectionID(i) >= SecHotSegment {
@@ -282,22 +391,48 @@ func (p *plan) layout(ep uint32, st *Stats) {
 		off += lens[i]
 	}
 	st.Runs, st.Extents = h.runs, h.extents
-	st.MetadataBytes = h.sections[SecColdExtents].Offset + h.sections[SecColdExtents].Length
+	st.MetadataBytes = h.metaEnd()
+	st.HotBytes, st.ColdBytes = lens[SecHotSegment], lens[SecColdSegment]
 	st.ImageBytes = off
 }
 
 func alignUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 
-// page returns page i of mem; a partial last page is returned zero-padded
-// in a fresh buffer.
-func (p *plan) page(mem []byte, i uint64) []byte {
+// page returns the stored bytes of page i of mem: the page itself when
+// pages are stored whole (a partial last page zero-padded in a fresh
+// buffer), else its non-zero sub-pages concatenated (a partial last
+// sub-page zero-padded), in buf when it is large enough.
+func (p *plan) page(mem []byte, i uint64, buf []byte) []byte {
 	lo := i * p.ps
-	hi := lo + p.ps
-	if hi <= uint64(len(mem)) {
-		return mem[lo:hi]
+	if p.subZero == nil {
+		hi := lo + p.ps
+		if hi <= uint64(len(mem)) {
+			return mem[lo:hi]
+		}
+		b := make([]byte, p.ps)
+		copy(b, mem[lo:])
+		return b
 	}
-	b := make([]byte, p.ps)
-	copy(b, mem[lo:])
+	per := p.ps / p.sub
+	first := i * per
+	subs := (p.memSize + p.sub - 1) / p.sub
+	// A page whose sub-pages are all stored is the page itself.
+	if lo+p.ps <= uint64(len(mem)) && p.storedSubs(i) == per {
+		return mem[lo : lo+p.ps]
+	}
+	if uint64(cap(buf)) < p.ps {
+		buf = make([]byte, p.ps)
+	}
+	b := buf[:0]
+	for s := first; s < min(first+per, subs); s++ {
+		if p.subZero.Get(s) {
+			continue
+		}
+		n := len(b)
+		b = b[:n+int(p.sub)]
+		c := copy(b[n:], mem[s*p.sub:min((s+1)*p.sub, uint64(len(mem)))])
+		clear(b[n+c:])
+	}
 	return b
 }
 
@@ -359,8 +494,12 @@ func (p *plan) writeSegments(f io.WriteSeeker, mem []byte, done int64, progress 
 	writeSeg := func(pages []uint64, sec *Section, gap uint64) ([]uint64, error) {
 		digs := make([]uint64, len(pages))
 		sd := xxhash.New()
+		var buf []byte
+		if p.subZero != nil {
+			buf = make([]byte, 0, p.ps)
+		}
 		for i, pg := range pages {
-			b := p.page(mem, pg)
+			b := p.page(mem, pg, buf)
 			digs[i] = digest(b)
 			sd.Write(b)
 			if _, err := bw.Write(b); err != nil {
@@ -394,22 +533,26 @@ func (p *plan) writeSegments(f io.WriteSeeker, mem []byte, done int64, progress 
 
 // extentDigests sets every cold extent's digest from its pages.
 func (p *plan) extentDigests(mem []byte) {
+	var buf []byte
+	if p.subZero != nil {
+		buf = make([]byte, 0, p.ps)
+	}
 	for i := range p.extents {
 		e := &p.extents[i]
 		d := xxhash.New()
 		for _, pg := range p.cold[e.First : e.First+uint64(e.Pages)] {
-			d.Write(p.page(mem, pg))
+			d.Write(p.page(mem, pg, buf))
 		}
 		e.Digest = d.Sum64()
 	}
 }
 
 // metadata encodes the metadata sections (regions, page map, hot and cold
-// page digests, cold extents), which lie between the header and the hot
-// segment, and sets their digests in the header.
+// page digests, cold extents, sub-page maps), which lie between the header
+// and the hot segment, and sets their digests in the header.
 func (p *plan) metadata(hotDigs, coldDigs []uint64) []byte {
 	h := &p.hdr
-	meta := make([]byte, h.sections[SecColdExtents].Offset+h.sections[SecColdExtents].Length-HeaderSize)
+	meta := make([]byte, h.metaEnd()-HeaderSize)
 	sec := func(id SectionID) []byte {
 		s := h.sections[id]
 		return meta[s.Offset-HeaderSize : s.Offset-HeaderSize+s.Length]
@@ -425,7 +568,19 @@ func (p *plan) metadata(hotDigs, coldDigs []uint64) []byte {
 	for i, e := range p.extents {
 		putExtent(sec(SecColdExtents)[i*extentSize:], e)
 	}
-	for id := SecRegions; id <= SecColdExtents; id++ {
+	if p.subZero != nil {
+		for _, c := range []struct {
+			id    SectionID
+			pages []uint64
+		}{{SecHotSubMaps, p.hot}, {SecColdSubMaps, p.cold}} {
+			b := sec(c.id)
+			for i, pg := range c.pages {
+				m := p.subMap(pg)
+				putDigests(b[i*len(m)*8:], m)
+			}
+		}
+	}
+	for id := SecRegions; id <= SecColdSubMaps; id++ {
 		h.sections[id].Digest = digest(sec(id))
 	}
 	return meta

@@ -10,15 +10,27 @@ import (
 
 func init() {
 	b := &cobra.Command{Use: "baseline", Short: "Prepare the files of the REAP and FaaSnap baselines"}
-	var mem, ws, out string
+	var mem, ws, out, pageSize string
 	reap := &cobra.Command{
-		Use:   "reap --mem MEM --ws RECORDING --out WSFILE",
+		Use:   "reap --mem MEM --ws RECORDING --out WSFILE [--page-size 2MiB]",
 		Short: "Write REAP's working-set file (pages of the recording, offset order) for aquifer handle --reap-ws",
-		Args:  cobra.NoArgs,
+		Long: `reap writes REAP's working-set file: the recording's pages in offset order.
+With --page-size 2MiB it is for a 2 MiB (hugetlbfs) guest: the recording is
+coarsened to the 2 MiB pages it touched and whole 2 MiB pages are stored.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tr, err := wset.ReadFile(ws)
 			if err != nil {
 				return err
+			}
+			if pageSize != "" {
+				ps, err := parsePageSize("page-size", pageSize)
+				if err != nil {
+					return err
+				}
+				if tr, err = tr.Coarsen(ps); err != nil {
+					return err
+				}
 			}
 			if err := baseline.BuildREAP(mem, tr, out); err != nil {
 				return err
@@ -56,5 +68,6 @@ func init() {
 		c.MarkFlagRequired("out")
 		b.AddCommand(c)
 	}
+	reap.Flags().StringVar(&pageSize, "page-size", "", "guest page size: 4KiB or 2MiB (default: the recording's)")
 	register(b)
 }

@@ -95,6 +95,7 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 	f.IntVar(&cfg.Workers, "workers", 2, "fault-serving threads per VM")
 	f.BoolVar(&cfg.EarlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
 	f.IntVar(&cfg.VMMUID, "vmm-uid", -1, "uid Firecracker runs as (under the jailer): the only uid admitted on VM sockets (default: this daemon's uid)")
+	f.IntVar(&cfg.HugePages, "huge-pages", 0, "2 MiB huge pages this host's 2 MiB (hugetlbfs) guests hold at once: refuse to start unless the hugetlb pool has them (vm.nr_hugepages), and warm them (0: no check)")
 	f.DurationVar(&cfg.AcceptTimeout, "accept-timeout", 0, "give up on a prepared VM whose Firecracker has not connected after this long (default 60s)")
 	f.BoolVar(&embedded, "embedded", false, "run this host as a member of a pod: etcd, memory nodes and the CXL region as the flags below say")
 	f.StringVar(&pc.DataDir, "data-dir", "/var/lib/aquifer", "with --embedded: data directory (etcd, memory nodes, pod secret)")

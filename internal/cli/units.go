@@ -39,3 +39,13 @@ func absPath(p string) string {
 	}
 	return p
 }
+
+// parsePageSize parses a guest page size flag: 4KiB or 2MiB (or 4096,
+// 2097152, 2M).
+func parsePageSize(flag, s string) (uint32, error) {
+	n, err := parseSize(s)
+	if err != nil || (n != 4096 && n != 2<<20) {
+		return 0, fmt.Errorf("--%s %q: a guest page size is 4KiB or 2MiB", flag, s)
+	}
+	return uint32(n), nil
+}

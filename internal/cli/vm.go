@@ -54,7 +54,7 @@ before device state was kept) is captured first.`,
 	fl.StringVar(&f.api, "api", "", "pager daemon API socket for the pool strategies (default: start an embedded pod)")
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus in the cache)")
 	fl.StringVar(&f.workDir, "work-dir", "", "directory for derived files and sockets (default: a temporary one)")
-	fl.BoolVar(&f.hugePages, "huge-pages", false, "firecracker-uffd: 2 MiB pages (the shim's huge mode, hugetlb; vm.nr_hugepages must cover guest RAM)")
+	fl.BoolVar(&f.hugePages, "huge-pages", false, "2 MiB pages (the shim's huge mode, hugetlb; vm.nr_hugepages must cover guest RAM): firecracker-uffd, reap and the pool strategies, with 2 MiB images and working sets")
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "give up on the run after this long")
 	run.MarkFlagRequired("workload")
 	vm.AddCommand(run)
@@ -112,6 +112,9 @@ func realGuestRun(ctx context.Context, log io.Writer, f *vmRunFlags) (*realvm.Re
 		return nil, err
 	}
 	o := bench.Options{Bin: bin, WorkDir: work}
+	if f.hugePages {
+		o.GuestPageSize = 2 << 20 // images and REAP working sets of 2 MiB pages
+	}
 	if realvm.PoolStrategy(f.strategy) {
 		if f.api != "" {
 			o.Pod = bench.AttachPod(f.api)
