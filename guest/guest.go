@@ -87,6 +87,11 @@ type Report struct {
 	Mismatches  int           `json:"mismatches"`
 	FirstError  string        `json:"first_error,omitempty"`
 	BalloonDone bool          `json:"balloon_done"`
+	// MaxAccess is the longest single access of the replay (a fault
+	// waiting for its handler, at worst): how long a vCPU stalled, from
+	// MaxAccessAt.
+	MaxAccess   time.Duration `json:"max_access_ns"`
+	MaxAccessAt time.Time     `json:"max_access_at"`
 }
 
 type mapped struct {
@@ -296,6 +301,8 @@ type cpuResult struct {
 	mismatches int
 	firstErr   string
 	firstTouch time.Time
+	maxAccess  time.Duration
+	maxAt      time.Time
 }
 
 func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
@@ -350,6 +357,9 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 		if rep.FirstError == "" {
 			rep.FirstError = r.firstErr
 		}
+		if r.maxAccess > rep.MaxAccess {
+			rep.MaxAccess, rep.MaxAccessAt = r.maxAccess, r.maxAt
+		}
 		if !r.firstTouch.IsZero() && (first.IsZero() || r.firstTouch.Before(first)) {
 			first = r.firstTouch
 		}
@@ -378,6 +388,7 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 		prev = a.T
 		addr, _ := v.hostAddr(a.Page)
 		page := offheap.At(addr, int(v.ps))
+		t0 := time.Now()
 		if a.Kind&wset.Write != 0 {
 			slot := uint64(cpu*8) % v.ps
 			val := a.Page*0x9E3779B97F4A7C15 ^ uint64(i+1)
@@ -397,6 +408,9 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 			v.shadowMu.Unlock()
 		} else {
 			atomic.LoadUint64((*uint64)(unsafe.Pointer(&page[0]))) // the load faults the page in
+		}
+		if d := time.Since(t0); d > res.maxAccess {
+			res.maxAccess, res.maxAt = d, t0
 		}
 		if res.firstTouch.IsZero() {
 			res.firstTouch = time.Now()

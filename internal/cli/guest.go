@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -164,9 +165,23 @@ func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) e
 	}
 	pc := client.New(g.pagerAPI, client.Options{})
 	// This process is the VMM: its socket admits this pid only.
-	vm, err := pc.Prepare(ctx, g.vmID, api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()})
-	if err != nil {
-		return err
+	req := api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()}
+	vm, err := pc.Prepare(ctx, g.vmID, req)
+	// As an orchestrator would: while the daemon restarts or hands over,
+	// ask again; a PUT the daemon recorded before it went is found again.
+	for deadline, retried := time.Now().Add(time.Minute), false; err != nil; {
+		switch {
+		case errors.Is(err, api.ErrExists) && retried:
+			if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
+				err = fmt.Errorf("VM %s exists with another snapshot or VMM", g.vmID)
+			}
+			continue
+		case !errors.Is(err, api.ErrUnavailable) || time.Now().After(deadline):
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+		vm, err = pc.Prepare(ctx, g.vmID, req)
+		retried = true
 	}
 	cfg.Socket = vm.Socket
 	cfg.Resumed = func(ctx context.Context) error {
