@@ -167,16 +167,19 @@ func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) e
 	// This process is the VMM: its socket admits this pid only.
 	req := api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()}
 	vm, err := pc.Prepare(ctx, g.vmID, req)
-	// As an orchestrator would: while the daemon restarts or hands over,
-	// ask again; a PUT the daemon recorded before it went is found again.
+	// As an orchestrator would: while no daemon answers (it is
+	// restarting), ask again; a PUT the daemon recorded before it went is
+	// found again. A daemon that answers 503 (its control plane is down)
+	// is not asked again.
 	for deadline, retried := time.Now().Add(time.Minute), false; err != nil; {
+		var ae *api.Error
 		switch {
 		case errors.Is(err, api.ErrExists) && retried:
 			if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
 				err = fmt.Errorf("VM %s exists with another snapshot or VMM", g.vmID)
 			}
 			continue
-		case !errors.Is(err, api.ErrUnavailable) || time.Now().After(deadline):
+		case !errors.As(err, &ae) || ae.Code != api.CodeUnavailable || ae.Status != 0 || time.Now().After(deadline):
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)
