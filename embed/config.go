@@ -293,6 +293,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HandoffSocket == "" {
 		c.HandoffSocket = c.API + ".handoff"
+		if len(c.HandoffSocket) > 107 {
+			c.HandoffSocket = "none" // warned about when serving
+		}
 	}
 	if c.HandoffSocket != "none" && len(c.HandoffSocket) > 107 {
 		return fieldErr("handoff-socket", "%q is longer than a Unix socket path may be (107 bytes): give a shorter one, or none", c.HandoffSocket)

@@ -103,7 +103,9 @@ var processStart = time.Now()
 // Serve runs the control API on cfg.API, and waits for a successor on the
 // handoff socket, until ctx ends or a successor took every VM over.
 func (s *Server) Serve(ctx context.Context) error {
-	if s.cfg.HandoffSocket != "none" {
+	if s.cfg.HandoffSocket == "none" {
+		s.log.Warn("no handoff socket (--handoff-socket none, or --api too long to append .handoff): this daemon can be restarted, but not upgraded without a pause")
+	} else {
 		go func() {
 			if err := s.Daemon.ServeHandoff(ctx, s.cfg.HandoffSocket); err != nil {
 				s.log.Error("handoff socket: this daemon cannot be upgraded without a stall", "socket", s.cfg.HandoffSocket, "err", err)

@@ -489,3 +489,70 @@ func TestHandleAdopt(t *testing.T) {
 		})
 	}
 }
+
+// TestRestartJailedVMM: Firecracker under the jailer runs as another uid.
+// A root daemon (CAP_SYS_PTRACE) serving such a VMM is SIGKILLed while the
+// guest runs its trace and started again: it takes the VM back from the
+// other uid's process, its socket given back to that uid, and the guest
+// verifies every byte.
+func TestRestartJailedVMM(t *testing.T) {
+	needRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	sf := slow(t, f)
+	dir := t.TempDir()
+	images := imagesDir(t, dir, img)
+	os.Mkdir(filepath.Join(dir, "vms"), 0o711)
+	os.Chmod(dir, 0o711)
+	os.Chmod(filepath.Dir(dir), 0o711)
+	apiSock := filepath.Join(dir, "api.sock")
+	srv := startImagesServe(t, ctx, dir, images, "--vmm-uid", fmt.Sprint(nobody))
+	waitSocket(t, apiSock)
+	pc := client.New(apiSock, client.Options{})
+	files := shared(t, bin, f.mem, sf.trace)
+	ready := filepath.Join(filepath.Dir(files[0]), "ready")
+	os.Chmod(filepath.Dir(files[0]), 0o777)
+	g := &liveGuest{id: "jailed", exited: make(chan error, 1)}
+	g.cmd = asUser(ctx, true, "/bin/sh", "-c", `read s; exec "$0" guest run --json --socket "$s" --mem "$1" --trace "$2" --wait-ready "$3" --vcpus 2 --think-scale 1`,
+		files[0], files[1], files[2], ready)
+	g.cmd.Stdout, g.cmd.Stderr = &g.out, &g.err
+	in, err := g.cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer g.cmd.Process.Kill()
+	go func() { g.exited <- g.cmd.Wait() }()
+	uid := nobody
+	vm, err := pc.Prepare(ctx, "jailed", api.PrepareRequest{Snapshot: "fn", VMMUID: &uid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(in, vm.Socket)
+	if _, err := pc.WaitReady(ctx, "jailed", time.Minute); err != nil {
+		t.Fatalf("%v\n%s", err, g.err.String())
+	}
+	os.WriteFile(ready, nil, 0o644)
+	time.Sleep(300 * time.Millisecond) // into the trace
+	killed := time.Now()
+	srv.Process.Kill()
+	srv.Wait()
+	startImagesServe(t, ctx, dir, images, "--vmm-uid", fmt.Sprint(nobody))
+	r, err := g.wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := pc.Get(ctx, "jailed")
+	if err != nil || v.Adopted == nil || v.Adopted.From != api.AdoptedRestart || v.VMMUID != nobody {
+		t.Fatalf("the jailed VM after the restart: %+v %v", v, err)
+	}
+	first := "none"
+	if v.Adopted.FirstFault != nil {
+		first = v.Adopted.FirstFault.Sub(killed).Round(time.Millisecond).String()
+	}
+	t.Logf("VMM uid %d re-adopted by the root daemon: kill→first fault served %s, longest guest access %v, %d pages verified",
+		nobody, first, time.Duration(r.MaxAccess).Round(time.Millisecond), r.Verified)
+}
