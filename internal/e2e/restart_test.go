@@ -556,3 +556,77 @@ func TestRestartJailedVMM(t *testing.T) {
 	t.Logf("VMM uid %d re-adopted by the root daemon: kill→first fault served %s, longest guest access %v, %d pages verified",
 		nobody, first, time.Duration(r.MaxAccess).Round(time.Millisecond), r.Verified)
 }
+
+// TestHandoffPod upgrades a pod member whose etcd and memory nodes run as
+// their own processes (what a handoff needs): four guests running traces
+// are handed over and verify every byte; the successor joins the pod's CXL
+// tier once its predecessor has left, and serves later restores' hot sets
+// from it. The same handoff with an embedded etcd member is refused.
+func TestHandoffPod(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	sf := slow(t, f)
+	dir := t.TempDir()
+	poolInit(t, ctx, dir, "--cxl-size", "64MiB", "--chunk-size", "16MiB")
+	secret := filepath.Join(dir, "d", "pod.secret")
+	ep, _ := startEtcd(t, ctx, filepath.Join(dir, "etcd"))
+	var addrs []string
+	for i := range 2 {
+		_, a := startMemnode(t, ctx, filepath.Join(dir, fmt.Sprint("m", i)), secret)
+		addrs = append(addrs, a)
+	}
+	args := []string{"--etcd-endpoints", ep, "--etcd-tls-dir", filepath.Join(dir, "etcd", "tls"),
+		"--memnode-addrs", strings.Join(addrs, ","), "--memnodes", "2", "--secret-file", secret}
+	s := startPool(t, ctx, dir, args...)
+	s.publish(t, ctx, img, "fn")
+	const n = 4
+	var guests []*liveGuest
+	for i := range n {
+		guests = append(guests, startGuest(t, ctx, sf, s.api, fmt.Sprint("p-", i), "fn"))
+	}
+	waitStates(t, ctx, s.pc, "4 ready", func(m map[string]int) bool { return m[api.StateReady] == n })
+	time.Sleep(300 * time.Millisecond)
+
+	start := time.Now()
+	succ := exec.CommandContext(ctx, bin, append([]string{"serve", "--embedded", "--data-dir", filepath.Join(dir, "d"), "--cxl-path", filepath.Join(dir, "cxl"),
+		"--api", s.api, "--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn", "--handoff-from", s.api + ".handoff"}, args...)...)
+	succ.Stderr = os.Stderr
+	if err := succ.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { succ.Process.Kill(); succ.Wait() })
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatalf("the predecessor: %v", err)
+	}
+	window := time.Since(start)
+	_, vms := finish(t, ctx, s.pc, guests)
+	for id, v := range vms {
+		if v.Adopted == nil || v.Adopted.From != api.AdoptedHandoff {
+			t.Fatalf("vm %s: %+v", id, v.Adopted)
+		}
+	}
+	// The successor joins the CXL tier once the predecessor has left.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		m, _ := s.pc.Metrics(ctx)
+		if metric(t, m, "aquifer_cxl_in_service") == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the successor never joined the pod's CXL tier")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if v := s.restore1(t, ctx, f, "after", "fn"); v.Report.HotSource != "cxl" {
+		t.Fatalf("a restore after the handoff: %+v", v.Report)
+	}
+	t.Logf("4 VMs of a pod member handed over (successor's start → predecessor's exit %v) and verified; the successor joined the CXL tier",
+		window.Round(time.Millisecond))
+	// With an embedded etcd member the handoff is refused before anything starts.
+	out, err := exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", t.TempDir(), "--api", filepath.Join(t.TempDir(), "a.sock"),
+		"--handoff-from", s.api+".handoff").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--handoff-from") || !strings.Contains(string(out), "etcd") {
+		t.Fatalf("a handoff with an embedded etcd member: %v: %s", err, out)
+	}
+}
