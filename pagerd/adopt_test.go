@@ -467,6 +467,18 @@ func (f *fixture) run(t *testing.T, mod func(*Config)) *running {
 	return r
 }
 
+// served prepares VM id on r, starts its VMM and waits until it is ready.
+func (f *fixture) served(t *testing.T, r *running, id string) *testVM {
+	t.Helper()
+	v, err := r.Prepare(context.Background(), id, api.PrepareRequest{Snapshot: "snap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm := startVMM(t, v.Socket, memBytes)
+	waitState(t, r.Daemon, id, api.StateReady)
+	return vmm
+}
+
 // checkPages has the VMM read pages and compares them with the snapshot.
 func (f *fixture) checkPages(t *testing.T, vmm *testVM, pages ...int) {
 	t.Helper()
@@ -486,13 +498,8 @@ func TestHandoff(t *testing.T) {
 	f := newFixture(t)
 	a := f.run(t, nil)
 	ctx := context.Background()
-	v1, err := a.Prepare(ctx, "vm1", api.PrepareRequest{Snapshot: "snap"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vmm1 := startVMM(t, v1.Socket, memBytes)
+	vmm1 := f.served(t, a, "vm1")
 	f.checkPages(t, vmm1, 0, f.nonZero(200), 700)
-	waitState(t, a.Daemon, "vm1", api.StateReady)
 	v2, err := a.Prepare(ctx, "vm2", api.PrepareRequest{Snapshot: "snap"})
 	if err != nil {
 		t.Fatal(err)
@@ -537,12 +544,7 @@ func TestHandoffRefused(t *testing.T) {
 	f := newFixture(t)
 	a := f.run(t, nil)
 	ctx := context.Background()
-	v1, err := a.Prepare(ctx, "vm1", api.PrepareRequest{Snapshot: "snap"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vmm1 := startVMM(t, v1.Socket, memBytes)
-	waitState(t, a.Daemon, "vm1", api.StateReady)
+	vmm1 := f.served(t, a, "vm1")
 	v2, err := a.Prepare(ctx, "vm2", api.PrepareRequest{Snapshot: "snap"})
 	if err != nil {
 		t.Fatal(err)
@@ -576,13 +578,8 @@ func TestHandoffSuccessorDies(t *testing.T) {
 		t.Run(after, func(t *testing.T) {
 			f := newFixture(t)
 			a := f.run(t, nil)
-			v1, err := a.Prepare(context.Background(), "vm1", api.PrepareRequest{Snapshot: "snap"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			vmm1 := startVMM(t, v1.Socket, memBytes)
+			vmm1 := f.served(t, a, "vm1")
 			f.checkPages(t, vmm1, 5)
-			waitState(t, a.Daemon, "vm1", api.StateReady)
 			fakeSuccessor(t, f, a.handoff, after)
 			f.checkPages(t, vmm1, 6, f.nonZero(1000), 1023)
 			v := waitState(t, a.Daemon, "vm1", api.StateReady)

@@ -258,6 +258,19 @@ func startImagesServe(t *testing.T, ctx context.Context, dir, images string, arg
 	return cmd
 }
 
+// imagesServe makes the pool fixture, its slow variant and a directory of
+// images, and starts `aquifer serve --images` on them with extra args.
+func imagesServe(t *testing.T, ctx context.Context, args ...string) (f, sf *fixture, dir, images string, srv *exec.Cmd, pc *client.Client) {
+	t.Helper()
+	f, img := poolFixture(t, ctx)
+	sf = slow(t, f)
+	dir = t.TempDir()
+	images = imagesDir(t, dir, img)
+	srv = startImagesServe(t, ctx, dir, images, args...)
+	waitSocket(t, filepath.Join(dir, "api.sock"))
+	return f, sf, dir, images, srv, client.New(filepath.Join(dir, "api.sock"), client.Options{})
+}
+
 // TestHandoffUnderRestores upgrades `aquifer serve` under 16 running VMs:
 // a second daemon started with --handoff-from takes every VM, the
 // directories' locks and the API socket over, serves, and only then does
@@ -270,14 +283,8 @@ func startImagesServe(t *testing.T, ctx context.Context, dir, images string, arg
 func TestHandoffUnderRestores(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f, img := poolFixture(t, ctx)
-	sf := slow(t, f)
-	dir := t.TempDir()
-	images := imagesDir(t, dir, img)
-	apiSock := filepath.Join(dir, "api.sock")
-	old := startImagesServe(t, ctx, dir, images)
-	waitSocket(t, apiSock)
-	pc := client.New(apiSock, client.Options{})
+	f, sf, dir, images, old, pc := imagesServe(t, ctx)
+	apiSock := pc.Socket()
 	const n = 16
 	var guests []*liveGuest
 	for i := range n {
@@ -353,13 +360,8 @@ func TestHandoffUnderRestores(t *testing.T) {
 func TestRestartFirecrackerDouble(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f, img := poolFixture(t, ctx)
-	dir := t.TempDir()
-	images := imagesDir(t, dir, img)
-	apiSock := filepath.Join(dir, "api.sock")
-	srv := startImagesServe(t, ctx, dir, images)
-	waitSocket(t, apiSock)
-	pc := client.New(apiSock, client.Options{})
+	f, _, dir, images, srv, pc := imagesServe(t, ctx)
+	apiSock := pc.Socket()
 	for _, dialect := range []string{"1.12", "1.10"} {
 		id := "fc-" + strings.ReplaceAll(dialect, ".", "")
 		v, err := pc.Prepare(ctx, id, api.PrepareRequest{Snapshot: "fn"})
