@@ -75,6 +75,9 @@ type Adoption struct {
 	// answered (vCPUs asleep on them) when this daemon took over; they
 	// were woken and served again.
 	PendingFaults uint64 `json:"pending_faults"`
+	// QueuedFaults is how many faults were raised while no daemon read
+	// them (in the userfaultfd's queue at the takeover).
+	QueuedFaults uint64 `json:"queued_faults"`
 	// FirstFault is when this daemon first served one of the VM's faults.
 	FirstFault *time.Time `json:"first_fault,omitempty"`
 	// StallNS runs from the start of the takeover (this daemon's start

@@ -69,10 +69,17 @@ func (s *Session) takeOver(ctx context.Context) error {
 	for _, r := range late {
 		s.h.MarkRemoved(r[0], r[1])
 	}
+	s.settled.Store(true)
 	if err := s.h.WakeAll(); err != nil {
 		return fmt.Errorf("pager: waking the faults a previous pager left: %w", err)
 	}
 	return nil
+}
+
+// unsettled says another pager may still serve the VM (Adopt.Settle has
+// not returned): nothing may be installed ahead of faults yet.
+func (s *Session) unsettled() bool {
+	return s.opts.Adopt != nil && s.opts.Adopt.Settle != nil && !s.settled.Load()
 }
 
 // FirstServed is when this session first served a fault (zero: none yet).
@@ -96,7 +103,7 @@ func (s *Session) Quiesce() {
 
 func (s *Session) bgEnter() bool {
 	s.bgMu.RLock()
-	if s.quiesced.Load() {
+	if s.quiesced.Load() || s.unsettled() {
 		s.bgMu.RUnlock()
 		return false
 	}

@@ -103,6 +103,7 @@ type Session struct {
 	live     atomic.Pointer[handler.Handler] // h, once serving (adopt.go)
 	bgMu     sync.RWMutex                    // installs ahead of faults: R; Quiesce: W
 	quiesced atomic.Bool
+	settled  atomic.Bool // Adopt.Settle returned
 }
 
 // New prepares a session that restores snap. Its hot source may be nil

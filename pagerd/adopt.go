@@ -184,10 +184,10 @@ func (d *Daemon) adoptServing(rec *vmRecord, p *vmmproc.Process, ufd, hup int, t
 		d.outcome(from, "failed")
 		return v
 	}
-	if _, waiting, err := vmmproc.Pending(ufd); err == nil && from == api.AdoptedRestart {
+	if unread, waiting, err := vmmproc.Pending(ufd); err == nil && from == api.AdoptedRestart {
 		// (During a handoff the predecessor still serves: its faults in
 		// flight are not left unanswered.)
-		v.wire.Adopted.PendingFaults = waiting
+		v.wire.Adopted.PendingFaults, v.wire.Adopted.QueuedFaults = waiting, unread
 	}
 	d.register(v)
 	v.pending = func() { d.start(v, func(ctx context.Context) { d.runAdopted(ctx, v, p, ufd, hup, t, log) }) }
@@ -263,7 +263,7 @@ func (d *Daemon) runAdopted(ctx context.Context, v *vm, p *vmmproc.Process, ufd,
 	}
 	defer sess.Close()
 	d.outcome(t.from, "served")
-	log.Info("re-adopted VM", "from", t.from, "vmm", v.rec.VMM.String(), "pending_faults", v.wire.Adopted.PendingFaults,
+	log.Info("re-adopted VM", "from", t.from, "vmm", v.rec.VMM.String(), "pending_faults", v.wire.Adopted.PendingFaults, "queued_faults", v.wire.Adopted.QueuedFaults,
 		"removed_ranges", len(d.removedRanges(v)))
 	d.serve(ctx, v, log, sess, markReady, u, v.rec.HandshakeRegions(), servingFDs{uffd: ufd, pidfd: p.PidFD, hup: hup},
 		&stallClock{from: t.stallFrom, kind: t.from})
