@@ -663,8 +663,7 @@ func (d *Daemon) receiveHandoff() (err error) {
 		v.mu.Unlock()
 	}
 	if err := hc.send(hoMsg{Op: "ready"}); err != nil {
-		closeAll()
-		return err
+		return abort(err)
 	}
 	if _, _, err := hc.recv("quiesced"); err != nil {
 		return abort(err)
