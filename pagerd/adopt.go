@@ -171,7 +171,7 @@ func (d *Daemon) adoptServing(rec *vmRecord, p *vmmproc.Process, ufd, hup int, t
 	at := time.Now()
 	v := newVM(api.VM{ID: rec.ID, Snapshot: rec.Snapshot, Socket: rec.Socket, State: api.StateInstalling,
 		VMMUID: rec.PeerUID, VMMPID: rec.VMM.PID, Adopted: &api.Adoption{From: from, At: at}})
-	v.rec = rec
+	v.rec, v.stallFrom = rec, t.stallFrom
 	if takeErr != nil {
 		// The VMM runs but this daemon cannot take its userfaultfd (most
 		// often a missing capability): the record stays for a daemon that

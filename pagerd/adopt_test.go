@@ -582,9 +582,14 @@ func TestHandoffSuccessorDies(t *testing.T) {
 			f.checkPages(t, vmm1, 5)
 			fakeSuccessor(t, f, a.handoff, after)
 			f.checkPages(t, vmm1, 6, f.nonZero(1000), 1023)
-			v := waitState(t, a.Daemon, "vm1", api.StateReady)
-			if v.Adopted == nil {
-				t.Fatalf("vm1 was not taken back: %+v", v)
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+				v, err := a.Get("vm1")
+				if err == nil && v.Adopted != nil && v.State == api.StateReady {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("vm1 was not taken back: %+v %v", v, err)
+				}
 			}
 			select {
 			case <-a.HandedOver():

@@ -92,6 +92,8 @@ type vm struct {
 	// servingHook, if set, is called once a taken-over VM's fault loop
 	// runs (a handoff counts them).
 	servingHook func()
+	// stallFrom is where a taken-over VM's stall is measured from.
+	stallFrom time.Time
 	// pending is a taken-over VM's goroutine not started yet; discard
 	// releases what it would have served with, if it never starts.
 	pending, discard func()
@@ -329,11 +331,21 @@ func (d *Daemon) start(v *vm, fn func(ctx context.Context)) {
 }
 
 func (d *Daemon) wireOf(v *vm) *api.VM {
+	v.mu.Lock()
+	sess := v.sess
+	v.mu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := v.wire
 	if a := v.wire.Adopted; a != nil {
 		cp := *a
+		if cp.FirstFault == nil && sess != nil {
+			// Served, not yet noticed by watchStall: the handler's
+			// timestamp is exact either way.
+			if first := sess.FirstServed(); !first.IsZero() {
+				cp.FirstFault, cp.StallNS = &first, int64(first.Sub(v.stallFrom))
+			}
+		}
 		c.Adopted = &cp
 	}
 	return &c
