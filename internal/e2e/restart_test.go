@@ -375,6 +375,7 @@ func TestRestartFirecrackerDouble(t *testing.T) {
 		d.waitProgress(t, poolMemSize/4096/4)
 		srv.Process.Kill()
 		srv.Wait()
+		killed := time.Now()
 		t.Logf("dialect %s: SIGKILLed the daemon after the double read %d pages", dialect, d.progress())
 		srv = startImagesServe(t, ctx, dir, images)
 		r := d.result(t)
@@ -386,7 +387,12 @@ func TestRestartFirecrackerDouble(t *testing.T) {
 		if err != nil || av.Adopted == nil {
 			t.Fatalf("dialect %s: %+v %v", dialect, av, err)
 		}
-		t.Logf("dialect %s: every page of %d matched the memory file across the restart", dialect, r.Pages)
+		first := "none"
+		if a := av.Adopted; a.FirstFault != nil {
+			first = a.FirstFault.Sub(killed).Round(time.Millisecond).String()
+		}
+		t.Logf("dialect %s: every page of %d matched the memory file across the restart (kill→first fault served %s; %d faults queued meanwhile, %d read and unanswered)",
+			dialect, r.Pages, first, av.Adopted.QueuedFaults, av.Adopted.PendingFaults)
 	}
 }
 
