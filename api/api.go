@@ -53,6 +53,38 @@ type VM struct {
 	Report *Report `json:"report,omitempty"`
 	// ReadyNS is the time from handshake to ready, in nanoseconds.
 	ReadyNS int64 `json:"ready_ns,omitempty"`
+	// Adopted is set on a VM this daemon took over from a predecessor.
+	Adopted *Adoption `json:"adopted,omitempty"`
+}
+
+// Adoption values of Adoption.From.
+const (
+	// AdoptedRestart: the predecessor died or stopped; this daemon took
+	// the VM's userfaultfd back from its VMM.
+	AdoptedRestart = "restart"
+	// AdoptedHandoff: a running predecessor handed the VM over.
+	AdoptedHandoff = "handoff"
+)
+
+// Adoption says how a daemon took a VM over.
+type Adoption struct {
+	From string `json:"from"`
+	// At is when this daemon held the VM's userfaultfd.
+	At time.Time `json:"at"`
+	// PendingFaults is how many faults the predecessor had read and not
+	// answered (vCPUs asleep on them) when this daemon took over; they
+	// were woken and served again.
+	PendingFaults uint64 `json:"pending_faults"`
+	// QueuedFaults is how many faults were raised while no daemon read
+	// them (in the userfaultfd's queue at the takeover).
+	QueuedFaults uint64 `json:"queued_faults"`
+	// FirstFault is when this daemon first served one of the VM's faults.
+	FirstFault *time.Time `json:"first_fault,omitempty"`
+	// StallNS runs from the start of the takeover (this daemon's start
+	// after a restart; the handoff's start) to FirstFault: the part of
+	// the VM's pause this daemon saw. After a crash, add the time the host
+	// ran without a daemon.
+	StallNS int64 `json:"stall_ns,omitempty"`
 }
 
 // Report describes one served restore (filled in when the VM exits).

@@ -22,6 +22,18 @@ type Config struct {
 	API string
 	// SocketDir holds the per-VM UFFD sockets (default: vms/ beside API).
 	SocketDir string
+	// StateDir holds the durable record of every VM served (default:
+	// SocketDir with ".state" appended, beside it). A daemon started on it
+	// takes back every VM whose VMM still runs.
+	StateDir string
+	// HandoffSocket is where the daemon waits for a successor to take its
+	// VMs over without a stall (default: API with ".handoff" appended;
+	// "none": no handoffs).
+	HandoffSocket string
+	// HandoffFrom, if set, takes over the running daemon waiting at this
+	// handoff socket (a planned upgrade): its VMs, its directories' locks
+	// and its API socket. Its directories and API must be these.
+	HandoffFrom string
 	// VMMUID is the uid Firecracker runs as (under the jailer); -1 means
 	// this process's own uid.
 	VMMUID int
@@ -289,6 +301,26 @@ func (c *Config) Validate() error {
 	if c.SocketDir == "" {
 		c.SocketDir = filepath.Join(filepath.Dir(c.API), "vms")
 	}
+	if c.StateDir == "" {
+		c.StateDir = filepath.Clean(c.SocketDir) + ".state"
+	}
+	if filepath.Clean(c.StateDir) == filepath.Clean(c.SocketDir) {
+		return fieldErr("state-dir", "%s is the socket directory: give the VMs' records a directory of their own", c.StateDir)
+	}
+	if c.HandoffSocket == "" {
+		c.HandoffSocket = c.API + ".handoff"
+		if len(c.HandoffSocket) > 107 {
+			c.HandoffSocket = "none" // warned about when serving
+		}
+	}
+	if c.HandoffSocket != "none" && len(c.HandoffSocket) > 107 {
+		return fieldErr("handoff-socket", "%q is longer than a Unix socket path may be (107 bytes): give a shorter one, or none", c.HandoffSocket)
+	}
+	if c.HandoffFrom != "" {
+		if err := c.handoffPossible(); err != nil {
+			return err
+		}
+	}
 	if c.Workers < 0 {
 		return fieldErr("workers", "%d: want at least 1", c.Workers)
 	}
@@ -314,6 +346,22 @@ func (c *Config) Validate() error {
 		if err := c.Pod.available(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// handoffPossible refuses a handoff that could not be without a stall:
+// the pieces a daemon runs in-process (an embedded etcd member, memory
+// nodes on loopback) cannot be in two processes at once.
+func (c *Config) handoffPossible() error {
+	if c.Pod == nil {
+		return nil
+	}
+	if len(c.Pod.EtcdEndpoints) == 0 {
+		return fieldErr("handoff-from", "this pod's etcd member runs inside the daemon (no --etcd-endpoints), and its data directory cannot be served by two processes: upgrade without a stall needs etcd run separately (aquifer etcd); or stop and start the daemon instead (its VMs are re-adopted, each pausing for the restart)")
+	}
+	if len(c.Pod.MemNodeAddrs) == 0 {
+		return fieldErr("handoff-from", "this pod's memory nodes run inside the daemon (no --memnode-addrs) and would stop with it: upgrade without a stall needs them run separately (aquifer memnode); or stop and start the daemon instead (its VMs are re-adopted, each pausing for the restart)")
 	}
 	return nil
 }

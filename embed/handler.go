@@ -40,7 +40,14 @@ type HandlerConfig struct {
 	Workers int
 	// AcceptTimeout bounds the wait for Firecracker (0: until ctx ends).
 	AcceptTimeout time.Duration
-	Logger        *slog.Logger
+	// State, if set, records the VM once its handshake is done (and its
+	// balloon ranges in State.removes), so that a restarted handler can
+	// take it back (Adopt); removed when the VM exits (handle_state.go).
+	State string
+	// Adopt is the pid of a VMM whose VM State records: instead of
+	// waiting for a handshake, take its userfaultfd back and serve on.
+	Adopt  int
+	Logger *slog.Logger
 }
 
 // ErrHandshake is wrapped by errors in what the VMM sent (malformed
@@ -54,10 +61,22 @@ type HandlerResult struct {
 	Report *pager.Report
 	// RecordedPages is the working set written to Record.
 	RecordedPages int
+	// Adopted says how the VM was taken back (Adopt only).
+	Adopted *AdoptResult
 }
 
 func (c *HandlerConfig) validate() error {
-	if c.Socket == "" {
+	if c.Adopt < 0 {
+		return fieldErr("adopt", "%d is not a pid", c.Adopt)
+	}
+	if c.Adopt > 0 {
+		if c.State == "" {
+			return fieldErr("adopt", "needs --state, the record the VM's previous handler wrote")
+		}
+		if c.Record != "" || c.REAPWS != "" || c.ReadyFile != "" {
+			return fieldErr("adopt", "--record, --reap-ws and --ready-file need the whole restore: they cannot be combined with --adopt")
+		}
+	} else if c.Socket == "" {
 		return fieldErr("socket", "no socket path")
 	}
 	if (c.Mem == "") == (c.Image == "") {
@@ -92,6 +111,9 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
+	if c.Adopt > 0 {
+		return runAdopt(ctx, c)
+	}
 	if c.Image != "" {
 		return runImage(ctx, c)
 	}
@@ -122,8 +144,12 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if reap != nil && reap.PageSize() != vm.Regions[0].PageSize {
 		return nil, restore.Mark(ErrHandshake, fmt.Errorf("the REAP working set %s has %d-byte pages, the guest %d-byte pages (build it with aquifer baseline reap --page-size)", c.REAPWS, reap.PageSize(), vm.Regions[0].PageSize))
 	}
+	st, err := c.recordVM(vm, u, nil)
+	if err != nil {
+		c.Logger.Warn("--state: this VM cannot be re-adopted", "err", err)
+	}
 	h, err := handler.New(u, vm.Regions, src, handler.Options{Workers: c.Workers, Record: c.Record != "", Logger: c.Logger,
-		HangupFD: vm.Watch.HangupFD, NoHangup: vm.Watch.HangupFD < 0})
+		HangupFD: vm.Watch.HangupFD, NoHangup: vm.Watch.HangupFD < 0, OnRemove: st.onRemove})
 	if err != nil {
 		return nil, restore.Mark(ErrHandshake, err)
 	}
@@ -133,6 +159,7 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	}
 	res := &HandlerResult{}
 	res.Stats, err = h.Serve(ctx, vm.Watch.PidFD)
+	st.finish(res.Stats, err)
 	if err != nil {
 		return res, err
 	}
@@ -151,7 +178,8 @@ func runImage(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := pager.New(snap, pager.Options{Workers: c.Workers, Logger: c.Logger})
+	var st *handleState
+	s, err := pager.New(snap, pager.Options{Workers: c.Workers, Logger: c.Logger, OnRemove: func(start, end uint64) { st.onRemove(start, end) }})
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +190,9 @@ func runImage(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	}
 	defer vm.Close()
 	defer u.Close()
+	if st, err = c.recordVM(vm, u, snap); err != nil {
+		c.Logger.Warn("--state: this VM cannot be re-adopted", "err", err)
+	}
 	if c.ReadyFile != "" {
 		go func() {
 			<-s.Ready()
@@ -180,6 +211,7 @@ func runImage(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if err == nil {
 		err = s.ReadyErr()
 	}
+	st.finish(res.Stats, err)
 	return res, err
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/aquifer-pool/aquifer/rdma/emu"
 	"github.com/aquifer-pool/aquifer/rdma/verbs"
 	"github.com/aquifer-pool/aquifer/restore"
+	"golang.org/x/sys/unix"
 )
 
 // Server is a running host: its daemon and, in pod mode, the pod pieces.
@@ -54,6 +56,7 @@ type Server struct {
 	members              []control.Member
 	memsec               memsec
 	done                 chan struct{}
+	joinMu               sync.Mutex // a join after a handoff against Stop
 }
 
 // Start validates cfg and starts everything it names. On error nothing is
@@ -81,20 +84,42 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		}
 		opener = s.Pool
 	}
-	dc := pagerd.Config{Opener: opener, SocketDir: cfg.SocketDir, VMMUID: cfg.VMMUID, AcceptTimeout: cfg.AcceptTimeout,
+	dc := pagerd.Config{Opener: opener, SocketDir: cfg.SocketDir, StateDir: cfg.StateDir, VMMUID: cfg.VMMUID,
+		AcceptTimeout: cfg.AcceptTimeout, Started: processStart, HandoffFrom: cfg.HandoffFrom, APISocket: cfg.API,
 		Registry: cfg.Registry, Logger: cfg.Logger}
 	dc.Pager.Workers = cfg.Workers
 	dc.Pager.EarlyResume = cfg.EarlyResume
 	if s.Daemon, err = pagerd.New(dc); err != nil {
 		return nil, err
 	}
+	if cfg.HandoffFrom != "" && cfg.Pod != nil {
+		// The predecessor left the pod as it exited: join it now.
+		go s.joinAfterHandoff(cfg.Pod, s.Daemon.Predecessor())
+	}
 	return s, nil
 }
 
-// Serve runs the control API on cfg.API until ctx ends.
+// processStart is when this process started (near enough): the stall of
+// a VM re-adopted after a restart is measured from it.
+var processStart = time.Now()
+
+// Serve runs the control API on cfg.API, and waits for a successor on the
+// handoff socket, until ctx ends or a successor took every VM over.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.cfg.HandoffSocket == "none" {
+		s.log.Warn("no handoff socket (--handoff-socket none, or --api too long to append .handoff): this daemon can be restarted, but not upgraded without a pause")
+	} else {
+		go func() {
+			if err := s.Daemon.ServeHandoff(ctx, s.cfg.HandoffSocket); err != nil {
+				s.log.Error("handoff socket: this daemon cannot be upgraded without a stall", "socket", s.cfg.HandoffSocket, "err", err)
+			}
+		}()
+	}
 	return s.Daemon.Serve(ctx, s.cfg.API)
 }
+
+// HandedOver is closed once a successor took this daemon's VMs over.
+func (s *Server) HandedOver() <-chan struct{} { return s.Daemon.HandedOver() }
 
 // startPod brings up the pod pieces in dependency order: control plane,
 // this host's membership, memory nodes, the RDMA client, the CXL region
@@ -145,6 +170,17 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if s.cxlDown != "" {
 		s.Pool.ClearCXL(s.cxlDown)
 	}
+	if s.cfg.HandoffFrom != "" {
+		// The predecessor is still this host's member of the pod (same host
+		// name): restores read the RDMA copies until it left.
+		s.Pool.ClearCXL("taking over from a running daemon: the CXL tier is joined once it has left the pod")
+		return nil
+	}
+	return s.joinPod(ctx, c)
+}
+
+// joinPod joins the pod's CXL region and supervises the membership.
+func (s *Server) joinPod(ctx context.Context, c *PodConfig) error {
 	if err := s.joinRegion(ctx, c); err != nil {
 		return err
 	}
@@ -156,6 +192,43 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 		go s.supervise(c)
 	}
 	return nil
+}
+
+// joinAfterHandoff joins the pod once the predecessor (pid) has exited,
+// having left it.
+func (s *Server) joinAfterHandoff(c *PodConfig, pid int) {
+	if pid > 0 {
+		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			deadline := time.Now().Add(time.Minute)
+			for time.Now().Before(deadline) {
+				if n, err := unix.Poll(fds, 1000); err == nil && n > 0 {
+					break
+				}
+				select {
+				case <-s.done:
+					unix.Close(fd)
+					return
+				default:
+				}
+			}
+			unix.Close(fd)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	if err := s.joinPod(ctx, c); err != nil {
+		s.log.Error("joining the pod after the handoff: restores read the RDMA copies", "err", err)
+		return
+	}
+	s.log.Info("joined the pod's CXL tier after the handoff")
 }
 
 func (s *Server) startControlPlane(ctx context.Context, c *PodConfig) error {
@@ -436,6 +509,13 @@ func (s *Server) Stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
 	if s.Daemon != nil {
 		s.Daemon.Close()
 	}

@@ -142,6 +142,11 @@ type Report struct {
 	// resolves), not its waits for a handler or its sleeps.
 	VCPUCPU  []time.Duration `json:"vcpu_cpu_ns,omitempty"`
 	Resident *Residency      `json:"resident,omitempty"`
+	// MaxAccess is the longest single access of the replay (a fault
+	// waiting for its handler, at worst): how long a vCPU stalled, from
+	// MaxAccessAt.
+	MaxAccess   time.Duration `json:"max_access_ns"`
+	MaxAccessAt time.Time     `json:"max_access_at"`
 }
 
 type mapped struct {
@@ -383,6 +388,8 @@ type cpuResult struct {
 	lastTouch  time.Time
 	touches    []Touch
 	cpu        time.Duration // the vCPU thread's CPU time in the replay
+	maxAccess  time.Duration
+	maxAt      time.Time
 }
 
 func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
@@ -449,6 +456,9 @@ func (v *vm) replay(ctx context.Context, start time.Time, rep *Report) error {
 		if rep.FirstError == "" {
 			rep.FirstError = r.firstErr
 		}
+		if r.maxAccess > rep.MaxAccess {
+			rep.MaxAccess, rep.MaxAccessAt = r.maxAccess, r.maxAt
+		}
 		if !r.firstTouch.IsZero() && (first.IsZero() || r.firstTouch.Before(first)) {
 			first = r.firstTouch
 		}
@@ -485,11 +495,8 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 		addr, _ := v.hostAddr(a.Page)
 		page := offheap.At(addr, int(v.ps))
 		timed := v.firstIdx[i]
-		var t0 time.Time
 		var stall time.Duration
-		if timed {
-			t0 = time.Now()
-		}
+		t0 := time.Now()
 		if a.Kind&wset.Write != 0 {
 			slot := uint64(cpu*8) % v.ps
 			val := a.Page*0x9E3779B97F4A7C15 ^ uint64(i+1)
@@ -515,6 +522,9 @@ func (v *vm) runCPU(ctx context.Context, cpu int, idx []int, res *cpuResult) {
 			if timed {
 				stall = time.Since(t0)
 			}
+		}
+		if d := time.Since(t0); d > res.maxAccess {
+			res.maxAccess, res.maxAt = d, t0
 		}
 		if res.firstTouch.IsZero() {
 			res.firstTouch = time.Now()

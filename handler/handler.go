@@ -124,6 +124,8 @@ type Handler struct {
 	gone   atomic.Bool
 	fatal  atomic.Pointer[error]
 	stopFD int
+
+	firstServed atomic.Int64 // when the first fault was served (unix ns; 0: none)
 }
 
 type recEntry struct {
@@ -295,7 +297,7 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 					}
 					pending = &fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
 				case uffd.EventRemove:
-					h.applyRemove(m.Start, m.End)
+					h.applyRemove(m.Start, m.End, true)
 				default:
 					h.stats.Unexpected++
 					h.log.Warn("unexpected userfaultfd event", "event", m.String())
@@ -362,10 +364,14 @@ func (h *Handler) curGen() uint64 {
 	return h.gen
 }
 
-func (h *Handler) applyRemove(start, end uint64) {
+// applyRemove marks [start, end) removed; observe counts it as an event
+// of this fault loop and reports it to Options.OnRemove.
+func (h *Handler) applyRemove(start, end uint64, observe bool) {
 	h.removeMu.Lock()
 	defer h.removeMu.Unlock()
-	h.stats.Removes++
+	if observe {
+		h.stats.Removes++
+	}
 	for _, r := range h.regions {
 		lo, hi := max(start, r.BaseHostVirtAddr), min(end, r.End())
 		if lo >= hi {
@@ -380,7 +386,7 @@ func (h *Handler) applyRemove(start, end uint64) {
 			r.clearPresent(p)
 		}
 	}
-	if h.opts.OnRemove != nil {
+	if observe && h.opts.OnRemove != nil {
 		h.opts.OnRemove(start, end)
 	}
 }
@@ -463,6 +469,7 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 		}
 		switch {
 		case err == nil:
+			h.served()
 			atomic.AddUint64(&h.stats.Faults, 1)
 			if f.write {
 				atomic.AddUint64(&h.stats.WriteFaults, 1)
@@ -477,6 +484,7 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 			}
 			return true
 		case uffd.IsExist(err):
+			h.served()
 			atomic.AddUint64(&h.stats.Exists, 1)
 			if werr := h.u.Wake(uintptr(page), uintptr(ps)); werr != nil && !uffd.IsGone(werr) {
 				h.log.Warn("wake after EEXIST failed", "addr", page, "err", werr)

@@ -37,6 +37,9 @@ type ListenOptions struct {
 	// before it appears at path (mode 0600: only that uid and root can
 	// connect), so that a VMM running as another uid can reach it.
 	Owner int
+	// Packet makes a SOCK_SEQPACKET socket (message boundaries kept)
+	// instead of a stream.
+	Packet bool
 }
 
 // Listen creates a Unix stream socket at path, mode 0600. Only one process
@@ -56,7 +59,7 @@ func ListenWith(path string, o ListenOptions) (*Listener, error) {
 			return nil, err
 		}
 	}
-	l, err := listen(path, o.Owner)
+	l, err := listen(path, o)
 	if err != nil {
 		if lock != nil {
 			lock.Close()
@@ -97,7 +100,11 @@ func lockFile(path, busy string) (*os.File, error) {
 	return f, nil
 }
 
-func listen(path string, owner int) (*net.UnixListener, error) {
+func listen(path string, o ListenOptions) (*net.UnixListener, error) {
+	owner, network := o.Owner, "unix"
+	if o.Packet {
+		network = "unixpacket"
+	}
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("handshake: %s exists and is not a socket; refusing to replace it", path)
@@ -114,7 +121,7 @@ func listen(path string, owner int) (*net.UnixListener, error) {
 	}
 	os.Remove(tmp)
 	old := unix.Umask(0o177)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: tmp, Net: network})
 	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)

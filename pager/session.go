@@ -36,6 +36,11 @@ type Options struct {
 	// (an ablation: what the pre-install buys).
 	NoPreinstall bool
 	Logger       *slog.Logger
+	// OnRemove, if set, observes every balloon (REMOVE) range the VM
+	// reports (handler.Options.OnRemove): the daemon logs them.
+	OnRemove func(start, end uint64)
+	// Adopt, if set, takes over a VM another pager served (adopt.go).
+	Adopt *Adopt
 }
 
 // Report describes one served restore.
@@ -96,6 +101,11 @@ type Session struct {
 	coldDur atomic.Int64
 
 	stages *stagePool // staging buffers for pages stored as sub-pages (huge.go)
+
+	live     atomic.Pointer[handler.Handler] // h, once serving (adopt.go)
+	bgMu     sync.RWMutex                    // installs ahead of faults: R; Quiesce: W
+	quiesced atomic.Bool
+	settled  atomic.Bool // Adopt.Settle returned
 }
 
 // New prepares a session that restores snap. Its hot source may be nil
@@ -263,6 +273,10 @@ func (s *Session) fetch(x int, prefetch bool) *extent {
 
 // installExtent installs the pages of a fetched extent not yet present.
 func (s *Session) installExtent(x int, e *extent) {
+	if !s.bgEnter() {
+		return
+	}
+	defer s.bgExit()
 	if e.installed.Swap(true) {
 		return
 	}
@@ -293,13 +307,14 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 			return nil, fmt.Errorf("pager: region page size %d, image page size %d", r.PageSize, s.ps)
 		}
 	}
-	hopts := handler.Options{Workers: s.opts.Workers, Logger: s.log, HangupFD: hangupFD, NoHangup: hangupFD < 0}
+	hopts := handler.Options{Workers: s.opts.Workers, Logger: s.log, HangupFD: hangupFD, NoHangup: hangupFD < 0, OnRemove: s.opts.OnRemove}
 	h, err := handler.New(u, regions, s, hopts)
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
 	s.h = h
+	s.markAdopted()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.ctx = ctx
@@ -313,10 +328,17 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 		st, err := h.Serve(ctx, exitFD)
 		done <- served{st, err}
 	}()
+	s.live.Store(h)
 
-	s.preinstall(ctx)
+	if err := s.takeOver(ctx); err != nil {
+		s.readyErr = err
+	} else {
+		s.preinstall(ctx)
+	}
 	s.markReady()
-	if s.readyErr != nil {
+	if errors.Is(s.readyErr, errQuiesced) {
+		s.log.Debug("handing over: stopped installing ahead of faults")
+	} else if s.readyErr != nil {
 		s.log.Error("pre-install failed", "err", s.readyErr)
 	} else {
 		if len(s.lateZero) > 0 {
@@ -382,7 +404,11 @@ func (s *Session) preinstall(ctx context.Context) {
 				return nil
 			}
 			if !s.whole() {
+				if !s.bgEnter() {
+					return errQuiesced
+				}
 				n, err := s.preinstallHuge(seg)
+				s.bgExit()
 				s.rep.PreinstallPages += n
 				s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
 				return err
@@ -395,7 +421,11 @@ func (s *Session) preinstall(ctx context.Context) {
 					if k == 0 {
 						return fmt.Errorf("pager: hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
 					}
+					if !s.bgEnter() {
+						return errQuiesced
+					}
 					n, err := s.h.InstallQuiet(page*s.ps, addr, k)
+					s.bgExit()
 					s.rep.PreinstallPages += n
 					if err != nil {
 						return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
@@ -440,6 +470,10 @@ func (s *Session) zeroRuns() bool {
 }
 
 func (s *Session) leaveZero(run snapimage.Run) bool {
+	if !s.bgEnter() {
+		return false
+	}
+	defer s.bgExit()
 	if err := s.h.LeaveToKernel(run.Page*s.ps, uint64(run.Count)); err != nil {
 		if !uffd.IsGone(err) {
 			s.log.Warn("unregistering a zero run", "page", run.Page, "pages", run.Count, "err", err)
@@ -495,7 +529,7 @@ func (s *Session) prefetch(ctx context.Context) {
 			}
 			time.Sleep(20 * time.Microsecond)
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || s.quiesced.Load() {
 			return
 		}
 		s.extMu.Lock()

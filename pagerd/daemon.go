@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/api"
@@ -16,6 +17,8 @@ import (
 	"github.com/aquifer-pool/aquifer/pager"
 	"github.com/aquifer-pool/aquifer/restore"
 	"github.com/aquifer-pool/aquifer/uffd"
+	"github.com/aquifer-pool/aquifer/vmmproc"
+	"github.com/aquifer-pool/aquifer/vmstate"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -27,6 +30,10 @@ type Config struct {
 	// SocketDir holds the per-VM UFFD sockets. The daemon locks it: two
 	// daemons never share one.
 	SocketDir string
+	// StateDir holds the durable record of every VM served (default:
+	// SocketDir with ".state" appended, beside it). Locked like SocketDir.
+	// A daemon started on it takes back every VM whose VMM still runs.
+	StateDir string
 	// VMMUID is the uid Firecracker runs as (under the jailer); -1 means
 	// the daemon's own. A VM's socket admits only that uid (or the pid and
 	// uid its PUT names).
@@ -36,39 +43,105 @@ type Config struct {
 	// OpenTimeout bounds opening a snapshot when a VM is prepared (catalog
 	// and metadata reads; default 10s).
 	OpenTimeout time.Duration
-	Pager       pager.Options
-	Registry    *prometheus.Registry
-	Logger      *slog.Logger
+	// Started is when this daemon's process started (default: when New
+	// was called): the stall of a VM re-adopted after a restart is
+	// measured from it.
+	Started time.Time
+	// HandoffFrom, if set, is the handoff socket of a running daemon of
+	// the same directories: New takes its VMs, locks and API socket over
+	// (handoff.go) instead of taking the locks itself.
+	HandoffFrom string
+	// HandoffTimeout bounds a handoff (default 60s).
+	HandoffTimeout time.Duration
+	// APISocket is the control API socket Serve will be given (a handoff
+	// checks both daemons name the same one).
+	APISocket string
+	Pager     pager.Options
+	Registry  *prometheus.Registry
+	Logger    *slog.Logger
 }
 
 // Errors of the daemon itself (the opener's wrap restore's errors).
 var (
 	ErrNoVM     = errors.New("no such VM")
 	ErrVMExists = errors.New("VM already exists")
+	// ErrHandingOver: the daemon is handing its VMs to a successor.
+	ErrHandingOver = fmt.Errorf("%w: this daemon is handing its VMs over to its successor; retry", restore.ErrUnavailable)
 )
 
 // vm is one served VM (internal state; the wire form is api.VM).
 type vm struct {
 	wire   api.VM
+	rec    *vmRecord
 	ready  chan struct{}
 	done   chan struct{}
 	cancel context.CancelFunc
+
+	// Set once serving, for a handoff (under mu).
+	mu       sync.Mutex
+	sess     *pager.Session
+	fds      servingFDs
+	listener *handshake.Listener
+	// acceptCancel interrupts the wait for the handshake; park, if set,
+	// asks the waiting VM to hold still for a handoff (handoff.go).
+	acceptCancel context.CancelFunc
+	park         *park
+	serving      chan struct{} // closed once the handshake is done
+	handedOver   atomic.Bool
+	removes      atomic.Pointer[vmstate.RemoveLog]
+	// servingHook, if set, is called once a taken-over VM's fault loop
+	// runs (a handoff counts them).
+	servingHook func()
+	// stallFrom is where a taken-over VM's stall is measured from.
+	stallFrom time.Time
+	// pending is a taken-over VM's goroutine not started yet; discard
+	// releases what it would have served with, if it never starts.
+	pending, discard func()
 }
+
+// logRemove appends a REMOVE range the VM reported to its log.
+func (v *vm) logRemove(log *slog.Logger) func(start, end uint64) {
+	return func(start, end uint64) {
+		if l := v.removes.Load(); l != nil {
+			if err := l.Append(start, end); err != nil {
+				log.Warn("logging a REMOVE range: it will not survive the daemon", "start", start, "end", end, "err", err)
+			}
+		}
+	}
+}
+
+// errParked ends a wait for the handshake that a handoff holds still.
+var errParked = errors.New("pagerd: held still for a handoff")
+
+// servingFDs are the descriptors a serving VM's successor needs.
+type servingFDs struct{ uffd, pidfd, hup int }
 
 // Daemon serves VMs.
 type Daemon struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *Metrics
-	dirLock *os.File
-	mu      sync.Mutex
-	vms     map[string]*vm
-	seq     uint64
-	wg      sync.WaitGroup
+	cfg       Config
+	log       *slog.Logger
+	metrics   *Metrics
+	dirLock   *os.File
+	stateLock *os.File
+	mu        sync.Mutex
+	vms       map[string]*vm
+	seq       uint64
+	wg        sync.WaitGroup
+
+	// handoff: Prepare and Delete hold it shared; a handoff exclusively
+	// while it freezes the VM set (handoff.go).
+	handoffMu   sync.RWMutex
+	frozen      bool
+	handedOver  chan struct{}
+	inherited   map[string]*handshake.Listener // listeners received in a handoff, by role
+	apiL        *handshake.Listener            // the API listener (Serve)
+	predecessor int
 }
 
-// New creates a daemon. It fails if another daemon uses the socket
-// directory.
+// New creates a daemon. It fails if another daemon uses the socket or
+// state directory. Every VM recorded in the state directory whose VMM
+// still runs is taken back and served again (adopt.go); with
+// HandoffFrom, a running daemon's VMs are taken over (handoff.go).
 func New(cfg Config) (*Daemon, error) {
 	if cfg.Opener == nil {
 		return nil, errors.New("pagerd: no snapshot opener")
@@ -76,16 +149,11 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.SocketDir == "" {
 		return nil, errors.New("pagerd: no socket directory")
 	}
-	lock, err := handshake.LockDir(cfg.SocketDir, "socket directory "+cfg.SocketDir+" is used by another daemon; give each daemon its own --socket-dir")
-	if err != nil {
-		return nil, err
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Clean(cfg.SocketDir) + ".state"
 	}
 	if cfg.VMMUID < 0 {
 		cfg.VMMUID = os.Getuid()
-	}
-	if err := checkSocketDir(cfg.SocketDir, cfg.VMMUID, cfg.Logger); err != nil {
-		lock.Close()
-		return nil, err
 	}
 	if cfg.AcceptTimeout == 0 {
 		cfg.AcceptTimeout = 60 * time.Second
@@ -93,13 +161,63 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.OpenTimeout == 0 {
 		cfg.OpenTimeout = 10 * time.Second
 	}
+	if cfg.HandoffTimeout == 0 {
+		cfg.HandoffTimeout = 60 * time.Second
+	}
+	if cfg.Started.IsZero() {
+		cfg.Started = time.Now()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	return &Daemon{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), dirLock: lock, vms: map[string]*vm{}}, nil
+	d := &Daemon{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), vms: map[string]*vm{},
+		handedOver: make(chan struct{}), inherited: map[string]*handshake.Listener{}}
+	if cfg.HandoffFrom != "" {
+		if err := d.receiveHandoff(); err != nil {
+			d.releaseLocks()
+			for _, l := range d.inherited {
+				l.Release() // the predecessor still serves on them
+			}
+			return nil, err
+		}
+		return d, nil
+	}
+	if err := d.lockDirs(); err != nil {
+		return nil, err
+	}
+	d.adoptAll()
+	return d, nil
+}
+
+// lockDirs takes the socket and state directories.
+func (d *Daemon) lockDirs() error {
+	lock, err := handshake.LockDir(d.cfg.SocketDir, "socket directory "+d.cfg.SocketDir+" is used by another daemon; give each daemon its own --socket-dir (or take a running daemon over with --handoff-from)")
+	if err != nil {
+		return err
+	}
+	if err := checkSocketDir(d.cfg.SocketDir, d.cfg.VMMUID, d.log); err != nil {
+		lock.Close()
+		return err
+	}
+	slock, err := handshake.LockDir(d.cfg.StateDir, "state directory "+d.cfg.StateDir+" is used by another daemon; give each daemon its own --state-dir")
+	if err != nil {
+		lock.Close()
+		return err
+	}
+	d.dirLock, d.stateLock = lock, slock
+	return nil
+}
+
+func (d *Daemon) releaseLocks() {
+	for _, f := range []**os.File{&d.dirLock, &d.stateLock} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
 }
 
 // Prepare opens the snapshot for VM id and starts listening for its
@@ -116,13 +234,17 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	if err != nil {
 		return nil, err
 	}
+	d.handoffMu.RLock()
+	defer d.handoffMu.RUnlock()
+	if d.frozen {
+		return nil, ErrHandingOver
+	}
 	d.mu.Lock()
 	if _, ok := d.vms[id]; ok {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("VM %q: %w", id, ErrVMExists)
 	}
-	v := &vm{wire: api.VM{ID: id, Snapshot: req.Snapshot, State: api.StateWaiting, VMMUID: peer.UID, VMMPID: peer.PID},
-		ready: make(chan struct{}), done: make(chan struct{})}
+	v := newVM(api.VM{ID: id, Snapshot: req.Snapshot, State: api.StateWaiting, VMMUID: peer.UID, VMMPID: peer.PID})
 	d.vms[id] = v
 	d.mu.Unlock()
 	fail := func(err error) (*api.VM, error) {
@@ -140,12 +262,7 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 		}
 		return fail(err)
 	}
-	so := d.cfg.Pager
-	so.Logger = d.log.With("vm", id, "snapshot", req.Snapshot)
-	so.EarlyResume = so.EarlyResume || req.EarlyResume
-	so.NoPreinstall = so.NoPreinstall || req.NoPreinstall
-	so.NoPrefetch = so.NoPrefetch || req.NoPrefetch
-	sess, err := pager.New(snap, so)
+	sess, err := d.session(v, snap, req, nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -153,25 +270,84 @@ func (d *Daemon) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	// sequence number, not by the (up to 128-byte) VM id.
 	d.mu.Lock()
 	d.seq++
-	v.wire.Socket = filepath.Join(d.cfg.SocketDir, fmt.Sprintf("vm%d.sock", d.seq))
+	seq := d.seq
 	d.mu.Unlock()
-	l, err := handshake.ListenWith(v.wire.Socket, handshake.ListenOptions{DirLocked: true, Owner: peer.UID})
+	v.wire.Socket = filepath.Join(d.cfg.SocketDir, fmt.Sprintf("vm%d.sock", seq))
+	rec, err := vmstate.NewRecord()
 	if err != nil {
 		sess.Close()
 		return fail(err)
 	}
+	now := time.Now()
+	v.rec = &vmRecord{Record: rec, ID: id, Snapshot: req.Snapshot, Image: snap.Image.ID(), Version: snap.Version,
+		Socket: v.wire.Socket, Seq: seq, Request: req, PeerUID: peer.UID, PeerPID: peer.PID,
+		Prepared: now, AcceptBy: now.Add(d.cfg.AcceptTimeout)}
+	// Recorded before the socket appears: a successor finds every VM a
+	// VMM may have been told about.
+	if err := d.save(v.rec); err != nil {
+		sess.Close()
+		return fail(err)
+	}
+	l, err := handshake.ListenWith(v.wire.Socket, handshake.ListenOptions{DirLocked: true, Owner: peer.UID})
+	if err != nil {
+		sess.Close()
+		d.forget(id)
+		return fail(err)
+	}
+	d.start(v, func(ctx context.Context) { d.runWaiting(ctx, v, snap, sess, l, peer) })
+	return d.wireOf(v), nil
+}
+
+func newVM(w api.VM) *vm {
+	return &vm{wire: w, ready: make(chan struct{}), done: make(chan struct{}), serving: make(chan struct{}),
+		fds: servingFDs{-1, -1, -1}}
+}
+
+// session creates the pager session of a VM: the daemon's options, the
+// PUT's, and a takeover's.
+func (d *Daemon) session(v *vm, snap *restore.Snapshot, req api.PrepareRequest, adopt *pager.Adopt) (*pager.Session, error) {
+	so := d.cfg.Pager
+	so.Logger = d.log.With("vm", v.wire.ID, "snapshot", req.Snapshot)
+	so.OnRemove = v.logRemove(so.Logger)
+	so.EarlyResume = so.EarlyResume || req.EarlyResume
+	so.NoPreinstall = so.NoPreinstall || req.NoPreinstall
+	so.NoPrefetch = so.NoPrefetch || req.NoPrefetch
+	so.Adopt = adopt
+	return pager.New(snap, so)
+}
+
+// start runs fn as VM v's goroutine.
+func (d *Daemon) start(v *vm, fn func(ctx context.Context)) {
 	vctx, vcancel := context.WithCancel(context.Background())
 	v.cancel = vcancel
 	d.metrics.ActiveVMs.Inc()
 	d.wg.Add(1)
-	go d.run(vctx, v, snap, sess, l, peer)
-	return d.wireOf(v), nil
+	go func() {
+		defer d.wg.Done()
+		defer close(v.done)
+		defer d.metrics.ActiveVMs.Dec()
+		fn(vctx)
+	}()
 }
 
 func (d *Daemon) wireOf(v *vm) *api.VM {
+	v.mu.Lock()
+	sess := v.sess
+	v.mu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := v.wire
+	if a := v.wire.Adopted; a != nil {
+		cp := *a
+		if cp.FirstFault == nil && sess != nil {
+			// Served, not yet noticed by watchStall: the handler's
+			// timestamp is exact either way.
+			if first := sess.FirstServed(); !first.IsZero() {
+				cp.FirstFault, cp.StallNS = &first, int64(first.Sub(v.stallFrom))
+			}
+		}
+		c.Adopted = &cp
+	}
 	return &c
 }
 
@@ -184,37 +360,114 @@ func (d *Daemon) setState(v *vm, state string, err error) {
 	}
 }
 
-// run serves one VM from handshake to exit.
-func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *pager.Session, l *handshake.Listener, peer handshake.AcceptOptions) {
-	defer d.wg.Done()
-	defer close(v.done)
-	defer d.metrics.ActiveVMs.Dec()
-	defer sess.Close()
+// failVM marks v failed and forgets its durable state: a failed VM is
+// never served again, by this daemon or a successor.
+func (d *Daemon) failVM(v *vm, log *slog.Logger, err error) {
+	log.Error("restore failed", "err", err)
+	d.metrics.Restores.WithLabelValues("failed").Inc()
+	d.setState(v, api.StateFailed, err)
+	d.forget(v.wire.ID)
+}
+
+// runWaiting waits for VM v's Firecracker on l, records the handshake and
+// serves the VM until it exits.
+func (d *Daemon) runWaiting(ctx context.Context, v *vm, snap *restore.Snapshot, sess *pager.Session, l *handshake.Listener, peer handshake.AcceptOptions) {
 	log := d.log.With("vm", v.wire.ID, "snapshot", v.wire.Snapshot)
+	defer sess.Close()
 	var readyOnce sync.Once
 	markReady := func() { readyOnce.Do(func() { close(v.ready) }) }
-	finish := func(err error) {
-		if err != nil {
-			log.Error("restore failed", "err", err)
-			d.metrics.Restores.WithLabelValues("failed").Inc()
-			d.setState(v, api.StateFailed, err)
-		}
-		markReady()
-	}
-	actx, cancel := context.WithTimeout(ctx, d.cfg.AcceptTimeout)
+	defer markReady()
 	peer.MemSize, peer.Logger = int64(snap.Image.MemSize()), log
-	conn, err := handshake.Accept(actx, l, peer, func(handshake.Peer) { d.metrics.RefusedPeers.Inc() })
-	cancel()
-	l.Close()
-	if err != nil {
-		finish(err)
+	v.mu.Lock()
+	v.listener = l
+	v.mu.Unlock()
+	var conn *handshake.VM
+	for {
+		actx, cancel := context.WithDeadline(ctx, v.rec.AcceptBy)
+		v.mu.Lock()
+		v.acceptCancel = cancel
+		parked := v.park != nil
+		v.mu.Unlock()
+		var c *handshake.VM
+		err := errParked
+		if !parked {
+			c, err = handshake.Accept(actx, l, peer, func(handshake.Peer) { d.metrics.RefusedPeers.Inc() })
+		}
+		cancel()
+		v.mu.Lock()
+		v.acceptCancel = nil
+		v.mu.Unlock()
+		if err == nil {
+			conn = c
+			break
+		}
+		if p := v.takePark(); p != nil {
+			// A handoff holds the VM still while it decides.
+			close(p.parked)
+			if <-p.outcome {
+				l.Release() // the successor listens on it now
+				return
+			}
+			continue
+		}
+		l.Close()
+		if ctx.Err() != nil {
+			return // stopping (the record stays) or deleted
+		}
+		d.failVM(v, log, err)
 		return
 	}
+	l.Close()
 	defer conn.Close()
 	u := uffd.FromFd(conn.UFFD)
 	conn.UFFD = -1
 	defer u.Close()
-	d.setState(v, api.StateInstalling, nil)
+	fds := servingFDs{uffd: u.Fd(), pidfd: conn.Watch.PidFD, hup: conn.Watch.HangupFD}
+	if err := d.recordServing(v, conn, fds); err != nil {
+		// Served, but a successor could not take it back.
+		log.Warn("this VM cannot be re-adopted if the daemon stops", "err", err)
+		d.forget(v.wire.ID)
+	}
+	d.serve(ctx, v, log, sess, markReady, u, conn.Regions, fds, nil)
+}
+
+// recordServing records a completed handshake before anything is served
+// (so before the VM can be ready) and publishes the descriptors a handoff
+// needs.
+func (d *Daemon) recordServing(v *vm, conn *handshake.VM, fds servingFDs) error {
+	if fds.pidfd < 0 {
+		return errors.New("no pidfd of the VMM")
+	}
+	id, err := vmmproc.Identify(conn.Peer.Pid, fds.pidfd)
+	if err != nil {
+		return err
+	}
+	fid, err := vmmproc.FileIDOf(fds.uffd)
+	if err != nil {
+		return err
+	}
+	v.rec.Serve(id, fid, conn.Dialect, conn.Regions)
+	return d.save(v.rec)
+}
+
+// serve runs a VM's session on its userfaultfd until the VM exits (or the
+// daemon stops, or hands it over), and reports.
+func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager.Session, markReady func(), u *uffd.FD,
+	regions []handshake.Region, fds servingFDs, adopted *stallClock) {
+	rl, err := vmstate.OpenRemoveLog(d.removesPath(v.wire.ID))
+	if err != nil {
+		log.Warn("REMOVE ranges of this VM will not survive the daemon", "err", err)
+	} else {
+		v.removes.Store(rl)
+		defer func() { v.removes.Store(nil); rl.Close() }()
+	}
+	v.mu.Lock()
+	v.sess, v.fds = sess, fds
+	v.mu.Unlock()
+	if adopted == nil {
+		d.setState(v, api.StateInstalling, nil)
+	}
+	close(v.serving)
 	start := time.Now()
 	go func() {
 		select {
@@ -223,20 +476,36 @@ func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *p
 			return
 		}
 		if err := sess.ReadyErr(); err != nil {
-			finish(err)
+			// A VM that went away during its pre-install exited; that is
+			// not a failure of the restore (serve records it).
+			if !v.handedOver.Load() && ctx.Err() == nil && !uffd.IsGone(err) {
+				d.failVM(v, log, err)
+			}
+			markReady()
 			return
 		}
 		el := time.Since(start)
 		d.metrics.RestoreSeconds.Observe(el.Seconds())
 		d.mu.Lock()
-		v.wire.State, v.wire.ReadyNS = api.StateReady, int64(el)
+		if v.wire.State != api.StateFailed {
+			v.wire.State, v.wire.ReadyNS = api.StateReady, int64(el)
+		}
 		d.mu.Unlock()
 		markReady()
 		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		d.cfg.Opener.Restored(rctx, v.wire.Snapshot)
 		rcancel()
 	}()
-	rep, err := sess.Serve(ctx, u, conn.Regions, conn.Watch.PidFD, conn.Watch.HangupFD)
+	if adopted != nil {
+		go d.watchStall(ctx, v, log, sess, adopted)
+	}
+	rep, err := sess.Serve(ctx, u, regions, fds.pidfd, fds.hup)
+	if v.handedOver.Load() {
+		if rep != nil {
+			log.Info("handed over to the successor", "faults_served_here", rep.Handler.Faults)
+		}
+		return
+	}
 	if rep != nil {
 		d.metrics.observe(rep)
 		w := wireReport(rep)
@@ -244,16 +513,24 @@ func (d *Daemon) run(ctx context.Context, v *vm, snap *restore.Snapshot, sess *p
 		v.wire.Report = w
 		d.mu.Unlock()
 	}
+	if ctx.Err() != nil && (rep == nil || rep.Handler.Exit == "stopped") {
+		// The daemon is stopping (or the VM was deleted): a VM that still
+		// runs keeps its record, so the next daemon takes it back.
+		log.Info("stopped serving: the VM is left to a successor", "vmm_pid", v.rec.PeerPID)
+		return
+	}
 	if err == nil {
-		err = sess.ReadyErr()
+		if err = sess.ReadyErr(); uffd.IsGone(err) {
+			err = nil
+		}
 	}
 	if err != nil {
-		finish(err)
+		d.failVM(v, log, err)
 		return
 	}
 	d.metrics.Restores.WithLabelValues("ok").Inc()
 	d.setState(v, api.StateExited, nil)
-	markReady()
+	d.forget(v.wire.ID)
 	log.Info("VM served", "preinstall", rep.Preinstall, "faults", rep.Handler.Faults, "exit", rep.Handler.Exit)
 }
 
@@ -278,6 +555,8 @@ func (d *Daemon) WaitReady(ctx context.Context, id string) (*api.VM, error) {
 	}
 	select {
 	case <-v.ready:
+	case <-d.handedOver:
+		return d.wireOf(v), ErrHandingOver
 	case <-ctx.Done():
 		return d.wireOf(v), ctx.Err()
 	}
@@ -285,11 +564,19 @@ func (d *Daemon) WaitReady(ctx context.Context, id string) (*api.VM, error) {
 	if c.State == api.StateFailed {
 		return c, fmt.Errorf("VM %q failed: %s", id, c.Error)
 	}
+	if v.handedOver.Load() {
+		return c, ErrHandingOver
+	}
 	return c, nil
 }
 
 // Delete stops serving a VM and forgets it.
 func (d *Daemon) Delete(id string) error {
+	d.handoffMu.RLock()
+	defer d.handoffMu.RUnlock()
+	if d.frozen {
+		return ErrHandingOver
+	}
 	d.mu.Lock()
 	v, ok := d.vms[id]
 	delete(d.vms, id)
@@ -297,8 +584,11 @@ func (d *Daemon) Delete(id string) error {
 	if !ok {
 		return fmt.Errorf("VM %q: %w", id, ErrNoVM)
 	}
-	v.cancel()
-	<-v.done
+	if v.cancel != nil {
+		v.cancel()
+		<-v.done
+	}
+	d.forget(id)
 	return nil
 }
 
@@ -314,19 +604,33 @@ func (d *Daemon) List() []api.VM {
 	return out
 }
 
-// Close stops every VM and releases the socket directory.
+// Close stops serving every VM and releases the directories. The VMs'
+// records stay: a daemon started on the same directories takes back every
+// VM that still runs.
 func (d *Daemon) Close() {
 	d.mu.Lock()
 	for _, v := range d.vms {
-		v.cancel()
+		if v.cancel != nil {
+			v.cancel()
+		}
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
-	if d.dirLock != nil {
-		d.dirLock.Close()
-		d.dirLock = nil
+	d.releaseLocks()
+	for _, l := range d.inherited {
+		l.Close()
 	}
 }
+
+// HandedOver is closed once a successor took every VM over: the process
+// should exit.
+func (d *Daemon) HandedOver() <-chan struct{} { return d.handedOver }
+
+// Predecessor is the pid of the daemon this one took over from (0: none).
+func (d *Daemon) Predecessor() int { return d.predecessor }
+
+// StateDir is the directory of the VMs' durable records.
+func (d *Daemon) StateDir() string { return d.cfg.StateDir }
 
 func wireReport(r *pager.Report) *api.Report {
 	h := r.Handler

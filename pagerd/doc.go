@@ -19,9 +19,16 @@
 // and a VM is only ever served the pages of the snapshot it was prepared
 // with. Each daemon locks its socket directory: two daemons never share one.
 //
-// Crash safety: the daemon keeps no state that a restart could get wrong.
+// Crash safety and upgrades: every VM is recorded in the state directory
+// (state.go: the snapshot and image it is served, its VMM's identity, the
+// userfaultfd's inode and the regions, written before the VM can be ready;
+// its balloon ranges in an append-only log) and forgotten when it exits. A
+// daemon started on the same directories takes every VM whose VMM still
+// runs back from the VMM itself and serves it on (adopt.go); a successor
+// started with Config.HandoffFrom receives the running daemon's VMs, locks
+// and API socket and serves before the predecessor stops (handoff.go).
 // Catalog and placement live behind the opener, every page from a tier is
-// digest-verified, and a VM whose pager died is not resumed again.
+// digest-verified, and a VM is only ever served again from the same image.
 //
 // This package owns VM lifecycle, the control API's server side and
 // metrics. It must not implement paging policy (package pager), tiers or

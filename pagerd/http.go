@@ -204,12 +204,26 @@ func writeAPIErr(w http.ResponseWriter, e *api.Error) {
 // Serve runs the control API on a Unix socket (mode 0600) until ctx ends.
 // Only clients running as the daemon's uid (or root) are answered.
 func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
-	// The socket appears (mode 0600) only once it accepts connections.
-	l, err := handshake.Listen(apiSocket)
-	if err != nil {
-		return fmt.Errorf("control API: %w", err)
+	// The socket appears (mode 0600) only once it accepts connections;
+	// after a handoff it is the predecessor's, already listening.
+	l := d.inheritedListener("api", apiSocket)
+	if l == nil {
+		var err error
+		if l, err = handshake.Listen(apiSocket); err != nil {
+			return fmt.Errorf("control API: %w", err)
+		}
 	}
-	defer l.Close()
+	d.mu.Lock()
+	d.apiL = l
+	d.mu.Unlock()
+	defer func() {
+		select {
+		case <-d.handedOver:
+			l.Release() // the successor serves on it
+		default:
+			l.Close()
+		}
+	}()
 	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		if s != http.StateNew {
@@ -226,12 +240,15 @@ func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
 		}
 	}
 	go func() {
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-d.handedOver:
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	err = srv.Serve(l.UnixListener)
+	err := srv.Serve(l.UnixListener)
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

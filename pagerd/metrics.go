@@ -16,6 +16,11 @@ type Metrics struct {
 	ColdBytes       prometheus.Counter
 	ActiveVMs       prometheus.Gauge
 	RefusedPeers    prometheus.Counter
+	// Takeovers (adopt.go, handoff.go).
+	Adoptions      *prometheus.CounterVec
+	AdoptStall     *prometheus.HistogramVec
+	Handoffs       *prometheus.CounterVec
+	HandoffSeconds prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *Metrics {
@@ -50,7 +55,24 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		RefusedPeers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aquifer_uffd_refused_peers_total", Help: "Connections to VM sockets refused because the peer was not the expected VMM.",
 		}),
+		Adoptions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aquifer_adoptions_total",
+			Help: "VMs a predecessor served, found at start (from=restart) or handed over (from=handoff), by outcome: served, waiting (socket listening again), vmm_gone, expired, unreadable, failed.",
+		}, []string{"from", "outcome"}),
+		AdoptStall: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aquifer_adoption_stall_seconds",
+			Help:    "Per taken-over VM: from the takeover's start (this daemon's start after a restart, the handoff's start) to the first fault this daemon served for it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 20),
+		}, []string{"from"}),
+		Handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aquifer_handoffs_total", Help: "Planned handoffs, by role (sent: to a successor; received) and outcome (ok, aborted).",
+		}, []string{"role", "outcome"}),
+		HandoffSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "aquifer_handoff_seconds", Help: "Duration of a completed handoff, from the successor's connection to its last message.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
 	}
+	reg.MustRegister(m.Adoptions, m.AdoptStall, m.Handoffs, m.HandoffSeconds)
 	reg.MustRegister(m.Restores, m.RestoreSeconds, m.PreinstallSecs, m.PreinstallBytes, m.Faults,
 		m.ColdReadSeconds, m.ColdBytes, m.ActiveVMs, m.RefusedPeers)
 	return m

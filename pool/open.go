@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/control"
 	"github.com/aquifer-pool/aquifer/rdma"
@@ -34,7 +35,8 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 	if err != nil {
 		return nil, err
 	}
-	s := &restore.Snapshot{Name: name, Image: e.img, Cold: e.cold, HotFallback: e.fallback, Hot: e.fallback}
+	s := &restore.Snapshot{Name: name, Image: e.img, Cold: e.cold, HotFallback: e.fallback, Hot: e.fallback,
+		Version: cat.Published.UTC().Format(time.RFC3339Nano)}
 	if p.cfg.PodState != nil && p.cxl.Load() != nil {
 		pl, err := p.cfg.PodState.GetPlacement(ctx, name)
 		switch {

@@ -21,6 +21,11 @@ type Snapshot struct {
 	HotFallback HotSource
 	// Cold reads the cold segment (nil when the image has no cold pages).
 	Cold ColdSource
+	// Version names the published version this was opened at (a pool: its
+	// catalog entry's publish time; empty for image files). A daemon
+	// records it with Image.ID() for every VM it serves, so that a
+	// successor re-adopting the VM serves exactly the same image.
+	Version string
 }
 
 // Opener opens published snapshots for restores.

@@ -147,14 +147,28 @@ func (c *Client) Prepare(ctx context.Context, id string, req api.PrepareRequest)
 	return &vm, nil
 }
 
-// WaitReady waits up to timeout until VM id's hot set is installed.
+// WaitReady waits up to timeout until VM id's hot set is installed. While
+// the daemon is unavailable — restarting, or handing its VMs over to a
+// successor — it asks again until the timeout.
 func (c *Client) WaitReady(ctx context.Context, id string, timeout time.Duration) (*api.VM, error) {
-	var vm api.VM
-	q := url.Values{"timeout": {timeout.String()}}
-	if err := c.do(ctx, timeout+c.o.Timeout, "GET", "/vms/"+url.PathEscape(id)+"/ready?"+q.Encode(), nil, &vm); err != nil {
-		return nil, err
+	deadline := time.Now().Add(timeout)
+	for {
+		left := max(time.Until(deadline), time.Millisecond)
+		var vm api.VM
+		q := url.Values{"timeout": {left.String()}}
+		err := c.do(ctx, left+c.o.Timeout, "GET", "/vms/"+url.PathEscape(id)+"/ready?"+q.Encode(), nil, &vm)
+		if err == nil {
+			return &vm, nil
+		}
+		if !errors.Is(err, api.ErrUnavailable) || time.Until(deadline) <= 0 {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(min(50*time.Millisecond, time.Until(deadline))):
+		}
 	}
-	return &vm, nil
 }
 
 // Get returns VM id.

@@ -71,3 +71,26 @@ func TestCreateUncommittedInvisible(t *testing.T) {
 		t.Fatalf("file visible after discard: %v", err)
 	}
 }
+
+func TestReplace(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state")
+	for _, s := range []string{"one", "two"} {
+		if err := Replace(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil || string(b) != s {
+			t.Fatalf("got %q, %v", b, err)
+		}
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("temporary files left: %v", ents)
+	}
+	if err := Replace(filepath.Join(dir, "missing", "x"), nil, 0o600); err == nil {
+		t.Fatal("write into a missing directory succeeded")
+	}
+}

@@ -7,6 +7,11 @@
 // destination, and then the directory itself is fsynced so the rename is
 // durable.
 //
+// Replace is the same sequence without the fsyncs, for state that only
+// means something while the machine runs (it dies with the machine, so a
+// machine crash has nothing to keep): atomic against a crash of the
+// writer, never durable.
+//
 // This package owns that one sequence. It must not know what the files
 // hold; formats stay with their packages (wset, snapimage, memnode, ...).
 package atomicfile

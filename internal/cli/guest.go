@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -191,9 +192,26 @@ func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) e
 	}
 	pc := client.New(g.pagerAPI, client.Options{})
 	// This process is the VMM: its socket admits this pid only.
-	vm, err := pc.Prepare(ctx, g.vmID, api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()})
-	if err != nil {
-		return err
+	req := api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()}
+	vm, err := pc.Prepare(ctx, g.vmID, req)
+	// As an orchestrator would: while no daemon answers (it is
+	// restarting), ask again; a PUT the daemon recorded before it went is
+	// found again. A daemon that answers 503 (its control plane is down)
+	// is not asked again.
+	for deadline, retried := time.Now().Add(time.Minute), false; err != nil; {
+		var ae *api.Error
+		switch {
+		case errors.Is(err, api.ErrExists) && retried:
+			if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
+				err = fmt.Errorf("VM %s exists with another snapshot or VMM", g.vmID)
+			}
+			continue
+		case !errors.As(err, &ae) || ae.Code != api.CodeUnavailable || ae.Status != 0 || time.Now().After(deadline):
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+		vm, err = pc.Prepare(ctx, g.vmID, req)
+		retried = true
 	}
 	cfg.Socket = vm.Socket
 	cfg.Resumed = func(ctx context.Context) error {

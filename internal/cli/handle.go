@@ -17,7 +17,7 @@ import (
 func init() {
 	var c embed.HandlerConfig
 	cmd := &cobra.Command{
-		Use:   "handle --socket PATH (--mem FILE | --image FILE)",
+		Use:   "handle (--socket PATH | --adopt PID --state FILE) (--mem FILE | --image FILE)",
 		Short: "Serve one Firecracker VM's page faults on demand from a raw memory file (UFFD backend)",
 		Long: `handle listens on --socket (give that path to Firecracker as
 mem_backend {"backend_type":"Uffd","backend_path":PATH}), accepts Firecracker's
@@ -30,7 +30,15 @@ peer is refused and the socket keeps waiting. A malformed handshake exits 2.
 
 With --record FILE it also records every first touch (page, read/write, time
 since the first fault) in fault order: a working set for REAP-style prefetch
-and for Aquifer's hot set.`,
+and for Aquifer's hot set.
+
+With --state FILE it records the VM it serves (the VMM's pid and start time,
+its userfaultfd, the regions) and its balloon ranges (FILE.removes). If this
+handler dies or is stopped, the VM's vCPUs wait; start it again with
+--adopt PID --state FILE (and the same --mem or --image): it takes the
+userfaultfd back from the VMM process (pidfd_getfd: the VMM's uid, or
+CAP_SYS_PTRACE), wakes the faults its predecessor left unanswered and
+serves on.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -41,6 +49,10 @@ and for Aquifer's hot set.`,
 				if r := res.Report; r != nil {
 					line += fmt.Sprintf("; pre-installed %d hot pages in %v, cold extents %d demand + %d prefetch",
 						r.PreinstallPages, r.Preinstall.Round(time.Microsecond), r.ColdDemandExtents, r.ColdPrefetchExtent)
+				}
+				if a := res.Adopted; a != nil {
+					line += fmt.Sprintf("; re-adopted %s: %d faults left unanswered were woken, %d balloon ranges replayed, first fault served %v after start",
+						a.VMM, a.Unanswered, a.Removed, a.Stall.Round(time.Microsecond))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "aquifer handle: %s\n", line)
 				if c.Record != "" && err == nil {
@@ -63,6 +75,7 @@ and for Aquifer's hot set.`,
 	f.StringVar(&c.Image, "image", "", "serve an Aquifer image (aquifer convert) from local disk with the pager instead of a raw memory file")
 	f.StringVar(&c.ReadyFile, "ready-file", "", "with --image: create this file once the hot set is installed (resume the VM after it appears)")
 	f.StringVar(&c.REAPWS, "reap-ws", "", "REAP baseline: working-set file (aquifer baseline reap) installed whole at the first fault")
-	cmd.MarkFlagRequired("socket")
+	f.StringVar(&c.State, "state", "", "record the VM served here in this file (removed when it exits), so that a restarted handler can take it back with --adopt")
+	f.IntVar(&c.Adopt, "adopt", 0, "take back the VM of this VMM pid, as --state recorded it, instead of waiting for a handshake")
 	register(cmd)
 }

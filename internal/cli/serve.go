@@ -52,7 +52,15 @@ API. aquifer pool init prepares the data directory, secret and region
 beforehand; without it they are created on first start.
 
 With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
-(no tiers).`,
+(no tiers).
+
+Every VM served is recorded in --state-dir: a daemon started again on the
+same directories (after a crash, a SIGKILL or a stop) takes back every VM
+whose Firecracker still runs and serves it on. For an upgrade without any
+stall, start the new binary with --handoff-from (the running daemon's
+handoff socket, API.handoff): it receives the running daemon's VMs, locks
+and API socket, serves, and only then does the old one stop and exit. See
+docs/operations.md, "Upgrades and crashes".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,13 +92,22 @@ With --images DIR, snapshots are Aquifer images DIR/NAME.img on local disk
 				slog.Info("pod member running", "pod", pc.Name, "etcd", s.Plane.Endpoints, "memnodes", s.MemNodes,
 					"rdma", pc.RDMA, "cxl", pc.CXL, "data_dir", pc.DataDir)
 			}
-			slog.Info("pager daemon serving", "api", cfg.API, "socket_dir", cfg.SocketDir)
-			return s.Serve(ctx)
+			slog.Info("pager daemon serving", "api", cfg.API, "socket_dir", cfg.SocketDir, "state_dir", cfg.StateDir, "handoff_socket", cfg.HandoffSocket)
+			err = s.Serve(ctx)
+			select {
+			case <-s.HandedOver():
+				slog.Info("every VM handed over to the successor: exiting")
+			default:
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.API, "api", "", "control API socket (default $AQUIFER_API, else "+client.DefaultSocket+")")
 	f.StringVar(&cfg.SocketDir, "socket-dir", "", "directory of per-VM UFFD sockets, one daemon's own (default: vms/ beside --api)")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "directory of the served VMs' records, which a restarted daemon takes its VMs back from (default: the socket directory's name with .state, beside it)")
+	f.StringVar(&cfg.HandoffFrom, "handoff-from", "", "take over the running daemon waiting at this handoff socket (its --api with .handoff): its VMs, locks and API socket, without a stall (an upgrade)")
+	f.StringVar(&cfg.HandoffSocket, "handoff-socket", "", "where this daemon waits for a successor started with --handoff-from (default: --api with .handoff; none: never)")
 	f.StringVar(&cfg.Images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
 	f.IntVar(&cfg.Workers, "workers", 2, "fault-serving threads per VM")
 	f.BoolVar(&cfg.EarlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")

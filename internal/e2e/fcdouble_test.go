@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,7 +9,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -26,7 +29,7 @@ import (
 // with fcDoubleEnv set), because a userfaultfd's faults must come from a
 // process other than the handler's.
 
-const fcDoubleEnv = "AQUIFER_E2E_FCDOUBLE" // socket|mem|dialect
+const fcDoubleEnv = "AQUIFER_E2E_FCDOUBLE" // socket|mem|dialect[|slow]
 
 // Kernel ABI constants (linux/userfaultfd.h), written out here on purpose.
 const (
@@ -76,7 +79,11 @@ func fcDoubleRun(ctx context.Context, socket, mem, dialect string) (fcDoubleResu
 func fcDoubleMain(spec string) {
 	parts := strings.Split(spec, "|")
 	var r fcDoubleResult
-	err := fcDouble(parts[0], parts[1], parts[2], &r)
+	slow := 0
+	if len(parts) > 3 {
+		slow, _ = strconv.Atoi(parts[3])
+	}
+	err := fcDouble(parts[0], parts[1], parts[2], slow, &r)
 	if err != nil {
 		r.Err = err.Error()
 	}
@@ -91,7 +98,10 @@ func fcDoubleMain(spec string) {
 	os.Exit(0)
 }
 
-func fcDouble(socket, memPath, dialect string, r *fcDoubleResult) error {
+// fcDouble runs the double. With slow > 0 it pauses a millisecond every
+// slow pages and reports its progress on stderr ("FCDOUBLE-PROGRESS n"),
+// so that a test can act while it reads.
+func fcDouble(socket, memPath, dialect string, slow int, r *fcDoubleResult) error {
 	want, err := os.ReadFile(memPath)
 	if err != nil {
 		return err
@@ -142,6 +152,10 @@ func fcDouble(socket, memPath, dialect string, r *fcDoubleResult) error {
 		defer close(done)
 		r.First = -1
 		for p := 0; p*4096 < size; p++ {
+			if slow > 0 && p%slow == 0 {
+				fmt.Fprintf(os.Stderr, "FCDOUBLE-PROGRESS %d\n", p)
+				time.Sleep(time.Millisecond)
+			}
 			r.Pages++
 			if !bytes.Equal(guest[p*4096:(p+1)*4096], want[p*4096:(p+1)*4096]) {
 				if r.Mismatches == 0 {
@@ -157,4 +171,90 @@ func fcDouble(socket, memPath, dialect string, r *fcDoubleResult) error {
 	case <-time.After(2 * time.Minute):
 		return fmt.Errorf("reading guest memory hung after %d pages", r.Pages)
 	}
+}
+
+// slowDouble is a double running in the background.
+type slowDouble struct {
+	cmd  *exec.Cmd
+	out  bytes.Buffer
+	mu   sync.Mutex
+	read int
+	prog chan struct{}
+	done chan struct{}
+}
+
+// startFCDouble starts the double reading slowly (a pause every slow
+// pages) against socket.
+func startFCDouble(t *testing.T, ctx context.Context, socket, mem, dialect string, slow int) *slowDouble {
+	t.Helper()
+	d := &slowDouble{prog: make(chan struct{}, 1), done: make(chan struct{})}
+	d.cmd = exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	d.cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s|%s|%d", fcDoubleEnv, socket, mem, dialect, slow))
+	d.cmd.Stdout = &d.out
+	errp, err := d.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Kill() })
+	go func() {
+		defer close(d.done)
+		sc := bufio.NewScanner(errp)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "FCDOUBLE-PROGRESS "); ok {
+				n, _ := strconv.Atoi(rest)
+				d.mu.Lock()
+				d.read = n
+				d.mu.Unlock()
+				select {
+				case d.prog <- struct{}{}:
+				default:
+				}
+			} else {
+				fmt.Fprintln(os.Stderr, sc.Text())
+			}
+		}
+	}()
+	return d
+}
+
+func (d *slowDouble) progress() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.read
+}
+
+// waitProgress waits until the double has read at least pages pages.
+func (d *slowDouble) waitProgress(t *testing.T, pages int) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for d.progress() < pages {
+		select {
+		case <-d.prog:
+		case <-d.done:
+			t.Fatalf("the double stopped after %d pages", d.progress())
+		case <-deadline:
+			t.Fatalf("the double read only %d pages", d.progress())
+		}
+	}
+}
+
+// result waits for the double and returns what it read.
+func (d *slowDouble) result(t *testing.T) fcDoubleResult {
+	t.Helper()
+	<-d.done
+	d.cmd.Wait()
+	var r fcDoubleResult
+	for _, line := range strings.Split(d.out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "FCDOUBLE "); ok {
+			if err := json.Unmarshal([]byte(rest), &r); err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	}
+	t.Fatalf("the double printed no result: %s", d.out.String())
+	return r
 }

@@ -407,9 +407,11 @@ func waitInFlight(t *testing.T, ctx context.Context, pc *client.Client, prefix s
 }
 
 // TestPoolPagerRestart SIGKILLs `aquifer serve` while restores are in
-// flight, starts it again on the same data directory, CXL region and memory
-// nodes, and restores again: the catalog survived, and every byte served
-// by the new incarnation verifies.
+// flight, kills their guests too, starts the daemon again on the same data
+// directory, CXL region and memory nodes, and restores again: the catalog
+// survived, the VMs whose VMMs are gone were forgotten (records removed,
+// not listed), and every byte served by the new incarnation verifies.
+// (restart_test.go has the restart under live guests.)
 func TestPoolPagerRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -419,8 +421,8 @@ func TestPoolPagerRestart(t *testing.T) {
 	s.publish(t, ctx, img, "fn")
 	s.restore1(t, ctx, f, "warm", "fn")
 
-	// Restores in flight when the daemon dies. Their guests hang on faults
-	// nobody will serve, as Firecracker's would; the orchestrator kills them.
+	// Restores in flight when the daemon dies; their guests are killed
+	// too, before the daemon comes back.
 	var guests []*exec.Cmd
 	sf := slow(t, f)
 	for i := range 4 {
@@ -441,6 +443,12 @@ func TestPoolPagerRestart(t *testing.T) {
 	s = startPool(t, ctx, dir)
 	if tiers := s.poolLS(t, ctx); tiers["fn"] != "cxl" {
 		t.Fatalf("after restart pool ls: %v", tiers)
+	}
+	if vms, err := s.pc.VMs(ctx); err != nil || len(vms) != 0 {
+		t.Fatalf("VMs of dead VMMs after the restart: %+v %v", vms, err)
+	}
+	if recs, _ := filepath.Glob(filepath.Join(dir, "vms.state", "*.vm")); len(recs) != 0 {
+		t.Fatalf("records of dead VMMs after the restart: %v", recs)
 	}
 	for _, v := range s.restoreMany(t, ctx, f, "y", "fn", 4) {
 		if v.Report.PreinstallPages == 0 || v.Report.HotSource != "cxl" {
