@@ -109,6 +109,15 @@ func Run(ctx context.Context, o Options) ([]Sample, error) {
 			wls = append(wls, w)
 		}
 	}
+	for _, n := range o.Workloads {
+		if _, err := o.Corpus.Get(n); err != nil {
+			how := "aquifer corpus capture --function-file FILE.py --name " + n
+			if _, berr := corpus.Lookup(n); berr == nil {
+				how = "aquifer corpus capture --functions " + n
+			}
+			return nil, fmt.Errorf("bench: %w (capture it: %s)", err, how)
+		}
+	}
 	if len(wls) == 0 {
 		return nil, fmt.Errorf("bench: no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
 	}
