@@ -450,7 +450,11 @@ func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, erro
 		return nil, err
 	}
 	if _, err := run(ctx, g.Dir, "cp", "-a", "--link", base, g.RootDir); err != nil {
-		return nil, err
+		// Another file system (a cache dir linked in): copy instead.
+		os.RemoveAll(g.RootDir)
+		if _, err := run(ctx, g.Dir, "cp", "-a", base, g.RootDir); err != nil {
+			return nil, err
+		}
 	}
 	if err := addFiles(g.RootDir, spec.files); err != nil {
 		return nil, err

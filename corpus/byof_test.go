@@ -141,3 +141,80 @@ func TestFunctionSpec(t *testing.T) {
 		t.Fatalf("built-in guest files: %d, first %s", len(b.files), b.files[0].path)
 	}
 }
+
+// TestCaptureOwnErrors: a brought function that cannot be captured gets an
+// error that says why, and leaves no guest behind: a module without init()
+// (refused by the native check, before any guest boots), an init() that
+// raises (its traceback from the guest console), a package Debian does not
+// have, and a guest that runs out of memory. All share the python3 +
+// python3-yaml package base with the worked example. It needs root, apt
+// and QEMU and skips only when they are absent.
+func TestCaptureOwnErrors(t *testing.T) {
+	for _, tool := range []string{"qemu-system-x86_64", "apt-get"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("real-guest capture unavailable: %s not installed (run corpus/ci-deps.sh as root)", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("real-guest capture unavailable: needs root (dpkg -x, chroot calibration)")
+	}
+	if err := CheckHost(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	for _, c := range []struct {
+		file      string
+		o         FunctionOptions
+		is        error
+		want      []string
+		guestGone bool
+	}{
+		{"noinit.py", FunctionOptions{}, ErrBadFunction, []string{"it defines no init()"}, true},
+		{"initfails.py", FunctionOptions{}, nil, []string{"init() raised an exception in the guest",
+			`File "/aq/functions/initfails.py", line 12, in init`, "yaml.parser.ParserError: while parsing a flow sequence"}, true},
+		{"noinit.py", FunctionOptions{Packages: []string{"python3-aquifer-no-such-package"}}, ErrNoPackage,
+			[]string{"python3-aquifer-no-such-package"}, false},
+		{"hog.py", FunctionOptions{MemMiB: 128}, ErrGuestOutOfMemory, []string{"in init() with 128 MiB", "--mem"}, true},
+	} {
+		t.Run(strings.TrimSuffix(c.file, ".py"), func(t *testing.T) {
+			c.o.Packages = append(c.o.Packages, "python3-yaml")
+			f, err := LoadFunction(filepath.Join("testdata/byof", c.file), c.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			out := t.TempDir()
+			_, err = Capture(ctx, Options{Own: []Function{f}, Out: out})
+			if err == nil {
+				t.Fatal("captured")
+			}
+			t.Logf("%v: %v", time.Since(start).Round(time.Second), err)
+			if c.is != nil && !errors.Is(err, c.is) {
+				t.Errorf("error is not %v", c.is)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q", w)
+				}
+			}
+			if c.guestGone {
+				spec, err := functionSpec(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The guest of this module (whatever its key) must not
+				// stay: no guest in the cache holds it.
+				dirs, _ := filepath.Glob(filepath.Join(CacheDir(), "guest-*", "rootfs", "aq", "functions", f.Name+".py"))
+				for _, d := range dirs {
+					if b, _ := os.ReadFile(d); string(b) == string(spec.files[0].data) {
+						t.Errorf("the guest of the failed capture stayed: %s", d)
+					}
+				}
+			}
+			if ents, _ := os.ReadDir(out); len(ents) > 0 {
+				t.Errorf("the failed capture left %v in the corpus", ents)
+			}
+		})
+	}
+}
