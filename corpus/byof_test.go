@@ -3,6 +3,7 @@ package corpus
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,5 +217,47 @@ func TestCaptureOwnErrors(t *testing.T) {
 				t.Errorf("the failed capture left %v in the corpus", ents)
 			}
 		})
+	}
+}
+
+// TestEnsureRestorableOwn: a workload that is neither in the corpus nor
+// built in is refused before any capture, with the command that brings it;
+// a brought workload whose guest left the cache is not restorable as it is
+// (EnsureRestorable recaptures it from its module; internal/e2e runs that).
+func TestEnsureRestorableOwn(t *testing.T) {
+	t.Setenv("AQUIFER_CACHE_DIR", t.TempDir())
+	dir := t.TempDir()
+	ctx := context.Background()
+	_, err := EnsureRestorable(ctx, io.Discard, dir, "mine")
+	if err == nil || !strings.Contains(err.Error(), "not a built-in function") || !strings.Contains(err.Error(), "--function-file FILE.py --name mine") {
+		t.Fatalf("unknown workload: %v", err)
+	}
+	wd := filepath.Join(dir, "mine")
+	os.MkdirAll(wd, 0o755)
+	for _, f := range []string{RecordFile, EvalFile(1), StateFile, FunctionFile} {
+		if err := os.WriteFile(filepath.Join(wd, f), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(wd, MemFile), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(filepath.Join(wd, MemFile), 64<<20)
+	m := &Meta{Format: FormatVersion, Function: "mine", Kind: KindCaptured, MemSize: 64 << 20, GuestKey: "0123456789abcdef",
+		RecordInput: "a", EvalInputs: []string{"b"}, State: StateFile, FunctionFile: FunctionFile, Packages: []string{"python3-yaml"}}
+	if err := writeMeta(wd, m); err != nil {
+		t.Fatal(err)
+	}
+	w, why, err := restorable(dir, "mine")
+	if err != nil || w == nil || !strings.Contains(why, "its guest 0123456789abcdef is not built") {
+		t.Fatalf("restorable: %v %q %v", w, why, err)
+	}
+	if f, err := FunctionOf(w); err != nil || f.BuiltIn() || string(f.Source) != "x" {
+		t.Fatalf("FunctionOf: %+v %v", f, err)
+	}
+	// Without its module the workload is incomplete: an error, no capture.
+	os.Remove(filepath.Join(wd, FunctionFile))
+	if _, err := EnsureRestorable(ctx, io.Discard, dir, "mine"); err == nil || !strings.Contains(err.Error(), "incomplete") {
+		t.Fatalf("workload without its module: %v", err)
 	}
 }

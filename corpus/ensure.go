@@ -2,6 +2,7 @@ package corpus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +111,16 @@ func EnsureRestorable(ctx context.Context, log io.Writer, dir, name string) (*Wo
 func restorable(dir, name string) (w *Workload, why string, err error) {
 	w, err = OpenWorkload(filepath.Join(dir, name))
 	if errors.Is(err, os.ErrNotExist) {
+		var m Meta
+		if b, rerr := os.ReadFile(filepath.Join(dir, name, MetaFile)); rerr == nil && json.Unmarshal(b, &m) == nil && m.FunctionFile != "" {
+			// A brought function is recaptured from its kept module
+			// only; an incomplete one needs the operator's file.
+			origin := m.Origin
+			if origin == "" {
+				origin = "FILE.py"
+			}
+			return nil, "", fmt.Errorf("%w: capture it again with `aquifer corpus capture --function-file %s --name %s --out %s --force`", err, origin, name, dir)
+		}
 		return nil, "it is not in " + dir, nil
 	}
 	if err != nil {

@@ -135,6 +135,24 @@ func TestBringYourOwnFunction(t *testing.T) {
 		!w.Meta.Checks.AllChangedWritten || w.Meta.Checks.RepeatJaccard <= 0.95 {
 		t.Fatalf("captured workload: %+v, function %+v, %v", w.Meta, f, err)
 	}
+	// Its guest gone from the cache, a restore recaptures it from the
+	// module the workload kept (the original file is not needed).
+	unlock()
+	unlock = nil
+	if err := os.Remove(filepath.Join(cache, "guest-"+w.Meta.GuestKey)); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, bin, "vm", "run", "--workload", "logstats", "--strategy", "firecracker", "--json", "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "AQUIFER_CACHE_DIR="+cache)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	runErr := cmd.Run()
+	var res realvm.Result
+	json.Unmarshal(out.Bytes(), &res)
+	if runErr != nil || !res.OutputOK || !strings.Contains(errb.String(), "corpus: capturing logstats first (its guest") {
+		t.Fatalf("vm run without the guest: %v, %+v\n%s", runErr, res, tail(errb.String(), 3000))
+	}
+	t.Logf("recaptured from the kept module and restored: %s = %s", res.Input, res.Output)
 }
 
 func tail(s string, n int) string {
