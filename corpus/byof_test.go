@@ -261,3 +261,36 @@ func TestEnsureRestorableOwn(t *testing.T) {
 		t.Fatalf("workload without its module: %v", err)
 	}
 }
+
+// FuzzFunctionOptions: whatever the operator passes as a name, packages or
+// inputs, validation answers without panicking, and what it accepts is safe
+// to use as a directory name, an apt argument and a console word.
+func FuzzFunctionOptions(f *testing.F) {
+	f.Add("logstats", "python3-yaml", "a,b,c", 256)
+	f.Add("my-fn", "python3-numpy,libfoo1", "x,y", 512)
+	f.Add("../etc", "-o,Dir=/", "a b,c", 64)
+	f.Add("helloworld", "", "@calibrate,b", 16)
+	f.Fuzz(func(t *testing.T, name, pkgs, inputs string, mem int) {
+		ins := strings.Split(inputs, ",")
+		fn := Function{Name: name, MemMiB: mem, Record: ins[0], Eval: ins[1:], Source: []byte("x")}
+		if pkgs != "" {
+			fn.Packages = strings.Split(pkgs, ",")
+		}
+		if fn.validate() != nil {
+			return
+		}
+		if strings.ContainsAny(name, "/.") || name == "" || fn.BuiltIn() {
+			t.Fatalf("accepted name %q", name)
+		}
+		for _, p := range fn.Packages {
+			if p == "" || p[0] == '-' || strings.ContainsAny(p, " =/") {
+				t.Fatalf("accepted package %q", p)
+			}
+		}
+		for _, in := range ins {
+			if in == "" || strings.ContainsAny(in, " \t\r\n,") || in[0] == '@' {
+				t.Fatalf("accepted input %q", in)
+			}
+		}
+	})
+}

@@ -155,7 +155,8 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 
 // dropGuest removes the guest of a brought function whose capture failed,
 // when this capture built it and no workload in the corpus uses it: every
-// edit of a module is another guest (~170 MB), and the broken ones would
+// edit of a module is another guest (~110 MB: its root image, the kernel,
+// hard links into the package base), and the broken ones would
 // pile up in the cache.
 func dropGuest(o Options, g *Guest) {
 	if !g.built {
