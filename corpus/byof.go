@@ -226,7 +226,7 @@ print("AQ-CHECK-OK")
 // under TCG. init() itself runs only in the guest.
 func checkFunction(ctx context.Context, g *Guest, f Function) error {
 	cmd := exec.CommandContext(ctx, "chroot", g.RootDir, "/usr/bin/python3", "-c", checkScript, f.Name, "/aq/functions/"+f.Name+".py")
-	cmd.Env = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+	cmd.Env = nativeEnv
 	out, err := cmd.CombinedOutput()
 	text := strings.TrimSpace(string(out))
 	if strings.HasSuffix(text, "AQ-CHECK-OK") && err == nil {

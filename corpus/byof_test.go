@@ -151,17 +151,7 @@ func TestFunctionSpec(t *testing.T) {
 // python3-yaml package base with the worked example. It needs root, apt
 // and QEMU and skips only when they are absent.
 func TestCaptureOwnErrors(t *testing.T) {
-	for _, tool := range []string{"qemu-system-x86_64", "apt-get"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("real-guest capture unavailable: %s not installed (run corpus/ci-deps.sh as root)", tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("real-guest capture unavailable: needs root (dpkg -x, chroot calibration)")
-	}
-	if err := CheckHost(); err != nil {
-		t.Fatal(err)
-	}
+	needCapture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	for _, c := range []struct {

@@ -656,6 +656,10 @@ func Jaccard(a, b *wset.Trace) float64 {
 	return float64(inter) / float64(union)
 }
 
+// nativeEnv is the environment of native runs in a chroot of a guest root:
+// the one corpus/guest/init gives the runner in the guest.
+var nativeEnv = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+
 // nativeRuns is how many times NativeTime runs a handler.
 const nativeRuns = 5
 
@@ -669,7 +673,7 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 	// tenants of the host.
 	for i := 0; i < nativeRuns; i++ {
 		cmd := exec.CommandContext(ctx, "chroot", g.RootDir, "/usr/bin/python3", "-u", "/aq/runner.py", fn, "--native", input)
-		cmd.Env = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+		cmd.Env = nativeEnv
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return 0, "", fmt.Errorf("corpus: native run of %s(%s): %w: %s", fn, input, err, out)
