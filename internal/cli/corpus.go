@@ -143,7 +143,10 @@ aquifer bench --workloads N).`,
 	ls := &cobra.Command{
 		Use:   "ls [DIR]",
 		Short: "List a corpus with its kind and characterization (zero, hot, touched-cold, written %)",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `ls lists a corpus directory, or without DIR the cache's corpus: the captured
+one (built-in functions and your own) if it holds workloads, else the
+synthetic one.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				c, err := corpus.Open(args[0])
