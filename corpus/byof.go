@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -225,6 +226,8 @@ print("AQ-CHECK-OK")
 // init() and handle(arg), before a guest boots: seconds instead of a boot
 // under TCG. init() itself runs only in the guest.
 func checkFunction(ctx context.Context, g *Guest, f Function) error {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, "chroot", g.RootDir, "/usr/bin/python3", "-c", checkScript, f.Name, "/aq/functions/"+f.Name+".py")
 	cmd.Env = nativeEnv
 	out, err := cmd.CombinedOutput()
@@ -235,8 +238,14 @@ func checkFunction(ctx context.Context, g *Guest, f Function) error {
 	if i := strings.Index(text, "AQ-CHECK-FAIL "); i >= 0 {
 		return fmt.Errorf("corpus: %s (%s): %w: %s", f.Name, f.Origin, ErrBadFunction, strings.TrimSpace(text[i+len("AQ-CHECK-FAIL "):]))
 	}
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("corpus: %s (%s): %w: importing it natively took more than %v", f.Name, f.Origin, ErrBadFunction, checkTimeout)
+	}
 	return fmt.Errorf("corpus: checking %s in its guest root: %v: %s", f.Name, err, text)
 }
+
+// checkTimeout bounds the native import of a brought module.
+const checkTimeout = 2 * time.Minute
 
 // oomEvidence returns the console line that shows the guest ran out of
 // memory, if any: Python's MemoryError, or the kernel's OOM report or
