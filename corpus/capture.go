@@ -671,8 +671,8 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 	digest := ""
 	// Fresh processes; the minimum is the least disturbed by the other
 	// tenants of the host.
-	// Each run is bounded: the guest ran the same handler under TCG,
-	// tens of times slower, within its own deadline.
+	// The runs are bounded (5 min each on average): the guest ran the same
+	// handler under TCG, tens of times slower, within its own deadline.
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute*nativeRuns)
 	defer cancel()
 	for i := 0; i < nativeRuns; i++ {
