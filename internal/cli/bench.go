@@ -79,6 +79,9 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	}
 	o := bench.Options{Corpus: c, Workloads: splitList(f.workloads), Strategies: splitList(f.strategies),
 		Runs: f.runs, VCPUs: f.vcpus, Log: os.Stderr, VMM: f.vmm}
+	if err := bench.CheckWorkloads(c, o.Workloads); err != nil {
+		return nil, err
+	}
 	if f.vmm == bench.VMMQEMU && !cmd.Flags().Changed("concurrency") {
 		f.conc = "1,4"
 	}

@@ -158,9 +158,13 @@ synthetic one.`,
 			// The cache's corpus: captured (built-in and brought
 			// functions), else synthetic, as bench picks it.
 			capDir, synDir := corpus.DefaultDir(corpus.KindCaptured), corpus.DefaultDir(corpus.KindSynthetic)
+			none := func(dir string, err error) bool {
+				_, serr := os.Stat(dir)
+				return errors.Is(serr, os.ErrNotExist) || errors.Is(err, corpus.ErrNoWorkloads)
+			}
 			c, err := corpus.Open(capDir)
-			if errors.Is(err, os.ErrNotExist) || errors.Is(err, corpus.ErrNoWorkloads) {
-				if c, err = corpus.Open(synDir); errors.Is(err, os.ErrNotExist) || errors.Is(err, corpus.ErrNoWorkloads) {
+			if none(capDir, err) {
+				if c, err = corpus.Open(synDir); none(synDir, err) {
 					return fmt.Errorf("corpus: no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`", capDir, synDir)
 				}
 			}
