@@ -74,14 +74,14 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 		open = func(dir string) (*corpus.Corpus, error) { return realCorpus(cmd, dir, splitList(f.workloads)) }
 	}
 	c, err := open(f.corpusDir)
+	if err == nil { // a workload the corpus lacks is refused before any pod starts
+		err = bench.CheckWorkloads(c, splitList(f.workloads))
+	}
 	if err != nil {
 		return nil, err
 	}
 	o := bench.Options{Corpus: c, Workloads: splitList(f.workloads), Strategies: splitList(f.strategies),
 		Runs: f.runs, VCPUs: f.vcpus, Log: os.Stderr, VMM: f.vmm}
-	if err := bench.CheckWorkloads(c, o.Workloads); err != nil {
-		return nil, err
-	}
 	if f.vmm == bench.VMMQEMU && !cmd.Flags().Changed("concurrency") {
 		f.conc = "1,4"
 	}
