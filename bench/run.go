@@ -180,6 +180,9 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 			wls = append(wls, w)
 		}
 	}
+	if err := CheckWorkloads(o.Corpus, o.Workloads); err != nil {
+		return nil, err
+	}
 	if len(wls) == 0 {
 		return nil, fmt.Errorf("bench: no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
 	}

@@ -64,6 +64,8 @@ type Guest struct {
 	RootImg, RootDir string
 	// Key identifies the inputs (package versions, helper files).
 	Key string
+	// built is set when this process built the guest (not reused it).
+	built bool
 }
 
 // Tool checks: what a capture needs on the host.
@@ -121,6 +123,15 @@ func resolve(ctx context.Context, tmp string, pkgs []string) ([]debPkg, error) {
 	args := append([]string{"-s", "-o", "Dir::State::status=" + status, "-o", "APT::Architecture=amd64",
 		"install", "--no-install-recommends"}, pkgs...)
 	out, err := run(ctx, tmp, "apt-get", args...)
+	if missing := missingPackages(out); len(missing) > 0 {
+		for _, m := range missing {
+			if m == "python3" || m == kernelMeta || m == "busybox-static" {
+				return nil, fmt.Errorf("corpus: apt knows no package %s: run `apt-get update` (corpus/ci-deps.sh does)", m)
+			}
+		}
+		return nil, fmt.Errorf("corpus: %w: %s (Debian 12 names, as `apt-cache search WORD` or https://packages.debian.org/bookworm list them; no versions)",
+			ErrNoPackage, strings.Join(missing, ", "))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("corpus: resolving Debian packages (is `apt-get update` done?): %w", err)
 	}
@@ -153,6 +164,23 @@ func resolve(ctx context.Context, tmp string, pkgs []string) ([]debPkg, error) {
 	return res, nil
 }
 
+// missingPackages lists the packages apt-get reported it cannot install:
+// unknown names, and virtual packages without a candidate.
+func missingPackages(out []byte) []string {
+	var res []string
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		if p, ok := strings.CutPrefix(l, "E: Unable to locate package "); ok {
+			res = append(res, strings.TrimSpace(p))
+		} else if p, ok := strings.CutPrefix(l, "E: Package '"); ok {
+			if name, rest, ok := strings.Cut(p, "'"); ok && strings.Contains(rest, "has no installation candidate") {
+				res = append(res, name+" (a virtual package: name one that provides it)")
+			}
+		}
+	}
+	return res
+}
+
 // download fetches every missing .deb into dir with apt-get download.
 func download(ctx context.Context, dir string, pkgs []debPkg) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -179,26 +207,76 @@ func download(ctx context.Context, dir string, pkgs []debPkg) error {
 	return nil
 }
 
-// guestKey hashes everything that determines a guest build: the package
-// versions, the embedded helper files and a build-recipe version, "guest-v2",
-// which must be bumped whenever BuildGuest, buildInitrd, fixupRoot or mkfs
-// change what they produce (captures made with another key are redone).
-func guestKey(kernel debPkg, pkgs []debPkg) (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "guest-v2\n%s %s\n", kernel.Name, kernel.Version)
-	for _, p := range pkgs {
-		fmt.Fprintf(h, "%s %s %s\n", p.Name, p.Version, p.Arch)
-	}
+// guestFile is one helper file of a guest: its path below corpus/guest
+// ("guest/init", "guest/runner.py", "guest/functions/NAME.py") and content.
+// guest/init goes into the initramfs, every other file below /aq.
+type guestFile struct {
+	path string
+	data []byte
+}
+
+// guestSpec is what a guest root holds beyond the kernel and busybox: the
+// Debian packages (with their dependency closure) and the helper files.
+type guestSpec struct {
+	packages []string
+	files    []guestFile
+}
+
+// builtinSpec is the guest of the nine built-in functions: one root with the
+// union of their packages and every embedded helper file.
+func builtinSpec() (guestSpec, error) {
+	s := guestSpec{packages: guestPackages()}
 	err := fs.WalkDir(assets, "guest", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
 		b, err := assets.ReadFile(path)
-		fmt.Fprintf(h, "%s %d\n", path, len(b))
-		h.Write(b)
+		s.files = append(s.files, guestFile{path, b})
 		return err
 	})
-	return hex.EncodeToString(h.Sum(nil))[:16], err
+	return s, err
+}
+
+// functionSpec is the guest of a function brought by the operator: its own
+// root with python3 and the function's packages, the runner and the
+// function's module only.
+func functionSpec(f Function) (guestSpec, error) {
+	set := map[string]bool{"python3": true}
+	for _, p := range f.Packages {
+		set[p] = true
+	}
+	s := guestSpec{}
+	for p := range set {
+		s.packages = append(s.packages, p)
+	}
+	sort.Strings(s.packages)
+	s.files = append(s.files, guestFile{"guest/functions/" + f.Name + ".py", f.Source})
+	for _, p := range []string{"guest/init", "guest/runner.py"} {
+		b, err := assets.ReadFile(p)
+		if err != nil {
+			return s, err
+		}
+		s.files = append(s.files, guestFile{p, b})
+	}
+	sort.Slice(s.files, func(i, j int) bool { return s.files[i].path < s.files[j].path })
+	return s, nil
+}
+
+// guestKey hashes everything that determines a guest build: the package
+// versions, the helper files and a build-recipe version, "guest-v2", which
+// must be bumped whenever BuildGuest, buildInitrd, fixupRoot or mkfs change
+// what they produce (captures made with another key are redone).
+func guestKey(kernel debPkg, pkgs []debPkg, files []guestFile) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "guest-v2\n%s %s\n", kernel.Name, kernel.Version)
+	for _, p := range pkgs {
+		fmt.Fprintf(h, "%s %s %s\n", p.Name, p.Version, p.Arch)
+	}
+	for _, f := range files {
+		fmt.Fprintf(h, "%s %d\n", f.path, len(f.data))
+		h.Write(f.data)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // lockCache takes an exclusive lock on the cache directory so that two
@@ -244,8 +322,31 @@ func OpenGuest(cache, key string) (*Guest, error) {
 	return g, nil
 }
 
-// BuildGuest builds (or reuses from cache) the guest every function runs in.
+// BuildGuest builds (or reuses from cache) the guest every built-in
+// function runs in.
 func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
+	spec, err := builtinSpec()
+	if err != nil {
+		return nil, err
+	}
+	return buildGuest(ctx, cache, spec)
+}
+
+// GuestFor builds (or reuses from cache) the guest function f runs in: the
+// shared guest of the built-in functions, or for a function brought by the
+// operator (LoadFunctionFile) its own, keyed by its packages and source.
+func GuestFor(ctx context.Context, cache string, f Function) (*Guest, error) {
+	if f.Source == nil {
+		return BuildGuest(ctx, cache)
+	}
+	spec, err := functionSpec(f)
+	if err != nil {
+		return nil, err
+	}
+	return buildGuest(ctx, cache, spec)
+}
+
+func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, error) {
 	unlock, err := lockCache(cache)
 	if err != nil {
 		return nil, err
@@ -288,14 +389,11 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if kpkg.Name == "" || bbpkg.Name == "" {
 		return nil, fmt.Errorf("corpus: could not resolve %s and busybox-static", kname)
 	}
-	pkgs, err := resolve(ctx, tmp, guestPackages())
+	pkgs, err := resolve(ctx, tmp, spec.packages)
 	if err != nil {
 		return nil, err
 	}
-	key, err := guestKey(kpkg, append(pkgs, bbpkg))
-	if err != nil {
-		return nil, err
-	}
+	key := guestKey(kpkg, append(pkgs, bbpkg), spec.files)
 	if g, err := OpenGuest(cache, key); err == nil {
 		g.KernelPackage = kpkg.Name + "=" + kpkg.Version
 		slog.Info("corpus: reusing cached guest", "dir", g.Dir)
@@ -303,6 +401,7 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	}
 	g := guestAt(cache, key)
 	g.KernelPackage = kpkg.Name + "=" + kpkg.Version
+	g.built = true
 	debs := filepath.Join(cache, "debs")
 	if err := download(ctx, debs, append([]debPkg{kpkg, bbpkg}, pkgs...)); err != nil {
 		return nil, err
@@ -311,6 +410,12 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if err := os.MkdirAll(g.Dir, 0o755); err != nil {
 		return nil, err
 	}
+	ok := false
+	defer func() {
+		if !ok { // no half-built guest is left behind
+			os.RemoveAll(g.Dir)
+		}
+	}()
 	start := time.Now()
 	// Kernel and busybox.
 	kdir := filepath.Join(g.Dir, "kernel")
@@ -328,13 +433,30 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if err := buildInitrd(g, kdir); err != nil {
 		return nil, err
 	}
-	// Root filesystem.
-	for _, p := range pkgs {
-		if _, err := run(ctx, g.Dir, "dpkg", "-x", filepath.Join(debs, p.file()), g.RootDir); err != nil {
+	// The modules and busybox are in the initramfs now: keep only boot/
+	// (vmlinuz), ~95 MB less per guest.
+	if ents, err := os.ReadDir(kdir); err == nil {
+		for _, e := range ents {
+			if e.Name() != "boot" {
+				os.RemoveAll(filepath.Join(kdir, e.Name()))
+			}
+		}
+	}
+	// Root filesystem: a hard-linked copy of the unpacked packages, cached
+	// per package set (guests that differ only in their helper files — the
+	// versions of a brought function — share it), plus the helper files.
+	base, err := baseRoot(ctx, cache, debs, pkgs)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := run(ctx, g.Dir, "cp", "-a", "--link", base, g.RootDir); err != nil {
+		// Another file system (a cache dir linked in): copy instead.
+		os.RemoveAll(g.RootDir)
+		if _, err := run(ctx, g.Dir, "cp", "-a", base, g.RootDir); err != nil {
 			return nil, err
 		}
 	}
-	if err := fixupRoot(ctx, g.RootDir); err != nil {
+	if err := addFiles(g.RootDir, spec.files); err != nil {
 		return nil, err
 	}
 	if err := mkfs(ctx, g.RootDir, g.RootImg); err != nil {
@@ -349,6 +471,7 @@ func BuildGuest(ctx context.Context, cache string) (*Guest, error) {
 	if err := os.WriteFile(filepath.Join(g.Dir, "complete"), []byte(kernel+" "+g.KernelVersion+" "+g.KernelPackage+"\n"), 0o644); err != nil {
 		return nil, err
 	}
+	ok = true
 	slog.Info("corpus: built guest", "dir", g.Dir, "packages", len(pkgs), "kernel", g.KernelVersion, "took", time.Since(start).Round(time.Millisecond))
 	return g, nil
 }
@@ -422,9 +545,45 @@ func buildInitrd(g *Guest, kdir string) error {
 	return writeFileAtomic(g.Initrd, buf.Bytes())
 }
 
-// fixupRoot does what maintainer scripts would have done and adds the
-// runner: mount points, BLAS/LAPACK alternatives, ld.so.cache, bytecode.
-func fixupRoot(ctx context.Context, root string) error {
+// baseRoot returns the tree of pkgs unpacked and fixed up (fixupBase),
+// cached in CACHE/base-<key>/root, key the package versions. The caller
+// holds the cache lock. Guests hard-link it: it must never be written to.
+func baseRoot(ctx context.Context, cache, debs string, pkgs []debPkg) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "base-v1\n")
+	for _, p := range pkgs {
+		fmt.Fprintf(h, "%s %s %s\n", p.Name, p.Version, p.Arch)
+	}
+	dir := filepath.Join(cache, "base-"+hex.EncodeToString(h.Sum(nil))[:16])
+	root := filepath.Join(dir, "root")
+	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
+		return root, nil
+	}
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	err := func() error {
+		for _, p := range pkgs {
+			if _, err := run(ctx, cache, "dpkg", "-x", filepath.Join(debs, p.file()), root); err != nil {
+				return err
+			}
+		}
+		if err := fixupBase(ctx, root); err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "complete"), []byte(fmt.Sprintf("%d packages\n", len(pkgs))), 0o644)
+	}()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return root, nil
+}
+
+// fixupBase does what maintainer scripts would have done: mount points,
+// BLAS/LAPACK alternatives, ld.so.cache, bytecode.
+func fixupBase(ctx context.Context, root string) error {
 	for _, d := range []string{"proc", "sys", "dev", "tmp", "aq/functions", "etc", "root"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
@@ -457,23 +616,27 @@ func fixupRoot(ctx context.Context, root string) error {
 			return err
 		}
 	}
-	err := fs.WalkDir(assets, "guest", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || path == "guest/init" {
-			return err
-		}
-		b, err := assets.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(root, "aq", strings.TrimPrefix(path, "guest/")), b, 0o644)
-	})
-	if err != nil {
-		return err
-	}
 	// Byte-compile what py3compile would have compiled at install time.
 	if _, err := run(ctx, root, "chroot", root, "/usr/bin/python3", "-m", "compileall", "-q",
 		"/usr/lib/python3", "/usr/lib/python3.11"); err != nil {
 		slog.Warn("corpus: byte-compiling the guest's Python failed; guests will compile on import", "err", err)
+	}
+	return nil
+}
+
+// addFiles writes the helper files below /aq (guest/init goes to the
+// initramfs instead). They are new files: the hard-linked base is not
+// written through.
+func addFiles(root string, files []guestFile) error {
+	for _, f := range files {
+		if f.path == "guest/init" {
+			continue
+		}
+		p := filepath.Join(root, "aq", strings.TrimPrefix(f.path, "guest/"))
+		os.Remove(p) // never write through a link into the base
+		if err := os.WriteFile(p, f.data, 0o644); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -19,8 +19,12 @@ import (
 
 // Options configure a capture.
 type Options struct {
-	// Functions to capture; empty means all.
+	// Functions are the built-in functions to capture; empty means all of
+	// them, unless Own is set.
 	Functions []string
+	// Own are functions brought by the operator (LoadFunction), each
+	// captured in a guest root of its own.
+	Own []Function
 	// MemMiB overrides every function's guest memory size when > 0.
 	MemMiB int
 	// Out is the corpus directory (default DefaultDir("captured")).
@@ -54,7 +58,7 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		o.Out = DefaultDir(KindCaptured)
 	}
 	names := o.Functions
-	if len(names) == 0 {
+	if len(names) == 0 && len(o.Own) == 0 {
 		names = Names()
 	}
 	var fns []Function
@@ -63,10 +67,28 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		if err != nil {
 			return nil, err
 		}
-		if o.MemMiB > 0 {
-			f.MemMiB = o.MemMiB
+		fns = append(fns, f)
+	}
+	guests := 0
+	if len(fns) > 0 {
+		guests = 1 // the built-ins share one
+	}
+	for _, f := range o.Own {
+		if err := f.validate(); err != nil {
+			return nil, err
+		}
+		for _, g := range fns {
+			if g.Name == f.Name {
+				return nil, fmt.Errorf("corpus: two functions named %s", f.Name)
+			}
 		}
 		fns = append(fns, f)
+		guests++
+	}
+	for i := range fns {
+		if o.MemMiB > 0 {
+			fns[i].MemMiB = o.MemMiB
+		}
 	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
@@ -76,18 +98,14 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		return nil, err
 	}
 	defer unlockQEMU()
-	total := len(fns)*stepsPerFunction + 1
+	total := len(fns)*stepsPerFunction + guests + 1
 	done := 0
 	progress := func(fn, step string) {
 		if o.Progress != nil {
 			o.Progress(fn, step, done, total)
 		}
 	}
-	progress("", "building guest")
-	g, err := BuildGuest(ctx, o.Cache)
-	if err != nil {
-		return nil, err
-	}
+	progress("", "building the TCG plugin")
 	so, err := BuildPlugin(ctx, o.Cache)
 	if err != nil {
 		return nil, err
@@ -97,11 +115,25 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 	if out, err := exec.Command("qemu-system-x86_64", "--version").Output(); err == nil {
 		qemuVersion = strings.SplitN(string(out), "\n", 2)[0]
 	}
+	var builtin *Guest
 	for _, f := range fns {
+		g := builtin
+		if g == nil || !f.BuiltIn() {
+			progress(f.Name, "building guest")
+			if g, err = GuestFor(ctx, o.Cache, f); err != nil {
+				return nil, fmt.Errorf("corpus: building the guest of %s: %w", f.Name, err)
+			}
+			if f.BuiltIn() {
+				builtin = g
+			} else if err := checkFunction(ctx, g, f); err != nil {
+				dropGuest(o, g)
+				return nil, err
+			}
+			done++
+		}
 		dir := filepath.Join(o.Out, f.Name)
 		if !o.Force {
-			if w, err := OpenWorkload(dir); err == nil && w.Kind == KindCaptured && w.Meta.Format == FormatVersion &&
-				w.Meta.GuestKey == g.Key && w.Meta.MemSize == uint64(f.MemMiB)<<20 {
+			if w, err := OpenWorkload(dir); err == nil && upToDate(w, f, g) {
 				slog.Info("corpus: reusing captured workload", "function", f.Name, "dir", dir)
 				done += stepsPerFunction
 				progress(f.Name, "cached")
@@ -111,11 +143,48 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		c := &capturer{g: g, plugin: so, f: f, out: o.Out, qemu: qemuVersion, keepPost: o.KeepPostImages,
 			progress: func(step string) { progress(f.Name, step) }, step: func() { done++ }}
 		if err := c.run(ctx); err != nil {
+			if !f.BuiltIn() {
+				dropGuest(o, g)
+			}
 			return nil, fmt.Errorf("corpus: capturing %s: %w", f.Name, err)
 		}
 	}
 	progress("", "done")
 	return Open(o.Out)
+}
+
+// dropGuest removes the guest of a brought function whose capture failed,
+// when this capture built it and no workload in the corpus uses it: every
+// edit of a module is another guest (~110 MB: its root image, the kernel,
+// hard links into the package base), and the broken ones would
+// pile up in the cache.
+func dropGuest(o Options, g *Guest) {
+	if !g.built {
+		return
+	}
+	if c, err := Open(o.Out); err == nil {
+		for _, w := range c.Workloads {
+			if w.Meta.GuestKey == g.Key {
+				return
+			}
+		}
+	}
+	unlock, err := lockCache(o.Cache)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	os.Remove(filepath.Join(g.Dir, "complete")) // first: no half-removed guest opens
+	os.RemoveAll(g.Dir)
+}
+
+// upToDate reports whether workload w is a capture of f in guest g that a
+// new capture would reproduce: same format, guest (packages, helper files
+// and, for a brought function, its module), memory size and inputs.
+func upToDate(w *Workload, f Function, g *Guest) bool {
+	return w.Kind == KindCaptured && w.Meta.Format == FormatVersion && w.Meta.GuestKey == g.Key &&
+		w.Meta.MemSize == uint64(f.MemMiB)<<20 && w.Meta.RecordInput == f.Record &&
+		strings.Join(w.Meta.EvalInputs, ",") == strings.Join(f.Eval, ",") && (w.Meta.FunctionFile != "") == !f.BuiltIn()
 }
 
 type capturer struct {
@@ -186,6 +255,12 @@ func (c *capturer) run(ctx context.Context) error {
 	}
 	if err := os.Rename(c.state, filepath.Join(staging, StateFile)); err != nil {
 		return err
+	}
+	if !c.f.BuiltIn() {
+		if err := writeFileAtomic(filepath.Join(staging, FunctionFile), c.f.Source); err != nil {
+			return err
+		}
+		meta.FunctionFile, meta.Origin = FunctionFile, c.f.Origin
 	}
 	os.RemoveAll(c.work)
 	if err := writeMeta(staging, meta); err != nil {
@@ -307,7 +382,7 @@ func (c *capturer) convert(staging string, runs []*runResult, native map[string]
 	meta := &Meta{Format: FormatVersion, Function: c.f.Name, Kind: KindCaptured, MemSize: memSize, Kernel: c.g.KernelPackage,
 		Cmdline: cmdline(c.f.Name), QEMU: c.qemu, GuestKey: c.g.Key, CapturedAt: time.Now().UTC().Truncate(time.Second),
 		RecordInput: c.f.Record, EvalInputs: c.f.Eval, InitNs: initNs, Calibration: cal, State: StateFile,
-		Outputs: map[string]Output{}}
+		Outputs: map[string]Output{}, Packages: c.f.Packages}
 	checks := &Checks{AllChangedWritten: true}
 	var traces []*wset.Trace
 	for i, r := range runs {
@@ -401,14 +476,16 @@ func uniq(s []string) []string {
 func (c *capturer) boot(ctx context.Context) (int64, error) {
 	memPath := c.shm + "-boot.mem"
 	os.Remove(memPath)
-	v, err := StartVM(ctx, VMConfig{Guest: c.g, Fn: c.f.Name, MemMiB: c.f.MemMiB, MemPath: memPath, WorkDir: c.work})
+	// NoReboot: a kernel panic (out of memory: the runner is PID 1, which
+	// the OOM killer never picks) ends QEMU instead of booting again.
+	v, err := StartVM(ctx, VMConfig{Guest: c.g, Fn: c.f.Name, MemMiB: c.f.MemMiB, MemPath: memPath, WorkDir: c.work, NoReboot: true})
 	if err != nil {
 		return 0, err
 	}
 	defer v.Quit()
 	line, err := v.waitMarker(ctx, "AQ-READY", 5*time.Minute)
 	if err != nil {
-		return 0, err
+		return 0, c.explain(err, v, "init()")
 	}
 	if err := v.Stop(); err != nil {
 		return 0, err
@@ -456,7 +533,7 @@ func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult,
 	}
 	inv, err := WaitInvocation(ctx, v, input, 5*time.Minute)
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err, v, "handle("+input+")")
 	}
 	doneNs := monotonicNs()
 	if err := v.Stop(); err != nil {
@@ -579,6 +656,10 @@ func Jaccard(a, b *wset.Trace) float64 {
 	return float64(inter) / float64(union)
 }
 
+// nativeEnv is the environment of native runs in a chroot of a guest root:
+// the one corpus/guest/init gives the runner in the guest.
+var nativeEnv = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+
 // nativeRuns is how many times NativeTime runs a handler.
 const nativeRuns = 5
 
@@ -590,9 +671,13 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 	digest := ""
 	// Fresh processes; the minimum is the least disturbed by the other
 	// tenants of the host.
+	// The runs are bounded (5 min each on average): the guest ran the same
+	// handler under TCG, tens of times slower, within its own deadline.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute*nativeRuns)
+	defer cancel()
 	for i := 0; i < nativeRuns; i++ {
 		cmd := exec.CommandContext(ctx, "chroot", g.RootDir, "/usr/bin/python3", "-u", "/aq/runner.py", fn, "--native", input)
-		cmd.Env = []string{"HOME=/tmp", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8"}
+		cmd.Env = nativeEnv
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return 0, "", fmt.Errorf("corpus: native run of %s(%s): %w: %s", fn, input, err, out)

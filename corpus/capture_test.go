@@ -17,20 +17,7 @@ import (
 // an invocation is written in its trace. It needs root, apt and QEMU
 // (corpus/ci-deps.sh installs them) and skips only when they are absent.
 func TestCaptureEndToEnd(t *testing.T) {
-	// Skip only where QEMU or apt is truly absent (or we are not root, which
-	// dpkg -x and chroot need); any other missing tool is a setup error
-	// (corpus/ci-deps.sh installs everything).
-	for _, tool := range []string{"qemu-system-x86_64", "apt-get"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("real-guest capture unavailable: %s not installed (run corpus/ci-deps.sh as root)", tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("real-guest capture unavailable: needs root (dpkg -x, chroot calibration)")
-	}
-	if err := CheckHost(); err != nil {
-		t.Fatal(err)
-	}
+	needCapture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	out := t.TempDir()
@@ -47,6 +34,24 @@ func TestCaptureEndToEnd(t *testing.T) {
 	}
 	for _, w := range c.Workloads {
 		t.Run(w.Name, func(t *testing.T) { checkCapturedWorkload(t, w) })
+	}
+}
+
+// needCapture skips only where QEMU or apt is truly absent (or we are not
+// root, which dpkg -x and chroot need); any other missing tool is a setup
+// error (corpus/ci-deps.sh installs everything).
+func needCapture(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"qemu-system-x86_64", "apt-get"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("real-guest capture unavailable: %s not installed (run corpus/ci-deps.sh as root)", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("real-guest capture unavailable: needs root (dpkg -x, chroot calibration)")
+	}
+	if err := CheckHost(); err != nil {
+		t.Fatal(err)
 	}
 }
 

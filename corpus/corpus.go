@@ -76,6 +76,13 @@ type Meta struct {
 	State string `json:"state,omitempty"`
 	// Outputs is the expected output of every captured input (format 2).
 	Outputs map[string]Output `json:"outputs,omitempty"`
+	// Packages are the Debian packages the function needs beyond python3.
+	Packages []string `json:"packages,omitempty"`
+	// FunctionFile names the module of a function brought by the operator,
+	// kept in the workload directory (FunctionFile; "" for built-ins), and
+	// Origin the path it was captured from.
+	FunctionFile string `json:"function_file,omitempty"`
+	Origin       string `json:"origin,omitempty"`
 }
 
 // Output is what the function returned for one input, in the guest and
@@ -208,6 +215,9 @@ func (c *Corpus) Get(name string) (*Workload, error) {
 	return nil, fmt.Errorf("corpus: %s has no workload %q", c.Dir, name)
 }
 
+// ErrNoWorkloads is Open's error for a directory without workloads.
+var ErrNoWorkloads = errors.New("holds no workloads")
+
 // DefaultDir is where capture and synth write unless told otherwise.
 func DefaultDir(kind string) string { return filepath.Join(CacheDir(), "corpus", kind) }
 
@@ -247,7 +257,7 @@ func Open(dir string) (*Corpus, error) {
 		c.Workloads = append(c.Workloads, w)
 	}
 	if len(c.Workloads) == 0 {
-		return nil, fmt.Errorf("corpus: %s holds no workloads (run `aquifer corpus capture` or `aquifer corpus synth`)", dir)
+		return nil, fmt.Errorf("corpus: %s %w (run `aquifer corpus capture` or `aquifer corpus synth`)", dir, ErrNoWorkloads)
 	}
 	sort.Slice(c.Workloads, func(i, j int) bool { return order(c.Workloads[i].Name) < order(c.Workloads[j].Name) })
 	return c, nil
@@ -287,6 +297,12 @@ func OpenWorkload(dir string) (*Workload, error) {
 		}
 		w.State = filepath.Join(dir, m.State)
 		need = append(need, w.State)
+	}
+	if m.FunctionFile != "" {
+		if m.FunctionFile != filepath.Base(m.FunctionFile) {
+			return nil, fmt.Errorf("corpus: %s: function_file %q must be a file name in the workload directory", dir, m.FunctionFile)
+		}
+		need = append(need, filepath.Join(dir, m.FunctionFile))
 	}
 	if m.Format > FormatVersion {
 		return nil, fmt.Errorf("corpus: %s has format %d; this aquifer reads up to %d (upgrade aquifer)", dir, m.Format, FormatVersion)

@@ -1,7 +1,7 @@
 // Package corpus owns Aquifer's workload corpus: real snapshot memory images
-// and page-access traces of nine serverless functions, captured from real
-// Linux guests under QEMU TCG, plus a calibrated synthetic stand-in for
-// machines without QEMU.
+// and page-access traces of nine built-in serverless functions and of any
+// function an operator brings, captured from real Linux guests under QEMU
+// TCG, plus a calibrated synthetic stand-in for machines without QEMU.
 //
 // # What a capture does
 //
@@ -28,6 +28,14 @@
 //  4. times the same handler natively on the host (chroot into the same root
 //     filesystem) to calibrate guest instructions to native nanoseconds.
 //
+// An operator's own function (LoadFunction: a module with init() and
+// handle(arg), the built-ins' interface) is captured the same way, in a
+// guest root of its own holding python3, the Debian packages it names, the
+// runner and its module, into the same corpus; the workload keeps the
+// module (FunctionFile, Meta.FunctionFile), so FunctionOf and
+// EnsureRestorable can capture it again. Unpacked packages are cached per
+// package set and hard-linked into each guest.
+//
 // The expected output of every input is recorded (Meta.Outputs). The package
 // also builds the aqshim LD_PRELOAD shim (corpus/shim, BuildShim) and exports
 // the QEMU runner of its guests (StartVM, VM, WaitInvocation), with which
@@ -39,7 +47,7 @@
 //
 // # Boundaries
 //
-// This package drives external tools (apt-get, dpkg, mkfs.ext4, gcc, QEMU)
+// This package drives external tools (apt-get, dpkg, cp, mkfs.ext4, gcc, QEMU)
 // as child processes and writes only below its cache and output directories
 // and /dev/shm files it created. It must not touch the serving path: it
 // imports wset for the trace format and nothing else of Aquifer, and the

@@ -20,7 +20,16 @@ type Function struct {
 	Record string
 	// Eval are the inputs of the evaluation traces; none equals Record.
 	Eval []string
+	// Source is the module of a function brought by the operator
+	// (LoadFunctionFile); nil for the built-in functions, whose modules are
+	// embedded from corpus/guest/functions.
+	Source []byte
+	// Origin is the path Source was read from ("" for built-ins).
+	Origin string
 }
+
+// BuiltIn reports whether f is one of the nine built-in functions.
+func (f Function) BuiltIn() bool { return f.Source == nil }
 
 // Functions is the corpus, modelled on FunctionBench as used by REAP
 // (vHive) and FaaSnap. Memory sizes follow common deployments: 256 MiB for

@@ -297,7 +297,7 @@ func (v *VM) WaitMarker(ctx context.Context, prefix string, timeout time.Duratio
 		select {
 		case l := <-v.lines:
 			if strings.HasPrefix(l.Text, "AQ-FATAL") {
-				return l, fmt.Errorf("corpus: guest: %s", l.Text)
+				return l, &GuestFatal{Text: strings.TrimSpace(strings.TrimPrefix(l.Text, "AQ-FATAL"))}
 			}
 			if strings.HasPrefix(l.Text, prefix) {
 				return l, nil
@@ -313,6 +313,22 @@ func (v *VM) WaitMarker(ctx context.Context, prefix string, timeout time.Duratio
 			return Line{}, ctx.Err()
 		}
 	}
+}
+
+// GuestFatal is the runner's AQ-FATAL report (corpus/guest/runner.py): the
+// function's init() or handle() raised, or its module did not load.
+type GuestFatal struct {
+	// Text is the report after "AQ-FATAL ": a message and the traceback,
+	// its lines joined by " | " (the console protocol is line-based).
+	Text string
+}
+
+func (e *GuestFatal) Error() string { return "corpus: guest: AQ-FATAL " + e.Text }
+
+// Traceback returns the report with its lines restored.
+func (e *GuestFatal) Traceback() string {
+	t := strings.TrimSuffix(strings.TrimSpace(e.Text), " |")
+	return strings.TrimRight(strings.ReplaceAll(t, " | ", "\n"), "\n ")
 }
 
 // Send writes one line to the guest's serial console.

@@ -83,6 +83,9 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 		open = func(dir string) (*corpus.Corpus, error) { return realCorpus(cmd, dir, splitList(f.workloads)) }
 	}
 	c, err := open(f.corpusDir)
+	if err == nil { // a workload the corpus lacks is refused before any pod starts
+		err = bench.CheckWorkloads(c, splitList(f.workloads))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -27,29 +28,55 @@ calibrated synthetic stand-in for machines without QEMU. See docs/corpus.md.`,
 		fns                []string
 		mem, out, cacheDir string
 		force              bool
+		fnFile, fnName     string
+		fnPkgs, fnInputs   []string
 	)
 	capture := &cobra.Command{
-		Use:   "capture",
+		Use:   "capture [--functions F,..] [--function-file PATH.py [--name N] [--packages deb1,deb2] [--inputs a,b,c]]",
 		Short: "Capture the corpus from real guests under QEMU TCG (needs root, apt, qemu-system-x86, gcc)",
-		Args:  cobra.NoArgs,
+		Long: `capture boots each function in a real Linux guest under QEMU TCG, snapshots it
+after init() and traces invocations (docs/corpus.md). Without flags it captures
+the nine built-in functions. --function-file brings your own: a Python module
+defining init() and handle(arg), like corpus/guest/functions/*.py, captured in
+a guest root of its own with python3 and the Debian packages --packages names,
+into the same corpus (then: aquifer corpus ls, aquifer vm run --workload N,
+aquifer bench --workloads N).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			memMiB, err := memFlag(mem)
 			if err != nil {
 				return err
 			}
+			o := corpus.Options{Functions: fns, MemMiB: memMiB, Out: out, Cache: cacheDir, Force: force}
+			if fnFile != "" {
+				f, err := corpus.LoadFunction(fnFile, corpus.FunctionOptions{Name: fnName, Packages: fnPkgs, MemMiB: memMiB, Inputs: fnInputs})
+				if err != nil {
+					return err
+				}
+				o.Own = []corpus.Function{f}
+				if len(fns) == 0 {
+					o.MemMiB = 0 // --mem is the brought function's own size
+				}
+			} else {
+				for _, fl := range []string{"name", "packages", "inputs"} {
+					if cmd.Flags().Changed(fl) {
+						return fmt.Errorf("--%s describes a function file: give --function-file PATH.py", fl)
+					}
+				}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			var bar *progressbar.ProgressBar
-			c, err := corpus.Capture(ctx, corpus.Options{Functions: fns, MemMiB: memMiB, Out: out, Cache: cacheDir, Force: force,
-				Progress: func(fn, step string, done, total int) {
-					if bar == nil {
-						bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(cmd.ErrOrStderr()),
-							progressbar.OptionShowCount(), progressbar.OptionSetElapsedTime(true),
-							progressbar.OptionSetPredictTime(true), progressbar.OptionSetWidth(30))
-					}
-					bar.Describe(strings.TrimSpace(fn + " " + step))
-					bar.Set(done)
-				}})
+			o.Progress = func(fn, step string, done, total int) {
+				if bar == nil {
+					bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(cmd.ErrOrStderr()),
+						progressbar.OptionShowCount(), progressbar.OptionSetElapsedTime(true),
+						progressbar.OptionSetPredictTime(true), progressbar.OptionSetWidth(30))
+				}
+				bar.Describe(strings.TrimSpace(fn + " " + step))
+				bar.Set(done)
+			}
+			c, err := corpus.Capture(ctx, o)
 			if bar != nil {
 				bar.Finish()
 				fmt.Fprintln(cmd.ErrOrStderr())
@@ -65,6 +92,10 @@ calibrated synthetic stand-in for machines without QEMU. See docs/corpus.md.`,
 	capture.Flags().StringVar(&out, "out", "", "corpus directory (default "+corpus.DefaultDir(corpus.KindCaptured)+")")
 	capture.Flags().StringVar(&cacheDir, "cache", "", "cache for packages, guest and plugin (default $AQUIFER_CACHE_DIR, $XDG_CACHE_HOME/aquifer or ~/.cache/aquifer)")
 	capture.Flags().BoolVar(&force, "force", false, "recapture functions already in the corpus")
+	capture.Flags().StringVar(&fnFile, "function-file", "", "your own function: a Python module defining init() and handle(arg) (docs/corpus.md)")
+	capture.Flags().StringVar(&fnName, "name", "", "with --function-file: the workload name (default: the file name without .py)")
+	capture.Flags().StringSliceVar(&fnPkgs, "packages", nil, "with --function-file: Debian packages the module needs beyond python3, e.g. python3-yaml")
+	capture.Flags().StringSliceVar(&fnInputs, "inputs", nil, "with --function-file: the recording input, then the evaluation inputs (default a,b,c)")
 
 	var (
 		sfns          []string
@@ -112,17 +143,43 @@ calibrated synthetic stand-in for machines without QEMU. See docs/corpus.md.`,
 	ls := &cobra.Command{
 		Use:   "ls [DIR]",
 		Short: "List a corpus with its kind and characterization (zero, hot, touched-cold, written %)",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `ls lists a corpus directory, or without DIR the cache's corpus: the captured
+one (built-in functions and your own) if it holds workloads, else the
+synthetic one.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir := corpus.DefaultDir(corpus.KindCaptured)
 			if len(args) == 1 {
-				dir = args[0]
+				c, err := corpus.Open(args[0])
+				if err != nil {
+					return err
+				}
+				return printCorpus(cmd, c)
 			}
-			c, err := corpus.Open(dir)
+			// The cache's corpus: captured (built-in and brought
+			// functions), else synthetic, as bench picks it.
+			capDir, synDir := corpus.DefaultDir(corpus.KindCaptured), corpus.DefaultDir(corpus.KindSynthetic)
+			none := func(dir string, err error) bool {
+				_, serr := os.Stat(dir)
+				return errors.Is(serr, os.ErrNotExist) || errors.Is(err, corpus.ErrNoWorkloads)
+			}
+			c, err := corpus.Open(capDir)
+			if none(capDir, err) {
+				if c, err = corpus.Open(synDir); none(synDir, err) {
+					return fmt.Errorf("corpus: no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`", capDir, synDir)
+				}
+			}
 			if err != nil {
 				return err
 			}
-			return printCorpus(cmd, c)
+			if err := printCorpus(cmd, c); err != nil {
+				return err
+			}
+			if c.Dir == capDir {
+				if s, err := corpus.Open(synDir); err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "(a synthetic corpus is in %s too: aquifer corpus ls %s)\n", s.Dir, s.Dir)
+				}
+			}
+			return nil
 		},
 	}
 	cmd.AddCommand(capture, synth, ls)
@@ -153,6 +210,10 @@ func printCorpus(cmd *cobra.Command, c *corpus.Corpus) error {
 	for _, wl := range c.Workloads {
 		m := wl.Meta
 		line := fmt.Sprintf("  %s: %s, %.4g ns/insn (%s)", wl.Name, wl.Kind, m.Calibration.NsPerInsn, m.Calibration.Source)
+		if m.FunctionFile != "" {
+			line = fmt.Sprintf("  %s: %s, your function from %s (packages: %s), inputs %s/%s, %.4g ns/insn", wl.Name, wl.Kind, m.Origin,
+				strings.Join(append([]string{"python3"}, m.Packages...), " "), m.RecordInput, strings.Join(m.EvalInputs, ","), m.Calibration.NsPerInsn)
+		}
 		if m.Checks != nil {
 			line += fmt.Sprintf("; repeat overlap %.3f, all changed pages written: %v", m.Checks.RepeatJaccard, m.Checks.AllChangedWritten)
 		}

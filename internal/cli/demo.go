@@ -67,7 +67,7 @@ $XDG_CACHE_HOME/aquifer, else ~/.cache/aquifer.`,
 			if _, err := runBench(cmd, &f); err != nil {
 				return err
 			}
-			if err := demoRealGuest(ctx, cmd, f.corpusDir); err != nil {
+			if err := demoRealGuest(ctx, cmd, f.corpusDir, splitList(f.workloads)); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "demo finished in %v; every restored byte matched its snapshot\n", time.Since(start).Round(time.Second))
@@ -90,8 +90,9 @@ $XDG_CACHE_HOME/aquifer, else ~/.cache/aquifer.`,
 }
 
 // demoRealGuest restores one real guest through a pod in QEMU and prints
-// the function's output (skipped, saying why, where QEMU cannot run).
-func demoRealGuest(ctx context.Context, cmd *cobra.Command, dir string) error {
+// the function's output (skipped, saying why, where QEMU cannot run): the
+// first of --workloads, else helloworld, else the corpus's first.
+func demoRealGuest(ctx context.Context, cmd *cobra.Command, dir string, workloads []string) error {
 	c, err := corpus.Open(dir)
 	if err != nil {
 		return err
@@ -107,6 +108,9 @@ func demoRealGuest(ctx context.Context, cmd *cobra.Command, dir string) error {
 	name := c.Workloads[0].Name
 	if _, err := c.Get("helloworld"); err == nil {
 		name = "helloworld"
+	}
+	if len(workloads) > 0 {
+		name = workloads[0]
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "demo: restoring the real %s guest in QEMU through an embedded pod (aquifer vm run)\n", name)
 	res, err := realGuestRun(ctx, cmd.ErrOrStderr(), &vmRunFlags{workload: name, strategy: "aquifer", corpusDir: dir, timeout: 3 * time.Minute})

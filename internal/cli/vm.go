@@ -42,7 +42,9 @@ compared with the one the capture recorded; a wrong output exits non-zero.
 
 Without --api the pool strategies start an embedded pod (aquifer serve
 --embedded) for the run; a workload missing from the corpus (or captured
-before device state was kept) is captured first.`,
+before device state was kept, or whose guest left the cache) is captured
+first: a built-in function by name, your own (aquifer corpus capture
+--function-file) from the module its workload keeps.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runVM(cmd, &f) },
 	}
