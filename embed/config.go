@@ -105,6 +105,11 @@ type PodConfig struct {
 	// may be missing from the control plane before its segments are
 	// re-replicated elsewhere (default 10s).
 	MemNodeDeadAfter time.Duration
+	// MemNodeGCInterval is how often the memory tier's leader sweeps the
+	// memory nodes for segments no catalog entry lists (default 1m), and
+	// MemNodeOrphanGrace how old such a segment must be to be deleted
+	// (default 10m).
+	MemNodeGCInterval, MemNodeOrphanGrace time.Duration
 	// SecretFile holds the pod's admission secret (default
 	// DataDir/pod.secret, created for in-process nodes; external nodes need
 	// it to exist: `aquifer pool init`).

@@ -50,6 +50,9 @@ func (s *Server) registerPodMetrics(reg prometheus.Registerer) {
 		gauge64("aquifer_memtier_rounds_total", "Memory tier rounds run by this host while leader.", &s.Pool.MemTier.Rounds),
 		gauge64("aquifer_memtier_segments_repaired_total", "Segments re-replicated after a memory node was lost or drained.", &s.Pool.MemTier.SegmentsRepaired),
 		gauge64("aquifer_memtier_repair_errors_total", "Snapshots whose re-replication failed in a round (retried).", &s.Pool.MemTier.RepairErrors),
+		gauge64("aquifer_memtier_orphans_deleted_total", "Segments no catalog entry listed, deleted from the memory nodes by the orphan sweep.", &s.Pool.MemTier.OrphansDeleted),
+		gauge64("aquifer_memtier_orphan_bytes_deleted_total", "Bytes of orphaned segments deleted from the memory nodes.", &s.Pool.MemTier.OrphanBytesDeleted),
+		gauge64("aquifer_memtier_orphan_delete_errors_total", "Deletes of orphaned segments that failed (retried at the next sweep).", &s.Pool.MemTier.OrphanErrors),
 		gauge64("aquifer_memtier_drains_done_total", "Memory nodes drained.", &s.Pool.MemTier.DrainsDone),
 		gauge64("aquifer_memtier_last_repair_seconds", "Duration of the last round that re-replicated segments (nanoseconds as seconds).", &s.Pool.MemTier.LastRepairNS),
 	)

@@ -151,7 +151,8 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 		return fieldErr("secret-file", "%v", err)
 	}
 	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log,
-		MemTier: &pool.MemTierConfig{DeadAfter: c.MemNodeDeadAfter}}
+		MemTier: &pool.MemTierConfig{DeadAfter: c.MemNodeDeadAfter,
+			GCInterval: c.MemNodeGCInterval, OrphanGrace: c.MemNodeOrphanGrace}}
 	if s.region != nil && s.cxlDown == "" {
 		if s.podState, err = s.Plane.NewPodState(c.Name, c.LeaseTTL); err != nil {
 			return err

@@ -40,11 +40,20 @@ type MemTierConfig struct {
 	// be missing from the control plane's membership to be declared dead
 	// (default 10s).
 	DeadAfter time.Duration
+	// GCInterval between orphan sweeps (memgc.go; default 1m).
+	GCInterval time.Duration
+	// OrphanGrace is how long a segment no catalog entry lists is left
+	// alone after a node stored it (default 10m).
+	OrphanGrace time.Duration
 }
 
 // MemTierStats counts the housekeeping.
 type MemTierStats struct {
 	Rounds, SegmentsRepaired, EntriesRewritten, DrainsDone, RepairErrors atomic.Int64
+	// OrphansDeleted and OrphanBytesDeleted count segments no catalog
+	// entry listed, collected by the sweep; OrphanErrors its failed
+	// deletes (retried next sweep).
+	OrphansDeleted, OrphanBytesDeleted, OrphanErrors atomic.Int64
 	// Leader is 1 while this host looks after the memory tier.
 	Leader atomic.Int64
 	// LastRepairNS is how long the last round that repaired anything took.
@@ -81,6 +90,7 @@ func (p *Pool) memTierLead(ctx context.Context, tok *control.Token) {
 	t := time.NewTicker(p.cfg.MemTier.Interval)
 	defer t.Stop()
 	missing := map[string]time.Time{}
+	p.gcAt = time.Now() // the first sweep one GCInterval after taking the lead
 	for {
 		select {
 		case <-ctx.Done():
@@ -126,6 +136,10 @@ func (p *Pool) memTierRound(ctx context.Context, missing map[string]time.Time) e
 				referenced[n] = true
 			}
 		}
+	}
+	if now.Sub(p.gcAt) >= p.cfg.MemTier.GCInterval {
+		p.gcAt = now
+		p.memTierGC(ctx, snaps, members)
 	}
 	drop := map[rdma.NodeID]bool{}
 	for n := range referenced {

@@ -61,6 +61,7 @@ type Pool struct {
 	bg       sync.WaitGroup
 	Counters Counters
 	MemTier  MemTierStats
+	gcAt     time.Time // the last orphan sweep (the memory tier's leader only)
 }
 
 // Counters are the pool's event counts (exported as metrics by embed).
@@ -112,6 +113,12 @@ func New(cfg Config) (*Pool, error) {
 		}
 		if mt.DeadAfter <= 0 {
 			mt.DeadAfter = 10 * time.Second
+		}
+		if mt.GCInterval <= 0 {
+			mt.GCInterval = time.Minute
+		}
+		if mt.OrphanGrace <= 0 {
+			mt.OrphanGrace = 10 * time.Minute
 		}
 		p.bg.Add(1)
 		go p.memTierLoop(ctx)

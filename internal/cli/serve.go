@@ -131,6 +131,8 @@ docs/operations.md, "Upgrades and crashes".`,
 	f.BoolVar(&pc.MemNodesFromControlPlane, "memnodes-from-control-plane", false, "with --embedded: use the memory nodes registered in the control plane (aquifer memnode --etcd-endpoints) instead of --memnode-addrs; new segments follow the nodes that join and leave and the usage they report")
 	f.StringVar(&nodeCap, "memnode-capacity", "4GiB", "with --embedded: capacity of each memory node (in-process ones reserve it lazily; external ones are recorded with it)")
 	f.DurationVar(&pc.MemNodeDeadAfter, "memnode-dead-after", 10*time.Second, "with --embedded: a memory node missing from the control plane this long is declared dead and its segments are re-replicated")
+	f.DurationVar(&pc.MemNodeGCInterval, "memnode-gc-interval", time.Minute, "with --embedded: how often the memory tier's leader looks for segments on the memory nodes that no snapshot lists (left by a failed delete or an interrupted publish)")
+	f.DurationVar(&pc.MemNodeOrphanGrace, "memnode-orphan-grace", 10*time.Minute, "with --embedded: a segment no snapshot lists is deleted once its node has held it this long (covers publishes still in flight)")
 	f.IntVar(&pc.Replicas, "replicas", 0, "with --embedded: copies of each segment on the memory nodes (default 2, or 1 with one node)")
 	f.StringVar(&pc.RDMA, "rdma", "", "with --embedded: how the pager reads memory nodes: emu (latency model, emulated; default with in-process nodes), tcp (default with --memnode-addrs) or verbs (RNIC; binary built with -tags rdma)")
 	f.StringVar(&pc.CXL, "cxl", "", "with --embedded: the pod's CXL region: shm:PATH (emulated), devdax:/dev/daxX.Y or none (default shm:/dev/shm/aquifer-POD-cxl)")

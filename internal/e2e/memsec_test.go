@@ -358,6 +358,45 @@ func TestMemnodeMutualTLSAndCatalog(t *testing.T) {
 	if !strings.Contains(m1.log.String(), "refused read: not authorized") {
 		t.Errorf("m1 did not log its refusal:\n%s", m1.log)
 	}
+
+	// Orphan collection: host2's two 48 MiB segments on m1 are listed by
+	// no snapshot. The same daemon, restarted with a short sweep interval
+	// and grace, deletes them (it leads the memory tier) and nothing else:
+	// m1's usage returns to zero, the published snapshot's segments stay
+	// and it restores again, every byte verified.
+	s.cmd.Process.Signal(os.Interrupt)
+	s.cmd.Wait()
+	before := usage()
+	s = startPool(t, ctx, filepath.Join(dir, "host1"), "--pod", "pod1", "--host-name", "host1", "--etcd-endpoints", ep,
+		"--etcd-tls-dir", caDir, "--memnodes-from-control-plane", "--memnode-tls-dir", h1, "--secret-file", secret,
+		"--cxl-size", "64MiB", "--cxl-chunk", "16MiB", "--replicas", "2",
+		"--memnode-gc-interval", "500ms", "--memnode-orphan-grace", "1s")
+	deadline = time.Now().Add(30 * time.Second)
+	for u := usage(); u["m1"].Used != 0; u = usage() {
+		if time.Now().After(deadline) {
+			mt, _ := s.pc.Metrics(ctx)
+			t.Fatalf("the orphans on m1 were not collected: %+v\n%s", u, grepRE(mt, "memtier"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	after := usage()
+	for _, n := range []string{"m2", "m3"} {
+		if after[n].Used != before[n].Used {
+			t.Errorf("%s: used %d bytes before the sweep, %d after: the sweep touched a listed segment", n, before[n].Used, after[n].Used)
+		}
+	}
+	mt, err := s.pc.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := metric(t, mt, "aquifer_memtier_orphans_deleted_total"); got != 2 {
+		t.Errorf("aquifer_memtier_orphans_deleted_total = %v, want 2", got)
+	}
+	if got := metric(t, mt, "aquifer_memtier_orphan_bytes_deleted_total"); got != 96<<20 {
+		t.Errorf("aquifer_memtier_orphan_bytes_deleted_total = %v, want %d", got, 96<<20)
+	}
+	s.restore1(t, ctx, f, "vm2", "fn")
+	t.Logf("orphan sweep: m1 %d -> 0 bytes; m2 %d, m3 %d bytes untouched", before["m1"].Used, after["m2"].Used, after["m3"].Used)
 }
 
 // deleteSeg deletes segment id on node over a connection of tr.
