@@ -387,3 +387,54 @@ func lastLine(s string) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return l[len(l)-1]
 }
+
+// TestDamagedSuperblock flips one byte of the CXL region's superblock. The
+// running daemon notices it at its next sweep and takes its CXL tier out
+// of service: restores pre-install the hot set from its RDMA copy, every
+// byte verified. A daemon started on the damaged region starts (it once
+// refused to: "region is not formatted"), restores the same way, and
+// publishes (the RDMA tier only).
+func TestDamagedSuperblock(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	dir := t.TempDir()
+	s := startPool(t, ctx, dir)
+	s.publish(t, ctx, img, "fn")
+	if v := s.restore1(t, ctx, f, "vm0", "fn"); v.Report.HotSource != "cxl" {
+		t.Fatalf("before the damage: hot set from %q, want cxl", v.Report.HotSource)
+	}
+	region, err := os.OpenFile(filepath.Join(dir, "cxl"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := region.ReadAt(b, 24); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x10
+	if _, err := region.WriteAt(b, 24); err != nil {
+		t.Fatal(err)
+	}
+	region.Close()
+	start := time.Now()
+	for i := 0; ; i++ {
+		v := s.restore1(t, ctx, f, fmt.Sprintf("run-%d", i), "fn")
+		if strings.HasPrefix(v.Report.HotSource, "rdma") {
+			t.Logf("the running daemon read the hot set from %s %v after the flip (restore %d)", v.Report.HotSource, time.Since(start).Round(time.Millisecond), i)
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("30 s after the flip the running daemon still reads the hot set from %q", v.Report.HotSource)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.cmd.Process.Signal(os.Interrupt)
+	s.cmd.Wait()
+	s = startPool(t, ctx, dir)
+	if v := s.restore1(t, ctx, f, "after", "fn"); !strings.HasPrefix(v.Report.HotSource, "rdma") || v.Report.PreinstallPages == 0 {
+		t.Fatalf("a daemon started on the damaged region: %+v", v.Report)
+	}
+	s.publish(t, ctx, img, "fn2")
+	s.restore1(t, ctx, f, "after2", "fn2")
+}
