@@ -191,7 +191,7 @@ func checkExampleOutput(t *testing.T, cache string, args []string, out string) {
 			n := 0
 			for _, l := range strings.Split(out, "\n") {
 				f := strings.Fields(l)
-				if len(f) > 3 && f[1] == "logstats" && f[2] == s {
+				if len(f) > 3 && f[1] == "logstats" && (f[2] == s || strings.HasPrefix(f[2], s+"@")) {
 					n++
 				}
 			}
