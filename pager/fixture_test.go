@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,7 +345,9 @@ func (r *running) wait(t *testing.T) (*Report, error) {
 		r.done <- x
 		return x.rep, x.err
 	case <-time.After(30 * time.Second):
-		t.Fatal("Serve did not return after the VM went away")
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2)
+		t.Fatalf("Serve did not return after the VM went away; goroutines:\n%s", b.String())
 		return nil, nil
 	}
 }
