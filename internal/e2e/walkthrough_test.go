@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -258,9 +257,6 @@ func execWalkthrough(t *testing.T, w *walkthrough, timeout time.Duration) (strin
 			t.Fatal(err)
 		}
 	}
-	if err := linkOrCopy(bin, filepath.Join(scratch, "bin", "aquifer")); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.WriteFile(filepath.Join(scratch, "script.sh"), []byte(w.script()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +267,7 @@ func execWalkthrough(t *testing.T, w *walkthrough, timeout time.Duration) (strin
 		t.Fatal(err)
 	}
 	cmd := exec.CommandContext(ctx, self)
-	cmd.Env = append(os.Environ(), walkInitEnv+"="+scratch)
+	cmd.Env = append(os.Environ(), walkInitEnv+"="+scratch, walkBinEnv+"="+filepath.Dir(bin))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWPID,
 		Pdeathsig:  syscall.SIGKILL,
@@ -369,33 +365,18 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
 }
 
-func linkOrCopy(src, dst string) error {
-	if os.Link(src, dst) == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	o, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(o, in); err != nil {
-		o.Close()
-		return err
-	}
-	return o.Close()
-}
-
 // walkInitEnv, set to the scratch directory, makes this test binary the
 // init of a walkthrough's namespaces instead of running tests.
-const walkInitEnv = "AQUIFER_E2E_WALKTHROUGH_INIT"
+// walkBinEnv names the directory of the aquifer binary it puts on the
+// PATH.
+const (
+	walkInitEnv = "AQUIFER_E2E_WALKTHROUGH_INIT"
+	walkBinEnv  = "AQUIFER_E2E_WALKTHROUGH_BIN"
+)
 
 func init() {
 	if dir := os.Getenv(walkInitEnv); dir != "" {
-		os.Exit(walkInit(dir))
+		os.Exit(walkInit(dir, os.Getenv(walkBinEnv)))
 	}
 }
 
@@ -404,7 +385,7 @@ func init() {
 // process that ends meanwhile (as an init does: cluster up's daemons are
 // reparented to it), and fails if the script left anything running. When
 // it returns, the kernel kills whatever is left in the pid namespace.
-func walkInit(scratch string) int {
+func walkInit(scratch, binDir string) int {
 	fail := func(what string, err error) int {
 		fmt.Fprintf(os.Stderr, "walkthrough namespace: %s: %v\n", what, err)
 		return 125
@@ -424,8 +405,8 @@ func walkInit(scratch string) int {
 		}
 		return nil
 	}
-	// The scratch directory (under /tmp, about to be covered) is bound
-	// at /run/walkthrough first.
+	// The scratch directory and the binary's (under /tmp, about to be
+	// covered) are bound at /run/walkthrough and its bin/ first.
 	const root = "/run/walkthrough"
 	if err := tmpfs("/run", "0755"); err != nil {
 		return fail("setup", err)
@@ -435,6 +416,9 @@ func walkInit(scratch string) int {
 	}
 	if err := unix.Mount(scratch, root, "", unix.MS_BIND, ""); err != nil {
 		return fail("binding the scratch directory", err)
+	}
+	if err := unix.Mount(binDir, root+"/bin", "", unix.MS_BIND, ""); err != nil {
+		return fail("binding the aquifer binary's directory", err)
 	}
 	for _, d := range [][2]string{{"/tmp", "1777"}, {"/dev/shm", "1777"}, {"/var/lib", "0755"}} {
 		if err := tmpfs(d[0], d[1]); err != nil {
