@@ -161,7 +161,7 @@ func TestWalkthroughsMarked(t *testing.T) {
 			t.Errorf("walkthrough %q is not marked in %s (```sh walkthrough=%s): was the marker or the section removed?", name, file, name)
 		case w.blocks[0].file != file:
 			t.Errorf("walkthrough %q is in %s, want %s", name, w.blocks[0].file, file)
-		case !strings.Contains(w.script(), "aquifer "):
+		case !strings.Contains(strings.Join(blockTexts(w), ""), "aquifer "):
 			t.Errorf("walkthrough %q runs no aquifer command", name)
 		}
 	}
@@ -204,16 +204,29 @@ func TestWalkthroughParser(t *testing.T) {
 const blockMark = "@@walkthrough-block"
 
 // script is the walkthrough as one bash script: each block preceded by a
-// line that names it in the output, and an EXIT trap that records the
-// block running when the script ended and its exit status.
-func (w *walkthrough) script() string {
+// line that names it in the output, an ERR trap that records the script
+// line of a failing command, and an EXIT trap that records the block
+// running when the script ended and its exit status. lines maps each
+// script line (from 1) to its block and line in the block (-1: the
+// harness's).
+func (w *walkthrough) script() (text string, lines [][2]int) {
 	var b strings.Builder
-	b.WriteString("set -euo pipefail\n__walk_block=0\ntrap 'echo \"$__walk_block $?\" > /run/walkthrough/status' EXIT\n")
-	for i, blk := range w.blocks {
-		fmt.Fprintf(&b, "__walk_block=%d; printf '\\n%s %d\\n'\n", i+1, blockMark, i+1)
-		b.WriteString(blk.text)
+	add := func(blk, line int, s string) {
+		b.WriteString(s)
+		b.WriteByte('\n')
+		lines = append(lines, [2]int{blk, line})
 	}
-	return b.String()
+	add(-1, -1, "set -euo pipefail")
+	add(-1, -1, "__walk_block=0")
+	add(-1, -1, `trap 'echo "$LINENO" > /run/walkthrough/errline' ERR`)
+	add(-1, -1, `trap 'echo "$__walk_block $?" > /run/walkthrough/status' EXIT`)
+	for i, blk := range w.blocks {
+		add(-1, -1, fmt.Sprintf("__walk_block=%d; printf '\\n%s %d\\n'", i+1, blockMark, i+1))
+		for j, l := range strings.Split(strings.TrimSuffix(blk.text, "\n"), "\n") {
+			add(i, j, l)
+		}
+	}
+	return b.String(), lines
 }
 
 // TestWalkthrough runs every marked walkthrough to its end.
@@ -257,7 +270,8 @@ func execWalkthrough(t *testing.T, w *walkthrough, timeout time.Duration) (strin
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(scratch, "script.sh"), []byte(w.script()), 0o644); err != nil {
+	script, lines := w.script()
+	if err := os.WriteFile(filepath.Join(scratch, "script.sh"), []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -290,8 +304,38 @@ func execWalkthrough(t *testing.T, w *walkthrough, timeout time.Duration) (strin
 		return out, fmt.Errorf("walkthrough %s (%s): %v; output:\n%s", w.name, w.blocks[0].file, err, out)
 	}
 	b := w.blocks[blk-1]
-	return out, fmt.Errorf("walkthrough %s: the block at %s:%d failed (exit %d):\n%s\n--- its output ---\n%s\n--- the whole output ---\n%s",
-		w.name, b.file, b.line, rc, indent(b.text), blockOutput(out, blk), out)
+	// The failing command's line, from the ERR trap (a continued
+	// command reports its last line).
+	failed, where := -1, fmt.Sprintf("the block at %s:%d", b.file, b.line)
+	if el, err := os.ReadFile(filepath.Join(scratch, "errline")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(el))); err == nil && n >= 1 && n <= len(lines) && lines[n-1][0] == blk-1 {
+			failed = lines[n-1][1]
+			where = fmt.Sprintf("%s:%d, in the block at %s:%d,", b.file, b.line+1+failed, b.file, b.line)
+		}
+	}
+	return out, fmt.Errorf("walkthrough %s: %s failed (exit %d):\n%s\n--- the block's output ---\n%s\n--- the whole output ---\n%s",
+		w.name, where, rc, markLine(b.text, failed), blockOutput(out, blk), out)
+}
+
+// markLine indents text, marking line n (from 0) with ">".
+func markLine(text string, n int) string {
+	ls := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	for i := range ls {
+		p := "    "
+		if i == n {
+			p = "  > "
+		}
+		ls[i] = p + ls[i]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func blockTexts(w *walkthrough) []string {
+	var out []string
+	for _, b := range w.blocks {
+		out = append(out, b.text)
+	}
+	return out
 }
 
 // TestWalkthroughHarnessFails: a failing block is reported by its place
@@ -313,7 +357,8 @@ func TestWalkthroughHarnessFails(t *testing.T) {
 		t.Fatalf("a walkthrough whose second block fails passed:\n%s", out)
 	}
 	msg := err.Error()
-	for _, want := range []string{"x.md:9 failed (exit 1)", "    aquifer status", "no daemon at /run/aquifer/api.sock"} {
+	t.Logf("the failure as reported:\n%s", msg)
+	for _, want := range []string{"x.md:11, in the block at x.md:9, failed (exit 1)", "  > aquifer status", "no daemon at /run/aquifer/api.sock"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the failure report lacks %q:\n%s", want, msg)
 		}
@@ -359,10 +404,6 @@ func blockOutput(out string, n int) string {
 		out = out[:j]
 	}
 	return out
-}
-
-func indent(s string) string {
-	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
 }
 
 // walkInitEnv, set to the scratch directory, makes this test binary the
