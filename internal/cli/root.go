@@ -28,8 +28,8 @@ pages are never stored.
 
 Environment:
   AQUIFER_API        the pager daemon's control socket for every command that
-                     talks to one (publish, pool, memnode drain, guest run);
-                     default /run/aquifer/api.sock; a flag --api wins
+                     talks to one (status, publish, pool, memnode drain, guest
+                     run); default /run/aquifer/api.sock; a flag --api wins
   AQUIFER_CACHE_DIR  where the corpus, guests and packages are cached;
                      default $XDG_CACHE_HOME/aquifer, else ~/.cache/aquifer`,
 		SilenceUsage:  true,

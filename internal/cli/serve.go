@@ -83,6 +83,9 @@ docs/operations.md, "Upgrades and crashes".`,
 				cfg.Pod = &pc
 			}
 			cfg.API = client.Socket(cfg.API)
+			if err := cfg.Validate(); err != nil { // fills in the defaults logged below
+				return err
+			}
 			s, err := embed.Start(ctx, cfg)
 			if err != nil {
 				return err
@@ -98,6 +101,9 @@ docs/operations.md, "Upgrades and crashes".`,
 			case <-s.HandedOver():
 				slog.Info("every VM handed over to the successor: exiting")
 			default:
+				if err == nil {
+					slog.Info("pager daemon stopping: a daemon started again on the same directories takes back the VMs still running", "api", cfg.API)
+				}
 			}
 			return err
 		},
