@@ -15,9 +15,10 @@ import (
 )
 
 // TestHandleRecordBindsConvert records a VM's working set through `aquifer
-// handle --record` and the guest emulator, then converts it: with its own
-// memory silently, with another snapshot of the same size (another
-// function) not at all unless --allow-foreign-ws (issue 19, deliverable 4).
+// handle --record` and the guest emulator (which verifies every byte), then
+// converts it: with its own memory silently, with another snapshot of the
+// same size (another function) not at all unless --allow-foreign-ws (issue
+// 19, deliverable 4).
 func TestHandleRecordBindsConvert(t *testing.T) {
 	f := newFixture(t)
 	other := filepath.Join(f.dir, "other-mem")
@@ -26,22 +27,7 @@ func TestHandleRecordBindsConvert(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sock := filepath.Join(f.dir, "rec.sock")
-	rec := filepath.Join(f.dir, "record.ws")
-	h := exec.CommandContext(ctx, bin, "handle", "--socket", sock, "--mem", f.mem, "--record", rec)
-	var hout, herr bytes.Buffer
-	h.Stdout, h.Stderr = &hout, &herr
-	if err := h.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitSocket(t, sock)
-	rep := runGuest(t, ctx, "--mem", f.mem, "--trace", f.trace, "--backend", "uffd", "--socket", sock, "--vcpus", "2")
-	if err := h.Wait(); err != nil {
-		t.Fatalf("handle: %v\n%s\n%s", err, hout.String(), herr.String())
-	}
-	if rep.Mismatches != 0 || rep.Verified == 0 {
-		t.Fatalf("guest report %+v", rep)
-	}
+	rec := record(t, ctx, f) // aquifer handle --record, the guest emulator as the VM
 	fp, err := wset.FingerprintFile(f.mem)
 	if err != nil {
 		t.Fatal(err)
