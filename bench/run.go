@@ -473,7 +473,7 @@ func allNonZero(mem string, rec *wset.Trace) (*wset.Trace, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &wset.Trace{PageSize: rec.PageSize, MemSize: rec.MemSize, Source: "all non-zero pages"}
+	t := &wset.Trace{PageSize: rec.PageSize, MemSize: rec.MemSize, Memory: rec.Memory, Source: "all non-zero pages"}
 	seen := map[uint64]bool{}
 	var last time.Duration
 	for _, a := range rec.FirstTouches() {

@@ -384,6 +384,11 @@ func (c *capturer) convert(staging string, runs []*runResult, native map[string]
 		RecordInput: c.f.Record, EvalInputs: c.f.Eval, InitNs: initNs, Calibration: cal, State: StateFile,
 		Outputs: map[string]Output{}, Packages: c.f.Packages}
 	checks := &Checks{AllChangedWritten: true}
+	// Every trace is bound to the snapshot memory it was recorded from.
+	fp, err := wset.FingerprintFile(c.snapshot)
+	if err != nil {
+		return nil, err
+	}
 	var traces []*wset.Trace
 	for i, r := range runs {
 		file := RecordFile
@@ -400,6 +405,9 @@ func (c *capturer) convert(staging string, runs []*runResult, native map[string]
 		addDeviceWrites(t, dev)
 		if len(dev) > 0 {
 			t.Source += fmt.Sprintf("; %d device (virtio-blk DMA) writes found by image diff", len(dev))
+		}
+		if err := t.Bind(fp); err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
 		}
 		if err := t.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", file, err)

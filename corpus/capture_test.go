@@ -111,6 +111,10 @@ func checkCapturedWorkload(t *testing.T, w *Workload) {
 			t.Errorf("trace %q: last access at insn %d, T %v", tr.Source, last.Insn, last.T)
 		}
 	}
+	checkBound(t, w)
+	if repeat.Memory == nil || rec.Memory == nil || *repeat.Memory != *rec.Memory {
+		t.Errorf("the repeat is bound to %v, the recording to %v", repeat.Memory, rec.Memory)
+	}
 	// Acceptance 1: two captures (restores) of the same input agree.
 	j := Jaccard(evals[0], repeat)
 	t.Logf("%s: pages touched record %d eval-1 %d repeat %d; Jaccard(eval-1, repeat) = %.4f; Jaccard(record, eval-1) = %.4f",

@@ -210,6 +210,7 @@ func TestSynth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		checkBound(t, w)
 	}
 	// Calibrating against a corpus reproduces its characterization.
 	dir2 := t.TempDir()
@@ -312,5 +313,24 @@ func TestFormatVersions(t *testing.T) {
 	writeMeta(wdir, &m)
 	if _, err := OpenWorkload(wdir); err == nil || !strings.Contains(err.Error(), "upgrade") {
 		t.Errorf("newer format accepted: %v", err)
+	}
+}
+
+// checkBound checks that every trace of w is bound to w's memory file.
+func checkBound(t *testing.T, w *Workload) {
+	t.Helper()
+	fp, err := wset.FingerprintFile(w.Mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := append([]string{w.Record}, w.Eval...)
+	for _, f := range files {
+		tr, err := wset.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := tr.BindingTo(fp); b != wset.Bound {
+			t.Errorf("%s: %s to %s (%s), want bound", f, b, w.Mem, fp)
+		}
 	}
 }

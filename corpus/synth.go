@@ -162,10 +162,10 @@ func Synth(o SynthOptions) (*Corpus, error) {
 }
 
 // synthOne writes one synthetic workload as steps: check the parameters,
-// lay out zero and non-zero pages and choose the hot set, write the traces,
-// the image and meta.json into a staging directory, then move it into
-// place. The generator's random draws happen in this order, so a seed
-// always yields the same workload.
+// lay out zero and non-zero pages and choose the hot set, draw the traces,
+// write the image, then the traces bound to it and meta.json into a staging
+// directory, then move it into place. The generator's random draws happen
+// in this order, so a seed always yields the same workload.
 func synthOne(dir string, f Function, p SynthParams, seed uint64) error {
 	if err := p.check(); err != nil {
 		return err
@@ -177,10 +177,11 @@ func synthOne(dir string, f Function, p SynthParams, seed uint64) error {
 	}
 	defer os.RemoveAll(staging)
 	evalInputs := []string{"b", "c"}
-	if err := g.writeTraces(staging, evalInputs); err != nil {
+	traces := g.traces(evalInputs)
+	if err := g.writeImage(staging); err != nil {
 		return err
 	}
-	if err := g.writeImage(staging); err != nil {
+	if err := writeTraces(staging, traces, filepath.Join(staging, MemFile)); err != nil {
 		return err
 	}
 	pc := p
@@ -322,15 +323,13 @@ func (g *synthGen) touchedZero() ([]uint64, map[uint64]bool) {
 	return pages, set
 }
 
-// writeTraces writes the recording (the hot set plus touched zero pages)
-// and one evaluation trace per input (most of the hot set, some cold and
-// some zero pages).
-func (g *synthGen) writeTraces(staging string, evalInputs []string) error {
+// traces draws the recording (the hot set plus touched zero pages) and one
+// evaluation trace per input (most of the hot set, some cold and some zero
+// pages), by file name.
+func (g *synthGen) traces(evalInputs []string) []namedTrace {
 	zp, recZero := g.touchedZero()
 	recPages := append(append([]uint64(nil), g.hot...), zp...)
-	if err := wset.WriteFile(filepath.Join(staging, RecordFile), g.trace(g.order(recPages), recZero, "record")); err != nil {
-		return err
-	}
+	out := []namedTrace{{RecordFile, g.trace(g.order(recPages), recZero, "record")}}
 	for i, in := range evalInputs {
 		var pages []uint64
 		for _, pg := range g.hot {
@@ -341,7 +340,29 @@ func (g *synthGen) writeTraces(staging string, evalInputs []string) error {
 		pages = append(pages, g.pick(g.nz, int(float64(g.n)*g.p.ColdFrac), g.hotSet)...)
 		zp, ez := g.touchedZero()
 		pages = append(pages, zp...)
-		if err := wset.WriteFile(filepath.Join(staging, EvalFile(i+1)), g.trace(g.order(pages), ez, "eval-"+in)); err != nil {
+		out = append(out, namedTrace{EvalFile(i + 1), g.trace(g.order(pages), ez, "eval-"+in)})
+	}
+	return out
+}
+
+// namedTrace is a trace and the workload file it goes to.
+type namedTrace struct {
+	file  string
+	trace *wset.Trace
+}
+
+// writeTraces binds the traces to the memory file mem (written already)
+// and writes them into staging.
+func writeTraces(staging string, traces []namedTrace, mem string) error {
+	fp, err := wset.FingerprintFile(mem)
+	if err != nil {
+		return err
+	}
+	for _, t := range traces {
+		if err := t.trace.Bind(fp); err != nil {
+			return fmt.Errorf("%s: %w", t.file, err)
+		}
+		if err := wset.WriteFile(filepath.Join(staging, t.file), t.trace); err != nil {
 			return err
 		}
 	}

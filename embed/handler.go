@@ -165,6 +165,13 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	}
 	if c.Record != "" {
 		tr := h.Trace()
+		// Bind the recording to the memory it was made from (read once more,
+		// after the VM is gone, so the restore it records is not slowed).
+		if fp, err := wset.FingerprintFile(c.Mem); err != nil {
+			c.Logger.Warn("the working set is written unbound (convert will warn)", "err", err)
+		} else if err := tr.Bind(fp); err != nil {
+			return res, fmt.Errorf("writing working set: %w", err)
+		}
 		if err := wset.WriteFile(c.Record, tr); err != nil {
 			return res, fmt.Errorf("writing working set: %w", err)
 		}

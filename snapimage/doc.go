@@ -24,7 +24,9 @@
 // verifies a hot page, cold page or cold extent from segment bytes supplied
 // by any source (io.ReaderAt), so a pager never needs the image file itself.
 //
-// Convert builds an image from a memory file and a wset.Trace; Verify
+// Convert builds an image from a memory file and a wset.Trace, and refuses a
+// trace recorded from another memory (wset.CheckMemory, with the memory's
+// fingerprint taken during its classification pass) unless told; Verify
 // rebuilds every page of an image and compares it byte for byte with the
 // original memory file.
 //

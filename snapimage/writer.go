@@ -38,6 +38,15 @@ type ConvertOptions struct {
 	// Progress, when set, is called as work advances with the bytes done
 	// and the total (classification pass plus stored pages).
 	Progress func(done, total int64)
+	// TraceName names the working set in messages (its file); default its
+	// Source.
+	TraceName string
+	// AllowForeignWS converts with a working set recorded from another
+	// memory than this one (wset.CheckMemory): a warning instead of an
+	// error.
+	AllowForeignWS bool
+
+	memName string // the memory file, for messages
 }
 
 // Stats summarises a conversion.
@@ -64,6 +73,16 @@ type Stats struct {
 	Extents       uint64 `json:"cold_extents"`
 	MetadataBytes uint64 `json:"metadata_bytes"`
 	ImageBytes    uint64 `json:"image_bytes"`
+	// MemoryXXH64 is the memory file's fingerprint (wset.Fingerprint,
+	// 16 hex digits), computed during the classification pass.
+	MemoryXXH64 string `json:"memory_xxh64"`
+	// WorkingSet says how the working set relates to the memory: "bound"
+	// (recorded from it), "unbound" (it does not say) or "foreign"
+	// (recorded from another memory, converted with AllowForeignWS);
+	// empty without a working set.
+	WorkingSet string `json:"working_set,omitempty"`
+	// Warnings are for the user: an unbound or a foreign working set.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Convert builds the image at out from the memory file at mem. The image
@@ -79,11 +98,47 @@ func Convert(mem, out string, opt ConvertOptions) (*Stats, error) {
 		return nil, fmt.Errorf("snapimage: map memory file: %w", err)
 	}
 	defer m.Unmap()
+	opt.memName = mem
 	st, err := build(f, m.B[:size], out, opt)
 	if err != nil {
 		return nil, fmt.Errorf("snapimage: convert %s: %w", mem, err)
 	}
 	return st, nil
+}
+
+// hashingReaderAt passes reads through and hashes them while they come in
+// order from offset 0 (the classification pass reads the file sequentially),
+// so the memory's fingerprint costs no extra read.
+type hashingReaderAt struct {
+	r    io.ReaderAt
+	h    *wset.Hasher
+	next int64
+	lost bool // a read out of order: hash by reading again
+}
+
+func (s *hashingReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	n, err := s.r.ReadAt(b, off)
+	if !s.lost && off == s.next {
+		s.h.Write(b[:n])
+		s.next += int64(n)
+	} else {
+		s.lost = true
+	}
+	return n, err
+}
+
+// fingerprint is the fingerprint of the size bytes of the file: the hash
+// of the reads when they covered it in order, else a second sequential
+// read.
+func (s *hashingReaderAt) fingerprint(size uint64) (wset.Fingerprint, error) {
+	if !s.lost && uint64(s.next) == size {
+		return s.h.Fingerprint(), nil
+	}
+	h := wset.NewHasher()
+	if _, err := io.Copy(h, io.NewSectionReader(s.r, 0, int64(size))); err != nil {
+		return wset.Fingerprint{}, fmt.Errorf("fingerprint of the memory: %w", err)
+	}
+	return h.Fingerprint(), nil
 }
 
 // plan is the layout decided before any byte is written.
@@ -124,14 +179,39 @@ func makePlan(f io.ReaderAt, mem []byte, opt ConvertOptions, progress func(int64
 	// Classification pass: streamed reads, not the mapping, so zero pages
 	// are never faulted in. Pages larger than the storage unit are
 	// classified by sub-page: a page is zero when all its sub-pages are.
+	// The same reads give the memory's fingerprint.
+	hr := &hashingReaderAt{r: f, h: wset.NewHasher()}
 	if p.sub == p.ps {
-		p.zero, st.ZeroPages, err = pagestat.ZeroPages(f, int64(p.memSize), int(ps), progress)
+		p.zero, st.ZeroPages, err = pagestat.ZeroPages(hr, int64(p.memSize), int(ps), progress)
 	} else {
-		p.subZero, _, err = pagestat.ZeroPages(f, int64(p.memSize), int(p.sub), progress)
+		p.subZero, _, err = pagestat.ZeroPages(hr, int64(p.memSize), int(p.sub), progress)
 		p.zero, st.ZeroPages = p.zeroPages()
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	fp, err := hr.fingerprint(p.memSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	st.MemoryXXH64 = fmt.Sprintf("%016x", fp.XXH64)
+	if opt.Trace != nil {
+		name := opt.TraceName
+		if name == "" {
+			name = fmt.Sprintf("%q", opt.Trace.Source)
+		}
+		mem := opt.memName
+		if mem == "" {
+			mem = "the memory file"
+		}
+		warn, err := wset.CheckMemory(opt.Trace, name, mem, fp, opt.AllowForeignWS)
+		if err != nil {
+			return nil, nil, err
+		}
+		st.WorkingSet = opt.Trace.BindingTo(fp).String()
+		if warn != "" {
+			st.Warnings = append(st.Warnings, warn)
+		}
 	}
 	slot, err := p.order(trace, opt.HotBudget, st)
 	if err != nil {

@@ -16,20 +16,24 @@ import (
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 )
 
-// On-disk working-set format, version 1 (docs/format.md, "Working-set
+// On-disk working-set format, version 2 (docs/format.md, "Working-set
 // file"). All integers are little-endian.
 //
 //	offset size field
 //	0      8    magic "AQWSET\x00\x01"
-//	8      4    version (1)
+//	8      4    version (2)
 //	12     4    page size in bytes
 //	16     8    memory size in bytes (0 = unknown)
 //	24     8    record count
 //	32     4    source length in bytes (<= MaxSourceLen)
 //	36     4    record size in bytes (32)
-//	40     4    CRC32C of bytes [0,40) followed by the source bytes
+//	40     4    flags: bit 0 = bound (the next field is set); no other bits
 //	44     4    reserved, zero
-//	48     n    source (UTF-8, not NUL-terminated)
+//	48     8    xxhash64 of the memory file the trace was recorded from
+//	            (Fingerprint.XXH64; zero when unbound)
+//	56     4    CRC32C of bytes [0,56) followed by the source bytes
+//	60     4    reserved, zero
+//	64     n    source (UTF-8, not NUL-terminated)
 //	...    32*count records:
 //	             0  8 page index
 //	             8  8 T, nanoseconds since the first access (int64, >= 0)
@@ -39,19 +43,26 @@ import (
 //	            26  6 reserved, zero
 //	...    4    CRC32C of all record bytes
 //	...    8    end magic "AQWSEND\x00"
+//
+// Version 1 has the same fields up to byte 40, then the header CRC at 40
+// (over [0,40) and the source), 4 reserved bytes and the source at 48: no
+// flags and no fingerprint. Decode reads it as an unbound trace.
 const (
-	// Version is the working-set format version that Encode writes and the
-	// only one Decode accepts.
-	Version = 1
+	// Version is the working-set format version that Encode writes.
+	// Decode reads it and version 1.
+	Version = 2
 	// MaxSourceLen bounds the Source string on disk.
 	MaxSourceLen = 64 << 10
 	// MaxRecords bounds the record count Decode accepts (2^32 accesses is
 	// 128 GiB of records, far beyond any real trace).
 	MaxRecords = 1 << 32
 
-	headerLen  = 48
-	recordLen  = 32
-	trailerLen = 12
+	headerLenV1 = 48
+	headerLen   = 64 // version 2
+	recordLen   = 32
+	trailerLen  = 12
+
+	flagBound = 1 << 0
 )
 
 var (
@@ -101,9 +112,13 @@ func Encode(w io.Writer, t *Trace) error {
 	binary.LittleEndian.PutUint64(hdr[24:], uint64(len(t.Accesses)))
 	binary.LittleEndian.PutUint32(hdr[32:], uint32(len(t.Source)))
 	binary.LittleEndian.PutUint32(hdr[36:], recordLen)
-	hc := crc32.Update(0, castagnoli, hdr[:40])
+	if t.Memory != nil {
+		binary.LittleEndian.PutUint32(hdr[40:], flagBound)
+		binary.LittleEndian.PutUint64(hdr[48:], t.Memory.XXH64)
+	}
+	hc := crc32.Update(0, castagnoli, hdr[:56])
 	hc = crc32.Update(hc, castagnoli, []byte(t.Source))
-	binary.LittleEndian.PutUint32(hdr[40:], hc)
+	binary.LittleEndian.PutUint32(hdr[56:], hc)
 	if _, err := w.Write(hdr[:]); err != nil {
 		return fmt.Errorf("wset: encode header: %w", err)
 	}
@@ -156,14 +171,26 @@ func putRecord(r []byte, a Access) {
 // justify: records are read in bounded batches.
 func Decode(r io.Reader) (*Trace, error) {
 	var hdr [headerLen]byte
-	if n, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, &FormatError{int64(n), "header", fmt.Errorf("truncated: got %d of %d bytes: %w", n, headerLen, err)}
+	if n, err := io.ReadFull(r, hdr[:headerLenV1]); err != nil {
+		return nil, &FormatError{int64(n), "header", fmt.Errorf("truncated: got %d of %d bytes: %w", n, headerLenV1, err)}
 	}
 	if !bytes.Equal(hdr[0:8], fileMagic[:]) {
 		return nil, &FormatError{0, "header magic", fmt.Errorf("got %q, want %q (not a working-set file)", hdr[0:8], fileMagic[:])}
 	}
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != Version {
-		return nil, &FormatError{8, "header version", fmt.Errorf("version %d not supported (this build reads %d)", v, Version)}
+	v := binary.LittleEndian.Uint32(hdr[8:])
+	hlen, crcOff := headerLen, 56
+	switch {
+	case v == 1:
+		hlen, crcOff = headerLenV1, 40
+	case v > Version:
+		return nil, &FormatError{8, "header version", fmt.Errorf("working-set format version %d is newer than this build reads (versions 1 to %d): it was written by a newer Aquifer; upgrade", v, Version)}
+	case v != Version:
+		return nil, &FormatError{8, "header version", fmt.Errorf("version %d not supported (this build reads 1 to %d)", v, Version)}
+	}
+	if hlen > headerLenV1 {
+		if n, err := io.ReadFull(r, hdr[headerLenV1:hlen]); err != nil {
+			return nil, &FormatError{headerLenV1 + int64(n), "header", fmt.Errorf("truncated: got %d of %d bytes: %w", headerLenV1+n, hlen, err)}
+		}
 	}
 	srcLen := binary.LittleEndian.Uint32(hdr[32:])
 	if srcLen > MaxSourceLen {
@@ -172,17 +199,33 @@ func Decode(r io.Reader) (*Trace, error) {
 	if rl := binary.LittleEndian.Uint32(hdr[36:]); rl != recordLen {
 		return nil, &FormatError{36, "header record size", fmt.Errorf("%d, want %d", rl, recordLen)}
 	}
-	if res := binary.LittleEndian.Uint32(hdr[44:]); res != 0 {
-		return nil, &FormatError{44, "header reserved", fmt.Errorf("%#x, want 0", res)}
+	if res := binary.LittleEndian.Uint32(hdr[crcOff+4:]); res != 0 {
+		return nil, &FormatError{int64(crcOff) + 4, "header reserved", fmt.Errorf("%#x, want 0", res)}
+	}
+	var memory *Fingerprint
+	if v >= 2 {
+		flags := binary.LittleEndian.Uint32(hdr[40:])
+		if flags&^flagBound != 0 {
+			return nil, &FormatError{40, "header flags", fmt.Errorf("%#x has unknown bits (this build knows %#x)", flags, flagBound)}
+		}
+		if res := binary.LittleEndian.Uint32(hdr[44:]); res != 0 {
+			return nil, &FormatError{44, "header reserved", fmt.Errorf("%#x, want 0", res)}
+		}
+		xh := binary.LittleEndian.Uint64(hdr[48:])
+		if flags&flagBound != 0 {
+			memory = &Fingerprint{Size: binary.LittleEndian.Uint64(hdr[16:]), XXH64: xh}
+		} else if xh != 0 {
+			return nil, &FormatError{48, "header memory fingerprint", fmt.Errorf("%#016x in an unbound working set, want 0", xh)}
+		}
 	}
 	src := make([]byte, srcLen)
 	if n, err := io.ReadFull(r, src); err != nil {
-		return nil, &FormatError{headerLen + int64(n), "source", fmt.Errorf("truncated: got %d of %d bytes: %w", n, srcLen, err)}
+		return nil, &FormatError{int64(hlen) + int64(n), "source", fmt.Errorf("truncated: got %d of %d bytes: %w", n, srcLen, err)}
 	}
-	hc := crc32.Update(0, castagnoli, hdr[:40])
+	hc := crc32.Update(0, castagnoli, hdr[:crcOff])
 	hc = crc32.Update(hc, castagnoli, src)
-	if want := binary.LittleEndian.Uint32(hdr[40:]); hc != want {
-		return nil, &FormatError{40, "header", fmt.Errorf("%w: computed %#08x, stored %#08x", ErrChecksum, hc, want)}
+	if want := binary.LittleEndian.Uint32(hdr[crcOff:]); hc != want {
+		return nil, &FormatError{int64(crcOff), "header", fmt.Errorf("%w: computed %#08x, stored %#08x", ErrChecksum, hc, want)}
 	}
 	count := binary.LittleEndian.Uint64(hdr[24:])
 	if count > MaxRecords {
@@ -191,11 +234,12 @@ func Decode(r io.Reader) (*Trace, error) {
 	t := &Trace{
 		PageSize: binary.LittleEndian.Uint32(hdr[12:]),
 		MemSize:  binary.LittleEndian.Uint64(hdr[16:]),
+		Memory:   memory,
 		Source:   string(src),
 	}
 	// Grow with the data actually read, never trusting count for allocation.
 	t.Accesses = make([]Access, 0, min(count, 1<<16))
-	base := int64(headerLen) + int64(srcLen)
+	base := int64(hlen) + int64(srcLen)
 	const batch = 4096
 	buf := make([]byte, batch*recordLen)
 	var rc uint32
@@ -293,12 +337,38 @@ func ReadFile(path string) (*Trace, error) {
 // access that defines the page's earliest time.
 //
 // All inputs must have the same page size; a memory size of 0 (unknown)
-// agrees with any other, two different non-zero sizes are an error.
+// agrees with any other, two different non-zero sizes are an error. Inputs
+// bound to different memories (Trace.Memory) are an error (*MergeError): they
+// are recordings of different snapshots. The merge is bound when every input
+// is bound to the same memory; when some input is unbound it is unbound
+// (Unbound lists those inputs), since nothing says that input was recorded
+// from the others' memory.
 func Merge(traces ...*Trace) (*Trace, error) {
 	if len(traces) == 0 {
 		return nil, errors.New("wset: merge: no traces")
 	}
+	var (
+		memory  *Fingerprint
+		memFrom int
+		unbound bool
+	)
+	for i, t := range traces {
+		if t == nil || t.Memory == nil {
+			unbound = true
+			continue
+		}
+		if memory != nil && *memory != *t.Memory {
+			return nil, &MergeError{First: memFrom, Other: i, FirstSource: traces[memFrom].Source, OtherSource: t.Source,
+				FirstMemory: *memory, OtherMemory: *t.Memory}
+		}
+		if memory == nil {
+			memory, memFrom = t.Memory, i
+		}
+	}
 	out := &Trace{}
+	if !unbound && memory != nil {
+		out.Memory = &Fingerprint{Size: memory.Size, XXH64: memory.XXH64}
+	}
 	var srcs []string
 	type cand struct {
 		a       Access
@@ -356,9 +426,28 @@ func Merge(traces ...*Trace) (*Trace, error) {
 	for i, c := range cands {
 		out.Accesses[i] = c.a
 	}
+	if out.Memory != nil && out.MemSize == 0 {
+		out.MemSize = out.Memory.Size
+	}
 	out.Source = "merge(" + strings.Join(srcs, ", ") + ")"
 	if len(out.Source) > MaxSourceLen {
 		out.Source = out.Source[:MaxSourceLen-len("...)")] + "...)"
 	}
 	return out, nil
+}
+
+// MergeError is returned by Merge for inputs recorded from different
+// memories.
+type MergeError struct {
+	// First and Other are the positions of the two inputs.
+	First, Other int
+	// FirstSource and OtherSource are their Source strings.
+	FirstSource, OtherSource string
+	// FirstMemory and OtherMemory are their memories' fingerprints.
+	FirstMemory, OtherMemory Fingerprint
+}
+
+func (e *MergeError) Error() string {
+	return fmt.Sprintf("wset: merge: input %d (%q) was recorded from another memory (%s) than input %d (%q, %s): "+
+		"a merge is of recordings of one snapshot", e.Other, e.OtherSource, e.OtherMemory, e.First, e.FirstSource, e.FirstMemory)
 }

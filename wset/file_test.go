@@ -2,7 +2,9 @@ package wset
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,17 +27,89 @@ func sampleTrace(n int) *Trace {
 	return t
 }
 
+// boundTrace is sampleTrace(n) bound to a memory of its size.
+func boundTrace(n int) *Trace {
+	t := sampleTrace(n)
+	t.Memory = &Fingerprint{Size: t.MemSize, XXH64: 0x0123456789abcdef}
+	return t
+}
+
+// encodeV1 writes t in format version 1 (no fingerprint), as builds before
+// version 2 did: the files they left behind must still read.
+func encodeV1(t *Trace) []byte {
+	var b bytes.Buffer
+	var hdr [headerLenV1]byte
+	copy(hdr[0:8], fileMagic[:])
+	binary.LittleEndian.PutUint32(hdr[8:], 1)
+	binary.LittleEndian.PutUint32(hdr[12:], t.PageSize)
+	binary.LittleEndian.PutUint64(hdr[16:], t.MemSize)
+	binary.LittleEndian.PutUint64(hdr[24:], uint64(len(t.Accesses)))
+	binary.LittleEndian.PutUint32(hdr[32:], uint32(len(t.Source)))
+	binary.LittleEndian.PutUint32(hdr[36:], recordLen)
+	hc := crc32.Update(0, castagnoli, hdr[:40])
+	hc = crc32.Update(hc, castagnoli, []byte(t.Source))
+	binary.LittleEndian.PutUint32(hdr[40:], hc)
+	b.Write(hdr[:])
+	b.WriteString(t.Source)
+	var recs []byte
+	for _, a := range t.Accesses {
+		var r [recordLen]byte
+		putRecord(r[:], a)
+		recs = append(recs, r[:]...)
+	}
+	b.Write(recs)
+	var tr [trailerLen]byte
+	binary.LittleEndian.PutUint32(tr[0:], crc32.Update(0, castagnoli, recs))
+	copy(tr[4:], endMagic[:])
+	b.Write(tr[:])
+	return b.Bytes()
+}
+
 func TestEncodeDecodeRoundTrip(t *testing.T) {
 	for _, n := range []int{0, 1, 1023, 1024, 1025, 10000} {
+		for _, tr := range []*Trace{sampleTrace(n), boundTrace(n)} {
+			testRoundTrip(t, n, tr)
+		}
+	}
+}
+
+func testRoundTrip(t *testing.T, n int, tr *Trace) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := Encode(&buf, tr); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := buf.Len(), headerLen+len(tr.Source)+recordLen*n+trailerLen; got != want {
+		t.Fatalf("n=%d: encoded %d bytes, want %d", n, got, want)
+	}
+	got, err := Decode(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatalf("n=%d: %v", n, err)
+	}
+	if n == 0 {
+		tr.Accesses = []Access{}
+	}
+	if !reflect.DeepEqual(got, tr) {
+		t.Fatalf("n=%d: round trip differs (bound %v)", n, tr.Memory != nil)
+	}
+}
+
+// A version 1 file (committed, written by a build before version 2) reads
+// as an unbound trace; so does every version 1 encoding.
+func TestDecodeVersion1(t *testing.T) {
+	got, err := ReadFile("testdata/v1.ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := sampleTrace(5); !reflect.DeepEqual(got, want) {
+		t.Fatalf("testdata/v1.ws:\n got %+v\nwant %+v", got, want)
+	}
+	if got.Memory != nil {
+		t.Fatal("a version 1 file decoded as bound")
+	}
+	for _, n := range []int{0, 3, 5000} {
 		tr := sampleTrace(n)
-		var buf bytes.Buffer
-		if err := Encode(&buf, tr); err != nil {
-			t.Fatal(err)
-		}
-		if got, want := buf.Len(), headerLen+len(tr.Source)+recordLen*n+trailerLen; got != want {
-			t.Fatalf("n=%d: encoded %d bytes, want %d", n, got, want)
-		}
-		got, err := Decode(bytes.NewReader(buf.Bytes()))
+		got, err := Decode(bytes.NewReader(encodeV1(tr)))
 		if err != nil {
 			t.Fatalf("n=%d: %v", n, err)
 		}
@@ -43,7 +117,43 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			tr.Accesses = []Access{}
 		}
 		if !reflect.DeepEqual(got, tr) {
-			t.Fatalf("n=%d: round trip differs", n)
+			t.Fatalf("n=%d: version 1 decodes differently", n)
+		}
+	}
+}
+
+func TestDecodeVersions(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Encode(&buf, boundTrace(2)); err != nil {
+		t.Fatal(err)
+	}
+	for v, want := range map[uint32]string{0: "version 0 not supported", 3: "version 3 is newer than this build reads (versions 1 to 2)"} {
+		b := bytes.Clone(buf.Bytes())
+		binary.LittleEndian.PutUint32(b[8:], v)
+		_, err := Decode(bytes.NewReader(b))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("version %d: %v, want %q", v, err, want)
+		}
+	}
+	// A bound trace must name its memory size; the fingerprint of an
+	// unbound one must be zero; unknown flags are refused.
+	for name, edit := range map[string]func(b []byte){
+		"bound, no memory size": func(b []byte) { binary.LittleEndian.PutUint64(b[16:], 0) },
+		"unbound with a hash":   func(b []byte) { binary.LittleEndian.PutUint32(b[40:], 0) },
+		"unknown flag":          func(b []byte) { binary.LittleEndian.PutUint32(b[40:], 3) },
+		"reserved 44":           func(b []byte) { b[44] = 1 },
+		"reserved 60":           func(b []byte) { b[60] = 1 },
+	} {
+		b := bytes.Clone(buf.Bytes())
+		edit(b)
+		srcLen := binary.LittleEndian.Uint32(b[32:])
+		hc := crc32.Update(0, castagnoli, b[:56])
+		hc = crc32.Update(hc, castagnoli, b[headerLen:headerLen+int(srcLen)])
+		binary.LittleEndian.PutUint32(b[56:], hc) // the damage is not a checksum error
+		_, err := Decode(bytes.NewReader(b))
+		var fe *FormatError
+		if !errors.As(err, &fe) || errors.Is(err, ErrChecksum) {
+			t.Errorf("%s: %v, want a FormatError that is not a checksum mismatch", name, err)
 		}
 	}
 }
@@ -65,12 +175,20 @@ func TestEncodeRejectsInvalid(t *testing.T) {
 // rejected with a *FormatError (never a panic, never a silently different
 // trace).
 func TestDecodeCorruption(t *testing.T) {
-	tr := sampleTrace(40)
-	var buf bytes.Buffer
-	if err := Encode(&buf, tr); err != nil {
+	var v2, v2u bytes.Buffer
+	if err := Encode(&v2, boundTrace(40)); err != nil {
 		t.Fatal(err)
 	}
-	good := buf.Bytes()
+	if err := Encode(&v2u, sampleTrace(40)); err != nil {
+		t.Fatal(err)
+	}
+	testCorruption(t, v2.Bytes(), headerLen)
+	testCorruption(t, v2u.Bytes(), headerLen)
+	testCorruption(t, encodeV1(sampleTrace(40)), headerLenV1)
+}
+
+func testCorruption(t *testing.T, good []byte, hlen int) {
+	tr := sampleTrace(40)
 	for n := 0; n < len(good); n++ {
 		_, err := Decode(bytes.NewReader(good[:n]))
 		var fe *FormatError
@@ -92,7 +210,7 @@ func TestDecodeCorruption(t *testing.T) {
 	}
 	// Spot-check that errors name the structure.
 	copy(bad, good)
-	bad[headerLen+len(tr.Source)+5*recordLen] ^= 1
+	bad[hlen+len(tr.Source)+5*recordLen] ^= 1
 	_, err := Decode(bytes.NewReader(bad))
 	if err == nil || !strings.Contains(err.Error(), "records") || !errors.Is(err, ErrChecksum) {
 		t.Fatalf("flipped record: %v", err)
@@ -200,25 +318,76 @@ func TestMerge(t *testing.T) {
 	}
 }
 
+func TestMergeMemories(t *testing.T) {
+	fa := Fingerprint{Size: 1 << 20, XXH64: 0xaaaa}
+	fb := Fingerprint{Size: 1 << 20, XXH64: 0xbbbb}
+	mk := func(src string, fp *Fingerprint, pages ...uint64) *Trace {
+		tr := &Trace{PageSize: 4096, MemSize: 1 << 20, Source: src}
+		if fp != nil {
+			tr.Memory = &Fingerprint{Size: fp.Size, XXH64: fp.XXH64}
+		}
+		for i, p := range pages {
+			tr.Accesses = append(tr.Accesses, Access{Page: p, T: time.Duration(i), Kind: Read})
+		}
+		return tr
+	}
+	m, err := Merge(mk("a", &fa, 1, 2), mk("a2", &fa, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Memory == nil || *m.Memory != fa || m.BindingTo(fa) != Bound {
+		t.Fatalf("merge of recordings of one memory: bound to %v, want %v", m.Memory, fa)
+	}
+	_, err = Merge(mk("a", &fa, 1), mk("unbound", nil, 2), mk("b", &fb, 3))
+	var me *MergeError
+	if !errors.As(err, &me) || me.First != 0 || me.Other != 2 {
+		t.Fatalf("merge of two memories: %v, want a MergeError naming inputs 0 and 2", err)
+	}
+	for _, want := range []string{`input 2 ("b")`, "xxh64 000000000000bbbb", `input 0 ("a"`, "xxh64 000000000000aaaa"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("merge error %q does not name %q", err, want)
+		}
+	}
+	m, err = Merge(mk("a", &fa, 1), mk("unbound", nil, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Memory != nil {
+		t.Fatal("a merge with an unbound input is bound")
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	for _, n := range []int{0, 1, 3} {
-		var buf bytes.Buffer
-		if err := Encode(&buf, sampleTrace(n)); err != nil {
-			f.Fatal(err)
+		for _, tr := range []*Trace{sampleTrace(n), boundTrace(n)} {
+			var buf bytes.Buffer
+			if err := Encode(&buf, tr); err != nil {
+				f.Fatal(err)
+			}
+			f.Add(buf.Bytes())
 		}
-		f.Add(buf.Bytes())
+		f.Add(encodeV1(sampleTrace(n)))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tr, err := Decode(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
-		// Anything that decodes must re-encode to the same bytes.
+		// Anything that decodes must re-encode (in the current version)
+		// to a file that decodes to the same trace; a current-version
+		// input re-encodes to the same bytes.
 		var buf bytes.Buffer
 		if err := Encode(&buf, tr); err != nil {
 			t.Fatalf("decoded trace does not re-encode: %v", err)
 		}
-		if !bytes.Equal(buf.Bytes(), data[:buf.Len()]) {
+		again, err := Decode(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			t.Fatalf("re-encoded trace does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(again, tr) {
+			t.Fatal("re-encoded trace decodes differently")
+		}
+		if binary.LittleEndian.Uint32(data[8:]) == Version && !bytes.Equal(buf.Bytes(), data[:buf.Len()]) {
 			t.Fatal("re-encoding differs from input")
 		}
 	})

@@ -55,17 +55,26 @@ type Trace struct {
 	PageSize uint32
 	// MemSize is the size of the memory file the trace refers to, in bytes.
 	MemSize uint64
+	// Memory is the fingerprint of the snapshot memory the trace was
+	// recorded from (its Size is MemSize), or nil when the trace is
+	// unbound (written before format version 2, or by a tool that did not
+	// know the memory). See Bind and CheckMemory.
+	Memory *Fingerprint
 	// Source is a free-form description (function name, input, tool).
 	Source string
 	// Accesses in order of time.
 	Accesses []Access
 }
 
-// Validate checks internal consistency: page size, pages inside the memory
-// size, kinds non-empty, times non-decreasing.
+// Validate checks internal consistency: page size, the memory fingerprint's
+// size is the memory size, pages inside the memory size, kinds non-empty,
+// times non-decreasing.
 func (t *Trace) Validate() error {
 	if t.PageSize != 4096 && t.PageSize != 2<<20 {
 		return fmt.Errorf("wset: page size %d is neither 4 KiB nor 2 MiB", t.PageSize)
+	}
+	if t.Memory != nil && (t.Memory.Size == 0 || t.Memory.Size != t.MemSize) {
+		return fmt.Errorf("wset: bound to a memory of %d bytes, but the memory size is %d", t.Memory.Size, t.MemSize)
 	}
 	pages := (t.MemSize + uint64(t.PageSize) - 1) / uint64(t.PageSize)
 	var last time.Duration

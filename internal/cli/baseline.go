@@ -11,6 +11,7 @@ import (
 func init() {
 	b := &cobra.Command{Use: "baseline", Short: "Prepare the files of the REAP and FaaSnap baselines"}
 	var mem, ws, out, pageSize string
+	var allowForeign bool
 	reap := &cobra.Command{
 		Use:   "reap --mem MEM --ws RECORDING --out WSFILE [--page-size 2MiB]",
 		Short: "Write REAP's working-set file (pages of the recording, offset order) for aquifer handle --reap-ws",
@@ -21,6 +22,9 @@ coarsened to the 2 MiB pages it touched and whole 2 MiB pages are stored.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tr, err := wset.ReadFile(ws)
 			if err != nil {
+				return err
+			}
+			if err := checkWSMemory(cmd, mem, allowForeign, []string{ws}, []*wset.Trace{tr}); err != nil {
 				return err
 			}
 			if pageSize != "" {
@@ -48,6 +52,9 @@ coarsened to the 2 MiB pages it touched and whole 2 MiB pages are stored.`,
 			if err != nil {
 				return err
 			}
+			if err := checkWSMemory(cmd, mem, allowForeign, []string{ws}, []*wset.Trace{tr}); err != nil {
+				return err
+			}
 			plan, err := baseline.BuildFaaSnap(mem, tr, out)
 			if err != nil {
 				return err
@@ -63,6 +70,7 @@ coarsened to the 2 MiB pages it touched and whole 2 MiB pages are stored.`,
 		c.Flags().StringVar(&mem, "mem", "", "snapshot memory file")
 		c.Flags().StringVar(&ws, "ws", "", "recorded working set (aquifer handle --record or corpus capture)")
 		c.Flags().StringVar(&out, "out", "", outHelp)
+		c.Flags().BoolVar(&allowForeign, "allow-foreign-ws", false, "use a recording made from another memory than --mem (refused without it)")
 		c.MarkFlagRequired("mem")
 		c.MarkFlagRequired("ws")
 		c.MarkFlagRequired("out")

@@ -18,7 +18,7 @@ func init() {
 	var (
 		mem, ws, out, budget, regions, pageSize string
 		extentPages                             uint32
-		asJSON                                  bool
+		asJSON, allowForeign                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "convert --mem MEM --ws WS --out IMG [--hot-budget PAGES|PERCENT]",
@@ -37,10 +37,19 @@ recording is coarsened: a 2 MiB page is hot when the recording touched any
 of its 4 KiB pages, in first-touch order), and each stored 2 MiB page holds
 only its non-zero 4 KiB sub-pages, rebuilt when it is installed. Without the
 flag the page size is the recording's (a recording made by aquifer handle
-on a 2 MiB guest is in 2 MiB pages), else 4 KiB.`,
+on a 2 MiB guest is in 2 MiB pages), else 4 KiB.
+
+A working set is bound to the memory it was recorded from (its file holds
+the xxhash64 of that memory file, docs/format.md §1). convert computes the
+memory's fingerprint while it reads it and refuses a working set recorded
+from another memory, naming both fingerprints: a recording of another
+function or of an older snapshot of this one makes the wrong pages hot.
+--allow-foreign-ws converts with it anyway (a warning). A working set that
+does not say which memory it is from (written before format version 2)
+converts with a warning; aquifer ws bind --mem MEM FILE binds it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opt := snapimage.ConvertOptions{ExtentPages: extentPages}
+			opt := snapimage.ConvertOptions{ExtentPages: extentPages, TraceName: ws, AllowForeignWS: allowForeign}
 			var err error
 			if pageSize != "" {
 				if opt.PageSize, err = parsePageSize("page-size", pageSize); err != nil {
@@ -70,6 +79,9 @@ on a 2 MiB guest is in 2 MiB pages), else 4 KiB.`,
 			if err != nil {
 				return err
 			}
+			for _, warn := range st.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", warn)
+			}
 			w := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(w)
@@ -79,6 +91,9 @@ on a 2 MiB guest is in 2 MiB pages), else 4 KiB.`,
 			fmt.Fprintf(w, "%s: %d pages of %d bytes: %d zero, %d hot, %d cold (%d touched over budget %s), %d touched zero\n",
 				out, st.Pages, st.PageSize, st.ZeroPages, st.HotPages, st.ColdPages, st.OverBudgetPages, opt.HotBudget, st.TouchedZeroPages)
 			fmt.Fprintf(w, "%s: %d bytes (metadata %d bytes: %d page-map runs, %d cold extents)\n", out, st.ImageBytes, st.MetadataBytes, st.Runs, st.Extents)
+			if ws != "" {
+				fmt.Fprintf(w, "%s: memory xxh64 %s, working set %s\n", out, st.MemoryXXH64, st.WorkingSet)
+			}
 			return nil
 		},
 	}
@@ -91,6 +106,7 @@ on a 2 MiB guest is in 2 MiB pages), else 4 KiB.`,
 	f.StringVar(&pageSize, "page-size", "", "guest page size: 4KiB or 2MiB (default: the recording's, else 4KiB)")
 	f.Uint32Var(&extentPages, "extent-pages", 0, "maximum pages per cold extent (default 64 for 4 KiB pages, 1 for 2 MiB pages: 256 KiB or one page)")
 	f.BoolVar(&asJSON, "json", false, "print the conversion statistics as JSON")
+	f.BoolVar(&allowForeign, "allow-foreign-ws", false, "convert with a working set recorded from another memory than --mem (refused without it)")
 	cmd.MarkFlagRequired("mem")
 	cmd.MarkFlagRequired("out")
 	register(cmd)

@@ -20,6 +20,7 @@ func init() {
 		evals    []string
 		mins     []int
 		asJSON   bool
+		allow    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "hotset --mem MEM --record REC.ws --eval EVAL.ws[,...]",
@@ -31,7 +32,11 @@ pages of which the recording touched at least N 4 KiB pages (--min-touched),
 it prints the hot pages, the bytes the pre-install copies into the guest and
 reads from the hot tier, and per evaluation trace (mean) the non-zero pages
 touched but not hot (faults to the cold tier) and the hot pages not touched
-(pre-installed for nothing).`,
+(pre-installed for nothing).
+
+Traces recorded from another memory than MEM are refused (their pages are
+not MEM's), unless --allow-foreign-ws; traces that do not say which memory
+they are from (format version 1) are used with a warning.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := wset.ReadFile(rec)
@@ -45,6 +50,9 @@ touched but not hot (faults to the cold tier) and the hot pages not touched
 					return err
 				}
 				ev = append(ev, t)
+			}
+			if err := checkWSMemory(cmd, mem, allow, append([]string{rec}, evals...), append([]*wset.Trace{r}, ev...)); err != nil {
+				return err
 			}
 			f, err := os.Open(mem)
 			if err != nil {
@@ -84,6 +92,7 @@ touched but not hot (faults to the cold tier) and the hot pages not touched
 	f.StringSliceVar(&evals, "eval", nil, "4 KiB traces of other invocations to measure it on")
 	f.IntSliceVar(&mins, "min-touched", []int{1, 2, 4, 8, 16, 32}, "2 MiB thresholds: 4 KiB pages the recording must touch for a 2 MiB page to be hot")
 	f.BoolVar(&asJSON, "json", false, "print the points as JSON")
+	f.BoolVar(&allow, "allow-foreign-ws", false, "use traces recorded from another memory than --mem (refused without it)")
 	cmd.MarkFlagRequired("mem")
 	cmd.MarkFlagRequired("record")
 	for _, c := range rootCmd.Commands() {

@@ -79,6 +79,13 @@ func newHugeFixture(t *testing.T) *hugeFixture {
 		t.Fatal(err)
 	}
 	all := testsnap.Trace(testsnap.TraceSpec{MemSize: hugeMemSize, Accesses: 5000, Pages: 2500, WriteFrac: 0.2, CPUs: 2, Seed: 33})
+	fp, err := wset.FingerprintFile(f.mem) // the recording below is of this memory
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := all.Bind(fp); err != nil {
+		t.Fatal(err)
+	}
 	if err := wset.WriteFile(f.trace, all); err != nil {
 		t.Fatal(err)
 	}
@@ -293,13 +300,21 @@ func convertHuge(t *testing.T, ctx context.Context, f *hugeFixture) string {
 	if err != nil {
 		t.Fatalf("convert: %v\n%s", err, out)
 	}
-	var raw map[string]uint64
+	var raw struct {
+		PageSize     uint64 `json:"page_size"`
+		SubPageSize  uint64 `json:"sub_page_size"`
+		ZeroPages    uint64 `json:"zero_pages"`
+		HotPages     uint64 `json:"hot_pages"`
+		ColdPages    uint64 `json:"cold_pages"`
+		ZeroSubPages uint64 `json:"zero_sub_pages"`
+		WorkingSet   string `json:"working_set"`
+	}
 	if err := json.Unmarshal(out, &raw); err != nil {
 		t.Fatalf("convert --json: %v: %s", err, out)
 	}
 	// 24 pages: every 4th but page 0 zero (5); the recording touches
 	// pages 0..15 (13 non-zero: hot), the other 6 non-zero pages are cold.
-	if raw["page_size"] != 2<<20 || raw["sub_page_size"] != 4096 || raw["zero_pages"] != 5 || raw["hot_pages"] != 13 || raw["cold_pages"] != 6 || raw["zero_sub_pages"] == 0 {
+	if raw.PageSize != 2<<20 || raw.SubPageSize != 4096 || raw.ZeroPages != 5 || raw.HotPages != 13 || raw.ColdPages != 6 || raw.ZeroSubPages == 0 || raw.WorkingSet != "bound" {
 		t.Fatalf("convert stats %s", out)
 	}
 	return img

@@ -98,13 +98,14 @@ func TestCatalogForgeryRefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	f, img := poolFixture(t, ctx)
-	// A second, different image from another memory file.
+	// A second, different image from another memory file (with the first
+	// one's recording: any hot set will do).
 	mem2 := filepath.Join(f.dir, "mem2")
 	if _, err := testsnap.Write(mem2, testsnap.Spec{Size: poolMemSize, ZeroFrac: 0.6, Seed: 99}); err != nil {
 		t.Fatal(err)
 	}
 	img2 := filepath.Join(f.dir, "img2")
-	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", mem2, "--ws", filepath.Join(f.dir, "rec.ws"), "--out", img2).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, bin, "convert", "--mem", mem2, "--ws", filepath.Join(f.dir, "rec.ws"), "--out", img2, "--allow-foreign-ws").CombinedOutput(); err != nil {
 		t.Fatalf("convert: %v\n%s", err, out)
 	}
 	dir := t.TempDir()
