@@ -85,12 +85,12 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	defer cm.Unmap()
 	if len(cold) > 0 {
 		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
-			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing a cold segment to the memory nodes: %w", err))
 		}
 	}
 	if len(hot) > 0 {
 		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
-			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing the hot segment's copy to the memory nodes: %w", err))
 		}
 	}
 	// Metadata object: the image up to the hot segment, the object
@@ -117,7 +117,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	copy(mm.B, blob)
 	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
 	if err != nil {
-		return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
+		return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing the metadata to the memory nodes: %w", err))
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),
