@@ -41,15 +41,15 @@ func Verify(img, mem string, progress func(done, total int64)) (*VerifyResult, e
 	defer f.Close()
 	mf, err := os.Open(mem)
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: %w", err)
+		return nil, err
 	}
 	defer mf.Close()
 	st, err := mf.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: %w", err)
+		return nil, err
 	}
 	if uint64(st.Size()) != im.hdr.memSize {
-		return nil, fmt.Errorf("snapimage: memory file %s has %d bytes, image %s describes %d", mem, st.Size(), img, im.hdr.memSize)
+		return nil, fmt.Errorf("memory file %s has %d bytes, image %s describes %d", mem, st.Size(), img, im.hdr.memSize)
 	}
 	segBytes := int64(im.hdr.sections[SecHotSegment].Length + im.hdr.sections[SecColdSegment].Length)
 	total := segBytes + int64(im.hdr.memSize)
