@@ -26,7 +26,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("snapimage: %s at image byte %d (%#x): %v", e.What, e.Offset, e.Offset, e.Err)
+	return fmt.Sprintf("%s at image byte %d (%#x): %v", e.What, e.Offset, e.Offset, e.Err)
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }

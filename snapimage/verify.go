@@ -27,7 +27,7 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("snapimage: reconstruction differs from the memory file at byte %d (%#x): guest page %d, %s page %d", e.Offset, e.Offset, e.Page, e.Class, e.Index)
+	return fmt.Sprintf("the image's reconstruction differs from the memory file at byte %d (%#x): guest page %d, %s page %d", e.Offset, e.Offset, e.Page, e.Class, e.Index)
 }
 
 // Verify checks the image at img (metadata, every digest) and then rebuilds

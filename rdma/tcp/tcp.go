@@ -466,7 +466,7 @@ func (c *conn) readLoop() {
 			}
 			var rerr error
 			if h.Op == wire.OpError {
-				rerr = wire.DecodeError(body)
+				rerr = fmt.Errorf("memory node %s: %w", c.node, wire.DecodeError(body))
 			}
 			if h.ID == 0 && h.Op == wire.OpError {
 				c.fail(rerr)

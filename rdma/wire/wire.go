@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Magic opens every frame header; Version is the protocol version.
@@ -127,7 +128,18 @@ type RemoteError struct {
 	Msg  string
 }
 
-func (e *RemoteError) Error() string { return fmt.Sprintf("memnode: %s: %s", e.Code, e.Msg) }
+// Error reads "the memory node refused the request: CODE: MSG" (MSG alone
+// when it already starts with the code's words).
+func (e *RemoteError) Error() string {
+	code := e.Code.String()
+	switch {
+	case e.Msg == "":
+		return "the memory node refused the request: " + code
+	case strings.HasPrefix(e.Msg, code):
+		return "the memory node refused the request: " + e.Msg
+	}
+	return "the memory node refused the request: " + code + ": " + e.Msg
+}
 
 // Header is a decoded frame header.
 type Header struct {
