@@ -76,8 +76,9 @@ func modulePackageNames(t *testing.T, root string) map[string]bool {
 	return names
 }
 
-// TestErrorStyle: an error message names the operation and its object and
-// does not start with a package name ("rdma: ", "pagerd: "); such prefixes
+// TestErrorStyle: an error message (of fmt.Errorf, errors.New or an Error
+// method) names the operation and its object and does not start with a
+// package name ("rdma: ", "pagerd: "); such prefixes
 // stack two and three deep when errors wrap.
 func TestErrorStyle(t *testing.T) {
 	root, err := filepath.Abs("../..")
@@ -106,11 +107,22 @@ func TestErrorStyle(t *testing.T) {
 				t.Fatal(err)
 			}
 			ast.Inspect(f, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok || len(call.Args) == 0 || !isErrorConstructor(call.Fun) {
-					return true
+				var lit *ast.BasicLit
+				switch n := n.(type) {
+				case *ast.CallExpr:
+					if len(n.Args) > 0 && isErrorConstructor(n.Fun) {
+						lit = leadingLiteral(n.Args[0])
+					}
+				case *ast.ReturnStmt:
+					// The message of an Error method: return "…" or
+					// return fmt.Sprintf("…", …).
+					if len(n.Results) == 1 && inErrorMethod(f, n) {
+						lit = leadingLiteral(n.Results[0])
+						if call, ok := n.Results[0].(*ast.CallExpr); ok && isSelector(call.Fun, "fmt", "Sprintf") && len(call.Args) > 0 {
+							lit = leadingLiteral(call.Args[0])
+						}
+					}
 				}
-				lit := leadingLiteral(call.Args[0])
 				if lit == nil {
 					return true
 				}
@@ -139,15 +151,27 @@ func TestErrorStyle(t *testing.T) {
 
 // isErrorConstructor reports fmt.Errorf and errors.New.
 func isErrorConstructor(fun ast.Expr) bool {
-	sel, ok := fun.(*ast.SelectorExpr)
+	return isSelector(fun, "fmt", "Errorf") || isSelector(fun, "errors", "New")
+}
+
+func isSelector(e ast.Expr, pkg, name string) bool {
+	sel, ok := e.(*ast.SelectorExpr)
 	if !ok {
 		return false
 	}
 	x, ok := sel.X.(*ast.Ident)
-	if !ok {
-		return false
+	return ok && x.Name == pkg && sel.Sel.Name == name
+}
+
+// inErrorMethod reports whether ret is inside a method named Error.
+func inErrorMethod(f *ast.File, ret *ast.ReturnStmt) bool {
+	for _, d := range f.Decls {
+		fd, ok := d.(*ast.FuncDecl)
+		if ok && fd.Recv != nil && fd.Name.Name == "Error" && fd.Body != nil && fd.Body.Pos() <= ret.Pos() && ret.End() <= fd.Body.End() {
+			return true
+		}
 	}
-	return x.Name == "fmt" && sel.Sel.Name == "Errorf" || x.Name == "errors" && sel.Sel.Name == "New"
+	return false
 }
 
 // leadingLiteral returns the string literal an argument starts with
