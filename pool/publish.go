@@ -31,12 +31,12 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, e
 	}
 	img, f, err := snapimage.Open(path)
 	if err != nil {
-		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: %w", path, restore.ImageError(err)))
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %q: %w", name, restore.ImageError(err)))
 	}
 	defer f.Close()
 	// Check the segments before anything leaves this host.
 	if err := img.CheckSegments(f, nil); err != nil {
-		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: image is corrupt: %w", path, err))
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %q: image %s is corrupt: %w", name, path, err))
 	}
 	st, err := f.Stat()
 	if err != nil {
