@@ -160,5 +160,5 @@ func (c *Client) readReplicated(ctx context.Context, seg *SegmentInfo, reqs []Pa
 			return ctx.Err()
 		}
 	}
-	return fmt.Errorf("%d of %d pages of segment %#x unreadable on all %d replicas: %w", len(pending), len(reqs), seg.ID, len(seg.Replicas), lastErr)
+	return fmt.Errorf("reading segment %#x: %d of %d pages unreadable on all %d replicas: %w", seg.ID, len(pending), len(reqs), len(seg.Replicas), lastErr)
 }
