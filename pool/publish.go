@@ -25,7 +25,7 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, e
 		return nil, err
 	}
 	if _, err := p.cfg.Plane.GetSnapshot(ctx, name); err == nil {
-		return nil, fmt.Errorf("snapshot %q: %w", name, restore.ErrExists)
+		return nil, fmt.Errorf("snapshot %q: %w (`aquifer pool rm %s` removes the published one; or publish under another --name)", name, restore.ErrExists, name)
 	} else if !errors.Is(err, control.ErrNotFound) {
 		return nil, seamErr(err)
 	}
