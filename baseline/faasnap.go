@@ -65,7 +65,7 @@ func BuildFaaSnap(memPath string, rec *wset.Trace, dir string) (string, error) {
 				continue
 			}
 			if _, err := mem.ReadAt(buf, int64(a.Page*ps)); err != nil && err != io.EOF {
-				return fmt.Errorf("baseline: reading page %d: %w", a.Page, err)
+				return fmt.Errorf("reading page %d: %w", a.Page, err)
 			}
 			if _, err := w.Write(buf); err != nil {
 				return err

@@ -49,7 +49,7 @@ func BuildREAP(memPath string, rec *wset.Trace, out string) error {
 		buf := make([]byte, ps)
 		for _, p := range pages {
 			if _, err := mem.ReadAt(buf, int64(p*ps)); err != nil && err != io.EOF {
-				return fmt.Errorf("baseline: reading page %d of %s: %w", p, memPath, err)
+				return fmt.Errorf("reading page %d of %s: %w", p, memPath, err)
 			}
 			if _, err := w.Write(buf); err != nil {
 				return err
@@ -83,16 +83,16 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 	defer f.Close()
 	hdr := make([]byte, 24)
 	if _, err := io.ReadFull(f, hdr); err != nil || string(hdr[:8]) != reapMagic {
-		return nil, fmt.Errorf("baseline: %s is not a REAP working-set file", wsPath)
+		return nil, fmt.Errorf("%s is not a REAP working-set file", wsPath)
 	}
 	ps := binary.LittleEndian.Uint64(hdr[8:])
 	n := binary.LittleEndian.Uint64(hdr[16:])
 	if ps != 4096 && ps != 2<<20 || n > 1<<28 {
-		return nil, fmt.Errorf("baseline: %s: bad header (page size %d, %d pages)", wsPath, ps, n)
+		return nil, fmt.Errorf("%s: bad header (page size %d, %d pages)", wsPath, ps, n)
 	}
 	idx := make([]byte, 8*n)
 	if _, err := io.ReadFull(f, idx); err != nil {
-		return nil, fmt.Errorf("baseline: %s: truncated index: %w", wsPath, err)
+		return nil, fmt.Errorf("%s: truncated index: %w", wsPath, err)
 	}
 	s := &REAPSource{ps: ps, pages: make([]uint64, n)}
 	for i := range s.pages {
@@ -104,7 +104,7 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 		}
 		if _, err := io.ReadFull(f, s.data.B); err != nil {
 			s.data.Unmap()
-			return nil, fmt.Errorf("baseline: %s: truncated pages: %w", wsPath, err)
+			return nil, fmt.Errorf("%s: truncated pages: %w", wsPath, err)
 		}
 	}
 	if s.mem, err = handler.OpenMemFile(memPath); err != nil {
@@ -114,7 +114,7 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 	for _, p := range s.pages {
 		if (p+1)*ps > uint64(s.mem.Size()) {
 			s.Close()
-			return nil, fmt.Errorf("baseline: %s: page %d beyond the memory file", wsPath, p)
+			return nil, fmt.Errorf("%s: page %d beyond the memory file", wsPath, p)
 		}
 	}
 	return s, nil

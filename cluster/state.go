@@ -169,7 +169,7 @@ func statFields(pid int) ([]string, error) {
 func startTime(pid int) (uint64, error) {
 	f, err := statFields(pid)
 	if err != nil || len(f) < 20 {
-		return 0, fmt.Errorf("reading the start time of pid %d: %v", pid, err)
+		return 0, fmt.Errorf("reading the start time of pid %d: %w", pid, err)
 	}
 	return strconv.ParseUint(f[19], 10, 64) // field 22 of stat
 }

@@ -147,7 +147,7 @@ func Up(ctx context.Context, c Config) (s *State, err error) {
 	for _, st := range steps {
 		t0 := time.Now()
 		if err := st.fn(ctx, &c); err != nil {
-			return s, fmt.Errorf("cluster up: %s: %w", st.what, err)
+			return s, fmt.Errorf("starting the cluster (%s): %w", st.what, err)
 		}
 		if err := s.save(); err != nil {
 			return s, err

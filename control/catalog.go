@@ -34,7 +34,7 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // ValidName checks a snapshot or member name.
 func ValidName(n string) error {
 	if !nameRE.MatchString(n) {
-		return fmt.Errorf("control: invalid name %q (letters, digits, '.', '_', '-'; at most 128)", n)
+		return fmt.Errorf("invalid name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", n)
 	}
 	return nil
 }
@@ -86,7 +86,7 @@ func (p *Plane) PutSnapshot(ctx context.Context, s *Snapshot) error {
 	r, err := p.Client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
 		Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
-		return p.fail("put snapshot "+s.Name, err)
+		return p.fail(fmt.Sprintf("recording snapshot %q in the catalog", s.Name), err)
 	}
 	if !r.Succeeded {
 		return fmt.Errorf("snapshot %q: %w", s.Name, ErrExists)
@@ -111,7 +111,7 @@ func (p *Plane) UpdateSnapshot(ctx context.Context, s *Snapshot, fence *Token) e
 	defer cancel()
 	r, err := p.Client.Txn(ctx).If(cmps...).Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
-		return p.fail("update snapshot "+s.Name, err)
+		return p.fail(fmt.Sprintf("updating snapshot %q in the catalog", s.Name), err)
 	}
 	if !r.Succeeded {
 		if fence != nil {
@@ -133,7 +133,7 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 	defer cancel()
 	r, err := p.Client.Get(ctx, prefixSnap+name)
 	if err != nil {
-		return nil, p.fail("get snapshot "+name, err)
+		return nil, p.fail(fmt.Sprintf("reading snapshot %q from the catalog", name), err)
 	}
 	if len(r.Kvs) == 0 {
 		return nil, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
@@ -153,13 +153,13 @@ func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	defer cancel()
 	r, err := p.Client.Get(ctx, prefixSnap, clientv3.WithPrefix())
 	if err != nil {
-		return nil, p.fail("list snapshots", err)
+		return nil, p.fail("listing the catalog", err)
 	}
 	out := make([]*Snapshot, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
 		var s Snapshot
 		if err := json.Unmarshal(kv.Value, &s); err != nil {
-			return nil, fmt.Errorf("control: corrupt catalog entry %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("corrupt catalog entry %s: %w", kv.Key, err)
 		}
 		s.Name = string(kv.Key[len(prefixSnap):])
 		s.Rev = kv.ModRevision
@@ -178,7 +178,7 @@ func (p *Plane) DeleteSnapshot(ctx context.Context, name string) error {
 	defer cancel()
 	r, err := p.Client.Txn(ctx).Then(clientv3.OpDelete(prefixSnap+name), clientv3.OpDelete(prefixLRU+name)).Commit()
 	if err != nil {
-		return p.fail("delete snapshot "+name, err)
+		return p.fail(fmt.Sprintf("deleting snapshot %q from the catalog", name), err)
 	}
 	if r.Responses[0].GetResponseDeleteRange().Deleted == 0 {
 		return fmt.Errorf("snapshot %q: %w", name, ErrNotFound)

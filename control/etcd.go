@@ -48,9 +48,9 @@ func Connect(ctx context.Context, endpoints []string, creds Credentials) (*Plane
 	for _, e := range endpoints {
 		if tlsURL := strings.HasPrefix(e, "https://"); tlsURL != (creds.TLS != nil) {
 			if tlsURL {
-				return nil, fmt.Errorf("control: %s is a TLS endpoint but no TLS client configuration was given", e)
+				return nil, fmt.Errorf("%s is a TLS endpoint but no TLS client configuration was given", e)
 			}
-			return nil, fmt.Errorf("control: %s is not a TLS endpoint (https://) but TLS credentials were given", e)
+			return nil, fmt.Errorf("%s is not a TLS endpoint (https://) but TLS credentials were given", e)
 		}
 	}
 	// The client's own logger would print every retry as JSON on stderr;
@@ -58,13 +58,13 @@ func Connect(ctx context.Context, endpoints []string, creds Credentials) (*Plane
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx,
 		Logger: zap.NewNop(), TLS: creds.TLS, Username: creds.Username, Password: creds.Password})
 	if err != nil {
-		return nil, fmt.Errorf("control: connecting to etcd %v: %w", endpoints, err)
+		return nil, fmt.Errorf("connecting to etcd %v: %w", endpoints, err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := cli.Get(cctx, "/aquifer/ping"); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("control: etcd %v not reachable: %w", endpoints, err)
+		return nil, fmt.Errorf("etcd %v not reachable: %w", endpoints, err)
 	}
 	return &Plane{Client: cli, Endpoints: endpoints}, nil
 }

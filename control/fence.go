@@ -32,7 +32,7 @@ func (t *Token) cmp() clientv3.Cmp {
 // token's lease is kept alive (ttlSeconds) and ends with Release.
 func (p *Plane) Acquire(ctx context.Context, resource, holder string, ttlSeconds int64) (*Token, error) {
 	if strings.ContainsAny(resource, "\x00") || resource == "" {
-		return nil, fmt.Errorf("control: invalid resource %q", resource)
+		return nil, fmt.Errorf("invalid resource %q", resource)
 	}
 	if ttlSeconds <= 0 {
 		ttlSeconds = 5
@@ -84,7 +84,7 @@ func (p *Plane) Acquire(ctx context.Context, resource, holder string, ttlSeconds
 			select {
 			case <-ctx.Done():
 				cancel()
-				return nil, fmt.Errorf("control: acquire %s: %w", resource, ctx.Err())
+				return nil, fmt.Errorf("acquiring %s: %w", resource, ctx.Err())
 			case wr, ok := <-wch:
 				if !ok {
 					break wait

@@ -204,7 +204,7 @@ func (p *Plane) members(ctx context.Context, prefix string) ([]Member, error) {
 	for _, kv := range r.Kvs {
 		var m Member
 		if err := json.Unmarshal(kv.Value, &m); err != nil {
-			return nil, fmt.Errorf("control: corrupt member %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("corrupt member %s: %w", kv.Key, err)
 		}
 		out = append(out, m)
 	}
@@ -223,7 +223,7 @@ func PlaceSegment(nodes []Member, n uint64, r int) ([]Member, error) {
 		}
 	}
 	if len(cand) < r {
-		return nil, fmt.Errorf("control: %d bytes at replication %d: only %d of %d memory nodes have room", n, r, len(cand), len(nodes))
+		return nil, fmt.Errorf("%d bytes at replication %d: only %d of %d memory nodes have room", n, r, len(cand), len(nodes))
 	}
 	sort.SliceStable(cand, func(i, j int) bool {
 		if cand[i].Free() != cand[j].Free() {

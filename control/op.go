@@ -35,7 +35,7 @@ func (p *Plane) fail(what string, err error) error {
 	if unreachable(err) {
 		return fmt.Errorf("%w: %s: etcd at %v did not answer: %v", ErrUnavailable, what, p.Endpoints, err)
 	}
-	return fmt.Errorf("control: %s: %w", what, err)
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func unreachable(err error) bool {

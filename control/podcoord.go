@@ -33,9 +33,9 @@ type ExtentRef struct {
 // Ownership errors of a pod.
 var (
 	// ErrOwned: the chunk is owned by another live host.
-	ErrOwned = errors.New("control: chunk is owned by another live host")
+	ErrOwned = errors.New("chunk is owned by another live host")
 	// ErrSlotTaken: the host slot is held by a live host.
-	ErrSlotTaken = errors.New("control: host slot is held by a live host")
+	ErrSlotTaken = errors.New("host slot is held by a live host")
 )
 
 // PodState keeps one pod's coherence state in etcd: host slots under
@@ -263,7 +263,7 @@ func (c *PodState) Lookup(ctx context.Context, key string) (ExtentRef, error) {
 	}
 	var ref ExtentRef
 	if err := json.Unmarshal(r.Kvs[0].Value, &ref); err != nil {
-		return ExtentRef{}, fmt.Errorf("control: corrupt pod catalog entry %s: %w", key, err)
+		return ExtentRef{}, fmt.Errorf("corrupt pod catalog entry %s: %w", key, err)
 	}
 	return ref, nil
 }

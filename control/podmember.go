@@ -73,7 +73,7 @@ func (c *PodState) JoinMember(ctx context.Context, spec MemberSpec) (*PodMember,
 		return nil, err
 	}
 	if spec.Slots < 1 || spec.HostSlots < 1 {
-		return nil, fmt.Errorf("control: join %s: want %d of %d slots", spec.Name, spec.Slots, spec.HostSlots)
+		return nil, fmt.Errorf("joining the pod as %s: %d of %d host slots asked for; give at least one of each", spec.Name, spec.Slots, spec.HostSlots)
 	}
 	if spec.MinSlots <= 0 {
 		spec.MinSlots = 1

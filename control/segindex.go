@@ -22,11 +22,11 @@ func FormatSegmentID(id uint64) string { return fmt.Sprintf("%016x", id) }
 // ParseSegmentID reads a SegmentPlacement.ID.
 func ParseSegmentID(s string) (uint64, error) {
 	if len(s) != 16 {
-		return 0, fmt.Errorf("control: segment ID %q: want 16 hex digits", s)
+		return 0, fmt.Errorf("segment ID %q: want 16 hex digits", s)
 	}
 	v, err := strconv.ParseUint(s, 16, 64)
 	if err != nil {
-		return 0, fmt.Errorf("control: segment ID %q: %w", s, err)
+		return 0, fmt.Errorf("segment ID %q: %w", s, err)
 	}
 	return v, nil
 }

@@ -76,14 +76,14 @@ var requiredTools = []string{"apt-get", "apt-cache", "dpkg", "mkfs.ext4", "gcc",
 func CheckHost() error {
 	for _, t := range requiredTools {
 		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("corpus: %s not found in PATH (run corpus/ci-deps.sh as root)", t)
+			return fmt.Errorf("%s not found in PATH (run corpus/ci-deps.sh as root)", t)
 		}
 	}
 	if os.Geteuid() != 0 {
-		return errors.New("corpus: capture needs root (dpkg -x ownership, chroot calibration)")
+		return errors.New("capture needs root (dpkg -x ownership, chroot calibration)")
 	}
 	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
-		return errors.New("corpus: /dev/shm is not available for guest RAM files")
+		return errors.New("/dev/shm is not available for guest RAM files")
 	}
 	return nil
 }
@@ -126,14 +126,14 @@ func resolve(ctx context.Context, tmp string, pkgs []string) ([]debPkg, error) {
 	if missing := missingPackages(out); len(missing) > 0 {
 		for _, m := range missing {
 			if m == "python3" || m == kernelMeta || m == "busybox-static" {
-				return nil, fmt.Errorf("corpus: apt knows no package %s: run `apt-get update` (corpus/ci-deps.sh does)", m)
+				return nil, fmt.Errorf("apt knows no package %s: run `apt-get update` (corpus/ci-deps.sh does)", m)
 			}
 		}
-		return nil, fmt.Errorf("corpus: %w: %s (Debian 12 names, as `apt-cache search WORD` or https://packages.debian.org/bookworm list them; no versions)",
+		return nil, fmt.Errorf("%w: %s (Debian 12 names, as `apt-cache search WORD` or https://packages.debian.org/bookworm list them; no versions)",
 			ErrNoPackage, strings.Join(missing, ", "))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("corpus: resolving Debian packages (is `apt-get update` done?): %w", err)
+		return nil, fmt.Errorf("resolving Debian packages (is `apt-get update` done?): %w", err)
 	}
 	var res []debPkg
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -153,12 +153,12 @@ func resolve(ctx context.Context, tmp string, pkgs []string) ([]debPkg, error) {
 			}
 		}
 		if arch == "" {
-			return nil, fmt.Errorf("corpus: cannot parse apt line %q", line)
+			return nil, fmt.Errorf("cannot parse apt line %q", line)
 		}
 		res = append(res, debPkg{Name: f[1], Version: strings.TrimPrefix(f[2], "("), Arch: arch})
 	}
 	if len(res) == 0 {
-		return nil, fmt.Errorf("corpus: apt resolved no packages for %v; output: %.500s", pkgs, out)
+		return nil, fmt.Errorf("apt resolved no packages for %v; output: %.500s", pkgs, out)
 	}
 	sort.Slice(res, func(i, j int) bool { return res[i].Name < res[j].Name })
 	return res, nil
@@ -197,11 +197,11 @@ func download(ctx context.Context, dir string, pkgs []debPkg) error {
 	}
 	slog.Info("corpus: downloading Debian packages", "count", len(missing), "dir", dir)
 	if _, err := run(ctx, dir, "apt-get", append([]string{"download", "-q"}, missing...)...); err != nil {
-		return fmt.Errorf("corpus: apt-get download: %w", err)
+		return fmt.Errorf("apt-get download: %w", err)
 	}
 	for _, p := range pkgs {
 		if _, err := os.Stat(filepath.Join(dir, p.file())); err != nil {
-			return fmt.Errorf("corpus: apt-get download did not produce %s", p.file())
+			return fmt.Errorf("apt-get download did not produce %s", p.file())
 		}
 	}
 	return nil
@@ -300,11 +300,11 @@ func OpenGuest(cache, key string) (*Guest, error) {
 	g := guestAt(cache, key)
 	b, err := os.ReadFile(filepath.Join(g.Dir, "complete"))
 	if err != nil {
-		return nil, fmt.Errorf("corpus: guest %s is not built in %s (aquifer corpus capture builds it): %w", key, cache, err)
+		return nil, fmt.Errorf("guest %s is not built in %s (aquifer corpus capture builds it): %w", key, cache, err)
 	}
 	f := strings.Fields(string(b))
 	if len(f) < 2 {
-		return nil, fmt.Errorf("corpus: %s: malformed", filepath.Join(g.Dir, "complete"))
+		return nil, fmt.Errorf("%s: malformed", filepath.Join(g.Dir, "complete"))
 	}
 	g.Kernel, g.KernelVersion = f[0], f[1]
 	if !filepath.IsAbs(g.Kernel) {
@@ -360,7 +360,7 @@ func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, erro
 
 	out, err := run(ctx, tmp, "apt-cache", "depends", kernelMeta)
 	if err != nil {
-		return nil, fmt.Errorf("corpus: finding the cloud kernel (is `apt-get update` done?): %w", err)
+		return nil, fmt.Errorf("finding the cloud kernel (is `apt-get update` done?): %w", err)
 	}
 	kname := ""
 	for _, l := range strings.Split(string(out), "\n") {
@@ -371,7 +371,7 @@ func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, erro
 		}
 	}
 	if kname == "" {
-		return nil, fmt.Errorf("corpus: %s has no linux-image dependency: %s", kernelMeta, out)
+		return nil, fmt.Errorf("%s has no linux-image dependency: %s", kernelMeta, out)
 	}
 	kres, err := resolve(ctx, tmp, []string{kname, "busybox-static"})
 	if err != nil {
@@ -387,7 +387,7 @@ func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, erro
 		}
 	}
 	if kpkg.Name == "" || bbpkg.Name == "" {
-		return nil, fmt.Errorf("corpus: could not resolve %s and busybox-static", kname)
+		return nil, fmt.Errorf("could not resolve %s and busybox-static", kname)
 	}
 	pkgs, err := resolve(ctx, tmp, spec.packages)
 	if err != nil {
@@ -426,7 +426,7 @@ func buildGuest(ctx context.Context, cache string, spec guestSpec) (*Guest, erro
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
 	if len(vmlinuz) != 1 {
-		return nil, fmt.Errorf("corpus: expected one vmlinuz in %s, found %v", kernelMeta, vmlinuz)
+		return nil, fmt.Errorf("expected one vmlinuz in %s, found %v", kernelMeta, vmlinuz)
 	}
 	g.Kernel = vmlinuz[0]
 	g.KernelVersion = strings.TrimPrefix(filepath.Base(vmlinuz[0]), "vmlinuz-")
@@ -510,7 +510,7 @@ func buildInitrd(g *Guest, kdir string) error {
 	}
 	bb, err := os.ReadFile(filepath.Join(kdir, "bin", "busybox"))
 	if err != nil {
-		return fmt.Errorf("corpus: busybox-static: %w", err)
+		return fmt.Errorf("busybox-static: %w", err)
 	}
 	files = append(files, file{"bin/busybox", 0o755, bb})
 	initScript, err := assets.ReadFile("guest/init")
@@ -521,7 +521,7 @@ func buildInitrd(g *Guest, kdir string) error {
 	for _, m := range virtioModules {
 		p, ok := mods[m]
 		if !ok {
-			return fmt.Errorf("corpus: module %s.ko not found in the kernel package (compressed modules are not supported)", m)
+			return fmt.Errorf("module %s.ko not found in the kernel package (compressed modules are not supported)", m)
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {

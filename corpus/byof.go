@@ -76,23 +76,23 @@ var (
 func LoadFunction(path string, o FunctionOptions) (Function, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return Function{}, fmt.Errorf("corpus: function file: %w", err)
+		return Function{}, fmt.Errorf("function file: %w", err)
 	}
 	if !st.Mode().IsRegular() {
-		return Function{}, fmt.Errorf("corpus: function file %s is not a regular file", path)
+		return Function{}, fmt.Errorf("function file %s is not a regular file", path)
 	}
 	if st.Size() > maxFunctionSource {
-		return Function{}, fmt.Errorf("corpus: function file %s is %d bytes, more than %d: generate data in init() or put it in a Debian package", path, st.Size(), maxFunctionSource)
+		return Function{}, fmt.Errorf("function file %s is %d bytes, more than %d: generate data in init() or put it in a Debian package", path, st.Size(), maxFunctionSource)
 	}
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return Function{}, fmt.Errorf("corpus: function file: %w", err)
+		return Function{}, fmt.Errorf("function file: %w", err)
 	}
 	if len(src) == 0 {
-		return Function{}, fmt.Errorf("corpus: function file %s is empty: %w", path, ErrBadFunction)
+		return Function{}, fmt.Errorf("function file %s is empty: %w", path, ErrBadFunction)
 	}
 	if !utf8.Valid(src) {
-		return Function{}, fmt.Errorf("corpus: function file %s is not UTF-8 text (a Python module)", path)
+		return Function{}, fmt.Errorf("function file %s is not UTF-8 text (a Python module)", path)
 	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
@@ -124,21 +124,21 @@ func LoadFunction(path string, o FunctionOptions) (Function, error) {
 // validate checks a brought function's name, packages, memory and inputs.
 func (f Function) validate() error {
 	if !nameRE.MatchString(f.Name) {
-		return fmt.Errorf("corpus: function name %q: use letters, digits, _ and - (starting with a letter, at most 63); choose one with --name", f.Name)
+		return fmt.Errorf("function name %q: use letters, digits, _ and - (starting with a letter, at most 63); choose one with --name", f.Name)
 	}
 	if _, err := Lookup(f.Name); err == nil {
-		return fmt.Errorf("corpus: %s is a built-in function; choose another name with --name", f.Name)
+		return fmt.Errorf("%s is a built-in function; choose another name with --name", f.Name)
 	}
 	for _, p := range f.Packages {
 		if !debNameRE.MatchString(p) {
-			return fmt.Errorf("corpus: %q is not a Debian package name (lower-case letters, digits, + - .; no versions)", p)
+			return fmt.Errorf("%q is not a Debian package name (lower-case letters, digits, + - .; no versions)", p)
 		}
 	}
 	if f.MemMiB < 64 || f.MemMiB > 16<<10 {
-		return fmt.Errorf("corpus: memory size %d MiB out of range 64MiB..16GiB", f.MemMiB)
+		return fmt.Errorf("memory size %d MiB out of range 64MiB..16GiB", f.MemMiB)
 	}
 	if len(f.Eval) == 0 {
-		return fmt.Errorf("corpus: %s needs at least two inputs (the recording and one evaluation input), got %q", f.Name, f.Record)
+		return fmt.Errorf("%s needs at least two inputs (the recording and one evaluation input), got %q", f.Name, f.Record)
 	}
 	seen := map[string]bool{}
 	for _, in := range append([]string{f.Record}, f.Eval...) {
@@ -146,7 +146,7 @@ func (f Function) validate() error {
 			return err
 		}
 		if seen[in] {
-			return fmt.Errorf("corpus: input %q is given twice: the recording and every evaluation input must differ", in)
+			return fmt.Errorf("input %q is given twice: the recording and every evaluation input must differ", in)
 		}
 		seen[in] = true
 	}
@@ -158,15 +158,15 @@ func (f Function) validate() error {
 // the runner's own (its calibration workload).
 func checkInput(in string) error {
 	if in == "" || len(in) > 64 {
-		return fmt.Errorf("corpus: input %q: 1 to 64 characters", in)
+		return fmt.Errorf("input %q: 1 to 64 characters", in)
 	}
 	for i := 0; i < len(in); i++ {
 		if in[i] <= ' ' || in[i] > '~' || in[i] == ',' {
-			return fmt.Errorf("corpus: input %q: printable ASCII without spaces or commas only (it is sent over the serial console)", in)
+			return fmt.Errorf("input %q: printable ASCII without spaces or commas only (it is sent over the serial console)", in)
 		}
 	}
 	if in[0] == '@' {
-		return fmt.Errorf("corpus: input %q: inputs starting with @ are reserved for the runner", in)
+		return fmt.Errorf("input %q: inputs starting with @ are reserved for the runner", in)
 	}
 	return nil
 }
@@ -179,12 +179,12 @@ func FunctionOf(w *Workload) (Function, error) {
 	}
 	src, err := os.ReadFile(filepath.Join(w.Dir, w.Meta.FunctionFile))
 	if err != nil {
-		return Function{}, fmt.Errorf("corpus: %s: %w", w.Name, err)
+		return Function{}, fmt.Errorf("%s: %w", w.Name, err)
 	}
 	f := Function{Name: w.Name, About: "brought by the operator: " + w.Meta.Origin, MemMiB: int(w.Meta.MemSize >> 20),
 		Packages: w.Meta.Packages, Record: w.Meta.RecordInput, Eval: w.Meta.EvalInputs, Source: src, Origin: w.Meta.Origin}
 	if err := f.validate(); err != nil {
-		return Function{}, fmt.Errorf("corpus: %s: %w", w.Dir, err)
+		return Function{}, fmt.Errorf("%s: %w", w.Dir, err)
 	}
 	return f, nil
 }
@@ -236,12 +236,12 @@ func checkFunction(ctx context.Context, g *Guest, f Function) error {
 		return nil
 	}
 	if i := strings.Index(text, "AQ-CHECK-FAIL "); i >= 0 {
-		return fmt.Errorf("corpus: %s (%s): %w: %s", f.Name, f.Origin, ErrBadFunction, strings.TrimSpace(text[i+len("AQ-CHECK-FAIL "):]))
+		return fmt.Errorf("%s (%s): %w: %s", f.Name, f.Origin, ErrBadFunction, strings.TrimSpace(text[i+len("AQ-CHECK-FAIL "):]))
 	}
 	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("corpus: %s (%s): %w: importing it natively took more than %v", f.Name, f.Origin, ErrBadFunction, checkTimeout)
+		return fmt.Errorf("%s (%s): %w: importing it natively took more than %v", f.Name, f.Origin, ErrBadFunction, checkTimeout)
 	}
-	return fmt.Errorf("corpus: checking %s in its guest root: %v: %s", f.Name, err, text)
+	return fmt.Errorf("checking %s in its guest root: %v: %s", f.Name, err, text)
 }
 
 // checkTimeout bounds the native import of a brought module.

@@ -79,7 +79,7 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		}
 		for _, g := range fns {
 			if g.Name == f.Name {
-				return nil, fmt.Errorf("corpus: two functions named %s", f.Name)
+				return nil, fmt.Errorf("two functions named %s", f.Name)
 			}
 		}
 		fns = append(fns, f)
@@ -121,7 +121,7 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 		if g == nil || !f.BuiltIn() {
 			progress(f.Name, "building guest")
 			if g, err = GuestFor(ctx, o.Cache, f); err != nil {
-				return nil, fmt.Errorf("corpus: building the guest of %s: %w", f.Name, err)
+				return nil, fmt.Errorf("building the guest of %s: %w", f.Name, err)
 			}
 			if f.BuiltIn() {
 				builtin = g
@@ -146,7 +146,7 @@ func Capture(ctx context.Context, o Options) (*Corpus, error) {
 			if !f.BuiltIn() {
 				dropGuest(o, g)
 			}
-			return nil, fmt.Errorf("corpus: capturing %s: %w", f.Name, err)
+			return nil, fmt.Errorf("capturing %s: %w", f.Name, err)
 		}
 	}
 	progress("", "done")
@@ -611,7 +611,7 @@ func command(ctx context.Context, ctl, cmd, want string) error {
 			if s == want {
 				return nil
 			}
-			return fmt.Errorf("corpus: plugin answered %q to %q", s, cmd)
+			return fmt.Errorf("plugin answered %q to %q", s, cmd)
 		}
 		select {
 		case <-ctx.Done():
@@ -619,7 +619,7 @@ func command(ctx context.Context, ctl, cmd, want string) error {
 		case <-time.After(time.Millisecond):
 		}
 	}
-	return fmt.Errorf("corpus: the TCG plugin did not acknowledge %q (is plugin support enabled in this QEMU?)", cmd)
+	return fmt.Errorf("the TCG plugin did not acknowledge %q (is plugin support enabled in this QEMU?)", cmd)
 }
 
 func monotonicNs() uint64 {
@@ -688,7 +688,7 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 		cmd.Env = nativeEnv
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return 0, "", fmt.Errorf("corpus: native run of %s(%s): %w: %s", fn, input, err, out)
+			return 0, "", fmt.Errorf("native run of %s(%s): %w: %s", fn, input, err, out)
 		}
 		var ns int64
 		for _, l := range strings.Split(string(out), "\n") {
@@ -699,7 +699,7 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 			}
 		}
 		if ns <= 0 {
-			return 0, "", fmt.Errorf("corpus: native run of %s(%s) printed no timing: %s", fn, input, out)
+			return 0, "", fmt.Errorf("native run of %s(%s) printed no timing: %s", fn, input, out)
 		}
 		if best < 0 || ns < best {
 			best = ns

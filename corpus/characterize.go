@@ -41,7 +41,7 @@ func Characterize(w *Workload) (Stats, error) {
 	}
 	s := Stats{Name: w.Name, Kind: w.Kind, Pages: len(zero)}
 	if s.Pages == 0 {
-		return s, fmt.Errorf("corpus: %s: empty memory image", w.Name)
+		return s, fmt.Errorf("%s: empty memory image", w.Name)
 	}
 	isZero := func(p uint64) bool { return p < uint64(len(zero)) && zero[p] }
 	hot := map[uint64]bool{}

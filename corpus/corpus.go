@@ -160,10 +160,10 @@ type Workload struct {
 // captured format-2 workload with its device state), and if not, why.
 func (w *Workload) Restorable() error {
 	if w.Kind != KindCaptured {
-		return fmt.Errorf("corpus: %s is %s: only captured workloads restore into a real guest", w.Name, w.Kind)
+		return fmt.Errorf("%s is %s: only captured workloads restore into a real guest", w.Name, w.Kind)
 	}
 	if w.Meta.Format < 2 || w.State == "" {
-		return fmt.Errorf("corpus: %s in %s has format %d, without device state: recapture it (aquifer corpus capture --functions %s --force)",
+		return fmt.Errorf("%s in %s has format %d, without device state: recapture it (aquifer corpus capture --functions %s --force)",
 			w.Name, w.Dir, max(w.Meta.Format, 1), w.Name)
 	}
 	return nil
@@ -181,7 +181,7 @@ func (w *Workload) LoadRecord() (*wset.Trace, error) { return wset.ReadFile(w.Re
 // LoadEval reads the i-th (0-based) evaluation trace.
 func (w *Workload) LoadEval(i int) (*wset.Trace, error) {
 	if i < 0 || i >= len(w.Eval) {
-		return nil, fmt.Errorf("corpus: %s has %d eval traces, not %d", w.Name, len(w.Eval), i+1)
+		return nil, fmt.Errorf("%s has %d eval traces, not %d", w.Name, len(w.Eval), i+1)
 	}
 	return wset.ReadFile(w.Eval[i])
 }
@@ -212,7 +212,7 @@ func (c *Corpus) Get(name string) (*Workload, error) {
 			return w, nil
 		}
 	}
-	return nil, fmt.Errorf("corpus: %s has no workload %q", c.Dir, name)
+	return nil, fmt.Errorf("%s has no workload %q", c.Dir, name)
 }
 
 // ErrNoWorkloads is Open's error for a directory without workloads.
@@ -231,7 +231,7 @@ func OpenDefault() (*Corpus, error) {
 	if s, err2 := Open(DefaultDir(KindSynthetic)); err2 == nil {
 		return s, nil
 	}
-	return nil, fmt.Errorf("corpus: no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`",
+	return nil, fmt.Errorf("no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`",
 		DefaultDir(KindCaptured), DefaultDir(KindSynthetic))
 }
 
@@ -240,7 +240,7 @@ func OpenDefault() (*Corpus, error) {
 func Open(dir string) (*Corpus, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("corpus: %w", err)
+		return nil, err
 	}
 	c := &Corpus{Dir: dir}
 	for _, e := range ents {
@@ -257,7 +257,7 @@ func Open(dir string) (*Corpus, error) {
 		c.Workloads = append(c.Workloads, w)
 	}
 	if len(c.Workloads) == 0 {
-		return nil, fmt.Errorf("corpus: %s %w (run `aquifer corpus capture` or `aquifer corpus synth`)", dir, ErrNoWorkloads)
+		return nil, fmt.Errorf("%s %w (run `aquifer corpus capture` or `aquifer corpus synth`)", dir, ErrNoWorkloads)
 	}
 	sort.Slice(c.Workloads, func(i, j int) bool { return order(c.Workloads[i].Name) < order(c.Workloads[j].Name) })
 	return c, nil
@@ -280,10 +280,10 @@ func OpenWorkload(dir string) (*Workload, error) {
 	}
 	var m Meta
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("corpus: %s: %w", filepath.Join(dir, MetaFile), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, MetaFile), err)
 	}
 	if m.Kind != KindCaptured && m.Kind != KindSynthetic {
-		return nil, fmt.Errorf("corpus: %s: unknown kind %q", dir, m.Kind)
+		return nil, fmt.Errorf("%s: unknown kind %q", dir, m.Kind)
 	}
 	w := &Workload{Name: m.Function, Dir: dir, Kind: m.Kind, Meta: m,
 		Mem: filepath.Join(dir, MemFile), Record: filepath.Join(dir, RecordFile)}
@@ -293,27 +293,27 @@ func OpenWorkload(dir string) (*Workload, error) {
 	need := append([]string{w.Mem, w.Record}, w.Eval...)
 	if m.State != "" {
 		if m.State != filepath.Base(m.State) {
-			return nil, fmt.Errorf("corpus: %s: state %q must be a file name in the workload directory", dir, m.State)
+			return nil, fmt.Errorf("%s: state %q must be a file name in the workload directory", dir, m.State)
 		}
 		w.State = filepath.Join(dir, m.State)
 		need = append(need, w.State)
 	}
 	if m.FunctionFile != "" {
 		if m.FunctionFile != filepath.Base(m.FunctionFile) {
-			return nil, fmt.Errorf("corpus: %s: function_file %q must be a file name in the workload directory", dir, m.FunctionFile)
+			return nil, fmt.Errorf("%s: function_file %q must be a file name in the workload directory", dir, m.FunctionFile)
 		}
 		need = append(need, filepath.Join(dir, m.FunctionFile))
 	}
 	if m.Format > FormatVersion {
-		return nil, fmt.Errorf("corpus: %s has format %d; this aquifer reads up to %d (upgrade aquifer)", dir, m.Format, FormatVersion)
+		return nil, fmt.Errorf("%s has format %d; this aquifer reads up to %d (upgrade aquifer)", dir, m.Format, FormatVersion)
 	}
 	for _, p := range need {
 		st, err := os.Stat(p)
 		if err != nil {
-			return nil, fmt.Errorf("corpus: workload %s is incomplete: %w", dir, err)
+			return nil, fmt.Errorf("workload %s is incomplete: %w", dir, err)
 		}
 		if p == w.Mem && uint64(st.Size()) != m.MemSize {
-			return nil, fmt.Errorf("corpus: %s is %d bytes, meta.json says %d", p, st.Size(), m.MemSize)
+			return nil, fmt.Errorf("%s is %d bytes, meta.json says %d", p, st.Size(), m.MemSize)
 		}
 	}
 	return w, nil

@@ -42,7 +42,7 @@ func flockFile(path string, shared bool) (func(), error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("corpus: locking %s: %w", path, err)
+		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
@@ -78,14 +78,14 @@ func EnsureRestorable(ctx context.Context, log io.Writer, dir, name string) (*Wo
 	o := Options{Out: dir, Force: true}
 	if w == nil {
 		if _, err := Lookup(name); err != nil {
-			return nil, fmt.Errorf("corpus: %s: %s, and it is not a built-in function (%s): capture your own with `aquifer corpus capture --function-file FILE.py --name %s`",
+			return nil, fmt.Errorf("%s: %s, and it is not a built-in function (%s): capture your own with `aquifer corpus capture --function-file FILE.py --name %s`",
 				name, why, strings.Join(Names(), ", "), name)
 		}
 		o.Functions = []string{name}
 	} else {
 		f, err := FunctionOf(w)
 		if err != nil {
-			return nil, fmt.Errorf("corpus: %s: %s, and the pipeline cannot capture it: %w", name, why, err)
+			return nil, fmt.Errorf("%s: %s, and the pipeline cannot capture it: %w", name, why, err)
 		}
 		if f.BuiltIn() {
 			o.Functions = []string{name}
@@ -94,7 +94,7 @@ func EnsureRestorable(ctx context.Context, log io.Writer, dir, name string) (*Wo
 		}
 	}
 	if err := CheckHost(); err != nil {
-		return nil, fmt.Errorf("corpus: cannot capture %s (%s): %w", name, why, err)
+		return nil, fmt.Errorf("cannot capture %s (%s): %w", name, why, err)
 	}
 	fmt.Fprintf(log, "corpus: capturing %s first (%s)\n", name, why)
 	if _, err := Capture(ctx, o); err != nil {

@@ -60,7 +60,7 @@ func Lookup(name string) (Function, error) {
 			return f, nil
 		}
 	}
-	return Function{}, fmt.Errorf("corpus: unknown function %q (known: %s)", name, strings.Join(Names(), ", "))
+	return Function{}, fmt.Errorf("unknown function %q (known: %s)", name, strings.Join(Names(), ", "))
 }
 
 // Names lists the function names in corpus order.
@@ -106,11 +106,11 @@ func ParseMemMiB(s string) (int, error) {
 	}
 	var n int
 	if _, err := fmt.Sscanf(t, "%d", &n); err != nil || fmt.Sprint(n) != t {
-		return 0, fmt.Errorf("corpus: bad memory size %q (want e.g. 512MiB or 1GiB)", s)
+		return 0, fmt.Errorf("bad memory size %q (want e.g. 512MiB or 1GiB)", s)
 	}
 	n *= mult
 	if n < 64 || n > 16<<10 {
-		return 0, fmt.Errorf("corpus: memory size %q out of range 64MiB..16GiB", s)
+		return 0, fmt.Errorf("memory size %q out of range 64MiB..16GiB", s)
 	}
 	return n, nil
 }

@@ -72,7 +72,7 @@ func changedPages(a, b string) ([]uint64, error) {
 	sa, _ := fa.Stat()
 	sb, _ := fb.Stat()
 	if sa.Size() != sb.Size() {
-		return nil, fmt.Errorf("corpus: images differ in size: %d vs %d", sa.Size(), sb.Size())
+		return nil, fmt.Errorf("images differ in size: %d vs %d", sa.Size(), sb.Size())
 	}
 	ba := make([]byte, 1<<20)
 	bb := make([]byte, 1<<20)
@@ -82,7 +82,7 @@ func changedPages(a, b string) ([]uint64, error) {
 		na, ea := io.ReadFull(fa, ba)
 		nb, eb := io.ReadFull(fb, bb)
 		if na != nb {
-			return nil, errors.New("corpus: short read comparing images")
+			return nil, errors.New("short read comparing images")
 		}
 		for p := 0; p < na; p += pageSize {
 			end := min(p+pageSize, na)

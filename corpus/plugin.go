@@ -62,7 +62,7 @@ func buildSO(ctx context.Context, cache, kind, name string, sources []string, li
 	tmp := so + ".tmp"
 	args := append([]string{"-O2", "-Wall", "-shared", "-fPIC", "-fvisibility=hidden", "-o", tmp, filepath.Base(sources[0])}, libs...)
 	if _, err := run(ctx, dir, "gcc", args...); err != nil {
-		return "", fmt.Errorf("corpus: building %s: %w", name, err)
+		return "", fmt.Errorf("building %s: %w", name, err)
 	}
 	return so, os.Rename(tmp, so)
 }
@@ -115,13 +115,13 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 		}
 		if !sawHeader {
 			if len(f) != 2 || f[0] != "aqtrace" || f[1] != "1" {
-				return nil, fmt.Errorf("corpus: plugin log line %d: not an aqtrace v1 log", n)
+				return nil, fmt.Errorf("plugin log line %d: not an aqtrace v1 log", n)
 			}
 			sawHeader = true
 			continue
 		}
 		if sawStop {
-			return nil, fmt.Errorf("corpus: plugin log line %d: data after stop", n)
+			return nil, fmt.Errorf("plugin log line %d: data after stop", n)
 		}
 		var err error
 		var v []uint64
@@ -146,7 +146,7 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 			}
 		case "r", "w", "x":
 			if !sawArmed {
-				return nil, fmt.Errorf("corpus: plugin log line %d: access before armed", n)
+				return nil, fmt.Errorf("plugin log line %d: access before armed", n)
 			}
 			if v, err = nums(f, 3); err == nil {
 				k := map[string]wset.Kind{"r": wset.Read, "w": wset.Write, "x": wset.Exec}[f[0]]
@@ -162,17 +162,17 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 			err = fmt.Errorf("unknown record %q", f[0])
 		}
 		if err != nil {
-			return nil, fmt.Errorf("corpus: plugin log line %d: %w", n, err)
+			return nil, fmt.Errorf("plugin log line %d: %w", n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("corpus: plugin log: %w", err)
+		return nil, fmt.Errorf("plugin log: %w", err)
 	}
 	if !sawHeader || !sawArmed || !sawStop {
-		return nil, fmt.Errorf("corpus: plugin log is incomplete (header %v, armed %v, stop %v)", sawHeader, sawArmed, sawStop)
+		return nil, fmt.Errorf("plugin log is incomplete (header %v, armed %v, stop %v)", sawHeader, sawArmed, sawStop)
 	}
 	if t.StopInsn < t.ArmedInsn {
-		return nil, fmt.Errorf("corpus: plugin log: stop instruction count %d before arming at %d", t.StopInsn, t.ArmedInsn)
+		return nil, fmt.Errorf("plugin log: stop instruction count %d before arming at %d", t.StopInsn, t.ArmedInsn)
 	}
 	return t, nil
 }

@@ -204,7 +204,7 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 		cmd.Stderr = c.Stderr
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("corpus: starting qemu: %w", err)
+		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
 	v := &VM{cmd: cmd, stdin: stdin, lines: make(chan Line, 1024), died: make(chan struct{})}
 	go func() {
@@ -235,7 +235,7 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	v.q, err = dialQMP(ctx, sock, v.died)
 	if err != nil {
 		v.Kill()
-		return nil, fmt.Errorf("corpus: %w; console: %s", err, v.Log())
+		return nil, fmt.Errorf("%w; console: %s", err, v.Log())
 	}
 	if c.Incoming != "" && !c.RestoreLater {
 		if err := v.Restore(ctx, c.Incoming); err != nil {
@@ -258,7 +258,7 @@ func (v *VM) Restore(ctx context.Context, state string) error {
 		return err
 	}
 	if err := v.waitStatus(ctx, func(s string) bool { return s != "inmigrate" }); err != nil {
-		return fmt.Errorf("corpus: restoring device state: %w; console: %s", err, v.Log())
+		return fmt.Errorf("restoring device state: %w; console: %s", err, v.Log())
 	}
 	return nil
 }
@@ -306,9 +306,9 @@ func (v *VM) WaitMarker(ctx context.Context, prefix string, timeout time.Duratio
 			v.mu.Lock()
 			err := v.waitErr
 			v.mu.Unlock()
-			return Line{}, fmt.Errorf("corpus: qemu exited (%v) waiting for %s; console: %s", err, prefix, v.Log())
+			return Line{}, fmt.Errorf("qemu exited (%v) waiting for %s; console: %s", err, prefix, v.Log())
 		case <-t.C:
-			return Line{}, fmt.Errorf("corpus: no %s from the guest within %v; console: %s", prefix, timeout, v.Log())
+			return Line{}, fmt.Errorf("no %s from the guest within %v; console: %s", prefix, timeout, v.Log())
 		case <-ctx.Done():
 			return Line{}, ctx.Err()
 		}
@@ -323,7 +323,7 @@ type GuestFatal struct {
 	Text string
 }
 
-func (e *GuestFatal) Error() string { return "corpus: guest: AQ-FATAL " + e.Text }
+func (e *GuestFatal) Error() string { return "the guest failed: AQ-FATAL " + e.Text }
 
 // Traceback returns the report with its lines restored.
 func (e *GuestFatal) Traceback() string {
@@ -383,7 +383,7 @@ func (v *VM) saveState(ctx context.Context, path string) error {
 		case "completed":
 			return nil
 		case "failed", "cancelled":
-			return fmt.Errorf("corpus: saving device state: migration %s: %s", st.Status, st.ErrorDesc)
+			return fmt.Errorf("saving device state: migration %s: %s", st.Status, st.ErrorDesc)
 		}
 		select {
 		case <-ctx.Done():
@@ -391,7 +391,7 @@ func (v *VM) saveState(ctx context.Context, path string) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return errors.New("corpus: saving device state timed out")
+	return errors.New("saving device state timed out")
 }
 
 // Stop pauses the vCPUs.
@@ -464,10 +464,10 @@ func WaitInvocation(ctx context.Context, v *VM, input string, timeout time.Durat
 	inv.Done = l.At
 	f := strings.Fields(l.Text)
 	if len(f) != 4 {
-		return nil, fmt.Errorf("corpus: malformed runner line %q", l.Text)
+		return nil, fmt.Errorf("malformed runner line %q", l.Text)
 	}
 	if inv.GuestNs, err = strconv.ParseInt(f[2], 10, 64); err != nil {
-		return nil, fmt.Errorf("corpus: malformed runner line %q: %w", l.Text, err)
+		return nil, fmt.Errorf("malformed runner line %q: %w", l.Text, err)
 	}
 	inv.Digest = f[3]
 	return inv, nil

@@ -155,7 +155,7 @@ func Synth(o SynthOptions) (*Corpus, error) {
 			}
 		}
 		if err := synthOne(filepath.Join(o.Out, n), f, p, o.Seed); err != nil {
-			return nil, fmt.Errorf("corpus: synth %s: %w", n, err)
+			return nil, fmt.Errorf("synth %s: %w", n, err)
 		}
 	}
 	return Open(o.Out)

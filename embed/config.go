@@ -194,7 +194,7 @@ func (c *PodConfig) defaults() error {
 		}
 		for _, a := range c.MemNodeAddrs {
 			if _, _, err := net.SplitHostPort(a); err != nil {
-				return fieldErr("memnode-addrs", "%q: %v", a, err)
+				return fieldErr("memnode-addrs", "%q: %w", a, err)
 			}
 		}
 		c.MemNodes = len(c.MemNodeAddrs)
@@ -385,12 +385,12 @@ func (c *PodConfig) available() error {
 			return fieldErr("cxl", "devdax:%s: %v (%s)", cxl.arg, errors.Unwrap(err), hint)
 		}
 		if _, _, err := devdax.Info(cxl.arg); err != nil {
-			return fieldErr("cxl", "devdax:%s: %v", cxl.arg, err)
+			return fieldErr("cxl", "devdax:%s: %w", cxl.arg, err)
 		}
 	}
 	if c.RDMA == "verbs" {
 		if err := verbsAvailable(); err != nil {
-			return fieldErr("rdma", "verbs: %v", err)
+			return fieldErr("rdma", "verbs: %w", err)
 		}
 	}
 	return nil

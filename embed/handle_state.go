@@ -146,7 +146,7 @@ type AdoptResult struct {
 func runAdopt(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	rec := &handleRecord{}
 	if err := vmstate.Load(c.State, rec); err != nil {
-		return nil, fieldErr("state", "%s: %v", c.State, err)
+		return nil, fieldErr("state", "%s: %w", c.State, err)
 	}
 	if rec.Phase != vmstate.PhaseServing {
 		return nil, fieldErr("state", "%s records no completed handshake: nothing to adopt", c.State)
@@ -167,7 +167,7 @@ func runAdopt(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	default:
 		id, err := identOf(c.Mem)
 		if err != nil {
-			return nil, fieldErr("mem", "%v", err)
+			return nil, fieldErr("mem", "%w", err)
 		}
 		if rec.MemFile == nil || *id != *rec.MemFile {
 			return nil, fieldErr("mem", "%s is not the memory file the VM was served (%s, unchanged since): give that one", c.Mem, rec.Mem)
@@ -188,7 +188,7 @@ func runAdopt(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	_, ar.Unanswered, _ = vmmproc.Pending(fd)
 	removed, err := vmstate.ReadRemoves(c.State + ".removes")
 	if err != nil {
-		return nil, fieldErr("state", "%v", err)
+		return nil, fieldErr("state", "%w", err)
 	}
 	ar.Removed = len(removed)
 	l, err := vmstate.OpenRemoveLog(c.State + ".removes")

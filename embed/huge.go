@@ -18,13 +18,13 @@ func (s *Server) hugePool(n int) error {
 	if err := hugetlb.Check(n); err != nil {
 		var se *hugetlb.ShortError
 		if errors.As(err, &se) {
-			return fieldErr("huge-pages", "%d: %v", n, err)
+			return fieldErr("huge-pages", "%d: %w", n, err)
 		}
-		return fieldErr("huge-pages", "%d: 2 MiB guests need a hugetlb pool: %v", n, err)
+		return fieldErr("huge-pages", "%d: 2 MiB guests need a hugetlb pool: %w", n, err)
 	}
 	d, err := hugetlb.Warm(n)
 	if err != nil {
-		return fieldErr("huge-pages", "%d: %v", n, err)
+		return fieldErr("huge-pages", "%d: %w", n, err)
 	}
 	p, _ := hugetlb.Status()
 	s.log.Info("hugetlb pool checked and warmed", "huge_pages", n, "warm", d.String(), "pool", p.String())

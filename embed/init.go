@@ -43,7 +43,7 @@ func Init(c PodConfig, force bool) (*InitResult, error) {
 		return nil, fieldErr("cxl", "pool init formats an emulated region (shm:PATH); format a device with `aquifer cxl format --cxl devdax:DEV`")
 	}
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-		return nil, fieldErr("data-dir", "%v", err)
+		return nil, fieldErr("data-dir", "%w", err)
 	}
 	res := &InitResult{Dir: c.DataDir, SecretFile: c.SecretFile, CXLPath: b.arg}
 	created, err := writeSecret(c.SecretFile)
@@ -53,7 +53,7 @@ func Init(c PodConfig, force bool) (*InitResult, error) {
 	res.SecretCreated = created
 	if !created {
 		if s, err := memnode.ParseSecret(c.SecretFile); err != nil || len(s) < 16 {
-			return nil, fieldErr("secret-file", "existing pod secret %s is unreadable or shorter than 16 bytes (%v): remove it to make a new one", c.SecretFile, err)
+			return nil, fieldErr("secret-file", "existing pod secret %s is unreadable or shorter than 16 bytes (%w): remove it to make a new one", c.SecretFile, err)
 		}
 	}
 	if _, err := os.Stat(b.arg); err == nil {
@@ -65,7 +65,7 @@ func Init(c PodConfig, force bool) (*InitResult, error) {
 		}
 	}
 	if _, err := pod.Plan(c.CXLSize, pod.PageSize, pod.FormatOptions{ChunkSize: c.CXLChunk}); err != nil {
-		return nil, fieldErr("cxl-chunk", "a region of %d bytes with %d-byte chunks: %v", c.CXLSize, c.CXLChunk, err)
+		return nil, fieldErr("cxl-chunk", "a region of %d bytes with %d-byte chunks: %w", c.CXLSize, c.CXLChunk, err)
 	}
 	if err := shm.Create(b.arg, c.CXLSize); err != nil {
 		return nil, err

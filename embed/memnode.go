@@ -59,7 +59,7 @@ func (c *MemNodeConfig) defaults() error {
 		}
 		tc, id, err := memnode.ServerTLS(c.TLSDir)
 		if err != nil {
-			return fieldErr("tls-dir", "%v", err)
+			return fieldErr("tls-dir", "%w", err)
 		}
 		c.TLS = tc
 		if c.Name == "" {
@@ -95,7 +95,7 @@ func (c *MemNodeConfig) etcdCredentials() (control.Credentials, error) {
 	}
 	tc, err := pki.ClientTLS(filepath.Join(c.EtcdTLSDir, pki.CACert), p)
 	if err != nil {
-		return control.Credentials{}, fieldErr("etcd-tls-dir", "%v", err)
+		return control.Credentials{}, fieldErr("etcd-tls-dir", "%w", err)
 	}
 	return control.Credentials{TLS: tc}, nil
 }
@@ -145,7 +145,7 @@ func RunMemNode(ctx context.Context, c MemNodeConfig, ready func(addr, metricsAd
 		}
 		host, _, err := net.SplitHostPort(adv)
 		if err != nil {
-			return fieldErr("advertise-addr", "%q: %v", adv, err)
+			return fieldErr("advertise-addr", "%q: %w", adv, err)
 		}
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			return fieldErr("advertise-addr", "the node listens on every address (%s): give the address hosts reach it at", addr)

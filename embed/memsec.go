@@ -81,7 +81,7 @@ func (s *Server) memNodeTransport(c *PodConfig, secret []byte) (*tcp.Transport, 
 	if c.MemNodeTLSDir != "" {
 		tc, id, err := memnode.ClientTLS(c.MemNodeTLSDir)
 		if err != nil {
-			return nil, fieldErr("memnode-tls-dir", "%v", err)
+			return nil, fieldErr("memnode-tls-dir", "%w", err)
 		}
 		if want := memnode.HostIdentity(c.Name, c.HostName); id != want {
 			s.log.Warn("this host's memory-node certificate names another host: memory nodes record it as the writer of what this host stores", "certificate", id, "host", want)

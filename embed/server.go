@@ -126,7 +126,7 @@ func (s *Server) HandedOver() <-chan struct{} { return s.Daemon.HandedOver() }
 // and this host's identities on it, and the pool on top.
 func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-		return fieldErr("data-dir", "%v", err)
+		return fieldErr("data-dir", "%w", err)
 	}
 	if err := s.mapRegion(c); err != nil {
 		return err
@@ -148,7 +148,7 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 	// and the join.
 	key, err := pool.CatalogKey(secret)
 	if err != nil {
-		return fieldErr("secret-file", "%v", err)
+		return fieldErr("secret-file", "%w", err)
 	}
 	pc := pool.Config{Plane: s.Plane, RDMA: s.client, CatalogKey: key, Logger: s.log,
 		MemTier: &pool.MemTierConfig{DeadAfter: c.MemNodeDeadAfter,
@@ -256,7 +256,7 @@ func (s *Server) secret(c *PodConfig) ([]byte, error) {
 		err = fmt.Errorf("%s holds %d bytes, want at least 16", c.SecretFile, len(b))
 	}
 	if err != nil {
-		return nil, fieldErr("secret-file", "%v (create one with `aquifer pool init` and give the memory nodes the same --secret-file)", err)
+		return nil, fieldErr("secret-file", "%w (create one with `aquifer pool init` and give the memory nodes the same --secret-file)", err)
 	}
 	return b, nil
 }
@@ -337,7 +337,7 @@ func (s *Server) startRDMA(c *PodConfig, secret []byte) error {
 		}
 		t, err := verbs.New(verbs.Config{Control: ctl})
 		if err != nil {
-			return fieldErr("rdma", "verbs: %v", err)
+			return fieldErr("rdma", "verbs: %w", err)
 		}
 		s.tr = t
 	}
@@ -365,32 +365,32 @@ func (s *Server) mapRegion(c *PodConfig) error {
 		fresh := false
 		if _, err := os.Stat(b.arg); errors.Is(err, os.ErrNotExist) {
 			if err := shm.Create(b.arg, c.CXLSize); err != nil {
-				return fieldErr("cxl", "creating the emulated region: %v", err)
+				return fieldErr("cxl", "creating the emulated region: %w", err)
 			}
 			fresh = true
 		}
 		st, err := os.Stat(b.arg)
 		if err != nil {
-			return fieldErr("cxl", "%v", err)
+			return fieldErr("cxl", "%w", err)
 		}
 		r, err := shm.Open(b.arg, shm.All(st.Size()), nil)
 		if err != nil {
-			return fieldErr("cxl", "%v", err)
+			return fieldErr("cxl", "%w", err)
 		}
 		s.region, s.closeReg = r, r.Close
 		if fresh {
 			if _, err := pod.Format(r, pod.FormatOptions{ChunkSize: c.CXLChunk, Pod: c.Name}); err != nil {
-				return fieldErr("cxl-chunk", "formatting %s: %v", b.arg, err)
+				return fieldErr("cxl-chunk", "formatting %s: %w", b.arg, err)
 			}
 		}
 	case "devdax":
 		size, _, err := devdax.Info(b.arg)
 		if err != nil {
-			return fieldErr("cxl", "%v", err)
+			return fieldErr("cxl", "%w", err)
 		}
 		m, err := devdax.Open(b.arg, []cxl.Window{{Off: 0, Len: size}})
 		if err != nil {
-			return fieldErr("cxl", "%v", err)
+			return fieldErr("cxl", "%w", err)
 		}
 		s.region, s.closeReg = m, m.Close
 	}
@@ -425,7 +425,7 @@ func (s *Server) joinRegion(ctx context.Context, c *PodConfig) error {
 	}
 	if _, err := pod.Claim(s.region, c.Name, cid); err != nil {
 		if errors.Is(err, pod.ErrOtherOwner) {
-			return fieldErr("cxl", "%s:%s: %v", b.kind, b.arg, err)
+			return fieldErr("cxl", "%s:%s: %w", b.kind, b.arg, err)
 		}
 		s.outOfService(err.Error())
 		return nil

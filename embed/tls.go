@@ -59,17 +59,17 @@ func StartEtcd(ctx context.Context, c EtcdConfig) (*member.Member, error) {
 		c.TLSDir = filepath.Join(c.Dir, TLSDirName)
 	}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return nil, fieldErr("data-dir", "%v", err)
+		return nil, fieldErr("data-dir", "%w", err)
 	}
 	if err := pki.CheckDir(c.Dir); err != nil {
-		return nil, fieldErr("data-dir", "%v", err)
+		return nil, fieldErr("data-dir", "%w", err)
 	}
 	if c.Name == "" {
 		c.Name = "aquifer"
 	}
 	files, _, err := memberPKI(c.TLSDir, c.Name, []string{c.ClientAddr, c.PeerAddr}, c.Hosts)
 	if err != nil {
-		return nil, fieldErr("tls-dir", "%v", err)
+		return nil, fieldErr("tls-dir", "%w", err)
 	}
 	c.Config.TLS = &files
 	return member.Start(ctx, c.Config)
@@ -210,15 +210,15 @@ func (c *PodConfig) etcdCredentials() (control.Credentials, error) {
 		}
 	}
 	if err != nil {
-		return cr, fieldErr("etcd-tls-dir", "%v", err)
+		return cr, fieldErr("etcd-tls-dir", "%w", err)
 	}
 	if c.EtcdUser != "" {
 		if err := pki.CheckPrivate(c.EtcdPasswordFile); err != nil {
-			return cr, fieldErr("etcd-password-file", "%v", err)
+			return cr, fieldErr("etcd-password-file", "%w", err)
 		}
 		b, err := os.ReadFile(c.EtcdPasswordFile)
 		if err != nil {
-			return cr, fieldErr("etcd-password-file", "%v", err)
+			return cr, fieldErr("etcd-password-file", "%w", err)
 		}
 		cr.Username, cr.Password = c.EtcdUser, strings.TrimRight(string(b), "\r\n")
 	}
@@ -247,7 +247,7 @@ func (s *Server) connectControlPlane(ctx context.Context, c *PodConfig) error {
 
 func (s *Server) dialControlPlane(ctx context.Context, c *PodConfig) error {
 	if err := pki.CheckDir(c.DataDir); err != nil {
-		return fieldErr("data-dir", "%v", err)
+		return fieldErr("data-dir", "%w", err)
 	}
 	if len(c.EtcdEndpoints) > 0 {
 		cr, err := c.etcdCredentials()
@@ -260,7 +260,7 @@ func (s *Server) dialControlPlane(ctx context.Context, c *PodConfig) error {
 	dir := filepath.Join(c.DataDir, TLSDirName)
 	files, client, err := memberPKI(dir, "aquifer", nil, nil)
 	if err != nil {
-		return fieldErr("data-dir", "%v", err)
+		return fieldErr("data-dir", "%w", err)
 	}
 	if s.etcd, err = member.Start(ctx, member.Config{Dir: c.DataDir, TLS: &files}); err != nil {
 		return err

@@ -84,7 +84,7 @@ func LockDir(dir, what string) (*os.File, error) {
 func lockFile(path, busy string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("handshake: lock %s: %w", path, err)
+		return nil, fmt.Errorf("creating the lock file: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		b := make([]byte, 32)
@@ -93,7 +93,7 @@ func lockFile(path, busy string) (*os.File, error) {
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%s (pid %s holds %s)", busy, bytes.TrimSpace(b[:n]), path)
 		}
-		return nil, fmt.Errorf("handshake: lock %s: %w", path, err)
+		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	f.Truncate(0)
 	f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
@@ -107,7 +107,7 @@ func listen(path string, o ListenOptions) (*net.UnixListener, error) {
 	}
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("handshake: %s exists and is not a socket; refusing to replace it", path)
+			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 		}
 		os.Remove(path) // stale: its listener would hold the lock
 	}
@@ -124,26 +124,26 @@ func listen(path string, o ListenOptions) (*net.UnixListener, error) {
 	l, err := net.ListenUnix(network, &net.UnixAddr{Name: tmp, Net: network})
 	unix.Umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
 	l.SetUnlinkOnClose(false)
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		l.Close()
 		os.Remove(tmp)
-		return nil, fmt.Errorf("handshake: chmod %s: %w", path, err)
+		return nil, fmt.Errorf("making %s private (mode 0600): %w", path, err)
 	}
 	if owner > 0 && owner != os.Getuid() {
 		if err := os.Lchown(tmp, owner, -1); err != nil {
 			l.Close()
 			os.Remove(tmp)
-			return nil, fmt.Errorf("handshake: giving socket %s to uid %d (the VMM's) needs root or CAP_CHOWN: %w", path, owner, err)
+			return nil, fmt.Errorf("giving socket %s to uid %d (the VMM's) needs root or CAP_CHOWN: %w", path, owner, err)
 		}
 	}
 	if tmp != path {
 		if err := os.Rename(tmp, path); err != nil {
 			l.Close()
 			os.Remove(tmp)
-			return nil, fmt.Errorf("handshake: placing socket %s: %w", path, err)
+			return nil, fmt.Errorf("placing socket %s: %w", path, err)
 		}
 	}
 	return l, nil
@@ -174,9 +174,9 @@ func (l *Listener) Accept(ctx context.Context) (*net.UnixConn, error) {
 	c, err := l.AcceptUnix()
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("handshake: waiting for Firecracker on %s: %w", l.path, ctx.Err())
+			return nil, fmt.Errorf("waiting for Firecracker on %s: %w", l.path, ctx.Err())
 		}
-		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+		return nil, fmt.Errorf("accepting on %s: %w", l.path, err)
 	}
 	return c, nil
 }
@@ -232,17 +232,17 @@ func Receive(c *net.UnixConn, memSize int64, timeout time.Duration) (*Result, er
 			}
 		}
 		if flags&unix.MSG_CTRUNC != 0 {
-			return fail(fmt.Errorf("handshake: control message truncated: the peer sent more than one fd"))
+			return fail(fmt.Errorf("control message truncated: the peer sent more than one fd"))
 		}
 		data = append(data, buf[:n]...)
 		if len(data) > MaxMessage {
-			return fail(fmt.Errorf("handshake: region message exceeds %d bytes", MaxMessage))
+			return fail(fmt.Errorf("region message exceeds %d bytes", MaxMessage))
 		}
 		if n > 0 {
 			regions, perr := Parse(data, uint64(os.Getpagesize()))
 			if perr == nil {
 				if len(fds) != 1 {
-					return fail(fmt.Errorf("handshake: expected exactly one userfaultfd with the region list, got %d", len(fds)))
+					return fail(fmt.Errorf("expected exactly one userfaultfd with the region list, got %d", len(fds)))
 				}
 				if verr := Validate(regions, memSize); verr != nil {
 					return fail(verr)
@@ -255,15 +255,15 @@ func Receive(c *net.UnixConn, memSize int64, timeout time.Duration) (*Result, er
 		}
 		if err != nil {
 			if n == 0 && len(data) == 0 && isEOF(err) {
-				return fail(fmt.Errorf("handshake: peer closed the connection without sending the region list"))
+				return fail(fmt.Errorf("peer closed the connection without sending the region list"))
 			}
 			if isEOF(err) {
-				return fail(fmt.Errorf("handshake: peer closed the connection mid-message after %d bytes: %w", len(data), ErrIncomplete))
+				return fail(fmt.Errorf("peer closed the connection mid-message after %d bytes: %w", len(data), ErrIncomplete))
 			}
-			return fail(fmt.Errorf("handshake: reading region list: %w", err))
+			return fail(fmt.Errorf("reading region list: %w", err))
 		}
 		if n == 0 {
-			return fail(fmt.Errorf("handshake: peer closed the connection without sending the region list"))
+			return fail(fmt.Errorf("peer closed the connection without sending the region list"))
 		}
 	}
 }
@@ -275,7 +275,7 @@ func isEOF(err error) bool {
 func parseRights(oob []byte) ([]int, error) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil, fmt.Errorf("handshake: bad control message: %w", err)
+		return nil, fmt.Errorf("bad control message: %w", err)
 	}
 	var fds []int
 	for _, m := range msgs {
@@ -284,7 +284,7 @@ func parseRights(oob []byte) ([]int, error) {
 		}
 		got, err := unix.ParseUnixRights(&m)
 		if err != nil {
-			return fds, fmt.Errorf("handshake: bad SCM_RIGHTS: %w", err)
+			return fds, fmt.Errorf("bad SCM_RIGHTS: %w", err)
 		}
 		for _, fd := range got {
 			unix.CloseOnExec(fd)
@@ -320,7 +320,7 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 		return Peer{}, err
 	}
 	if cerr != nil {
-		return Peer{}, fmt.Errorf("handshake: SO_PEERCRED: %w", cerr)
+		return Peer{}, fmt.Errorf("SO_PEERCRED: %w", cerr)
 	}
 	return Peer{Pid: int(cred.Pid), Uid: cred.Uid, Gid: cred.Gid}, nil
 }
@@ -329,7 +329,7 @@ func PeerOf(c *net.UnixConn) (Peer, error) {
 func PidFD(pid int) (int, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return -1, fmt.Errorf("handshake: pidfd_open(%d): %w", pid, err)
+		return -1, fmt.Errorf("pidfd_open(%d): %w", pid, err)
 	}
 	unix.CloseOnExec(fd)
 	return fd, nil
@@ -352,16 +352,16 @@ func Send(path string, regions []Region, d Dialect, uffd int) (*net.UnixConn, er
 func SendRaw(path string, body, oob []byte) (*net.UnixConn, error) {
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("handshake: connect %s: %w", path, err)
+		return nil, err // names the path
 	}
 	n, oobn, err := c.WriteMsgUnix(body, oob, nil)
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("handshake: sendmsg: %w", err)
+		return nil, fmt.Errorf("sending the handshake: %w", err)
 	}
 	if n != len(body) || oobn != len(oob) {
 		c.Close()
-		return nil, fmt.Errorf("handshake: short sendmsg (%d/%d bytes, %d/%d control)", n, len(body), oobn, len(oob))
+		return nil, fmt.Errorf("short sendmsg (%d/%d bytes, %d/%d control)", n, len(body), oobn, len(oob))
 	}
 	return c, nil
 }

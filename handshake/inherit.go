@@ -20,13 +20,13 @@ import (
 func (l *Listener) Files() (sock, lock *os.File, err error) {
 	sock, err = l.UnixListener.File()
 	if err != nil {
-		return nil, nil, fmt.Errorf("handshake: duplicating listener %s: %w", l.path, err)
+		return nil, nil, fmt.Errorf("duplicating listener %s: %w", l.path, err)
 	}
 	if l.lock != nil {
 		fd, err := dupCloexec(int(l.lock.Fd()))
 		if err != nil {
 			sock.Close()
-			return nil, nil, fmt.Errorf("handshake: duplicating the lock of %s: %w", l.path, err)
+			return nil, nil, fmt.Errorf("duplicating the lock of %s: %w", l.path, err)
 		}
 		lock = os.NewFile(uintptr(fd), l.lock.Name())
 	}
@@ -43,7 +43,7 @@ func Inherit(path string, sock, lock *os.File) (*Listener, error) {
 		if lock != nil {
 			lock.Close()
 		}
-		return nil, fmt.Errorf("handshake: inheriting listener %s: %w", path, err)
+		return nil, fmt.Errorf("inheriting listener %s: %w", path, err)
 	}
 	ul, ok := nl.(*net.UnixListener)
 	if !ok {
@@ -51,7 +51,7 @@ func Inherit(path string, sock, lock *os.File) (*Listener, error) {
 		if lock != nil {
 			lock.Close()
 		}
-		return nil, fmt.Errorf("handshake: inherited listener for %s is not a Unix socket", path)
+		return nil, fmt.Errorf("inherited listener for %s is not a Unix socket", path)
 	}
 	ul.SetUnlinkOnClose(false)
 	return &Listener{UnixListener: ul, path: path, lock: lock}, nil

@@ -79,7 +79,7 @@ func ParseDialect(s string) (Dialect, error) {
 		v = v[1:]
 	}
 	if _, err := fmt.Sscanf(v, "%d.%d", &maj, &min); err != nil || maj != 1 || min < 1 {
-		return 0, fmt.Errorf("handshake: unknown Firecracker version %q (want 1.N, N >= 1)", s)
+		return 0, fmt.Errorf("unknown Firecracker version %q (want 1.N, N >= 1)", s)
 	}
 	switch {
 	case min <= 6:
@@ -114,7 +114,7 @@ func Marshal(regions []Region, d Dialect) ([]byte, error) {
 			w.PageSizeKiB = &ps
 			w.PageSize = &ps
 		default:
-			return nil, fmt.Errorf("handshake: unknown dialect %d", int(d))
+			return nil, fmt.Errorf("unknown dialect %d", int(d))
 		}
 		out[i] = w
 	}
@@ -123,7 +123,7 @@ func Marshal(regions []Region, d Dialect) ([]byte, error) {
 
 // ErrIncomplete means the bytes read so far are a valid prefix of a JSON
 // document: read more.
-var ErrIncomplete = errors.New("handshake: incomplete region JSON")
+var ErrIncomplete = errors.New("incomplete region JSON")
 
 // Parse decodes the region array of any dialect. defaultPageSize is used when
 // the message carries no page size (dialect 1.1–1.6): the host page size.
@@ -143,31 +143,31 @@ func Parse(data []byte, defaultPageSize uint64) ([]Region, error) {
 		}
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
-			return nil, fmt.Errorf("handshake: region list is not valid JSON at byte %d: %v", se.Offset, err)
+			return nil, fmt.Errorf("region list is not valid JSON at byte %d: %v", se.Offset, err)
 		}
-		return nil, fmt.Errorf("handshake: region list must be a JSON array of objects: %v", err)
+		return nil, fmt.Errorf("region list must be a JSON array of objects: %v", err)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("handshake: trailing data after the region array")
+		return nil, fmt.Errorf("trailing data after the region array")
 	}
 	if len(raw) == 0 {
-		return nil, fmt.Errorf("handshake: region list is empty")
+		return nil, fmt.Errorf("region list is empty")
 	}
 	regions := make([]Region, 0, len(raw))
 	for i, m := range raw {
 		var w wireRegion
 		if err := json.Unmarshal(m, &w); err != nil {
-			return nil, fmt.Errorf("handshake: region %d: %v", i, err)
+			return nil, fmt.Errorf("region %d: %v", i, err)
 		}
 		if w.Base == nil || w.Size == nil || w.Offset == nil {
-			return nil, fmt.Errorf("handshake: region %d: missing base_host_virt_addr, size or offset", i)
+			return nil, fmt.Errorf("region %d: missing base_host_virt_addr, size or offset", i)
 		}
 		r := Region{BaseHostVirtAddr: *w.Base, Size: *w.Size, Offset: *w.Offset, PageSize: defaultPageSize}
 		switch {
 		case w.PageSize != nil:
 			r.PageSize = *w.PageSize
 			if w.PageSizeKiB != nil && *w.PageSizeKiB != *w.PageSize {
-				return nil, fmt.Errorf("handshake: region %d: page_size %d disagrees with page_size_kib %d",
+				return nil, fmt.Errorf("region %d: page_size %d disagrees with page_size_kib %d",
 					i, *w.PageSize, *w.PageSizeKiB)
 			}
 		case w.PageSizeKiB != nil:
@@ -187,28 +187,28 @@ func Parse(data []byte, defaultPageSize uint64) ([]Region, error) {
 // inside the file. memSize < 0 skips the file bound.
 func Validate(regions []Region, memSize int64) error {
 	if len(regions) == 0 {
-		return fmt.Errorf("handshake: no regions")
+		return fmt.Errorf("no regions")
 	}
 	for i, r := range regions {
 		if r.PageSize != PageSize4K && r.PageSize != PageSize2M {
-			return fmt.Errorf("handshake: region %d: page size %d is neither 4096 nor 2097152", i, r.PageSize)
+			return fmt.Errorf("region %d: page size %d is neither 4096 nor 2097152", i, r.PageSize)
 		}
 		if r.PageSize != regions[0].PageSize {
-			return fmt.Errorf("handshake: region %d has page size %d, region 0 %d: Firecracker backs all guest memory with one page size", i, r.PageSize, regions[0].PageSize)
+			return fmt.Errorf("region %d has page size %d, region 0 %d: Firecracker backs all guest memory with one page size", i, r.PageSize, regions[0].PageSize)
 		}
 		mask := r.PageSize - 1
 		if r.Size == 0 {
-			return fmt.Errorf("handshake: region %d: size is zero", i)
+			return fmt.Errorf("region %d: size is zero", i)
 		}
 		if r.BaseHostVirtAddr&mask != 0 || r.Size&mask != 0 || r.Offset&mask != 0 {
-			return fmt.Errorf("handshake: region %d: base %#x, size %#x or offset %#x not aligned to page size %d",
+			return fmt.Errorf("region %d: base %#x, size %#x or offset %#x not aligned to page size %d",
 				i, r.BaseHostVirtAddr, r.Size, r.Offset, r.PageSize)
 		}
 		if r.BaseHostVirtAddr > math.MaxUint64-r.Size || r.Offset > math.MaxUint64-r.Size {
-			return fmt.Errorf("handshake: region %d: range overflows", i)
+			return fmt.Errorf("region %d: range overflows", i)
 		}
 		if memSize >= 0 && r.Offset+r.Size > uint64(memSize) {
-			return fmt.Errorf("handshake: region %d: file range [%d,%d) does not fit the %d-byte memory file",
+			return fmt.Errorf("region %d: file range [%d,%d) does not fit the %d-byte memory file",
 				i, r.Offset, r.Offset+r.Size, memSize)
 		}
 	}
@@ -222,14 +222,14 @@ func Validate(regions []Region, memSize int64) error {
 	for k := 1; k < len(idx); k++ {
 		p, q := regions[idx[k-1]], regions[idx[k]]
 		if q.BaseHostVirtAddr < p.End() {
-			return fmt.Errorf("handshake: regions %d and %d overlap in host memory", idx[k-1], idx[k])
+			return fmt.Errorf("regions %d and %d overlap in host memory", idx[k-1], idx[k])
 		}
 	}
 	slices.SortFunc(idx, func(a, b int) int { return cmpU64(regions[a].Offset, regions[b].Offset) })
 	for k := 1; k < len(idx); k++ {
 		p, q := regions[idx[k-1]], regions[idx[k]]
 		if q.Offset < p.Offset+p.Size {
-			return fmt.Errorf("handshake: regions %d and %d overlap in the memory file", idx[k-1], idx[k])
+			return fmt.Errorf("regions %d and %d overlap in the memory file", idx[k-1], idx[k])
 		}
 	}
 	return nil

@@ -35,7 +35,7 @@ const (
 
 func admissionDefaults(c *Config) error {
 	if c.MaxUnauthenticated < 0 || c.AuthTimeout < 0 {
-		return fmt.Errorf("memnode: --max-unauthenticated %d and --auth-timeout %v must not be negative", c.MaxUnauthenticated, c.AuthTimeout)
+		return fmt.Errorf("--max-unauthenticated %d and --auth-timeout %v must not be negative", c.MaxUnauthenticated, c.AuthTimeout)
 	}
 	if c.MaxUnauthenticated == 0 {
 		c.MaxUnauthenticated = DefaultMaxUnauthenticated

@@ -94,7 +94,7 @@ func HostCertSpec(pod, host string) pki.Spec {
 // ca.key). A valid existing certificate is kept.
 func IssueNodeCert(caDir, dir, name string, hosts []string) (pki.Pair, error) {
 	if !validName(name) {
-		return pki.Pair{}, fmt.Errorf("memnode: node name %q: use letters, digits, '.', '_' or '-'", name)
+		return pki.Pair{}, fmt.Errorf("node name %q: use letters, digits, '.', '_' or '-'", name)
 	}
 	return issue(caDir, dir, NodeCertName, NodeCertSpec(name, hosts))
 }
@@ -103,7 +103,7 @@ func IssueNodeCert(caDir, dir, name string, hosts []string) (pki.Pair, error) {
 // pod, issued by the CA in caDir.
 func IssueHostCert(caDir, dir, pod, host string) (pki.Pair, error) {
 	if !validName(pod) || !validName(host) {
-		return pki.Pair{}, fmt.Errorf("memnode: pod %q, host %q: use letters, digits, '.', '_' or '-'", pod, host)
+		return pki.Pair{}, fmt.Errorf("pod %q, host %q: use letters, digits, '.', '_' or '-'", pod, host)
 	}
 	return issue(caDir, dir, HostCertName, HostCertSpec(pod, host))
 }
@@ -114,7 +114,7 @@ func issue(caDir, dir, name string, spec pki.Spec) (pki.Pair, error) {
 		return pki.Pair{}, err
 	}
 	if ca.Key == nil {
-		return pki.Pair{}, fmt.Errorf("memnode: %s has no %s: issue certificates where the cluster CA's key lives", caDir, pki.CAKey)
+		return pki.Pair{}, fmt.Errorf("%s has no %s: issue certificates where the cluster CA's key lives", caDir, pki.CAKey)
 	}
 	var p pki.Pair
 	err = pki.Locked(dir, func() error {
@@ -148,14 +148,14 @@ func ServerTLS(dir string) (*tls.Config, string, error) {
 	p := pki.Files(dir, NodeCertName)
 	c, err := pki.ServerTLS(filepath.Join(dir, pki.CACert), p)
 	if err != nil {
-		return nil, "", fmt.Errorf("memnode: --tls-dir %s: %w", dir, err)
+		return nil, "", fmt.Errorf("--tls-dir %s: %w", dir, err)
 	}
 	id, err := leafCN(c)
 	if err != nil {
 		return nil, "", err
 	}
 	if !IsNodeIdentity(id) {
-		return nil, "", fmt.Errorf("memnode: %s names %q, not a memory node (want %q): %w", p.CertFile, id, NodeIdentity("NAME"), ErrRole)
+		return nil, "", fmt.Errorf("%s names %q, not a memory node (want %q): %w", p.CertFile, id, NodeIdentity("NAME"), ErrRole)
 	}
 	c.MinVersion = tls.VersionTLS13
 	return c, id, nil
@@ -170,14 +170,14 @@ func ClientTLS(dir string) (*tls.Config, string, error) {
 	p := pki.Files(dir, HostCertName)
 	c, err := pki.ClientTLS(filepath.Join(dir, pki.CACert), p)
 	if err != nil {
-		return nil, "", fmt.Errorf("memnode: memory-node TLS directory %s: %w", dir, err)
+		return nil, "", fmt.Errorf("memory-node TLS directory %s: %w", dir, err)
 	}
 	id, err := leafCN(c)
 	if err != nil {
 		return nil, "", err
 	}
 	if _, _, ok := ParseHostIdentity(id); !ok {
-		return nil, "", fmt.Errorf("memnode: %s names %q, not a host (want %q): %w", p.CertFile, id, HostIdentity("POD", "HOST"), ErrRole)
+		return nil, "", fmt.Errorf("%s names %q, not a host (want %q): %w", p.CertFile, id, HostIdentity("POD", "HOST"), ErrRole)
 	}
 	c.MinVersion = tls.VersionTLS13
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -202,11 +202,11 @@ func PeerIdentity(cs tls.ConnectionState) string {
 
 func leafCN(c *tls.Config) (string, error) {
 	if len(c.Certificates) == 0 || len(c.Certificates[0].Certificate) == 0 {
-		return "", errors.New("memnode: no certificate loaded")
+		return "", errors.New("no certificate loaded")
 	}
 	leaf, err := x509.ParseCertificate(c.Certificates[0].Certificate[0])
 	if err != nil {
-		return "", fmt.Errorf("memnode: %w", err)
+		return "", fmt.Errorf("parsing the loaded certificate: %w", err)
 	}
 	return leaf.Subject.CommonName, nil
 }

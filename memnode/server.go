@@ -105,7 +105,7 @@ type metrics struct {
 // New opens the store (loading DataDir) and prepares metrics.
 func New(cfg Config) (*Node, error) {
 	if cfg.TLS == nil && len(cfg.Secret) < 16 {
-		return nil, fmt.Errorf("memnode: the pod secret must be at least 16 bytes (got %d); generate one with `head -c 32 /dev/urandom | base64`", len(cfg.Secret))
+		return nil, fmt.Errorf("the pod secret must be at least 16 bytes (got %d); generate one with `head -c 32 /dev/urandom | base64`", len(cfg.Secret))
 	}
 	if cfg.MaxSegment == 0 {
 		cfg.MaxSegment = 64 << 20
@@ -120,13 +120,13 @@ func New(cfg Config) (*Node, error) {
 		cfg.Name = cfg.Listen
 	}
 	if cfg.Grace < 0 {
-		return nil, fmt.Errorf("memnode: --put-grace %v must not be negative", cfg.Grace)
+		return nil, fmt.Errorf("--put-grace %v must not be negative", cfg.Grace)
 	}
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
 	}
 	if cfg.TLS != nil && cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
-		return nil, fmt.Errorf("memnode: the TLS configuration must require and verify client certificates (use memnode.ServerTLS)")
+		return nil, fmt.Errorf("the TLS configuration must require and verify client certificates (use memnode.ServerTLS)")
 	}
 	if err := admissionDefaults(&cfg); err != nil {
 		return nil, err
@@ -236,7 +236,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr, metricsAddr string)) 
 func RunNode(ctx context.Context, cfg Config, ready func(n *Node, addr, metricsAddr string) error) error {
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("memnode: listen: %w", err)
+		return fmt.Errorf("--listen: %w", err)
 	}
 	if cfg.Name == "" {
 		cfg.Name = l.Addr().String()
@@ -252,7 +252,7 @@ func RunNode(ctx context.Context, cfg Config, ready func(n *Node, addr, metricsA
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			l.Close()
-			return fmt.Errorf("memnode: metrics listen: %w", err)
+			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		maddr = ml.Addr().String()
 		mux := http.NewServeMux()
@@ -631,13 +631,13 @@ func (cs *connState) read(id uint64, rd *wire.Read) {
 func ParseSecret(path string) ([]byte, error) {
 	if err := pki.CheckPrivate(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("memnode: read secret: %w", err)
+			return nil, fmt.Errorf("reading the pod secret: %w", err)
 		}
-		return nil, fmt.Errorf("memnode: pod secret: %w", err)
+		return nil, fmt.Errorf("pod secret: %w", err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("memnode: read secret: %w", err)
+		return nil, fmt.Errorf("reading the pod secret: %w", err)
 	}
 	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
 		b = b[:len(b)-1]

@@ -119,7 +119,7 @@ func (s *Store) Expose(f func([]byte) (uint32, error)) error {
 	for _, sl := range s.slabs {
 		k, err := f(sl.m.B)
 		if err != nil {
-			return fmt.Errorf("memnode: expose slab over RDMA: %w", err)
+			return fmt.Errorf("exposing a slab over RDMA: %w", err)
 		}
 		sl.rkey = k
 	}
@@ -145,7 +145,7 @@ func (s *Store) Locate(id uint64) (addr uint64, rkey uint32, err error) {
 // every segment file from dataDir ("" keeps segments in memory only).
 func OpenStore(capacity, slabSize uint64, dataDir string, log *slog.Logger) (*Store, error) {
 	if capacity == 0 {
-		return nil, fmt.Errorf("memnode: capacity must be positive")
+		return nil, fmt.Errorf("capacity must be positive")
 	}
 	if slabSize == 0 || slabSize > capacity {
 		slabSize = capacity
@@ -155,7 +155,7 @@ func OpenStore(capacity, slabSize uint64, dataDir string, log *slog.Logger) (*St
 	s := &Store{capacity: capacity, slabSize: slabSize, dataDir: dataDir, log: log, segs: map[uint64]*segment{}}
 	if dataDir != "" {
 		if err := os.MkdirAll(dataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("memnode: data dir: %w", err)
+			return nil, fmt.Errorf("creating the data directory: %w", err)
 		}
 		if err := s.load(); err != nil {
 			s.Close()
@@ -216,7 +216,7 @@ func (s *Store) allocate(n uint64) (*slab, uint64, error) {
 	if s.expose != nil {
 		if sl.rkey, err = s.expose(m.B); err != nil {
 			m.Unmap()
-			return nil, 0, fmt.Errorf("memnode: expose new slab over RDMA: %w", err)
+			return nil, 0, fmt.Errorf("exposing a new slab over RDMA: %w", err)
 		}
 	}
 	s.slabs = append(s.slabs, sl)
@@ -464,7 +464,7 @@ func (s *Store) persist(g *segment) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("memnode: persist segment %#x: %w", g.id, err)
+		return fmt.Errorf("persisting segment %#x: %w", g.id, err)
 	}
 	return nil
 }
@@ -474,7 +474,7 @@ func (s *Store) persist(g *segment) error {
 func (s *Store) load() error {
 	ents, err := os.ReadDir(s.dataDir)
 	if err != nil {
-		return fmt.Errorf("memnode: read data dir: %w", err)
+		return fmt.Errorf("reading the data directory: %w", err)
 	}
 	for _, e := range ents {
 		name := e.Name()
@@ -493,7 +493,7 @@ func (s *Store) load() error {
 		}
 		if perr != nil {
 			if errors.Is(perr, ErrNoSpace) {
-				return fmt.Errorf("memnode: data dir holds more than --capacity: %w", perr)
+				return fmt.Errorf("the data directory holds more than --capacity: %w", perr)
 			}
 			s.log.Error("segment file is damaged; moved aside and not served", "file", path, "err", perr)
 			os.Rename(path, path+".corrupt")

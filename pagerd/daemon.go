@@ -63,8 +63,8 @@ type Config struct {
 
 // Errors of the daemon itself (the opener's wrap restore's errors).
 var (
-	ErrNoVM     = errors.New("no such VM")
-	ErrVMExists = errors.New("VM already exists")
+	ErrNoVM     = errors.New("not found")
+	ErrVMExists = errors.New("already exists")
 	// ErrHandingOver: the daemon is handing its VMs to a successor.
 	ErrHandingOver = fmt.Errorf("%w: this daemon is handing its VMs over to its successor; retry", restore.ErrUnavailable)
 )
@@ -111,7 +111,7 @@ func (v *vm) logRemove(log *slog.Logger) func(start, end uint64) {
 }
 
 // errParked ends a wait for the handshake that a handoff holds still.
-var errParked = errors.New("pagerd: held still for a handoff")
+var errParked = errors.New("held still for a handoff")
 
 // servingFDs are the descriptors a serving VM's successor needs.
 type servingFDs struct{ uffd, pidfd, hup int }
@@ -144,10 +144,10 @@ type Daemon struct {
 // HandoffFrom, a running daemon's VMs are taken over (handoff.go).
 func New(cfg Config) (*Daemon, error) {
 	if cfg.Opener == nil {
-		return nil, errors.New("pagerd: no snapshot opener")
+		return nil, errors.New("a daemon needs a snapshot opener")
 	}
 	if cfg.SocketDir == "" {
-		return nil, errors.New("pagerd: no socket directory")
+		return nil, errors.New("a daemon needs a socket directory")
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Clean(cfg.SocketDir) + ".state"

@@ -263,20 +263,25 @@ func TestAPIErrors(t *testing.T) {
 		err  error
 		want int
 		is   error
+		say  string // the message starts with it (one wording per condition, then what to do)
 	}{
-		{"bad VM id", prepare(x, "no spaces allowed", "snap"), 400, api.ErrInvalid},
-		{"unknown snapshot", prepare(x, "b", "nosuch"), 404, api.ErrNotFound},
-		{"bad snapshot name", prepare(x, "b", "../snap"), 400, api.ErrInvalid},
-		{"duplicate VM", prepare(x, "waiting", "snap"), 409, api.ErrExists},
-		{"unavailable tier", prepare(x, "c", "down"), 503, api.ErrUnavailable},
-		{"open past its deadline", prepare(x, "d", "slow"), 503, api.ErrUnavailable},
-		{"unknown VM: GET", second(x.c.Get(ctx, "nosuch")), 404, api.ErrNotFound},
-		{"unknown VM: ready", second(x.c.WaitReady(ctx, "nosuch", time.Second)), 404, api.ErrNotFound},
-		{"unknown VM: DELETE", x.c.Delete(ctx, "nosuch"), 404, api.ErrNotFound},
-		{"ready timeout", second(x.c.WaitReady(ctx, "waiting", 50*time.Millisecond)), 504, api.ErrTimeout},
+		{"bad VM id", prepare(x, "no spaces allowed", "snap"), 400, api.ErrInvalid, ""},
+		{"unknown snapshot", prepare(x, "b", "nosuch"), 404, api.ErrNotFound,
+			`snapshot "nosuch": not found (no image ` + filepath.Join(dir, "nosuch.img") + ") (`aquifer pool ls` lists the snapshots this daemon serves)"},
+		{"bad snapshot name", prepare(x, "b", "../snap"), 400, api.ErrInvalid, `invalid name "../snap": use 1-128 letters`},
+		{"duplicate VM", prepare(x, "waiting", "snap"), 409, api.ErrExists, `VM "waiting": already exists (DELETE /v1/vms/ID ends it`},
+		{"unavailable tier", prepare(x, "c", "down"), 503, api.ErrUnavailable, ""},
+		{"open past its deadline", prepare(x, "d", "slow"), 503, api.ErrUnavailable, ""},
+		{"unknown VM: GET", second(x.c.Get(ctx, "nosuch")), 404, api.ErrNotFound, `VM "nosuch": not found (GET /v1/vms lists this daemon's VMs)`},
+		{"unknown VM: ready", second(x.c.WaitReady(ctx, "nosuch", time.Second)), 404, api.ErrNotFound, `VM "nosuch": not found (GET /v1/vms lists`},
+		{"unknown VM: DELETE", x.c.Delete(ctx, "nosuch"), 404, api.ErrNotFound, `VM "nosuch": not found (GET /v1/vms lists`},
+		{"ready timeout", second(x.c.WaitReady(ctx, "waiting", 50*time.Millisecond)), 504, api.ErrTimeout, ""},
 	} {
 		if got := status(c.err); got != c.want || !errors.Is(c.err, c.is) {
 			t.Errorf("%s: %v (HTTP %d), want HTTP %d", c.name, c.err, got, c.want)
+		}
+		if c.say != "" && (c.err == nil || !strings.HasPrefix(c.err.Error(), c.say)) {
+			t.Errorf("%s: %q, want it to start with %q", c.name, c.err, c.say)
 		}
 	}
 	// Failed PUTs leave nothing behind.

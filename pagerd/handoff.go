@@ -95,7 +95,7 @@ func (h *hoConn) send(m hoMsg, fds ...int) error {
 	}
 	h.c.SetWriteDeadline(h.deadline)
 	if _, _, err := h.c.WriteMsgUnix(b, oob, nil); err != nil {
-		return fmt.Errorf("pagerd: handoff: sending %s: %w", m.Op, err)
+		return fmt.Errorf("handoff: sending %s: %w", m.Op, err)
 	}
 	return nil
 }
@@ -126,27 +126,27 @@ func (h *hoConn) recv(want ...string) (hoMsg, []int, error) {
 	}
 	switch {
 	case err != nil:
-		return fail(fmt.Errorf("pagerd: handoff: waiting for %v: %w", want, err))
+		return fail(fmt.Errorf("handoff: waiting for %v: %w", want, err))
 	case n == 0:
-		return fail(fmt.Errorf("pagerd: handoff: the other daemon closed the connection (waiting for %v): %w", want, io.EOF))
+		return fail(fmt.Errorf("handoff: the other daemon closed the connection (waiting for %v): %w", want, io.EOF))
 	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
-		return fail(fmt.Errorf("pagerd: handoff: message truncated"))
+		return fail(fmt.Errorf("handoff: message truncated"))
 	}
 	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		return fail(fmt.Errorf("pagerd: handoff: bad message: %w", err))
+		return fail(fmt.Errorf("handoff: bad message: %w", err))
 	}
 	if len(m.FDs) != len(fds) {
-		return fail(fmt.Errorf("pagerd: handoff: %s names %d descriptors, %d came with it", m.Op, len(m.FDs), len(fds)))
+		return fail(fmt.Errorf("handoff: %s names %d descriptors, %d came with it", m.Op, len(m.FDs), len(fds)))
 	}
 	if m.Op == "abort" {
-		return fail(fmt.Errorf("pagerd: handoff aborted by the other daemon: %s", m.Error))
+		return fail(fmt.Errorf("handoff aborted by the other daemon: %s", m.Error))
 	}
 	for _, w := range want {
 		if m.Op == w {
 			return m, fds, nil
 		}
 	}
-	return fail(fmt.Errorf("pagerd: handoff: got %q, want %v", m.Op, want))
+	return fail(fmt.Errorf("handoff: got %q, want %v", m.Op, want))
 }
 
 func closeFDs(fds []int) {
@@ -542,7 +542,7 @@ func (d *Daemon) receiveHandoff() (err error) {
 			f.Close()
 		}
 		hc.send(hoMsg{Op: "abort", Error: "begin lacks descriptors"})
-		return errors.New("pagerd: handoff: the predecessor sent incomplete descriptors")
+		return errors.New("handoff: the predecessor sent incomplete descriptors")
 	}
 	for _, role := range []string{"api", "handoff"} {
 		path := begin.API
@@ -590,7 +590,7 @@ func (d *Daemon) receiveHandoff() (err error) {
 		if m.Wire == nil || restore.ValidName(m.Wire.ID) != nil {
 			closeAll()
 			hc.send(hoMsg{Op: "abort", Error: "a VM without an id"})
-			return errors.New("pagerd: handoff: a VM without an id")
+			return errors.New("handoff: a VM without an id")
 		}
 	}
 	stopped := make(chan struct{})

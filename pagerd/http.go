@@ -194,7 +194,22 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, err error) {
-	writeAPIErr(w, &api.Error{Code: codeOf(err), Message: err.Error()})
+	code := codeOf(err)
+	writeAPIErr(w, &api.Error{Code: code, Message: err.Error() + hint(code, err)})
+}
+
+// hint says what to do about an error a client caused, where that is
+// known and the message does not already say it.
+func hint(code string, err error) string {
+	switch {
+	case code == api.CodeNotFound && errors.Is(err, ErrNoVM):
+		return " (GET /v1/vms lists this daemon's VMs)"
+	case code == api.CodeExists && errors.Is(err, ErrVMExists):
+		return " (DELETE /v1/vms/ID ends it; or give the new VM another id)"
+	case code == api.CodeNotFound && errors.Is(err, restore.ErrNotFound):
+		return " (`aquifer pool ls` lists the snapshots this daemon serves)"
+	}
+	return ""
 }
 
 func writeAPIErr(w http.ResponseWriter, e *api.Error) {
@@ -210,7 +225,7 @@ func (d *Daemon) Serve(ctx context.Context, apiSocket string) error {
 	if l == nil {
 		var err error
 		if l, err = handshake.Listen(apiSocket); err != nil {
-			return fmt.Errorf("control API: %w", err)
+			return fmt.Errorf("the control API socket: %w", err)
 		}
 	}
 	d.mu.Lock()

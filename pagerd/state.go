@@ -48,7 +48,7 @@ func (d *Daemon) removesPath(id string) string { return filepath.Join(d.cfg.Stat
 // machine, so a machine crash has nothing to keep).
 func (d *Daemon) save(r *vmRecord) error {
 	if err := vmstate.Save(d.recordPath(r.ID), r); err != nil {
-		return fmt.Errorf("pagerd: recording VM %q: %w", r.ID, err)
+		return fmt.Errorf("recording VM %q: %w", r.ID, err)
 	}
 	return nil
 }

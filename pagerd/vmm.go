@@ -47,7 +47,7 @@ func checkSocketDir(dir string, vmmUID int, log *slog.Logger) error {
 	}
 	perm := st.Mode().Perm()
 	if perm&0o022 != 0 {
-		return fmt.Errorf("pagerd: socket directory %s is writable by other users (mode %04o): run `chmod go-w %s`", dir, perm, dir)
+		return fmt.Errorf("socket directory %s is writable by other users (mode %04o): run `chmod go-w %s`", dir, perm, dir)
 	}
 	if log == nil {
 		log = slog.Default()

@@ -71,11 +71,11 @@ type Pair struct {
 // other's files half-way.
 func Locked(dir string, fn func() error) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
 	defer f.Close()
 	for {
@@ -84,7 +84,7 @@ func Locked(dir string, fn func() error) error {
 			break
 		}
 		if !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("pki: lock %s: %w", dir, err)
+			return fmt.Errorf("locking %s: %w", dir, err)
 		}
 	}
 	return fn()
@@ -99,7 +99,7 @@ func Files(dir, name string) Pair {
 // The directory is created mode 0700.
 func OpenCA(dir, cn string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, err
 	}
 	if err := CheckDir(dir); err != nil {
 		return nil, err
@@ -108,11 +108,11 @@ func OpenCA(dir, cn string) (*CA, error) {
 	if _, err := os.Stat(certFile); err == nil {
 		return LoadCA(dir)
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("pki: CA key: %w", err)
+		return nil, fmt.Errorf("generating the CA key: %w", err)
 	}
 	sn, err := serial()
 	if err != nil {
@@ -131,7 +131,7 @@ func OpenCA(dir, cn string) (*CA, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, fmt.Errorf("pki: CA certificate: %w", err)
+		return nil, fmt.Errorf("signing the CA certificate: %w", err)
 	}
 	// Key first: a certificate without its key would be taken for a CA
 	// whose key lives elsewhere.
@@ -139,7 +139,7 @@ func OpenCA(dir, cn string) (*CA, error) {
 		return nil, err
 	}
 	if err := atomicfile.WriteFile(certFile, pemBlock("CERTIFICATE", der), 0o600); err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, err
 	}
 	return LoadCA(dir)
 }
@@ -151,7 +151,7 @@ func LoadCA(dir string) (*CA, error) {
 		return nil, err
 	}
 	if !cert.IsCA {
-		return nil, fmt.Errorf("pki: %s is not a CA certificate", filepath.Join(dir, CACert))
+		return nil, fmt.Errorf("%s is not a CA certificate", filepath.Join(dir, CACert))
 	}
 	ca := &CA{Dir: dir, Cert: cert}
 	keyFile := filepath.Join(dir, CAKey)
@@ -160,7 +160,7 @@ func LoadCA(dir string) (*CA, error) {
 			return nil, err
 		}
 		if !ca.Key.PublicKey.Equal(cert.PublicKey) {
-			return nil, fmt.Errorf("pki: %s does not belong to %s", keyFile, filepath.Join(dir, CACert))
+			return nil, fmt.Errorf("%s does not belong to %s", keyFile, filepath.Join(dir, CACert))
 		}
 	}
 	return ca, nil
@@ -177,17 +177,17 @@ func (ca *CA) Ensure(dir, name string, spec Spec) (Pair, error) {
 	} else if errors.Is(err, ErrExposed) {
 		return Pair{}, err
 	} else if ca.Key == nil {
-		return Pair{}, fmt.Errorf("pki: %s cannot be used (%v) and %s has no CA key to issue a new one", p.CertFile, err, ca.Dir)
+		return Pair{}, fmt.Errorf("%s cannot be used (%v) and %s has no CA key to issue a new one", p.CertFile, err, ca.Dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Pair{}, fmt.Errorf("pki: %w", err)
+		return Pair{}, err
 	}
 	if err := CheckDir(dir); err != nil {
 		return Pair{}, err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return Pair{}, fmt.Errorf("pki: key for %s: %w", name, err)
+		return Pair{}, fmt.Errorf("generating the key of %s: %w", name, err)
 	}
 	sn, err := serial()
 	if err != nil {
@@ -211,13 +211,13 @@ func (ca *CA) Ensure(dir, name string, spec Spec) (Pair, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
-		return Pair{}, fmt.Errorf("pki: certificate %s: %w", name, err)
+		return Pair{}, fmt.Errorf("signing the certificate of %s: %w", name, err)
 	}
 	if err := writeKey(p.KeyFile, key); err != nil {
 		return Pair{}, err
 	}
 	if err := atomicfile.WriteFile(p.CertFile, pemBlock("CERTIFICATE", der), 0o600); err != nil {
-		return Pair{}, fmt.Errorf("pki: %w", err)
+		return Pair{}, err
 	}
 	return p, ca.check(p, spec)
 }
@@ -292,21 +292,21 @@ func ServerTLS(caFile string, p Pair) (*tls.Config, error) {
 func load(caFile string, p Pair) (*x509.CertPool, tls.Certificate, error) {
 	b, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, tls.Certificate{}, fmt.Errorf("pki: CA: %w", err)
+		return nil, tls.Certificate{}, fmt.Errorf("reading the cluster CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
-		return nil, tls.Certificate{}, fmt.Errorf("pki: %s holds no PEM certificate", caFile)
+		return nil, tls.Certificate{}, fmt.Errorf("%s holds no PEM certificate", caFile)
 	}
 	if p.CertFile == "" && p.KeyFile == "" {
-		return pool, tls.Certificate{}, fmt.Errorf("pki: no client certificate and key given (mutual TLS needs both)")
+		return pool, tls.Certificate{}, fmt.Errorf("no client certificate and key given (mutual TLS needs both)")
 	}
 	if err := CheckPrivate(p.KeyFile); err != nil {
 		return nil, tls.Certificate{}, err
 	}
 	cert, err := tls.LoadX509KeyPair(p.CertFile, p.KeyFile)
 	if err != nil {
-		return nil, tls.Certificate{}, fmt.Errorf("pki: %s / %s: %w", p.CertFile, p.KeyFile, err)
+		return nil, tls.Certificate{}, fmt.Errorf("%s / %s: %w", p.CertFile, p.KeyFile, err)
 	}
 	return pool, cert, nil
 }
@@ -317,13 +317,13 @@ func load(caFile string, p Pair) (*x509.CertPool, tls.Certificate, error) {
 func CheckPrivate(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
 	if !st.Mode().IsRegular() {
-		return fmt.Errorf("pki: %s is not a regular file", path)
+		return fmt.Errorf("%s is not a regular file", path)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("pki: %s is readable by other users (mode %04o; %w): run `chmod 600 %s`", path, perm, ErrExposed, path)
+		return fmt.Errorf("%s is readable by other users (mode %04o; %w): run `chmod 600 %s`", path, perm, ErrExposed, path)
 	}
 	return CheckDir(filepath.Dir(path))
 }
@@ -334,10 +334,10 @@ func CheckPrivate(path string) error {
 func CheckDir(dir string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
 	if perm := st.Mode().Perm(); perm&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("pki: %s is writable by other users (mode %04o; %w): run `chmod go-w %s`", dir, perm, ErrExposed, dir)
+		return fmt.Errorf("%s is writable by other users (mode %04o; %w): run `chmod go-w %s`", dir, perm, ErrExposed, dir)
 	}
 	return nil
 }
@@ -345,15 +345,15 @@ func CheckDir(dir string) error {
 func readCert(path string) (*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("pki: %s holds no PEM certificate", path)
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
 	c, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("pki: %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
 }
@@ -364,22 +364,22 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil {
-		return nil, fmt.Errorf("pki: %s holds no PEM key", path)
+		return nil, fmt.Errorf("%s holds no PEM key", path)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 	if err != nil {
 		if ek, err2 := x509.ParseECPrivateKey(blk.Bytes); err2 == nil {
 			return ek, nil
 		}
-		return nil, fmt.Errorf("pki: %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	ek, ok := k.(*ecdsa.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("pki: %s is not an ECDSA key", path)
+		return nil, fmt.Errorf("%s is not an ECDSA key", path)
 	}
 	return ek, nil
 }
@@ -387,10 +387,10 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 func writeKey(path string, k *ecdsa.PrivateKey) error {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return fmt.Errorf("encoding key %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, pemBlock("PRIVATE KEY", der), 0o600); err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
 	return nil
 }
@@ -404,7 +404,7 @@ func pemBlock(typ string, der []byte) []byte {
 func serial() (*big.Int, error) {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return nil, fmt.Errorf("pki: serial number: %w", err)
+		return nil, fmt.Errorf("drawing a serial number: %w", err)
 	}
 	return n, nil
 }

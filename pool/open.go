@@ -65,8 +65,10 @@ func (p *Pool) entry(ctx context.Context, cat *control.Snapshot) (*entry, error)
 	}
 	p.mu.Unlock()
 	var h header
-	if err := json.Unmarshal(cat.Header, &h); err != nil || h.Meta == nil {
-		return nil, fmt.Errorf("snapshot %q: bad catalog header: %v", cat.Name, err)
+	if err := json.Unmarshal(cat.Header, &h); err != nil {
+		return nil, fmt.Errorf("snapshot %q: bad catalog header: %w", cat.Name, err)
+	} else if h.Meta == nil {
+		return nil, fmt.Errorf("snapshot %q: its catalog header names no metadata object; republish it", cat.Name)
 	}
 	src := &rdma.ObjectSource{C: p.cfg.RDMA, Obj: h.Meta}
 	buf, release, err := src.Arena(int(h.Meta.Len))
@@ -134,7 +136,7 @@ type prefixReader struct{ b []byte }
 
 func (r *prefixReader) ReadAt(p []byte, off int64) (int, error) {
 	if off >= int64(len(r.b)) {
-		return 0, fmt.Errorf("pool: image read at %d beyond the metadata (%d bytes): segments live in the tiers", off, len(r.b))
+		return 0, fmt.Errorf("image read at %d beyond the metadata (%d bytes): segments live in the tiers", off, len(r.b))
 	}
 	n := copy(p, r.b[off:])
 	if n < len(p) {

@@ -89,7 +89,7 @@ type entry struct {
 // New creates a pool. Close stops its background work.
 func New(cfg Config) (*Pool, error) {
 	if cfg.Plane == nil || cfg.RDMA == nil || len(cfg.CatalogKey) < 32 {
-		return nil, errors.New("pool: needs a control plane, an RDMA client and the catalog key")
+		return nil, errors.New("a pool needs a control plane, an RDMA client and the catalog key")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

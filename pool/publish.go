@@ -25,18 +25,18 @@ func (p *Pool) Publish(ctx context.Context, path, name string) (*restore.Info, e
 		return nil, err
 	}
 	if _, err := p.cfg.Plane.GetSnapshot(ctx, name); err == nil {
-		return nil, fmt.Errorf("snapshot %q: %w", name, restore.ErrExists)
+		return nil, fmt.Errorf("snapshot %q: %w (`aquifer pool rm %s` removes the published one; or publish under another --name)", name, restore.ErrExists, name)
 	} else if !errors.Is(err, control.ErrNotFound) {
 		return nil, seamErr(err)
 	}
 	img, f, err := snapimage.Open(path)
 	if err != nil {
-		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: %w", path, restore.ImageError(err)))
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %q: %w", name, restore.ImageError(err)))
 	}
 	defer f.Close()
 	// Check the segments before anything leaves this host.
 	if err := img.CheckSegments(f, nil); err != nil {
-		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %s: image is corrupt: %w", path, err))
+		return nil, restore.Mark(restore.ErrInvalid, fmt.Errorf("publishing %q: image %s is corrupt: %w", name, path, err))
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -85,12 +85,12 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	defer cm.Unmap()
 	if len(cold) > 0 {
 		if objs.Cold, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "cold", now), ps, cold, 0); err != nil {
-			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("cold segment to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing a cold segment to the memory nodes: %w", err))
 		}
 	}
 	if len(hot) > 0 {
 		if objs.Hot, err = p.cfg.RDMA.PublishObject(ctx, segBase(name, "hot", now), ps, hot, 0); err != nil {
-			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("hot segment copy to memory nodes: %w", err))
+			return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing the hot segment's copy to the memory nodes: %w", err))
 		}
 	}
 	// Metadata object: the image up to the hot segment, the object
@@ -117,7 +117,7 @@ func (p *Pool) publish(ctx context.Context, img *snapimage.Image, f *os.File, si
 	copy(mm.B, blob)
 	metaObj, err := p.cfg.RDMA.PublishObject(ctx, segBase(name, "meta", now), ps, mm.B, 0)
 	if err != nil {
-		return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("metadata to memory nodes: %w", err))
+		return nil, nil, restore.Mark(restore.ErrUnavailable, fmt.Errorf("writing the metadata to the memory nodes: %w", err))
 	}
 	zero, nhot, ncold := img.Counts()
 	h := header{Version: 1, Meta: metaObj, MetaLen: metaLen, ImageLen: uint64(size), Pages: img.Pages(),

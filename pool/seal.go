@@ -42,7 +42,7 @@ var ErrUnsealed = errors.New("catalog entry failed authentication")
 // shared secret (HKDF-SHA256 with a label of its own).
 func CatalogKey(podSecret []byte) ([]byte, error) {
 	if len(podSecret) < 16 {
-		return nil, fmt.Errorf("pool: the pod secret must be at least 16 bytes (got %d)", len(podSecret))
+		return nil, fmt.Errorf("the pod secret must be at least 16 bytes (got %d)", len(podSecret))
 	}
 	return hkdf.Key(sha256.New, podSecret, nil, sealInfo, 32)
 }

@@ -150,7 +150,7 @@ func (p *Pool) promote(ctx context.Context, name string, force bool) error {
 		for i := uint64(0); i < nhot; i++ {
 			pg := seg.Page(i, ps)
 			if err := e.img.VerifyHotPage(i, pg); err != nil {
-				return fmt.Errorf("hot segment copy: %w", err)
+				return fmt.Errorf("copying the hot segment: %w", err)
 			}
 			hot = append(hot, pg...)
 		}

@@ -95,13 +95,13 @@ type Client struct {
 // NewClient starts a client and its prefetch worker.
 func NewClient(o Options) (*Client, error) {
 	if o.Transport == nil || (len(o.Nodes) == 0 && !o.Membership) {
-		return nil, errors.New("rdma: client needs a transport and at least one node")
+		return nil, errors.New("client needs a transport and at least one node")
 	}
 	if o.Replicas <= 0 {
 		o.Replicas = 2
 	}
 	if o.EC != nil && (o.EC.Data < 1 || o.EC.Parity < 1) {
-		return nil, fmt.Errorf("rdma: EC %d+%d: want at least one data and one parity shard", o.EC.Data, o.EC.Parity)
+		return nil, fmt.Errorf("EC %d+%d: want at least one data and one parity shard", o.EC.Data, o.EC.Parity)
 	}
 	if !o.Membership {
 		if err := enoughNodes(&o, len(o.Nodes)); err != nil {
@@ -180,10 +180,10 @@ func (c *Client) Latency(p Priority) *Histogram { return &c.hist[p] }
 func enoughNodes(o *Options, n int) error {
 	if o.EC != nil {
 		if o.EC.Data+o.EC.Parity > n {
-			return fmt.Errorf("rdma: EC %d+%d needs at least %d nodes, have %d", o.EC.Data, o.EC.Parity, o.EC.Data+o.EC.Parity, n)
+			return fmt.Errorf("EC %d+%d needs at least %d nodes, have %d", o.EC.Data, o.EC.Parity, o.EC.Data+o.EC.Parity, n)
 		}
 	} else if o.Replicas > n {
-		return fmt.Errorf("rdma: %d replicas need at least %d nodes, have %d", o.Replicas, o.Replicas, n)
+		return fmt.Errorf("%d replicas need at least %d nodes, have %d", o.Replicas, o.Replicas, n)
 	}
 	return nil
 }

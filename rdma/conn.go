@@ -68,7 +68,7 @@ func (c *Client) conn(ctx context.Context, n *node, p Priority) (*cconn, error) 
 	defer cancel()
 	cn, err := c.o.Transport.Dial(dctx, n.id)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("memory node %s: %w", n.id, err)
 	}
 	cc := &cconn{c: cn, attempts: map[uint64]*attempt{}}
 	n.conns[p] = cc

@@ -49,7 +49,7 @@ func (c *Client) publishEC(ctx context.Context, seg *SegmentInfo, data []byte) e
 	lay := &ECLayout{Data: k, Parity: m, ShardPages: rows, Shards: make([]Replica, k+m), ShardDigests: make([][]uint64, k+m)}
 	nodes := c.rank(seg.ID)
 	if len(nodes) < k+m { // the membership changed since Publish checked
-		return fmt.Errorf("rdma: EC %d+%d needs %d nodes, have %d", k, m, k+m, len(nodes))
+		return fmt.Errorf("EC %d+%d needs %d nodes, have %d", k, m, k+m, len(nodes))
 	}
 	errs := make([]error, k+m)
 	var wg sync.WaitGroup
@@ -66,7 +66,7 @@ func (c *Client) publishEC(ctx context.Context, seg *SegmentInfo, data []byte) e
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("rdma: coded segment %#x: %w", seg.ID, err)
+		return fmt.Errorf("coded segment %#x: %w", seg.ID, err)
 	}
 	seg.EC = lay
 	return nil
@@ -146,7 +146,7 @@ func (c *Client) reconstruct(ctx context.Context, seg *SegmentInfo, r PageRead, 
 		}
 	}
 	if have < lay.Data {
-		return fmt.Errorf("rdma: page %d of coded segment %#x: only %d of the %d shards needed are readable", r.Page, seg.ID, have, lay.Data)
+		return fmt.Errorf("page %d of coded segment %#x: only %d of the %d shards needed are readable", r.Page, seg.ID, have, lay.Data)
 	}
 	enc, err := reedsolomon.New(lay.Data, lay.Parity)
 	if err != nil {
@@ -154,13 +154,13 @@ func (c *Client) reconstruct(ctx context.Context, seg *SegmentInfo, r PageRead, 
 	}
 	rows[want] = r.Dst[:0]
 	if err := enc.ReconstructData(rows); err != nil {
-		return fmt.Errorf("rdma: reconstruct page %d of %#x: %w", r.Page, seg.ID, err)
+		return fmt.Errorf("reconstruct page %d of %#x: %w", r.Page, seg.ID, err)
 	}
 	if len(rows[want]) != ps || &rows[want][0] != &r.Dst[0] {
 		copy(r.Dst, rows[want])
 	}
 	if Digest(r.Dst) != seg.Digests[r.Page] {
-		return fmt.Errorf("rdma: reconstructed page %d of %#x fails its digest", r.Page, seg.ID)
+		return fmt.Errorf("reconstructed page %d of %#x fails its digest", r.Page, seg.ID)
 	}
 	c.recon.Add(1)
 	return nil

@@ -22,7 +22,7 @@ type Fault struct {
 }
 
 // ErrInjected marks failures made by Faults.
-var ErrInjected = errors.New("rdma: injected fault")
+var ErrInjected = errors.New("injected fault")
 
 // Faults decorates a Transport with per-node fault injection, for tests of
 // replication, erasure coding and timeouts.

@@ -2,6 +2,7 @@ package rdma
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -53,12 +54,12 @@ type Inventory interface {
 }
 
 // ErrNoInventory is returned for a transport whose connections cannot list.
-var ErrNoInventory = fmt.Errorf("rdma: this transport cannot list a node's segments")
+var ErrNoInventory = errors.New("this transport cannot list a node's segments")
 
 func (c *Client) inventory(ctx context.Context, n NodeID) (Inventory, error) {
 	cc, err := c.conn(ctx, c.node(n), Demand)
 	if err != nil {
-		return nil, fmt.Errorf("rdma: %s: %w", n, err)
+		return nil, err
 	}
 	inv, ok := cc.c.(Inventory)
 	if !ok {
@@ -79,14 +80,14 @@ func (c *Client) List(ctx context.Context, n NodeID) ([]StoredSegment, error) {
 	for {
 		p, err := inv.ListFrom(ctx, from, 0)
 		if err != nil {
-			return out, fmt.Errorf("rdma: list %s: %w", n, err)
+			return out, fmt.Errorf("listing the segments of memory node %s: %w", n, err)
 		}
 		out = append(out, p.Segments...)
 		if !p.More {
 			return out, nil
 		}
 		if p.Next <= from {
-			return out, fmt.Errorf("rdma: list %s: the node's cursor went from %#x to %#x", n, from, p.Next)
+			return out, fmt.Errorf("listing the segments of memory node %s: its cursor went from %#x to %#x", n, from, p.Next)
 		}
 		from = p.Next
 	}
@@ -100,7 +101,7 @@ func (c *Client) Usage(ctx context.Context, n NodeID) (NodeUsage, error) {
 	}
 	u, err := inv.Usage(ctx)
 	if err != nil {
-		return u, fmt.Errorf("rdma: usage of %s: %w", n, err)
+		return u, fmt.Errorf("reading the usage of memory node %s: %w", n, err)
 	}
 	return u, nil
 }

@@ -22,7 +22,7 @@ type Object struct {
 // base+1, … of chunkPages pages each (0: 16 MiB worth).
 func (c *Client) PublishObject(ctx context.Context, base SegmentID, pageSize int, data []byte, chunkPages int) (*Object, error) {
 	if pageSize <= 0 || len(data) == 0 || len(data)%pageSize != 0 {
-		return nil, fmt.Errorf("rdma: object of %d bytes is not a whole number of %d-byte pages", len(data), pageSize)
+		return nil, fmt.Errorf("object of %d bytes is not a whole number of %d-byte pages", len(data), pageSize)
 	}
 	if chunkPages <= 0 {
 		chunkPages = max(1, (16<<20)/pageSize)
@@ -70,7 +70,7 @@ func (s *ObjectSource) Read(ctx context.Context, off uint64, dst []byte, prefetc
 	o := s.Obj
 	ps := uint64(o.PageSize)
 	if off%ps != 0 || uint64(len(dst))%ps != 0 || off+uint64(len(dst)) > o.Len {
-		return fmt.Errorf("rdma: object read [%d,+%d) is not page-aligned inside %d bytes", off, len(dst), o.Len)
+		return fmt.Errorf("object read [%d,+%d) is not page-aligned inside %d bytes", off, len(dst), o.Len)
 	}
 	byChunk := map[int][]PageRead{}
 	for k := uint64(0); k < uint64(len(dst))/ps; k++ {

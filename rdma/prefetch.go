@@ -26,7 +26,7 @@ func (c *Client) Prefetch(seg *SegmentInfo, reqs []PageRead) *Pending {
 	select {
 	case c.pq <- &prefetchReq{seg: seg, reqs: reqs, p: p}:
 	default:
-		p.err = errors.New("rdma: prefetch queue full")
+		p.err = errors.New("prefetch queue full")
 		close(p.done)
 	}
 	return p

@@ -25,7 +25,7 @@ func (c *Client) writeOn(ctx context.Context, n NodeID, w *WriteSegment) (Segmen
 // pageSize. It fails unless every copy (every shard) was stored.
 func (c *Client) Publish(ctx context.Context, id SegmentID, pageSize int, data []byte) (*SegmentInfo, error) {
 	if pageSize <= 0 || len(data) == 0 || len(data)%pageSize != 0 {
-		return nil, fmt.Errorf("rdma: segment of %d bytes is not a whole number of %d-byte pages", len(data), pageSize)
+		return nil, fmt.Errorf("segment of %d bytes is not a whole number of %d-byte pages", len(data), pageSize)
 	}
 	if err := enoughNodes(&c.o, len(c.Nodes())); err != nil {
 		return nil, fmt.Errorf("%w (memory nodes known now: %v)", err, c.Nodes())
@@ -76,7 +76,7 @@ func (c *Client) publishReplicas(ctx context.Context, seg *SegmentInfo, data []b
 		}
 	}
 	if len(seg.Replicas) < c.o.Replicas {
-		return fmt.Errorf("rdma: segment %#x stored on %d of %d replicas: %w", seg.ID, len(seg.Replicas), c.o.Replicas, errors.Join(errs...))
+		return fmt.Errorf("segment %#x stored on %d of %d replicas: %w", seg.ID, len(seg.Replicas), c.o.Replicas, errors.Join(errs...))
 	}
 	slices.SortFunc(seg.Replicas, func(a, b Replica) int { return cmp.Compare(a.Node, b.Node) })
 	return nil

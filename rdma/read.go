@@ -67,10 +67,10 @@ func (c *Client) demandEnd() {
 func (c *Client) checkReqs(seg *SegmentInfo, reqs []PageRead) error {
 	for _, r := range reqs {
 		if r.Page < 0 || r.Page >= seg.Pages {
-			return fmt.Errorf("rdma: page %d outside segment %#x of %d pages", r.Page, seg.ID, seg.Pages)
+			return fmt.Errorf("page %d outside segment %#x of %d pages", r.Page, seg.ID, seg.Pages)
 		}
 		if len(r.Dst) != seg.PageSize {
-			return fmt.Errorf("rdma: destination of %d bytes for a %d-byte page", len(r.Dst), seg.PageSize)
+			return fmt.Errorf("destination of %d bytes for a %d-byte page", len(r.Dst), seg.PageSize)
 		}
 	}
 	return nil
@@ -160,5 +160,5 @@ func (c *Client) readReplicated(ctx context.Context, seg *SegmentInfo, reqs []Pa
 			return ctx.Err()
 		}
 	}
-	return fmt.Errorf("rdma: %d of %d pages of segment %#x unreadable on all %d replicas: %w", len(pending), len(reqs), seg.ID, len(seg.Replicas), lastErr)
+	return fmt.Errorf("reading segment %#x: %d of %d pages unreadable on all %d replicas: %w", seg.ID, len(pending), len(reqs), len(seg.Replicas), lastErr)
 }

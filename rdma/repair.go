@@ -35,7 +35,7 @@ func (c *Client) Rereplicate(ctx context.Context, seg *SegmentInfo, drop func(No
 		return seg, false, nil
 	}
 	if len(keep) == 0 {
-		return seg, false, fmt.Errorf("rdma: segment %#x has no surviving replica (it was on %v)", seg.ID, seg.Replicas)
+		return seg, false, fmt.Errorf("segment %#x has no surviving replica (it was on %v)", seg.ID, seg.Replicas)
 	}
 	out := *seg
 	out.Replicas = keep
@@ -58,7 +58,7 @@ func (c *Client) Rereplicate(ctx context.Context, seg *SegmentInfo, drop func(No
 		reqs[i] = PageRead{Page: i, Dst: m.B[i*seg.PageSize : (i+1)*seg.PageSize]}
 	}
 	if err := c.Read(ctx, &out, reqs); err != nil {
-		return seg, false, fmt.Errorf("rdma: reading segment %#x to re-replicate it: %w", seg.ID, err)
+		return seg, false, fmt.Errorf("reading segment %#x to re-replicate it: %w", seg.ID, err)
 	}
 	w := &WriteSegment{ID: seg.ID, PageSize: seg.PageSize, Data: m.B, Digests: seg.Digests}
 	have := map[NodeID]bool{}
@@ -84,7 +84,7 @@ func (c *Client) Rereplicate(ctx context.Context, seg *SegmentInfo, drop func(No
 	slices.SortFunc(out.Replicas, func(a, b Replica) int { return cmp.Compare(a.Node, b.Node) })
 	if len(out.Replicas) < c.o.Replicas {
 		// Keep what was written: fewer copies than wanted is still better.
-		return &out, len(out.Replicas) > len(keep), fmt.Errorf("rdma: segment %#x back to %d of %d replicas: %w", seg.ID, len(out.Replicas), c.o.Replicas, errors.Join(errs...))
+		return &out, len(out.Replicas) > len(keep), fmt.Errorf("segment %#x back to %d of %d replicas: %w", seg.ID, len(out.Replicas), c.o.Replicas, errors.Join(errs...))
 	}
 	return &out, true, nil
 }

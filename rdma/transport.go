@@ -92,10 +92,10 @@ type Transport interface {
 
 // Errors shared by all backends.
 var (
-	ErrClosed        = errors.New("rdma: connection closed")
-	ErrNotRegistered = errors.New("rdma: destination buffer is not in registered memory (call Transport.Register)")
-	ErrNoDevice      = errors.New("rdma: no RDMA device")
-	ErrMixedSegments = errors.New("rdma: one PostReads call must address a single segment")
+	ErrClosed        = errors.New("connection closed")
+	ErrNotRegistered = errors.New("destination buffer is not in registered memory (call Transport.Register)")
+	ErrNoDevice      = errors.New("no RDMA device")
+	ErrMixedSegments = errors.New("one PostReads call must address a single segment")
 )
 
 // Registration is a registered memory region.
@@ -135,7 +135,7 @@ type Registry struct {
 // transport writes it from other goroutines while the caller reads it.
 func (g *Registry) Register(buf []byte) (*Registration, error) {
 	if len(buf) == 0 {
-		return nil, fmt.Errorf("rdma: register an empty buffer")
+		return nil, fmt.Errorf("register an empty buffer")
 	}
 	start := offheap.AddrOf(buf)
 	g.mu.Lock()
@@ -155,7 +155,7 @@ func (g *Registry) Register(buf []byte) (*Registration, error) {
 // Check returns ErrNotRegistered unless dst lies inside one registered range.
 func (g *Registry) Check(dst []byte) error {
 	if len(dst) == 0 {
-		return fmt.Errorf("rdma: empty destination")
+		return fmt.Errorf("empty destination")
 	}
 	a := offheap.AddrOf(dst)
 	e := a + uintptr(len(dst))

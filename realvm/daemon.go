@@ -21,7 +21,7 @@ import (
 func (r *run) prepareOnDaemon(ctx context.Context) (string, func(context.Context) error, func() (uint64, error), error) {
 	c := r.c
 	if c.API == "" || c.Snapshot == "" {
-		return "", nil, nil, fmt.Errorf("realvm: %s needs a pager daemon (API socket) and a published snapshot", c.Strategy)
+		return "", nil, nil, fmt.Errorf("%s needs a pager daemon (API socket) and a published snapshot", c.Strategy)
 	}
 	id := c.VMID
 	if id == "" {
@@ -66,12 +66,12 @@ func (r *run) prepareOnDaemon(ctx context.Context) (string, func(context.Context
 					r.res.HotSource = st.Report.HotSource
 				}
 				if st.State == api.StateFailed {
-					return n, fmt.Errorf("pager: VM %s failed: %s", id, st.Error)
+					return n, fmt.Errorf("VM %s failed: %s", id, st.Error)
 				}
 				return n, nil
 			}
 			if time.Now().After(deadline) {
-				return 0, errors.New("pager: the VM is still served 20 s after QEMU exited")
+				return 0, errors.New("the VM is still served 20 s after QEMU exited")
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

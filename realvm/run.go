@@ -53,7 +53,7 @@ func Available() error {
 
 // ErrWrongOutput marks a run whose guest answered, but not what the
 // capture recorded for the input.
-var ErrWrongOutput = errors.New("realvm: wrong output")
+var ErrWrongOutput = errors.New("wrong output")
 
 // Server is a serving side that the caller runs itself (tests, or an
 // external handler): Listen is called before QEMU starts and must return
@@ -148,12 +148,12 @@ type Result struct {
 func Run(ctx context.Context, c Config) (*Result, error) {
 	res := &Result{Strategy: c.Strategy}
 	if c.Workload == nil || c.Guest == nil {
-		return res, errors.New("realvm: no workload or guest")
+		return res, errors.New("no workload or guest")
 	}
 	w := c.Workload
 	res.Workload = w.Name
 	if !slices.Contains(Strategies, c.Strategy) {
-		return res, fmt.Errorf("realvm: unknown strategy %q (known: %s)", c.Strategy, strings.Join(Strategies, ", "))
+		return res, fmt.Errorf("unknown strategy %q (known: %s)", c.Strategy, strings.Join(Strategies, ", "))
 	}
 	if err := w.Restorable(); err != nil {
 		return res, err
@@ -164,11 +164,11 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	res.Input = c.Input
 	want, ok := w.Expected(c.Input)
 	if !ok {
-		return res, fmt.Errorf("realvm: %s has no recorded output for input %q (captured inputs: %s)", w.Name, c.Input, inputs(w))
+		return res, fmt.Errorf("%s has no recorded output for input %q (captured inputs: %s)", w.Name, c.Input, inputs(w))
 	}
 	res.Expected = want.Digest
 	if strings.ContainsAny(c.Input, " \t\r\n") || c.Input == "" {
-		return res, fmt.Errorf("realvm: input %q must be one non-empty word", c.Input)
+		return res, fmt.Errorf("input %q must be one non-empty word", c.Input)
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 3 * time.Minute
@@ -228,7 +228,7 @@ func (r *run) do(ctx context.Context) error {
 	w := r.c.Workload
 	mib := w.Meta.MemSize >> 20
 	if w.Meta.MemSize%(1<<20) != 0 {
-		return fmt.Errorf("realvm: %s: memory size %d is not a whole number of MiB", w.Name, w.Meta.MemSize)
+		return fmt.Errorf("%s: memory size %d is not a whole number of MiB", w.Name, w.Meta.MemSize)
 	}
 	if err := r.serving(ctx); err != nil {
 		return err
@@ -241,16 +241,16 @@ func (r *run) do(ctx context.Context) error {
 	v, err := corpus.StartVM(ctx, corpus.VMConfig{Guest: r.c.Guest, Fn: w.Name, MemMiB: int(mib), MemBackend: r.mem,
 		WorkDir: r.dir, Incoming: w.State, RestoreLater: true, Env: r.env, NoReboot: true})
 	if err != nil {
-		return fmt.Errorf("realvm: starting QEMU for %s (%s): %w", w.Name, r.c.Strategy, err)
+		return fmt.Errorf("starting QEMU for %s (%s): %w", w.Name, r.c.Strategy, err)
 	}
 	defer v.Kill()
 	r.res.QEMUInitNs = int64(time.Since(t0))
 	if err := v.Restore(ctx, w.State); err != nil {
-		return fmt.Errorf("realvm: restoring %s (%s): %w", w.Name, r.c.Strategy, err)
+		return fmt.Errorf("restoring %s (%s): %w", w.Name, r.c.Strategy, err)
 	}
 	if r.ready != nil {
 		if err := r.ready(ctx); err != nil {
-			return fmt.Errorf("realvm: serving side not ready: %w", err)
+			return fmt.Errorf("serving side not ready: %w", err)
 		}
 	}
 	r.res.RestoreNs = int64(time.Since(t0))
@@ -263,7 +263,7 @@ func (r *run) do(ctx context.Context) error {
 	}
 	inv, err := corpus.WaitInvocation(ctx, v, r.c.Input, time.Until(deadline(ctx)))
 	if err != nil {
-		return fmt.Errorf("realvm: %s (%s) did not answer: %w", w.Name, r.c.Strategy, err)
+		return fmt.Errorf("%s (%s) did not answer: %w", w.Name, r.c.Strategy, err)
 	}
 	r.res.FirstOutputNs = int64(inv.Started.Sub(t0))
 	r.res.EndToEndNs = int64(inv.Done.Sub(t0))
@@ -280,7 +280,7 @@ func (r *run) do(ctx context.Context) error {
 	if r.wait != nil {
 		n, err := r.wait()
 		if err != nil && hookErr == nil {
-			hookErr = fmt.Errorf("realvm: serving side: %w", err)
+			hookErr = fmt.Errorf("serving side: %w", err)
 		}
 		r.res.Faults = n
 	}
@@ -311,7 +311,7 @@ func (r *run) serving(ctx context.Context) error {
 		r.env = append([]string{"LD_PRELOAD=" + c.Shim, "AQ_SHIM_MODE=" + mode, "AQ_SHIM_SIZE=" + size}, kv...)
 	}
 	if c.Shim == "" && c.Strategy != Warm {
-		return errors.New("realvm: no shim (corpus.BuildShim)")
+		return errors.New("no shim (corpus.BuildShim)")
 	}
 	uffdShim := func(socket string) {
 		if c.HugePages {
@@ -327,12 +327,12 @@ func (r *run) serving(ctx context.Context) error {
 		// Firecracker restores hugetlbfs-backed guests only through UFFD
 		// (REAP's working set and the pool's image must then be of 2 MiB
 		// pages: bench.Options.GuestPageSize).
-		return fmt.Errorf("realvm: 2 MiB pages need a uffd backend (firecracker-uffd, reap or a pool strategy), not %s: Firecracker restores huge_pages \"2M\" snapshots only through UFFD", c.Strategy)
+		return fmt.Errorf("2 MiB pages need a uffd backend (firecracker-uffd, reap or a pool strategy), not %s: Firecracker restores huge_pages \"2M\" snapshots only through UFFD", c.Strategy)
 	}
 	socket := filepath.Join(r.dir, "uffd.sock")
 	if c.Serve != nil {
 		if c.Strategy != FirecrackerUffd && c.Strategy != REAP {
-			return fmt.Errorf("realvm: a caller's server replaces firecracker-uffd or reap, not %s", c.Strategy)
+			return fmt.Errorf("a caller's server replaces firecracker-uffd or reap, not %s", c.Strategy)
 		}
 		wait, err := c.Serve(ctx, socket)
 		if err != nil {
@@ -382,7 +382,7 @@ func (r *run) shmPath(what string) string {
 // with the restore (FaaSnap's concurrent paging).
 func (r *run) faasnap() error {
 	if r.c.FaaSnapPlan == "" {
-		return errors.New("realvm: faasnap needs a plan (baseline.BuildFaaSnap)")
+		return errors.New("faasnap needs a plan (baseline.BuildFaaSnap)")
 	}
 	p, err := guest.ReadFaaSnapPlan(r.c.FaaSnapPlan)
 	if err != nil {
@@ -390,11 +390,11 @@ func (r *run) faasnap() error {
 	}
 	mem := r.c.Workload.Mem
 	if p.MemSize != r.c.Workload.Meta.MemSize {
-		return fmt.Errorf("realvm: FaaSnap plan for %d bytes, workload has %d", p.MemSize, r.c.Workload.Meta.MemSize)
+		return fmt.Errorf("FaaSnap plan for %d bytes, workload has %d", p.MemSize, r.c.Workload.Meta.MemSize)
 	}
 	for _, f := range []string{mem, p.LoadingSet} {
 		if strings.ContainsAny(f, " \t\n") {
-			return fmt.Errorf("realvm: the shim's plan cannot name %q (white space)", f)
+			return fmt.Errorf("the shim's plan cannot name %q (white space)", f)
 		}
 	}
 	var b strings.Builder
@@ -468,7 +468,7 @@ func ResidentCopy(w *corpus.Workload) (path string, remove func(), err error) {
 	remove = func() { os.Remove(path) }
 	if err := copyFile(path, w.Mem); err != nil {
 		remove()
-		return "", nil, fmt.Errorf("realvm: warm copy of the image: %w", err)
+		return "", nil, fmt.Errorf("making a warm copy of the image: %w", err)
 	}
 	return path, remove, nil
 }

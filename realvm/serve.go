@@ -22,12 +22,12 @@ var faultsRE = regexp.MustCompile(`faults served (\d+)`)
 // exits when the VM does) and reads the faults it served.
 func startHandle(ctx context.Context, r *run, socket string) (func() (uint64, error), error) {
 	if r.c.Bin == "" {
-		return nil, errors.New("realvm: no aquifer binary for `aquifer handle`")
+		return nil, errors.New("no aquifer binary for `aquifer handle`")
 	}
 	args := []string{"handle", "--socket", socket, "--mem", r.c.Workload.Mem, "--log-level", "warn", "--accept-timeout", "60s"}
 	if r.c.Strategy == REAP {
 		if r.c.REAPWS == "" {
-			return nil, errors.New("realvm: reap needs a working-set file (baseline.BuildREAP)")
+			return nil, errors.New("reap needs a working-set file (baseline.BuildREAP)")
 		}
 		args = append(args, "--reap-ws", r.c.REAPWS)
 		r.dropCache(r.c.REAPWS)
@@ -48,7 +48,7 @@ func startHandle(ctx context.Context, r *run, socket string) (func() (uint64, er
 		<-done
 	})
 	if err := waitSocket(ctx, socket, done); err != nil {
-		return nil, fmt.Errorf("realvm: aquifer handle: %w: %s", err, errb.String())
+		return nil, fmt.Errorf("aquifer handle: %w: %s", err, errb.String())
 	}
 	return func() (uint64, error) {
 		select {

@@ -34,9 +34,9 @@ func ImageError(err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &fe):
-		return fmt.Errorf("%w: not a valid Aquifer image: %w", ErrInvalid, err)
+		return Mark(ErrInvalid, fmt.Errorf("not a valid Aquifer image: %w", err))
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
+		return Mark(ErrNotFound, err)
 	}
 	return err
 }
@@ -73,7 +73,7 @@ func (d *Dir) Open(ctx context.Context, name string) (*Snapshot, error) {
 	}
 	path := filepath.Join(d.Path, name+".img")
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("snapshot %q: no image %s: %w", name, path, ErrNotFound)
+		return nil, fmt.Errorf("snapshot %q: %w (no image %s)", name, ErrNotFound, path)
 	}
 	s, err := OpenLocal(name, path)
 	if err != nil {

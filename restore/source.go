@@ -120,7 +120,7 @@ func (s *ReaderAtSource) With(ctx context.Context, fn func(seg Segment) error) e
 		if _, err := s.R.ReadAt(m.B, s.Off); err != nil && err != io.EOF {
 			m.Unmap()
 			s.mu.Unlock()
-			return fmt.Errorf("pager: reading hot segment: %w", err)
+			return fmt.Errorf("reading the hot segment: %w", err)
 		}
 		s.hot = m
 	}
@@ -132,7 +132,7 @@ func (s *ReaderAtSource) With(ctx context.Context, fn func(seg Segment) error) e
 // Read implements ColdSource.
 func (s *ReaderAtSource) Read(ctx context.Context, off uint64, dst []byte, prefetch bool) error {
 	if int64(off)+int64(len(dst)) > s.Len {
-		return fmt.Errorf("pager: cold read [%d,+%d) beyond the %d-byte segment", off, len(dst), s.Len)
+		return fmt.Errorf("cold read [%d,+%d) beyond the %d-byte segment", off, len(dst), s.Len)
 	}
 	_, err := s.R.ReadAt(dst, s.Off+int64(off))
 	if err == io.EOF {

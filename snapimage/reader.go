@@ -26,7 +26,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("snapimage: %s at image byte %d (%#x): %v", e.What, e.Offset, e.Offset, e.Err)
+	return fmt.Sprintf("%s at image byte %d (%#x): %v", e.What, e.Offset, e.Offset, e.Err)
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }
@@ -165,7 +165,7 @@ func (im *Image) Expand(id SectionID, i uint64, stored, dst []byte) error {
 	ps := uint64(im.hdr.pageSize)
 	_, n := im.Span(id, i)
 	if uint64(len(stored)) != n || uint64(len(dst)) < ps {
-		return fmt.Errorf("snapimage: expanding %s page %d: %d stored bytes (want %d) into %d bytes (want %d)", id, i, len(stored), n, len(dst), ps)
+		return fmt.Errorf("expanding %s page %d: %d stored bytes (want %d) into %d bytes (want %d)", id, i, len(stored), n, len(dst), ps)
 	}
 	m := im.SubPages(id, i)
 	if m == nil {
@@ -283,12 +283,12 @@ func (im *Image) HotRuns() []Run {
 func Open(path string) (*Image, *os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapimage: %w", err)
+		return nil, nil, err
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("snapimage: %w", err)
+		return nil, nil, err
 	}
 	im, err := Read(f, st.Size())
 	if err != nil {
@@ -679,10 +679,10 @@ func (im *Image) pageAt(id SectionID, i uint64) (what string, at uint64) {
 func (im *Image) readSegPage(id SectionID, seg io.ReaderAt, i uint64, dst []byte, digs []uint64) error {
 	ps := uint64(im.hdr.pageSize)
 	if i >= uint64(len(digs)) {
-		return fmt.Errorf("snapimage: %s index %d out of range (%d pages)", id, i, len(digs))
+		return fmt.Errorf("%s index %d out of range (%d pages)", id, i, len(digs))
 	}
 	if uint64(len(dst)) < ps {
-		return fmt.Errorf("snapimage: destination of %d bytes for a %d-byte page", len(dst), ps)
+		return fmt.Errorf("destination of %d bytes for a %d-byte page", len(dst), ps)
 	}
 	off, n := im.Span(id, i)
 	b := dst[:n]
@@ -727,14 +727,14 @@ func (im *Image) ReadColdPage(seg io.ReaderAt, i uint64, dst []byte) error {
 // stored digest.
 func (im *Image) VerifyHotPage(i uint64, b []byte) error {
 	if i >= uint64(len(im.hotDig)) {
-		return fmt.Errorf("snapimage: hot index %d out of range", i)
+		return fmt.Errorf("hot index %d out of range", i)
 	}
 	return im.checkPage(SecHotSegment, i, b, im.hotDig)
 }
 
 func (im *Image) VerifyColdPage(i uint64, b []byte) error {
 	if i >= uint64(len(im.coldDig)) {
-		return fmt.Errorf("snapimage: cold index %d out of range", i)
+		return fmt.Errorf("cold index %d out of range", i)
 	}
 	return im.checkPage(SecColdSegment, i, b, im.coldDig)
 }
@@ -743,7 +743,7 @@ func (im *Image) VerifyColdPage(i uint64, b []byte) error {
 // cold segment) against the extent digest.
 func (im *Image) VerifyExtent(x int, b []byte) error {
 	if x < 0 || x >= len(im.extents) {
-		return fmt.Errorf("snapimage: cold extent %d out of range", x)
+		return fmt.Errorf("cold extent %d out of range", x)
 	}
 	e := im.extents[x]
 	off, n := im.ExtentRange(e)
@@ -763,7 +763,7 @@ func (im *Image) VerifyExtent(x int, b []byte) error {
 func (im *Image) ReadPage(page uint64, hot, cold io.ReaderAt, dst []byte) error {
 	c, i, ok := im.Classify(page)
 	if !ok {
-		return fmt.Errorf("snapimage: page %d beyond the memory's %d pages", page, im.hdr.pages)
+		return fmt.Errorf("page %d beyond the memory's %d pages", page, im.hdr.pages)
 	}
 	switch c {
 	case Hot:
@@ -772,7 +772,7 @@ func (im *Image) ReadPage(page uint64, hot, cold io.ReaderAt, dst []byte) error 
 		return im.ReadColdPage(cold, i, dst)
 	}
 	if uint64(len(dst)) < uint64(im.hdr.pageSize) {
-		return fmt.Errorf("snapimage: destination of %d bytes for a %d-byte page", len(dst), im.hdr.pageSize)
+		return fmt.Errorf("destination of %d bytes for a %d-byte page", len(dst), im.hdr.pageSize)
 	}
 	clear(dst[:im.hdr.pageSize])
 	return nil

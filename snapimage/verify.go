@@ -27,7 +27,7 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("snapimage: reconstruction differs from the memory file at byte %d (%#x): guest page %d, %s page %d", e.Offset, e.Offset, e.Page, e.Class, e.Index)
+	return fmt.Sprintf("the image's reconstruction differs from the memory file at byte %d (%#x): guest page %d, %s page %d", e.Offset, e.Offset, e.Page, e.Class, e.Index)
 }
 
 // Verify checks the image at img (metadata, every digest) and then rebuilds
@@ -41,15 +41,15 @@ func Verify(img, mem string, progress func(done, total int64)) (*VerifyResult, e
 	defer f.Close()
 	mf, err := os.Open(mem)
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: %w", err)
+		return nil, err
 	}
 	defer mf.Close()
 	st, err := mf.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: %w", err)
+		return nil, err
 	}
 	if uint64(st.Size()) != im.hdr.memSize {
-		return nil, fmt.Errorf("snapimage: memory file %s has %d bytes, image %s describes %d", mem, st.Size(), img, im.hdr.memSize)
+		return nil, fmt.Errorf("memory file %s has %d bytes, image %s describes %d", mem, st.Size(), img, im.hdr.memSize)
 	}
 	segBytes := int64(im.hdr.sections[SecHotSegment].Length + im.hdr.sections[SecColdSegment].Length)
 	total := segBytes + int64(im.hdr.memSize)

@@ -90,18 +90,18 @@ type Stats struct {
 func Convert(mem, out string, opt ConvertOptions) (*Stats, error) {
 	f, err := os.Open(mem)
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: open memory file: %w", err)
+		return nil, fmt.Errorf("opening the memory file: %w", err)
 	}
 	defer f.Close()
 	m, size, err := offheap.OpenFileRO(mem)
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: map memory file: %w", err)
+		return nil, fmt.Errorf("mapping the memory file: %w", err)
 	}
 	defer m.Unmap()
 	opt.memName = mem
 	st, err := build(f, m.B[:size], out, opt)
 	if err != nil {
-		return nil, fmt.Errorf("snapimage: convert %s: %w", mem, err)
+		return nil, fmt.Errorf("converting %s: %w", mem, err)
 	}
 	return st, nil
 }

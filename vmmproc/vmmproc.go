@@ -44,7 +44,7 @@ func (id Identity) String() string {
 func BootID() (string, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
-		return "", fmt.Errorf("vmmproc: boot id: %w", err)
+		return "", fmt.Errorf("reading the boot id: %w", err)
 	}
 	return string(bytes.TrimSpace(b)), nil
 }
@@ -54,9 +54,9 @@ func StartTime(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-			return 0, fmt.Errorf("vmmproc: pid %d: %w", pid, ErrGone)
+			return 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
 		}
-		return 0, fmt.Errorf("vmmproc: %w", err)
+		return 0, err
 	}
 	return parseStartTime(b)
 }
@@ -67,16 +67,16 @@ func StartTime(pid int) (uint64, error) {
 func parseStartTime(b []byte) (uint64, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, errors.New("vmmproc: malformed /proc/PID/stat: no command name")
+		return 0, errors.New("malformed /proc/PID/stat: no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state); field 22 is f[19].
 	if len(f) < 20 {
-		return 0, fmt.Errorf("vmmproc: malformed /proc/PID/stat: %d fields after the command name", len(f))
+		return 0, fmt.Errorf("malformed /proc/PID/stat: %d fields after the command name", len(f))
 	}
 	v, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("vmmproc: malformed /proc/PID/stat start time %q", f[19])
+		return 0, fmt.Errorf("malformed /proc/PID/stat start time %q", f[19])
 	}
 	return v, nil
 }
@@ -103,7 +103,7 @@ func Identify(pid, pidfd int) (Identity, error) {
 		return Identity{}, err
 	}
 	if exited(pidfd) {
-		return Identity{}, fmt.Errorf("vmmproc: pid %d exited: %w", pid, ErrGone)
+		return Identity{}, fmt.Errorf("pid %d exited: %w", pid, ErrGone)
 	}
 	return Identity{PID: pid, StartTime: st, BootID: boot}, nil
 }
@@ -112,21 +112,21 @@ func Identify(pid, pidfd int) (Identity, error) {
 // by another process and a record of another boot are ErrGone.
 func Open(id Identity) (*Process, error) {
 	if id.PID <= 0 {
-		return nil, fmt.Errorf("vmmproc: pid %d is not a process", id.PID)
+		return nil, fmt.Errorf("pid %d is not a process", id.PID)
 	}
 	boot, err := BootID()
 	if err != nil {
 		return nil, err
 	}
 	if boot != id.BootID {
-		return nil, fmt.Errorf("vmmproc: %v was recorded during another boot (%s; now %s): %w", id, id.BootID, boot, ErrGone)
+		return nil, fmt.Errorf("%v was recorded during another boot (%s; now %s): %w", id, id.BootID, boot, ErrGone)
 	}
 	fd, err := unix.PidfdOpen(id.PID, 0)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {
-			return nil, fmt.Errorf("vmmproc: %v: %w", id, ErrGone)
+			return nil, fmt.Errorf("%v: %w", id, ErrGone)
 		}
-		return nil, fmt.Errorf("vmmproc: pidfd_open(%d): %w", id.PID, err)
+		return nil, fmt.Errorf("pidfd_open(%d): %w", id.PID, err)
 	}
 	unix.CloseOnExec(fd)
 	got, err := Identify(id.PID, fd)
@@ -136,7 +136,7 @@ func Open(id Identity) (*Process, error) {
 	}
 	if got.StartTime != id.StartTime {
 		unix.Close(fd)
-		return nil, fmt.Errorf("vmmproc: pid %d now names another process (started at tick %d, the VMM at %d): %w", id.PID, got.StartTime, id.StartTime, ErrGone)
+		return nil, fmt.Errorf("pid %d now names another process (started at tick %d, the VMM at %d): %w", id.PID, got.StartTime, id.StartTime, ErrGone)
 	}
 	return &Process{Identity: id, PidFD: fd}, nil
 }
@@ -149,7 +149,7 @@ func FromPidFD(id Identity, pidfd int) (*Process, error) {
 		return nil, err
 	}
 	if got.StartTime != id.StartTime || got.BootID != id.BootID {
-		return nil, fmt.Errorf("vmmproc: the pidfd for %v names another process: %w", id, ErrGone)
+		return nil, fmt.Errorf("the pidfd for %v names another process: %w", id, ErrGone)
 	}
 	return &Process{Identity: id, PidFD: pidfd}, nil
 }
@@ -190,7 +190,7 @@ type FileID struct {
 func FileIDOf(fd int) (FileID, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return FileID{}, fmt.Errorf("vmmproc: fstat: %w", err)
+		return FileID{}, fmt.Errorf("fstat: %w", err)
 	}
 	return FileID{Dev: st.Dev, Ino: st.Ino}, nil
 }
@@ -204,12 +204,12 @@ func (p *Process) UFFDs() ([]int, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("vmmproc: %v: %w", p.Identity, ErrGone)
+			return nil, fmt.Errorf("%v: %w", p.Identity, ErrGone)
 		}
 		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("vmmproc: reading %s: %w (%w)", dir, ErrPermission, err)
+			return nil, fmt.Errorf("reading %s: %w (%w)", dir, ErrPermission, err)
 		}
-		return nil, fmt.Errorf("vmmproc: %w", err)
+		return nil, err
 	}
 	var out []int
 	for _, e := range ents {
@@ -251,13 +251,13 @@ func (p *Process) TakeUFFD(want FileID) (int, error) {
 			continue // closed since the listing
 		case errors.Is(err, unix.ESRCH):
 			release(-1)
-			return -1, fmt.Errorf("vmmproc: %v: %w", p.Identity, ErrGone)
+			return -1, fmt.Errorf("%v: %w", p.Identity, ErrGone)
 		case errors.Is(err, unix.EPERM):
 			release(-1)
-			return -1, fmt.Errorf("vmmproc: pidfd_getfd on %v: %w: it needs PTRACE_MODE_ATTACH over the VMM — run the pager as the VMM's uid (with kernel.yama.ptrace_scope 0) or with CAP_SYS_PTRACE (root; required when Firecracker runs under the jailer as another uid)", p.Identity, ErrPermission)
+			return -1, fmt.Errorf("pidfd_getfd on %v: %w: it needs PTRACE_MODE_ATTACH over the VMM — run the pager as the VMM's uid (with kernel.yama.ptrace_scope 0) or with CAP_SYS_PTRACE (root; required when Firecracker runs under the jailer as another uid)", p.Identity, ErrPermission)
 		default:
 			release(-1)
-			return -1, fmt.Errorf("vmmproc: pidfd_getfd(%v, fd %d): %w", p.Identity, n, err)
+			return -1, fmt.Errorf("pidfd_getfd(%v, fd %d): %w", p.Identity, n, err)
 		}
 		id, err := FileIDOf(fd)
 		if err != nil || id != want {
@@ -268,7 +268,7 @@ func (p *Process) TakeUFFD(want FileID) (int, error) {
 	}
 	switch len(got) {
 	case 0:
-		return -1, fmt.Errorf("vmmproc: %v holds %d userfaultfds, none is inode %d: %w", p.Identity, len(nums), want.Ino, ErrNotHeld)
+		return -1, fmt.Errorf("%v holds %d userfaultfds, none is inode %d: %w", p.Identity, len(nums), want.Ino, ErrNotHeld)
 	case 1:
 		return got[0], nil
 	}
@@ -279,9 +279,9 @@ func (p *Process) TakeUFFD(want FileID) (int, error) {
 		if err != nil || !same {
 			release(-1)
 			if err != nil {
-				return -1, fmt.Errorf("vmmproc: %v holds %d userfaultfds with inode %d and kcmp cannot compare them (%v): %w", p.Identity, len(got), want.Ino, err, ErrAmbiguous)
+				return -1, fmt.Errorf("%v holds %d userfaultfds with inode %d and kcmp cannot compare them (%v): %w", p.Identity, len(got), want.Ino, err, ErrAmbiguous)
 			}
-			return -1, fmt.Errorf("vmmproc: %v holds distinct userfaultfds with inode %d (this kernel shares one inode among them): %w", p.Identity, want.Ino, ErrAmbiguous)
+			return -1, fmt.Errorf("%v holds distinct userfaultfds with inode %d (this kernel shares one inode among them): %w", p.Identity, want.Ino, ErrAmbiguous)
 		}
 	}
 	release(got[0])
@@ -307,7 +307,7 @@ func sameFile(a, b int) (bool, error) {
 func Pending(fd int) (unread, unanswered uint64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
 	if err != nil {
-		return 0, 0, fmt.Errorf("vmmproc: %w", err)
+		return 0, 0, err
 	}
 	var pending, total uint64
 	var seen int
@@ -318,7 +318,7 @@ func Pending(fd int) (unread, unanswered uint64, err error) {
 		}
 		n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 		if perr != nil {
-			return 0, 0, fmt.Errorf("vmmproc: fdinfo of fd %d: %q", fd, l)
+			return 0, 0, fmt.Errorf("fdinfo of fd %d: %q", fd, l)
 		}
 		if k == "pending" {
 			pending = n
@@ -328,7 +328,7 @@ func Pending(fd int) (unread, unanswered uint64, err error) {
 		seen++
 	}
 	if seen != 2 || total < pending {
-		return 0, 0, fmt.Errorf("vmmproc: fd %d is not a userfaultfd (no pending/total in its fdinfo)", fd)
+		return 0, 0, fmt.Errorf("fd %d is not a userfaultfd (no pending/total in its fdinfo)", fd)
 	}
 	return pending, total - pending, nil
 }

@@ -141,7 +141,7 @@ func Decode(b []byte, v Stater) error {
 // being gone is vmmproc.ErrGone.
 func (r *Record) Take() (*vmmproc.Process, int, error) {
 	if r.Phase != PhaseServing {
-		return nil, -1, errors.New("vmstate: the VM has not completed its handshake")
+		return nil, -1, errors.New("the VM has not completed its handshake")
 	}
 	p, err := vmmproc.Open(*r.VMM)
 	if err != nil {
@@ -167,7 +167,7 @@ type RemoveLog struct {
 func OpenRemoveLog(path string) (*RemoveLog, error) {
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("vmstate: REMOVE log %s: %w", path, err)
+		return nil, fmt.Errorf("REMOVE log %s: %w", path, err)
 	}
 	return &RemoveLog{fd: fd}, nil
 }

@@ -26,11 +26,11 @@ func readAttr(dev, attr string) (int64, error) {
 	p := filepath.Join(SysfsRoot, name, attr)
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return 0, fmt.Errorf("devdax: %w", err)
+		return 0, err
 	}
 	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 0, 64)
 	if err != nil {
-		return 0, fmt.Errorf("devdax: parse %s: %w", p, err)
+		return 0, fmt.Errorf("parsing %s: %w", p, err)
 	}
 	return v, nil
 }
@@ -46,7 +46,7 @@ func Info(dev string) (size, align int64, err error) {
 		align = 2 << 20
 	}
 	if size <= 0 || align <= 0 || size%align != 0 {
-		return 0, 0, fmt.Errorf("devdax: %s has size %d and align %d", dev, size, align)
+		return 0, 0, fmt.Errorf("%s has size %d and align %d", dev, size, align)
 	}
 	return size, align, nil
 }
@@ -60,17 +60,17 @@ func Open(dev string, windows []cxl.Window) (*cxl.Mapped, error) {
 	}
 	for _, w := range windows {
 		if w.Off%align != 0 || w.Len%align != 0 || w.Off < 0 || w.Off+w.Len > size {
-			return nil, fmt.Errorf("devdax: window [%d, +%d) is not %d-aligned inside %d bytes", w.Off, w.Len, align, size)
+			return nil, fmt.Errorf("window [%d, +%d) is not %d-aligned inside %d bytes", w.Off, w.Len, align, size)
 		}
 	}
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
-		return nil, fmt.Errorf("devdax: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	m, err := offheap.File(f, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("devdax: %w", err)
+		return nil, fmt.Errorf("mapping %s: %w", dev, err)
 	}
 	for _, w := range windows {
 		if w.Len == 0 {
@@ -78,7 +78,7 @@ func Open(dev string, windows []cxl.Window) (*cxl.Mapped, error) {
 		}
 		if err := unix.Mprotect(m.B[w.Off:w.Off+w.Len], unix.PROT_READ|unix.PROT_WRITE); err != nil {
 			m.Unmap()
-			return nil, fmt.Errorf("devdax: mprotect [%d, +%d): %w", w.Off, w.Len, err)
+			return nil, fmt.Errorf("mprotect [%d, +%d): %w", w.Off, w.Len, err)
 		}
 	}
 	return cxl.NewMapped(m.B, align, windows, m.Unmap), nil

@@ -27,9 +27,9 @@ type Ref struct {
 
 // Control-plane errors.
 var (
-	ErrFenced   = errors.New("pod: lease or fencing token is no longer valid")
-	ErrOwned    = errors.New("pod: chunk is owned by another live host")
-	ErrNotFound = errors.New("pod: key not in catalog")
+	ErrFenced   = errors.New("lease or fencing token is no longer valid")
+	ErrOwned    = errors.New("chunk is owned by another live host")
+	ErrNotFound = errors.New("key not in catalog")
 )
 
 // Coordinator is the control plane the protocol relies on for everything

@@ -45,7 +45,7 @@ func (id Identity) String() string {
 }
 
 // ErrIdentityCorrupt means the identity record fails its checksum.
-var ErrIdentityCorrupt = errors.New("pod: region identity record is corrupt")
+var ErrIdentityCorrupt = errors.New("region identity record is corrupt")
 
 func encodeIdentity(id Identity) []byte {
 	b := make([]byte, 2*cxl.LineSize)
@@ -88,10 +88,10 @@ func ReadIdentity(r cxl.Region) (id Identity, ok bool, err error) {
 
 func writeIdentity(r cxl.Region, id Identity) error {
 	if len(id.Pod) == 0 || len(id.Pod) > maxPodName {
-		return fmt.Errorf("pod: pod name %q: want 1..%d bytes", id.Pod, maxPodName)
+		return fmt.Errorf("pod name %q: want 1..%d bytes", id.Pod, maxPodName)
 	}
 	if !r.Writable(identityOff, 2*cxl.LineSize) {
-		return fmt.Errorf("pod: the superblock page is not writable in this mapping")
+		return fmt.Errorf("the superblock page is not writable in this mapping")
 	}
 	r.WriteAt(encodeIdentity(id), identityOff)
 	r.Flush(identityOff, 2*cxl.LineSize)

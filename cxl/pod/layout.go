@@ -80,10 +80,10 @@ func Plan(size, regionAlign int64, o FormatOptions) (Geometry, error) {
 		o.PodID = binary.LittleEndian.Uint64(b[:]) | 1
 	}
 	if o.ChunkSize < PageSize || o.ChunkSize%PageSize != 0 {
-		return Geometry{}, fmt.Errorf("pod: chunk size %d is not a positive multiple of %d", o.ChunkSize, PageSize)
+		return Geometry{}, fmt.Errorf("chunk size %d is not a positive multiple of %d", o.ChunkSize, PageSize)
 	}
 	if o.HostSlots < 1 || o.HostSlots > 1<<15 {
-		return Geometry{}, fmt.Errorf("pod: %d host slots (want 1..32768)", o.HostSlots)
+		return Geometry{}, fmt.Errorf("%d host slots (want 1..32768)", o.HostSlots)
 	}
 	a := max(regionAlign, PageSize)
 	g := Geometry{Size: size, Align: a, ChunkSize: o.ChunkSize, HostSlots: o.HostSlots, PodID: o.PodID}
@@ -102,7 +102,7 @@ func Plan(size, regionAlign int64, o FormatOptions) (Geometry, error) {
 			return g, nil
 		}
 	}
-	return Geometry{}, fmt.Errorf("pod: region of %d bytes too small for one %d-byte chunk with %d host slots", size, o.ChunkSize, o.HostSlots)
+	return Geometry{}, fmt.Errorf("region of %d bytes too small for one %d-byte chunk with %d host slots", size, o.ChunkSize, o.HostSlots)
 }
 
 func (g Geometry) slotOff(host int) int64   { return g.HostTableOff + int64(host)*g.SlotSize }
@@ -135,7 +135,7 @@ func (g Geometry) encode() []byte {
 }
 
 // ErrNotFormatted means the region holds no valid superblock.
-var ErrNotFormatted = errors.New("pod: region is not formatted (bad magic or checksum); run format first")
+var ErrNotFormatted = errors.New("region is not formatted (bad magic or checksum); format it with `aquifer cxl format`")
 
 func decodeGeometry(b []byte, regionSize int64) (Geometry, error) {
 	le := binary.LittleEndian
@@ -143,7 +143,7 @@ func decodeGeometry(b []byte, regionSize int64) (Geometry, error) {
 		return Geometry{}, ErrNotFormatted
 	}
 	if v := le.Uint32(b[8:]); v != FormatVersion {
-		return Geometry{}, fmt.Errorf("pod: layout version %d, this build reads %d", v, FormatVersion)
+		return Geometry{}, fmt.Errorf("layout version %d, this build reads %d", v, FormatVersion)
 	}
 	g := Geometry{
 		HostSlots: int(le.Uint32(b[12:])), SlotSize: int64(le.Uint64(b[16:])), ChunkSize: int64(le.Uint64(b[24:])),
@@ -159,7 +159,7 @@ func decodeGeometry(b []byte, regionSize int64) (Geometry, error) {
 		g.DataOff >= g.DescOff+int64(g.Descs())*DescSize && g.Chunks > 0 &&
 		g.DataOff+int64(g.Chunks)*g.ChunkSize <= g.Size
 	if !ok {
-		return Geometry{}, fmt.Errorf("pod: superblock geometry %+v does not fit a %d-byte region", g, regionSize)
+		return Geometry{}, fmt.Errorf("superblock geometry %+v does not fit a %d-byte region", g, regionSize)
 	}
 	return g, nil
 }
@@ -173,7 +173,7 @@ func Format(r cxl.Region, o FormatOptions) (Geometry, error) {
 		return g, err
 	}
 	if !r.Writable(0, g.DataOff) {
-		return g, fmt.Errorf("pod: format needs the metadata area [0, %d) writable", g.DataOff)
+		return g, fmt.Errorf("format needs the metadata area [0, %d) writable", g.DataOff)
 	}
 	zero := make([]byte, 64<<10)
 	// The identity of a previous incarnation goes with it.

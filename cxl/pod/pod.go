@@ -29,18 +29,18 @@ type Options struct {
 
 // ErrFallback means a read did not validate within MaxAttempts: the caller
 // must fetch the pages from the RDMA tier instead.
-var ErrFallback = errors.New("pod: extent did not validate; fall back to the RDMA tier")
+var ErrFallback = errors.New("extent did not validate; fall back to the RDMA tier")
 
 // ErrSuperseded means the descriptor named by a Ref has moved on (retired
 // or republished): look the key up again.
-var ErrSuperseded = errors.New("pod: extent version superseded")
+var ErrSuperseded = errors.New("extent version superseded")
 
 // ErrNotPublished means a scanned descriptor holds no published extent.
-var ErrNotPublished = errors.New("pod: descriptor holds no published extent")
+var ErrNotPublished = errors.New("descriptor holds no published extent")
 
 // ErrNoSpace means no owned chunk has room for the extent: acquire another
 // chunk or reclaim.
-var ErrNoSpace = errors.New("pod: no space in owned chunks")
+var ErrNoSpace = errors.New("no space in owned chunks")
 
 // Stats counts protocol events on one host.
 type Stats struct {
@@ -102,10 +102,10 @@ func Open(ctx context.Context, r cxl.Region, host int, coord Coordinator, opts O
 		return nil, err
 	}
 	if host < 0 || host >= g.HostSlots {
-		return nil, fmt.Errorf("pod: host %d outside the %d host slots of this pool", host, g.HostSlots)
+		return nil, fmt.Errorf("host %d outside the %d host slots of this pool", host, g.HostSlots)
 	}
 	if !r.Writable(g.slotOff(host), g.SlotSize) {
-		return nil, fmt.Errorf("pod: host %d's slot [%d, +%d) is not writable in this mapping", host, g.slotOff(host), g.SlotSize)
+		return nil, fmt.Errorf("host %d's slot [%d, +%d) is not writable in this mapping", host, g.slotOff(host), g.SlotSize)
 	}
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 8
@@ -115,7 +115,7 @@ func Open(ctx context.Context, r cxl.Region, host int, coord Coordinator, opts O
 	l, err := coord.Join(ctx, host)
 	p.yield()
 	if err != nil {
-		return nil, fmt.Errorf("pod: join: %w", err)
+		return nil, fmt.Errorf("joining the pod: %w", err)
 	}
 	p.lease = l
 	slot := g.slotOff(host)
@@ -177,11 +177,11 @@ func (p *Pod) Close(ctx context.Context) error {
 // reclaimed after a grace period.
 func (p *Pod) Acquire(ctx context.Context, chunk int) error {
 	if chunk < 0 || chunk >= p.g.Chunks {
-		return fmt.Errorf("pod: chunk %d outside 0..%d", chunk, p.g.Chunks-1)
+		return fmt.Errorf("chunk %d outside 0..%d", chunk, p.g.Chunks-1)
 	}
 	if !p.r.Writable(p.g.descOff(chunk*p.g.DescPerChunk), int64(p.g.DescPerChunk)*DescSize) ||
 		!p.r.Writable(p.g.chunkOff(chunk), p.g.ChunkSize) {
-		return fmt.Errorf("pod: chunk %d is not writable in this mapping (open the region as an owner)", chunk)
+		return fmt.Errorf("chunk %d is not writable in this mapping (open the region as an owner)", chunk)
 	}
 	p.yield()
 	token, err := p.coord.AcquireChunk(ctx, p.lease, chunk)
@@ -296,7 +296,7 @@ func (p *Pod) alloc(n int) (chunk, di, first int, ok bool) {
 //  4. catalog put conditioned on the lease and fencing token
 func (p *Pod) Publish(ctx context.Context, key string, data []byte) (Ref, error) {
 	if len(data) == 0 || int64(len(data)) > p.g.ChunkSize {
-		return Ref{}, fmt.Errorf("pod: extent of %d bytes (want 1..%d)", len(data), p.g.ChunkSize)
+		return Ref{}, fmt.Errorf("extent of %d bytes (want 1..%d)", len(data), p.g.ChunkSize)
 	}
 	n := (len(data) + PageSize - 1) / PageSize
 	chunk, di, first, ok := p.alloc(n)
@@ -358,7 +358,7 @@ func (p *Pod) Publish(ctx context.Context, key string, data []byte) (Ref, error)
 		if rerr := p.retire(ctx, ref); rerr != nil {
 			return Ref{}, errors.Join(err, rerr)
 		}
-		return Ref{}, fmt.Errorf("pod: publish %q: %w", key, err)
+		return Ref{}, fmt.Errorf("publishing %q: %w", key, err)
 	}
 	if replaced {
 		if err := p.retire(ctx, prev); err != nil {
@@ -378,7 +378,7 @@ func (p *Pod) Unpublish(ctx context.Context, key string) error {
 	chunk := ref.Desc / p.g.DescPerChunk
 	cs := p.owned[chunk]
 	if cs == nil {
-		return fmt.Errorf("pod: %q is in chunk %d, not owned by host %d", key, chunk, p.lease.Host)
+		return fmt.Errorf("%q is in chunk %d, not owned by host %d", key, chunk, p.lease.Host)
 	}
 	if err := p.coord.Unpublish(ctx, p.lease, chunk, cs.token, key, ref); err != nil {
 		return err
@@ -407,7 +407,7 @@ func (p *Pod) retire(ctx context.Context, ref Ref) error {
 	d, _ := loadDesc(p.r, doff, false) // our own line: the cache is authoritative
 	first, n, ok := p.extentPages(chunk, d)
 	if !ok {
-		return fmt.Errorf("pod: descriptor %d has an extent outside its chunk", ref.Desc)
+		return fmt.Errorf("descriptor %d has an extent outside its chunk", ref.Desc)
 	}
 	d.Gen += 2
 	d.State = StateRetired
@@ -650,7 +650,7 @@ func (p *Pod) Get(ctx context.Context, key string, dst []byte) (int, Ref, error)
 // A failed check retries; after MaxAttempts it returns ErrFallback.
 func (p *Pod) ReadRef(ref Ref, dst []byte) (int, error) {
 	if len(dst) < int(ref.Len) {
-		return 0, fmt.Errorf("pod: buffer of %d bytes for a %d-byte extent", len(dst), ref.Len)
+		return 0, fmt.Errorf("buffer of %d bytes for a %d-byte extent", len(dst), ref.Len)
 	}
 	_, n, err := p.read(ref, true, func(d Desc) ([]byte, error) {
 		buf := dst[:d.Len]
@@ -682,7 +682,7 @@ func (p *Pod) Install(ref Ref, install func(addr uintptr, n int) error) (int, er
 		Bytes() []byte
 	})
 	if !ok {
-		return 0, fmt.Errorf("pod: Install needs a mapped region, not %T", p.r)
+		return 0, fmt.Errorf("Install needs a mapped region, not %T", p.r)
 	}
 	_, n, err := p.read(ref, true, func(d Desc) ([]byte, error) {
 		if xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
@@ -693,7 +693,7 @@ func (p *Pod) Install(ref Ref, install func(addr uintptr, n int) error) (int, er
 	return n, err
 }
 
-var errBadHash = errors.New("pod: extent hash mismatch")
+var errBadHash = errors.New("extent hash mismatch")
 
 // ReadDesc reads whatever version descriptor desc currently publishes
 // (scan mode, without the catalog), with the same invalidate-then-validate
@@ -701,7 +701,7 @@ var errBadHash = errors.New("pod: extent hash mismatch")
 // Tools and the multi-process tests use it; serving uses ReadRef.
 func (p *Pod) ReadDesc(desc int, dst []byte) (Desc, int, error) {
 	if int64(len(dst)) < p.g.ChunkSize {
-		return Desc{}, 0, fmt.Errorf("pod: buffer of %d bytes, scan reads need %d", len(dst), p.g.ChunkSize)
+		return Desc{}, 0, fmt.Errorf("buffer of %d bytes, scan reads need %d", len(dst), p.g.ChunkSize)
 	}
 	return p.read(Ref{Desc: desc}, false, func(d Desc) ([]byte, error) {
 		buf := dst[:d.Len]
@@ -712,7 +712,7 @@ func (p *Pod) ReadDesc(desc int, dst []byte) (Desc, int, error) {
 
 func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc, int, error) {
 	if ref.Desc < 0 || ref.Desc >= p.g.Descs() {
-		return Desc{}, 0, fmt.Errorf("pod: descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
+		return Desc{}, 0, fmt.Errorf("descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
 	}
 	doff := p.g.descOff(ref.Desc)
 	p.stats.Reads++
@@ -757,7 +757,7 @@ func (p *Pod) read(ref Ref, exact bool, copyFn func(Desc) ([]byte, error)) (Desc
 }
 
 // errRetry: this attempt did not validate; try again.
-var errRetry = errors.New("pod: retry")
+var errRetry = errors.New("retry")
 
 // validate is the reader's first step on one extent, inside a read
 // section: invalidate and load the descriptor, require its CRC, Published
@@ -820,11 +820,11 @@ func (p *Pod) InstallMany(refs []Ref, install func(addrs []uintptr, lens []int) 
 		Bytes() []byte
 	})
 	if !ok {
-		return 0, fmt.Errorf("pod: InstallMany needs a mapped region, not %T", p.r)
+		return 0, fmt.Errorf("InstallMany needs a mapped region, not %T", p.r)
 	}
 	for _, ref := range refs {
 		if ref.Desc < 0 || ref.Desc >= p.g.Descs() {
-			return 0, fmt.Errorf("pod: descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
+			return 0, fmt.Errorf("descriptor %d outside 0..%d", ref.Desc, p.g.Descs()-1)
 		}
 	}
 	p.stats.Reads++

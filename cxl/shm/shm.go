@@ -61,17 +61,17 @@ func (r *Region) ReadAt(dst []byte, off int64) {
 // truncated by accident.
 func Create(path string, size int64) error {
 	if size <= 0 || size%PageSize != 0 {
-		return fmt.Errorf("shm: size %d is not a positive multiple of %d", size, PageSize)
+		return fmt.Errorf("size %d is not a positive multiple of %d", size, PageSize)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("shm: create pod file: %w", err)
+		return fmt.Errorf("creating the pod file: %w", err)
 	}
 	defer f.Close()
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
 		if err2 := f.Truncate(size); err2 != nil {
 			os.Remove(path)
-			return fmt.Errorf("shm: size pod file %s to %d bytes: %w", path, size, err2)
+			return fmt.Errorf("sizing pod file %s to %d bytes: %w", path, size, err2)
 		}
 	}
 	return nil
@@ -93,7 +93,7 @@ func TempPath(prefix string) string {
 func Open(path string, windows []cxl.Window, model *Model) (*Region, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, fmt.Errorf("shm: open pod file: %w", err)
+		return nil, fmt.Errorf("opening the pod file: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -114,11 +114,11 @@ func OpenFd(fd int, size int64, windows []cxl.Window, model *Model) (*Region, er
 func Memfd(name string, size int64) (int, error) {
 	fd, err := unix.MemfdCreate(name, 0)
 	if err != nil {
-		return -1, fmt.Errorf("shm: memfd_create: %w", err)
+		return -1, fmt.Errorf("memfd_create: %w", err)
 	}
 	if err := unix.Ftruncate(fd, size); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("shm: size memfd: %w", err)
+		return -1, fmt.Errorf("sizing the memfd: %w", err)
 	}
 	return fd, nil
 }
@@ -128,16 +128,16 @@ func All(size int64) []cxl.Window { return []cxl.Window{{Off: 0, Len: size}} }
 
 func mapFd(fd int, name string, size int64, windows []cxl.Window, model *Model) (*Region, error) {
 	if size <= 0 || size%PageSize != 0 {
-		return nil, fmt.Errorf("shm: %s has size %d, not a positive multiple of %d", name, size, PageSize)
+		return nil, fmt.Errorf("%s has size %d, not a positive multiple of %d", name, size, PageSize)
 	}
 	for _, w := range windows {
 		if w.Off%PageSize != 0 || w.Len%PageSize != 0 || w.Off < 0 || w.Len < 0 || w.Off+w.Len > size {
-			return nil, fmt.Errorf("shm: writable window [%d, +%d) is not page-aligned inside %d bytes", w.Off, w.Len, size)
+			return nil, fmt.Errorf("writable window [%d, +%d) is not page-aligned inside %d bytes", w.Off, w.Len, size)
 		}
 	}
 	b, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("shm: mmap %s: %w", name, err)
+		return nil, fmt.Errorf("mmap %s: %w", name, err)
 	}
 	m := &offheap.Mapping{B: b}
 	for _, w := range windows {
@@ -146,7 +146,7 @@ func mapFd(fd int, name string, size int64, windows []cxl.Window, model *Model) 
 		}
 		if err := unix.Mprotect(b[w.Off:w.Off+w.Len], unix.PROT_READ|unix.PROT_WRITE); err != nil {
 			m.Unmap()
-			return nil, fmt.Errorf("shm: mprotect window [%d, +%d): %w", w.Off, w.Len, err)
+			return nil, fmt.Errorf("mprotect window [%d, +%d): %w", w.Off, w.Len, err)
 		}
 	}
 	return &Region{Mapped: cxl.NewMapped(b, PageSize, windows, m.Unmap), model: model}, nil

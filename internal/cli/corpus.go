@@ -165,7 +165,7 @@ synthetic one.`,
 			c, err := corpus.Open(capDir)
 			if none(capDir, err) {
 				if c, err = corpus.Open(synDir); none(synDir, err) {
-					return fmt.Errorf("corpus: no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`", capDir, synDir)
+					return fmt.Errorf("no corpus in %s or %s: run `aquifer corpus capture` (real guests, needs QEMU) or `aquifer corpus synth`", capDir, synDir)
 				}
 			}
 			if err != nil {

@@ -228,7 +228,7 @@ func runCXLInfo(cmd *cobra.Command, region *cxlRegion) error {
 	}
 	if err := pod.Check(r, true); err != nil {
 		fmt.Fprintf(out, "check: FAILED: %v\n", err)
-		return fmt.Errorf("the region fails its check (%v): daemons take it out of service; format it again with aquifer cxl format --force or aquifer pool init --force", err)
+		return fmt.Errorf("the region fails its check (%w): daemons take it out of service; format it again with aquifer cxl format --force or aquifer pool init --force", err)
 	}
 	fmt.Fprintln(out, "check: ok")
 	return nil

@@ -115,7 +115,7 @@ func demoRealGuest(ctx context.Context, cmd *cobra.Command, dir string, workload
 	fmt.Fprintf(cmd.ErrOrStderr(), "demo: restoring the real %s guest in QEMU through an embedded pod (aquifer vm run)\n", name)
 	res, err := realGuestRun(ctx, cmd.ErrOrStderr(), &vmRunFlags{workload: name, strategy: "aquifer", corpusDir: dir, timeout: 3 * time.Minute})
 	if err != nil {
-		return fmt.Errorf("demo: real-guest restore of %s: %w", name, err)
+		return fmt.Errorf("restoring %s in a real guest: %w", name, err)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "demo: real guest %s restored through the pod (hot set from %s): %s(%s) = %s, output checked; restore %v, end-to-end %v (QEMU TCG)\n",
 		res.Workload, res.HotSource, res.Workload, res.Input, res.Output, time.Duration(res.RestoreNs).Round(time.Millisecond),

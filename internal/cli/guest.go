@@ -203,7 +203,7 @@ func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) e
 		switch {
 		case errors.Is(err, api.ErrExists) && retried:
 			if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
-				err = fmt.Errorf("VM %s exists with another snapshot or VMM", g.vmID)
+				err = fmt.Errorf("VM %q: already exists with another snapshot or VMM (DELETE /v1/vms/%s ends it; or give another --vm)", g.vmID, g.vmID)
 			}
 			continue
 		case !errors.As(err, &ae) || ae.Code != api.CodeUnavailable || ae.Status != 0 || time.Now().After(deadline):

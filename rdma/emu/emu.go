@@ -2,6 +2,7 @@ package emu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -84,7 +85,7 @@ func (t *Transport) Dial(ctx context.Context, n rdma.NodeID) (rdma.Conn, error) 
 	seed := t.model.Seed + t.seq
 	t.mu.Unlock()
 	if s == nil {
-		return nil, fmt.Errorf("rdma/emu: no node %s", n)
+		return nil, errors.New("no such node in the emulated cluster")
 	}
 	return &Conn{t: t, node: n, store: s, rng: rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)), notify: make(chan struct{}, 1)}, nil
 }
@@ -127,7 +128,7 @@ func (c *Conn) PostReads(ops []rdma.ReadOp) error {
 		return nil
 	}
 	if len(ops) > wire.MaxBatch {
-		return fmt.Errorf("rdma/emu: batch of %d reads exceeds %d", len(ops), wire.MaxBatch)
+		return fmt.Errorf("batch of %d reads exceeds %d", len(ops), wire.MaxBatch)
 	}
 	bytes := 0
 	for _, op := range ops {
@@ -229,7 +230,7 @@ func (c *Conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
 // Write implements rdma.Conn; it takes the modelled time of the transfer.
 func (c *Conn) Write(ctx context.Context, w *rdma.WriteSegment) (rdma.SegmentRef, error) {
 	if w.PageSize <= 0 || len(w.Data)%w.PageSize != 0 || len(w.Data)/w.PageSize != len(w.Digests) {
-		return rdma.SegmentRef{}, fmt.Errorf("rdma/emu: inconsistent segment")
+		return rdma.SegmentRef{}, fmt.Errorf("inconsistent segment")
 	}
 	if _, _, err := c.store.Put(&wire.Put{Segment: uint64(w.ID), PageSize: uint32(w.PageSize), Digests: w.Digests, Data: w.Data}); err != nil {
 		return rdma.SegmentRef{}, err

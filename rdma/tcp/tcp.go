@@ -67,7 +67,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 	}
 	nc, err := d.DialContext(ctx, "tcp", string(node))
 	if err != nil {
-		return nil, fmt.Errorf("rdma/tcp: dial %s: %w", node, err)
+		return nil, err // names the address: "dial tcp ADDR: connect: connection refused"
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
@@ -82,9 +82,9 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 			nc.Close()
 			var rh tls.RecordHeaderError
 			if errors.As(err, &rh) {
-				return nil, fmt.Errorf("rdma/tcp: memory node %s does not speak TLS (started without --tls-dir? it admits by the pod secret): %w", node, err)
+				return nil, fmt.Errorf("it does not speak TLS (started without --tls-dir? it admits by the pod secret): %w", err)
 			}
-			return nil, fmt.Errorf("rdma/tcp: TLS handshake with memory node %s: %w", node, err)
+			return nil, fmt.Errorf("TLS handshake: %w", err)
 		}
 		nc = tc
 	}
@@ -92,7 +92,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 		pending: map[uint64]*pend{}, done: make(chan struct{})}
 	if err := c.handshake(); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("rdma/tcp: %s: %w", node, err)
+		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
 	go c.readLoop()
@@ -234,7 +234,7 @@ func (c *conn) PostReads(ops []rdma.ReadOp) error {
 		return nil
 	}
 	if len(ops) > wire.MaxBatch {
-		return fmt.Errorf("rdma/tcp: batch of %d reads exceeds %d", len(ops), wire.MaxBatch)
+		return fmt.Errorf("batch of %d reads exceeds %d", len(ops), wire.MaxBatch)
 	}
 	p := &pend{ops: append([]rdma.ReadOp(nil), ops...)}
 	seg := ops[0].Seg.ID
@@ -243,7 +243,7 @@ func (c *conn) PostReads(ops []rdma.ReadOp) error {
 			return rdma.ErrMixedSegments
 		}
 		if len(op.Dst) == 0 || len(op.Dst) > wire.MaxReadLen {
-			return fmt.Errorf("rdma/tcp: read %d of %d bytes (allowed 1..%d)", i, len(op.Dst), wire.MaxReadLen)
+			return fmt.Errorf("read %d of %d bytes (allowed 1..%d)", i, len(op.Dst), wire.MaxReadLen)
 		}
 		if err := c.t.reg.Check(op.Dst); err != nil {
 			return err
@@ -270,7 +270,7 @@ func (c *conn) PostReads(ops []rdma.ReadOp) error {
 	c.wmu.Unlock()
 	if err != nil {
 		c.unregister(id)
-		c.fail(fmt.Errorf("rdma/tcp: %s: write: %w", c.node, err))
+		c.fail(fmt.Errorf("memory node %s: sending: %w", c.node, err))
 		return err
 	}
 	return nil
@@ -293,7 +293,7 @@ func (c *conn) call(ctx context.Context, op wire.Op, prefix []byte, data []byte)
 	c.wmu.Unlock()
 	if err != nil {
 		c.unregister(id)
-		c.fail(fmt.Errorf("rdma/tcp: %s: write: %w", c.node, err))
+		c.fail(fmt.Errorf("memory node %s: sending: %w", c.node, err))
 		return reply{}, err
 	}
 	select {
@@ -311,7 +311,7 @@ func (c *conn) call(ctx context.Context, op wire.Op, prefix []byte, data []byte)
 // Write implements rdma.Conn.
 func (c *conn) Write(ctx context.Context, w *rdma.WriteSegment) (rdma.SegmentRef, error) {
 	if w.PageSize <= 0 || len(w.Data)%w.PageSize != 0 || len(w.Data)/w.PageSize != len(w.Digests) {
-		return rdma.SegmentRef{}, fmt.Errorf("rdma/tcp: segment of %d bytes, page size %d, %d digests is inconsistent", len(w.Data), w.PageSize, len(w.Digests))
+		return rdma.SegmentRef{}, fmt.Errorf("segment of %d bytes, page size %d, %d digests is inconsistent", len(w.Data), w.PageSize, len(w.Digests))
 	}
 	p := &wire.Put{Segment: uint64(w.ID), PageSize: uint32(w.PageSize), Digests: w.Digests}
 	r, err := c.call(ctx, wire.OpPut, wire.EncodePutPrefix(nil, p), w.Data)
@@ -427,7 +427,7 @@ func (c *conn) readLoop() {
 	for {
 		h, err := wire.ReadHeader(c.br, &hb)
 		if err != nil {
-			c.fail(fmt.Errorf("rdma/tcp: %s: connection lost: %w", c.node, err))
+			c.fail(fmt.Errorf("memory node %s: connection lost: %w", c.node, err))
 			return
 		}
 		switch h.Op {
@@ -436,12 +436,12 @@ func (c *conn) readLoop() {
 			if p == nil || p.ops == nil {
 				// A read whose request was abandoned cannot exist (reads are
 				// only abandoned by Close), so this is a protocol violation.
-				c.fail(fmt.Errorf("rdma/tcp: %s: response for unknown request %d", c.node, h.ID))
+				c.fail(fmt.Errorf("memory node %s: response for unknown request %d", c.node, h.ID))
 				return
 			}
 			if uint64(h.Len) != 8+p.total {
-				c.complete(p.ops, fmt.Errorf("rdma/tcp: %s: response of %d bytes for %d requested", c.node, h.Len, p.total))
-				c.fail(errors.New("rdma/tcp: protocol desynchronised"))
+				c.complete(p.ops, fmt.Errorf("memory node %s: response of %d bytes for %d requested", c.node, h.Len, p.total))
+				c.fail(fmt.Errorf("memory node %s: protocol desynchronised", c.node))
 				return
 			}
 			if _, err := io.ReadFull(c.br, n8[:]); err != nil {
@@ -451,7 +451,7 @@ func (c *conn) readLoop() {
 			}
 			for _, op := range p.ops {
 				if _, err := io.ReadFull(c.br, op.Dst); err != nil {
-					err = fmt.Errorf("rdma/tcp: %s: connection lost mid-response: %w", c.node, err)
+					err = fmt.Errorf("memory node %s: connection lost mid-response: %w", c.node, err)
 					c.complete(p.ops, err)
 					c.fail(err)
 					return
@@ -461,12 +461,12 @@ func (c *conn) readLoop() {
 		case wire.OpError, wire.OpPutOK, wire.OpDeleteOK, wire.OpStatResp, wire.OpQPConnOK, wire.OpListResp, wire.OpUsageResp:
 			body, err := c.readBody(h, 64<<20)
 			if err != nil {
-				c.fail(fmt.Errorf("rdma/tcp: %s: %w", c.node, err))
+				c.fail(fmt.Errorf("memory node %s: %w", c.node, err))
 				return
 			}
 			var rerr error
 			if h.Op == wire.OpError {
-				rerr = wire.DecodeError(body)
+				rerr = fmt.Errorf("memory node %s: %w", c.node, wire.DecodeError(body))
 			}
 			if h.ID == 0 && h.Op == wire.OpError {
 				c.fail(rerr)
@@ -481,11 +481,11 @@ func (c *conn) readLoop() {
 			case rerr != nil:
 				c.complete(p.ops, rerr)
 			default:
-				c.fail(fmt.Errorf("rdma/tcp: %s: %s answers a read", c.node, h.Op))
+				c.fail(fmt.Errorf("memory node %s: %s answers a read", c.node, h.Op))
 				return
 			}
 		default:
-			c.fail(fmt.Errorf("rdma/tcp: %s: unexpected %s frame", c.node, h.Op))
+			c.fail(fmt.Errorf("memory node %s: unexpected %s frame", c.node, h.Op))
 			return
 		}
 	}

@@ -39,7 +39,7 @@ type Config struct {
 }
 
 // ErrNotBuilt is returned by the stub build.
-var ErrNotBuilt = errors.New("rdma/verbs: this binary was built without RDMA support; rebuild with `go build -tags rdma` (needs cgo and libibverbs-dev)")
+var ErrNotBuilt = errors.New("this binary was built without RDMA support; rebuild with `go build -tags rdma` (needs cgo and libibverbs-dev)")
 
 func (c *Config) defaults() {
 	if c.Port == 0 {

@@ -201,22 +201,22 @@ func New(cfg Config) (rdma.Transport, error) {
 	var e C.int
 	ctx := C.aq_open(name, &e)
 	if ctx == nil {
-		return nil, fmt.Errorf("rdma/verbs: open device %q (have %v): %v", cfg.Device, devs, syscall.Errno(e))
+		return nil, fmt.Errorf("open device %q (have %v): %v", cfg.Device, devs, syscall.Errno(e))
 	}
 	t := &Transport{cfg: cfg, ctx: ctx}
 	if t.pd = C.ibv_alloc_pd(ctx); t.pd == nil {
 		C.ibv_close_device(ctx)
-		return nil, fmt.Errorf("rdma/verbs: ibv_alloc_pd failed")
+		return nil, fmt.Errorf("ibv_alloc_pd failed")
 	}
 	var lid C.uint16_t
 	if rc := C.aq_port(ctx, C.int(cfg.Port), &lid, &t.mtu, &t.link); rc != 0 {
 		t.Close()
-		return nil, fmt.Errorf("rdma/verbs: query port %d: %v", cfg.Port, syscall.Errno(rc))
+		return nil, fmt.Errorf("query port %d: %v", cfg.Port, syscall.Errno(rc))
 	}
 	t.lid = uint16(lid)
 	if rc := C.aq_gid(ctx, C.int(cfg.Port), C.int(cfg.GIDIndex), (*C.uint8_t)(unsafe.Pointer(&t.gid[0]))); rc != 0 {
 		t.Close()
-		return nil, fmt.Errorf("rdma/verbs: query gid %d: %v", cfg.GIDIndex, syscall.Errno(rc))
+		return nil, fmt.Errorf("query gid %d: %v", cfg.GIDIndex, syscall.Errno(rc))
 	}
 	return t, nil
 }
@@ -239,17 +239,17 @@ func (t *Transport) Close() error {
 
 func (t *Transport) reg(buf []byte, access C.int) (*rdma.Registration, error) {
 	if len(buf) == 0 {
-		return nil, fmt.Errorf("rdma/verbs: register an empty buffer")
+		return nil, fmt.Errorf("register an empty buffer")
 	}
 	// buf is mmap'd off-heap memory (package offheap), so passing its
 	// address to C does not pass a Go heap pointer.
 	mr := C.ibv_reg_mr(t.pd, unsafe.Pointer(unsafe.SliceData(buf)), C.size_t(len(buf)), access)
 	if mr == nil {
-		return nil, fmt.Errorf("rdma/verbs: ibv_reg_mr of %d bytes failed (memlock limit? `ulimit -l`)", len(buf))
+		return nil, fmt.Errorf("ibv_reg_mr of %d bytes failed (memlock limit? `ulimit -l`)", len(buf))
 	}
 	r := rdma.NewRegistration(buf, uint32(mr.lkey), func() error {
 		if rc := C.ibv_dereg_mr(mr); rc != 0 {
-			return fmt.Errorf("rdma/verbs: ibv_dereg_mr: %v", syscall.Errno(rc))
+			return fmt.Errorf("ibv_dereg_mr: %v", syscall.Errno(rc))
 		}
 		return nil
 	})
@@ -276,7 +276,7 @@ func (t *Transport) Register(buf []byte) (*rdma.Registration, error) {
 func (t *Transport) Expose(buf []byte) (*rdma.Registration, uint32, error) {
 	mr := C.ibv_reg_mr(t.pd, unsafe.Pointer(unsafe.SliceData(buf)), C.size_t(len(buf)), C.IBV_ACCESS_LOCAL_WRITE|C.IBV_ACCESS_REMOTE_READ)
 	if mr == nil {
-		return nil, 0, fmt.Errorf("rdma/verbs: ibv_reg_mr (remote read) of %d bytes failed", len(buf))
+		return nil, 0, fmt.Errorf("ibv_reg_mr (remote read) of %d bytes failed", len(buf))
 	}
 	r := rdma.NewRegistration(buf, uint32(mr.lkey), func() error { C.ibv_dereg_mr(mr); return nil })
 	return r, uint32(mr.rkey), nil
@@ -325,17 +325,17 @@ type qp struct {
 func (t *Transport) newQP(depth int) (*qp, QPInfo, error) {
 	cq := C.ibv_create_cq(t.ctx, C.int(depth), nil, nil, 0)
 	if cq == nil {
-		return nil, QPInfo{}, fmt.Errorf("rdma/verbs: ibv_create_cq failed")
+		return nil, QPInfo{}, fmt.Errorf("ibv_create_cq failed")
 	}
 	q := C.aq_create_qp(t.pd, cq, C.int(depth))
 	if q == nil {
 		C.ibv_destroy_cq(cq)
-		return nil, QPInfo{}, fmt.Errorf("rdma/verbs: ibv_create_qp failed")
+		return nil, QPInfo{}, fmt.Errorf("ibv_create_qp failed")
 	}
 	p := &qp{cq: cq, qp: q}
 	if rc := C.aq_qp_init(q, C.int(t.cfg.Port)); rc != 0 {
 		p.destroy()
-		return nil, QPInfo{}, fmt.Errorf("rdma/verbs: QP to INIT: %v", syscall.Errno(rc))
+		return nil, QPInfo{}, fmt.Errorf("QP to INIT: %v", syscall.Errno(rc))
 	}
 	var psn [4]byte
 	rand.Read(psn[:])
@@ -350,10 +350,10 @@ func (t *Transport) connect(p *qp, local, remote QPInfo) error {
 	}
 	if rc := C.aq_qp_rtr(p.qp, C.int(t.cfg.Port), t.mtu, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID),
 		(*C.uint8_t)(unsafe.Pointer(&remote.GID[0])), useGID, C.int(t.cfg.GIDIndex)); rc != 0 {
-		return fmt.Errorf("rdma/verbs: QP to RTR: %v", syscall.Errno(rc))
+		return fmt.Errorf("QP to RTR: %v", syscall.Errno(rc))
 	}
 	if rc := C.aq_qp_rts(p.qp, C.uint32_t(local.PSN)); rc != 0 {
-		return fmt.Errorf("rdma/verbs: QP to RTS: %v", syscall.Errno(rc))
+		return fmt.Errorf("QP to RTS: %v", syscall.Errno(rc))
 	}
 	return nil
 }
@@ -384,7 +384,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 		return nil, err
 	}
 	if exchange == nil {
-		return fail(fmt.Errorf("rdma/verbs: no Config.Control or Config.Exchange to connect queue pairs with %s", node))
+		return fail(fmt.Errorf("no Config.Control or Config.Exchange to connect queue pairs with %s", node))
 	}
 	p, local, err := t.newQP(t.cfg.QueueDepth)
 	if err != nil {
@@ -396,7 +396,7 @@ func (t *Transport) Dial(ctx context.Context, node rdma.NodeID) (rdma.Conn, erro
 	}
 	if err != nil {
 		p.destroy()
-		return fail(fmt.Errorf("rdma/verbs: connect to %s: %w", node, err))
+		return fail(fmt.Errorf("connecting queue pairs with memory node %s: %w", node, err))
 	}
 	c := &conn{t: t, node: node, cq: p.cq, qp: p.qp, ctl: ctl, batches: map[uint64][]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go c.pollLoop()
@@ -476,10 +476,10 @@ func (c *conn) PostReads(ops []rdma.ReadOp) error {
 			return rdma.ErrMixedSegments
 		}
 		if op.Seg.RKey == 0 && op.Seg.Addr == 0 {
-			return fmt.Errorf("rdma/verbs: segment %#x has no RDMA registration on %s (node without a device?)", op.Seg.ID, c.node)
+			return fmt.Errorf("segment %#x has no RDMA registration on %s (node without a device?)", op.Seg.ID, c.node)
 		}
 		if op.Off+uint64(len(op.Dst)) > op.Seg.Len {
-			return fmt.Errorf("rdma/verbs: read [%d,+%d) outside segment %#x of %d bytes", op.Off, len(op.Dst), op.Seg.ID, op.Seg.Len)
+			return fmt.Errorf("read [%d,+%d) outside segment %#x of %d bytes", op.Off, len(op.Dst), op.Seg.ID, op.Seg.Len)
 		}
 		k, ok := regs.lkey(op.Dst)
 		if !ok {
@@ -500,7 +500,7 @@ func (c *conn) PostReads(ops []rdma.ReadOp) error {
 	c.batches[id] = cookies
 	if rc := C.aq_post_reads(c.qp, C.int(n), &laddr[0], &ln[0], &lkey[0], &raddr[0], C.uint32_t(rkey), C.uint64_t(id)); rc != 0 {
 		delete(c.batches, id)
-		return fmt.Errorf("rdma/verbs: ibv_post_send: %v", syscall.Errno(rc))
+		return fmt.Errorf("ibv_post_send: %v", syscall.Errno(rc))
 	}
 	return nil
 }
@@ -521,7 +521,7 @@ func (c *conn) pollLoop() {
 		}
 		k := int(C.aq_poll(c.cq, 32, &ids[0], &st[0]))
 		if k < 0 {
-			c.fail(fmt.Errorf("rdma/verbs: ibv_poll_cq failed"))
+			c.fail(fmt.Errorf("ibv_poll_cq failed"))
 			return
 		}
 		if k == 0 {
@@ -538,7 +538,7 @@ func (c *conn) pollLoop() {
 			c.pmu.Unlock()
 			var err error
 			if st[i] != C.IBV_WC_SUCCESS {
-				err = fmt.Errorf("rdma/verbs: %s: work completion %s", c.node, C.GoString(C.aq_wc_str(st[i])))
+				err = fmt.Errorf("memory node %s: work completion %s", c.node, C.GoString(C.aq_wc_str(st[i])))
 			}
 			c.complete(cookies, err)
 			if err != nil {
@@ -574,7 +574,7 @@ func (c *conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
 // Write implements rdma.Conn over the control connection.
 func (c *conn) Write(ctx context.Context, w *rdma.WriteSegment) (rdma.SegmentRef, error) {
 	if c.ctl == nil {
-		return rdma.SegmentRef{}, fmt.Errorf("rdma/verbs: no Config.Control transport for publishing")
+		return rdma.SegmentRef{}, fmt.Errorf("no Config.Control transport for publishing")
 	}
 	return c.ctl.Write(ctx, w)
 }
@@ -582,7 +582,7 @@ func (c *conn) Write(ctx context.Context, w *rdma.WriteSegment) (rdma.SegmentRef
 // Delete implements rdma.Conn over the control connection.
 func (c *conn) Delete(ctx context.Context, id rdma.SegmentID) error {
 	if c.ctl == nil {
-		return fmt.Errorf("rdma/verbs: no Config.Control transport")
+		return fmt.Errorf("no Config.Control transport")
 	}
 	return c.ctl.Delete(ctx, id)
 }

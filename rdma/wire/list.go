@@ -44,7 +44,7 @@ func EncodeListReq(dst []byte, r *ListReq) []byte {
 // DecodeListReq decodes a List body.
 func DecodeListReq(b []byte) (*ListReq, error) {
 	if len(b) != ListReqSize || binary.LittleEndian.Uint32(b[12:]) != 0 {
-		return nil, fmt.Errorf("wire: list request of %d bytes, want %d with a zero reserved field", len(b), ListReqSize)
+		return nil, fmt.Errorf("list request of %d bytes, want %d with a zero reserved field", len(b), ListReqSize)
 	}
 	return &ListReq{From: binary.LittleEndian.Uint64(b), Max: binary.LittleEndian.Uint32(b[8:])}, nil
 }
@@ -107,32 +107,32 @@ func EncodeListResp(dst []byte, r *ListResp) []byte {
 // bounded by MaxListPage entries).
 func DecodeListResp(b []byte) (*ListResp, error) {
 	if len(b) < listRespFixed {
-		return nil, fmt.Errorf("wire: list response of %d bytes, need at least %d", len(b), listRespFixed)
+		return nil, fmt.Errorf("list response of %d bytes, need at least %d", len(b), listRespFixed)
 	}
 	n := binary.LittleEndian.Uint32(b)
 	f := binary.LittleEndian.Uint32(b[4:])
 	if n > MaxListPage || f&^1 != 0 {
-		return nil, fmt.Errorf("wire: list response of %d entries (max %d), flags %#x", n, MaxListPage, f)
+		return nil, fmt.Errorf("list response of %d entries (max %d), flags %#x", n, MaxListPage, f)
 	}
 	r := &ListResp{More: f&1 != 0, Next: binary.LittleEndian.Uint64(b[8:]), Entries: make([]ListEntry, 0, n)}
 	p := b[listRespFixed:]
 	for i := uint32(0); i < n; i++ {
 		if len(p) < listEntryFixed {
-			return nil, fmt.Errorf("wire: list response truncated in entry %d", i)
+			return nil, fmt.Errorf("list response truncated in entry %d", i)
 		}
 		e := ListEntry{ID: binary.LittleEndian.Uint64(p), Len: binary.LittleEndian.Uint64(p[8:]),
 			PutNanos: int64(binary.LittleEndian.Uint64(p[16:])), PageSize: binary.LittleEndian.Uint32(p[24:]),
 			Flags: binary.LittleEndian.Uint16(p[28:])}
 		wl := int(binary.LittleEndian.Uint16(p[30:]))
 		if e.Flags&^entryFlagsKnown != 0 || wl > MaxIdentity || wl > len(p)-listEntryFixed {
-			return nil, fmt.Errorf("wire: list entry %d: flags %#x, writer of %d bytes (max %d, %d left)", i, e.Flags, wl, MaxIdentity, len(p)-listEntryFixed)
+			return nil, fmt.Errorf("list entry %d: flags %#x, writer of %d bytes (max %d, %d left)", i, e.Flags, wl, MaxIdentity, len(p)-listEntryFixed)
 		}
 		e.Writer = string(p[listEntryFixed : listEntryFixed+wl])
 		p = p[listEntryFixed+wl:]
 		r.Entries = append(r.Entries, e)
 	}
 	if len(p) != 0 {
-		return nil, fmt.Errorf("wire: %d bytes after the last list entry", len(p))
+		return nil, fmt.Errorf("%d bytes after the last list entry", len(p))
 	}
 	return r, nil
 }
@@ -169,12 +169,12 @@ func EncodeUsageResp(dst []byte, u *UsageResp) []byte {
 // DecodeUsageResp decodes a UsageResp body.
 func DecodeUsageResp(b []byte) (*UsageResp, error) {
 	if len(b) != UsageRespSize || binary.LittleEndian.Uint32(b[28:]) != 0 {
-		return nil, fmt.Errorf("wire: usage response of %d bytes, want %d with a zero reserved field", len(b), UsageRespSize)
+		return nil, fmt.Errorf("usage response of %d bytes, want %d with a zero reserved field", len(b), UsageRespSize)
 	}
 	u := &UsageResp{Capacity: binary.LittleEndian.Uint64(b), Used: binary.LittleEndian.Uint64(b[8:]),
 		Segments: binary.LittleEndian.Uint64(b[16:]), Flags: binary.LittleEndian.Uint32(b[24:])}
 	if u.Flags&^usageFlagsKnown != 0 {
-		return nil, fmt.Errorf("wire: usage response flags %#x", u.Flags)
+		return nil, fmt.Errorf("usage response flags %#x", u.Flags)
 	}
 	return u, nil
 }

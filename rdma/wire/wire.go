@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Magic opens every frame header; Version is the protocol version.
@@ -127,7 +128,18 @@ type RemoteError struct {
 	Msg  string
 }
 
-func (e *RemoteError) Error() string { return fmt.Sprintf("memnode: %s: %s", e.Code, e.Msg) }
+// Error reads "the memory node refused the request: CODE: MSG" (MSG alone
+// when it already starts with the code's words).
+func (e *RemoteError) Error() string {
+	code := e.Code.String()
+	switch {
+	case e.Msg == "":
+		return "the memory node refused the request: " + code
+	case strings.HasPrefix(e.Msg, code):
+		return "the memory node refused the request: " + e.Msg
+	}
+	return "the memory node refused the request: " + code + ": " + e.Msg
+}
 
 // Header is a decoded frame header.
 type Header struct {
@@ -138,9 +150,9 @@ type Header struct {
 
 // ErrBadMagic and friends are returned by ReadHeader.
 var (
-	ErrBadMagic   = errors.New("wire: bad magic (not an aquifer memnode peer?)")
-	ErrBadVersion = errors.New("wire: unsupported protocol version")
-	ErrBadOp      = errors.New("wire: unknown op")
+	ErrBadMagic   = errors.New("bad magic (not an aquifer memnode peer?)")
+	ErrBadVersion = errors.New("unsupported protocol version")
+	ErrBadOp      = errors.New("unknown op")
 )
 
 // PutHeader encodes h into b[:HeaderSize].
@@ -243,7 +255,7 @@ func EncodeAuth(dst []byte, a *Auth) []byte {
 // DecodeAuth decodes an Auth body.
 func DecodeAuth(b []byte) (*Auth, error) {
 	if len(b) < NonceSize+MACSize+2 {
-		return nil, fmt.Errorf("wire: auth body of %d bytes, need at least %d", len(b), NonceSize+MACSize+2)
+		return nil, fmt.Errorf("auth body of %d bytes, need at least %d", len(b), NonceSize+MACSize+2)
 	}
 	a := &Auth{}
 	copy(a.ClientNonce[:], b)
@@ -251,7 +263,7 @@ func DecodeAuth(b []byte) (*Auth, error) {
 	n := int(binary.LittleEndian.Uint16(b[NonceSize+MACSize:]))
 	rest := b[NonceSize+MACSize+2:]
 	if n > MaxPodName || n != len(rest) {
-		return nil, fmt.Errorf("wire: auth pod name length %d does not match the %d bytes that follow (max %d)", n, len(rest), MaxPodName)
+		return nil, fmt.Errorf("auth pod name length %d does not match the %d bytes that follow (max %d)", n, len(rest), MaxPodName)
 	}
 	a.Pod = string(rest)
 	return a, nil
@@ -274,18 +286,18 @@ func EncodeRead(dst []byte, r *Read) []byte {
 // and per-op limits; bounds against the segment are the node's job.
 func DecodeRead(b []byte, r *Read) error {
 	if len(b) < 16 {
-		return fmt.Errorf("wire: read body of %d bytes, need at least 16", len(b))
+		return fmt.Errorf("read body of %d bytes, need at least 16", len(b))
 	}
 	r.Segment = binary.LittleEndian.Uint64(b)
 	n := binary.LittleEndian.Uint32(b[8:])
 	if binary.LittleEndian.Uint32(b[12:]) != 0 {
-		return fmt.Errorf("wire: read header reserved field is not zero")
+		return fmt.Errorf("read header reserved field is not zero")
 	}
 	if n == 0 || n > MaxBatch {
-		return fmt.Errorf("wire: read batch of %d ops (allowed 1..%d)", n, MaxBatch)
+		return fmt.Errorf("read batch of %d ops (allowed 1..%d)", n, MaxBatch)
 	}
 	if uint64(len(b)) != 16+uint64(n)*readOpSize {
-		return fmt.Errorf("wire: read batch of %d ops needs a %d-byte body, got %d", n, 16+n*readOpSize, len(b))
+		return fmt.Errorf("read batch of %d ops needs a %d-byte body, got %d", n, 16+n*readOpSize, len(b))
 	}
 	r.Ops = r.Ops[:0]
 	var total uint64
@@ -293,16 +305,16 @@ func DecodeRead(b []byte, r *Read) error {
 		p := b[16+i*readOpSize:]
 		op := ReadOp{Off: binary.LittleEndian.Uint64(p), Len: binary.LittleEndian.Uint32(p[8:])}
 		if binary.LittleEndian.Uint32(p[12:]) != 0 {
-			return fmt.Errorf("wire: read op %d reserved field is not zero", i)
+			return fmt.Errorf("read op %d reserved field is not zero", i)
 		}
 		if op.Len == 0 || op.Len > MaxReadLen {
-			return fmt.Errorf("wire: read op %d has length %d (allowed 1..%d)", i, op.Len, MaxReadLen)
+			return fmt.Errorf("read op %d has length %d (allowed 1..%d)", i, op.Len, MaxReadLen)
 		}
 		total += uint64(op.Len)
 		r.Ops = append(r.Ops, op)
 	}
 	if total > 1<<31 {
-		return fmt.Errorf("wire: read batch totals %d bytes (max %d)", total, 1<<31)
+		return fmt.Errorf("read batch totals %d bytes (max %d)", total, 1<<31)
 	}
 	return nil
 }
@@ -332,22 +344,22 @@ func PutBodyLen(p *Put) uint64 {
 // Data; Digests are freshly allocated.
 func DecodePut(b []byte, maxSegment uint64) (*Put, error) {
 	if len(b) < PutFixed {
-		return nil, fmt.Errorf("wire: put body of %d bytes, need at least %d", len(b), PutFixed)
+		return nil, fmt.Errorf("put body of %d bytes, need at least %d", len(b), PutFixed)
 	}
 	p := &Put{Segment: binary.LittleEndian.Uint64(b), PageSize: binary.LittleEndian.Uint32(b[8:])}
 	n := uint64(binary.LittleEndian.Uint32(b[12:]))
 	if p.PageSize < 512 || p.PageSize > MaxPageSize || p.PageSize&(p.PageSize-1) != 0 {
-		return nil, fmt.Errorf("wire: put page size %d (want a power of two in 512..%d)", p.PageSize, MaxPageSize)
+		return nil, fmt.Errorf("put page size %d (want a power of two in 512..%d)", p.PageSize, MaxPageSize)
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("wire: put of an empty segment")
+		return nil, fmt.Errorf("put of an empty segment")
 	}
 	size := n * uint64(p.PageSize)
 	if size > maxSegment {
-		return nil, fmt.Errorf("wire: put segment of %d bytes exceeds this node's limit of %d", size, maxSegment)
+		return nil, fmt.Errorf("put segment of %d bytes exceeds this node's limit of %d", size, maxSegment)
 	}
 	if uint64(len(b)) != PutFixed+8*n+size {
-		return nil, fmt.Errorf("wire: put of %d pages of %d bytes needs a %d-byte body, got %d", n, p.PageSize, PutFixed+8*n+size, len(b))
+		return nil, fmt.Errorf("put of %d pages of %d bytes needs a %d-byte body, got %d", n, p.PageSize, PutFixed+8*n+size, len(b))
 	}
 	p.Digests = make([]uint64, n)
 	for i := range p.Digests {
@@ -363,7 +375,7 @@ func EncodeU64(dst []byte, v uint64) []byte { return binary.LittleEndian.AppendU
 // DecodeU64 decodes a bare u64 body.
 func DecodeU64(b []byte) (uint64, error) {
 	if len(b) != 8 {
-		return 0, fmt.Errorf("wire: body of %d bytes, want 8", len(b))
+		return 0, fmt.Errorf("body of %d bytes, want 8", len(b))
 	}
 	return binary.LittleEndian.Uint64(b), nil
 }
@@ -386,13 +398,13 @@ func EncodeHello(dst []byte, h *Hello) []byte {
 // DecodeHello decodes a Hello body.
 func DecodeHello(b []byte) (*Hello, error) {
 	if len(b) < NonceSize+2 {
-		return nil, fmt.Errorf("wire: hello body of %d bytes", len(b))
+		return nil, fmt.Errorf("hello body of %d bytes", len(b))
 	}
 	h := &Hello{}
 	copy(h.Nonce[:], b)
 	n := int(binary.LittleEndian.Uint16(b[NonceSize:]))
 	if n != len(b)-NonceSize-2 {
-		return nil, fmt.Errorf("wire: hello node name length %d does not match body", n)
+		return nil, fmt.Errorf("hello node name length %d does not match body", n)
 	}
 	h.Node = string(b[NonceSize+2:])
 	return h, nil
@@ -444,7 +456,7 @@ func EncodePutOK(dst []byte, p *PutOK) []byte {
 // DecodePutOK decodes a PutOK body.
 func DecodePutOK(b []byte) (*PutOK, error) {
 	if len(b) != 16 {
-		return nil, fmt.Errorf("wire: put-ok body of %d bytes, want 16", len(b))
+		return nil, fmt.Errorf("put-ok body of %d bytes, want 16", len(b))
 	}
 	return &PutOK{Addr: binary.LittleEndian.Uint64(b), RKey: binary.LittleEndian.Uint32(b[8:]), Existed: binary.LittleEndian.Uint32(b[12:])&1 != 0}, nil
 }
@@ -468,12 +480,12 @@ func EncodeStatResp(dst []byte, s *StatResp) []byte {
 // DecodeStatResp decodes a StatResp body.
 func DecodeStatResp(b []byte) (*StatResp, error) {
 	if len(b) < 8 {
-		return nil, fmt.Errorf("wire: stat body of %d bytes", len(b))
+		return nil, fmt.Errorf("stat body of %d bytes", len(b))
 	}
 	s := &StatResp{PageSize: binary.LittleEndian.Uint32(b)}
 	n := uint64(binary.LittleEndian.Uint32(b[4:]))
 	if uint64(len(b)) != 8+8*n {
-		return nil, fmt.Errorf("wire: stat body of %d bytes for %d digests", len(b), n)
+		return nil, fmt.Errorf("stat body of %d bytes for %d digests", len(b), n)
 	}
 	s.Digests = make([]uint64, n)
 	for i := range s.Digests {
@@ -529,7 +541,7 @@ func DecodeRequest(op Op, body []byte, maxSegment uint64, rd *Read) (any, error)
 		return DecodeListReq(body)
 	case OpUsage:
 		if len(body) != 0 {
-			return nil, fmt.Errorf("wire: usage request with a %d-byte body, want none", len(body))
+			return nil, fmt.Errorf("usage request with a %d-byte body, want none", len(body))
 		}
 		return UsageReq{}, nil
 	}
@@ -561,12 +573,12 @@ func EncodeQPInfo(dst []byte, q *QPInfo) []byte {
 // DecodeQPInfo decodes a QPInfo body.
 func DecodeQPInfo(b []byte) (*QPInfo, error) {
 	if len(b) != QPInfoSize || binary.LittleEndian.Uint16(b[2:]) != 0 {
-		return nil, fmt.Errorf("wire: queue-pair info of %d bytes, want %d with a zero reserved field", len(b), QPInfoSize)
+		return nil, fmt.Errorf("queue-pair info of %d bytes, want %d with a zero reserved field", len(b), QPInfoSize)
 	}
 	q := &QPInfo{LID: binary.LittleEndian.Uint16(b), QPN: binary.LittleEndian.Uint32(b[4:]), PSN: binary.LittleEndian.Uint32(b[8:])}
 	copy(q.GID[:], b[12:])
 	if q.QPN >= 1<<24 || q.PSN >= 1<<24 {
-		return nil, fmt.Errorf("wire: queue-pair number %#x / PSN %#x exceed 24 bits", q.QPN, q.PSN)
+		return nil, fmt.Errorf("queue-pair number %#x / PSN %#x exceed 24 bits", q.QPN, q.PSN)
 	}
 	return q, nil
 }
