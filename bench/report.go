@@ -116,8 +116,8 @@ type Report struct {
 	PreinstallRate     float64            `json:"preinstall_bytes_per_s,omitempty"`
 	PreinstallOfFloor  float64            `json:"preinstall_fraction_of_floor,omitempty"`
 	PreinstallFloorByC map[string]float64 `json:"preinstall_fraction_of_floor_by_concurrency,omitempty"`
-	Results            []Result          `json:"results"`
-	Samples            []Sample          `json:"samples,omitempty"`
+	Results            []Result           `json:"results"`
+	Samples            []Sample           `json:"samples,omitempty"`
 }
 
 // BootstrapReps is the number of bootstrap replicates of a report.
