@@ -68,3 +68,28 @@ func TestFloorInReport(t *testing.T) {
 		}
 	}
 }
+
+// TestGapToWarm: the gap of aquifer to warm is the difference of their
+// breakdowns' parts, with the ratio of p50s.
+func TestGapToWarm(t *testing.T) {
+	bd := func(wait, cold, crit time.Duration) *Breakdown {
+		return &Breakdown{ResumeWait: wait, Critical: crit, Classes: map[string]ClassStall{ClassCold: {Stall: cold}}}
+	}
+	g := []Sample{
+		{Strategy: Aquifer, Workload: "w", Concurrency: 1, EndToEnd: 30 * time.Millisecond, Breakdown: bd(5*time.Millisecond, 10*time.Millisecond, 25*time.Millisecond)},
+		{Strategy: Warm, Workload: "w", Concurrency: 1, EndToEnd: 10 * time.Millisecond, Breakdown: bd(0, 0, 10*time.Millisecond)},
+	}
+	r := Aggregate(g, "x", "y", 0)
+	if len(r.GapToWarm) != 1 {
+		t.Fatalf("gaps %+v", r.GapToWarm)
+	}
+	x := r.GapToWarm[0]
+	if x.Ratio != 3 || x.EndToEnd != 20*time.Millisecond || x.ResumeWait != 5*time.Millisecond || x.Cold != 10*time.Millisecond || x.Rest != 5*time.Millisecond {
+		t.Fatalf("gap %+v", x)
+	}
+	var buf bytes.Buffer
+	r.WriteTable(&buf)
+	if !strings.Contains(buf.String(), "The gap to warm") {
+		t.Fatal("no gap table in the text report")
+	}
+}

@@ -130,6 +130,8 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	r.writeBreakdown(w, levels[0], r.breakdownVariants(), true)
+	fmt.Fprintln(w)
+	r.writeGaps(w, levels[0], nil, true)
 	r.writeMemory(w, true)
 	fmt.Fprintf(w, "Outliers (outside 1.5 IQR of their group's log time, kept in every statistic): %d of %d samples.", len(r.Outliers), len(r.Samples))
 	if len(r.Outliers) > 0 {

@@ -116,8 +116,11 @@ type Report struct {
 	PreinstallRate     float64            `json:"preinstall_bytes_per_s,omitempty"`
 	PreinstallOfFloor  float64            `json:"preinstall_fraction_of_floor,omitempty"`
 	PreinstallFloorByC map[string]float64 `json:"preinstall_fraction_of_floor_by_concurrency,omitempty"`
-	Results            []Result           `json:"results"`
-	Samples            []Sample           `json:"samples,omitempty"`
+	// GapToWarm is what separates each aquifer strategy from warm, per
+	// workload (gap.go).
+	GapToWarm []Gap    `json:"gap_to_warm,omitempty"`
+	Results   []Result `json:"results"`
+	Samples   []Sample `json:"samples,omitempty"`
 }
 
 // BootstrapReps is the number of bootstrap replicates of a report.
@@ -272,6 +275,7 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 		rep.GeomeanSpeedup = rep.ByConcurrency[strconv.Itoa(minC)]
 		rep.GeomeanSpeedupCI = rep.ByConcurrencyCI[strconv.Itoa(minC)]
 	}
+	rep.GapToWarm = rep.gaps()
 	return rep
 }
 
@@ -451,6 +455,8 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	r.writeBreakdown(w, 0, nil, false)
+	fmt.Fprintln(w)
+	r.writeGaps(w, 0, nil, false)
 	fmt.Fprintln(w)
 	r.writeMemory(w, false)
 	if len(r.Outliers) > 0 {
