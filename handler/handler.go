@@ -109,6 +109,7 @@ type Handler struct {
 	log     *slog.Logger
 
 	removeMu sync.RWMutex // copies: R; applying REMOVE: W
+	leadMu   sync.Mutex   // held by the reader thread that polls (readLoop)
 
 	genMu sync.Mutex
 	gen   uint64 // bumped after every event batch the reader consumed
@@ -214,9 +215,19 @@ func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
 		}()
 	}
 
-	runtime.LockOSThread()
-	exit, err := h.readLoop(work, exitFD)
-	runtime.UnlockOSThread()
+	rs := h.newReadState(exitFD)
+	var rwg sync.WaitGroup
+	for i := 0; i < readers; i++ {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			h.readLoop(rs, work)
+		}()
+	}
+	rwg.Wait()
+	exit, err := rs.exit, rs.err
 	close(work)
 	wg.Wait()
 	st := h.counters()
@@ -240,34 +251,63 @@ func (h *Handler) counters() Stats {
 		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered)}
 }
 
-func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
-	fds := []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}}
-	exitIdx, hupIdx := -1, -1
+// readers is how many threads take turns reading the userfaultfd
+// (leader/followers): the one holding leadMu polls and reads; when the
+// last fault of a batch would block (Inliner), the leader hands the
+// reading to the next thread and serves that fault itself, so the
+// follower's wake-up is paid off the fault's path, where a hand-off to a
+// worker would put it on it.
+const readers = 2
+
+// readState is the fault loop's state, owned by whichever reader holds
+// Handler.leadMu.
+type readState struct {
+	fds             []unix.PollFd
+	exitIdx, hupIdx int
+	buf             []byte
+	msgs            []uffd.Msg
+	seq             uint64
+	lastEvent       time.Time
+	done            bool
+	exit            string
+	err             error
+}
+
+func (h *Handler) newReadState(exitFD int) *readState {
+	rs := &readState{fds: []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}},
+		exitIdx: -1, hupIdx: -1, buf: make([]byte, 64*uffd.MsgSize), msgs: make([]uffd.Msg, 0, 64)}
 	if exitFD >= 0 {
-		exitIdx = len(fds)
-		fds = append(fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
+		rs.exitIdx = len(rs.fds)
+		rs.fds = append(rs.fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
 	}
 	if !h.opts.NoHangup && h.opts.HangupFD >= 0 {
-		hupIdx = len(fds)
-		fds = append(fds, unix.PollFd{Fd: int32(h.opts.HangupFD), Events: unix.POLLIN | unix.POLLRDHUP})
+		rs.hupIdx = len(rs.fds)
+		rs.fds = append(rs.fds, unix.PollFd{Fd: int32(h.opts.HangupFD), Events: unix.POLLIN | unix.POLLRDHUP})
 	}
-	buf := make([]byte, 64*uffd.MsgSize)
-	msgs := make([]uffd.Msg, 0, 64)
-	var seq uint64
-	var lastEvent time.Time
-	var pending *fault
-	for {
+	return rs
+}
+
+// readLoop is one reader thread: it waits for the lead, then polls and
+// reads until serving ends (rs.done) or it serves a blocking fault itself.
+func (h *Handler) readLoop(rs *readState, work chan<- fault) {
+	h.leadMu.Lock()
+	defer h.leadMu.Unlock()
+	finish := func(exit string, err error) { rs.done, rs.exit, rs.err = true, exit, err }
+	fds := rs.fds
+	for !rs.done {
 		if h.gone.Load() {
-			return "vm gone (ESRCH)", nil
+			finish("vm gone (ESRCH)", nil)
+			return
 		}
 		if p := h.fatal.Load(); p != nil {
-			return "error", *p
+			finish("error", *p)
+			return
 		}
 		for i := range fds {
 			fds[i].Revents = 0
 		}
 		timeout := 100
-		if time.Since(lastEvent) < h.opts.SpinPoll {
+		if time.Since(rs.lastEvent) < h.opts.SpinPoll {
 			timeout = 0 // adaptive spinning: faults come in bursts
 		}
 		_, err := unix.Poll(fds, timeout)
@@ -275,27 +315,31 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 			continue
 		}
 		if err != nil {
-			return "error", fmt.Errorf("handler: poll: %w", err)
+			finish("error", fmt.Errorf("handler: poll: %w", err))
+			return
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			return "error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents)
+			finish("error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents))
+			return
 		}
 		if fds[0].Revents&unix.POLLIN != 0 {
-			lastEvent = time.Now()
-			msgs, err = h.u.ReadMsgs(buf, msgs[:0])
+			rs.lastEvent = time.Now()
+			var pending *fault
+			rs.msgs, err = h.u.ReadMsgs(rs.buf, rs.msgs[:0])
 			if err != nil {
-				return "error", err
+				finish("error", err)
+				return
 			}
-			for _, m := range msgs {
+			for _, m := range rs.msgs {
 				switch m.Event {
 				case uffd.EventPagefault:
 					at := time.Since(h.start)
 					h.first.CompareAndSwap(-1, int64(at))
-					seq++
+					rs.seq++
 					if pending != nil {
 						work <- *pending
 					}
-					pending = &fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
+					pending = &fault{addr: m.Address, write: m.Write(), seq: rs.seq, at: at}
 				case uffd.EventRemove:
 					h.applyRemove(m.Start, m.End, true)
 				default:
@@ -305,33 +349,41 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 			}
 			h.bumpGen()
 			if pending != nil {
-				// The last fault of a batch is served on this thread when
-				// the source can do it without blocking: a hand-off to a
-				// worker costs a thread wakeup, which on a virtualised host
-				// is as dear as the copy itself.
-				if h.canInline(pending.addr) {
-					if !h.serveFault(*pending, true) {
-						work <- *pending
+				// The last fault of a batch is served on this thread: a
+				// hand-off to a worker costs a thread wakeup, which on a
+				// virtualised host is as dear as the copy itself. When
+				// serving it may block, another reader takes the lead
+				// first.
+				f := *pending
+				if h.canInline(f.addr) {
+					if !h.serveFault(f, true) {
+						work <- f
 					}
 				} else {
-					work <- *pending
+					h.leadMu.Unlock()
+					h.serveFault(f, false)
+					h.leadMu.Lock()
+					continue // the loop's state moved on meanwhile
 				}
-				pending = nil
 			}
 		}
 		// The VM's going is named before a stop: serving stops itself
 		// (Stop) when a copy finds the VM gone.
-		if exitIdx >= 0 && fds[exitIdx].Revents&unix.POLLIN != 0 {
-			return "vm exited", nil
+		if rs.exitIdx >= 0 && fds[rs.exitIdx].Revents&unix.POLLIN != 0 {
+			finish("vm exited", nil)
+			return
 		}
-		if hupIdx >= 0 && fds[hupIdx].Revents != 0 {
-			return "vm closed the handshake socket", nil
+		if rs.hupIdx >= 0 && fds[rs.hupIdx].Revents != 0 {
+			finish("vm closed the handshake socket", nil)
+			return
 		}
 		if fds[1].Revents&unix.POLLIN != 0 {
 			if h.gone.Load() {
-				return "vm gone (ESRCH)", nil
+				finish("vm gone (ESRCH)", nil)
+			} else {
+				finish("stopped", nil)
 			}
-			return "stopped", nil
+			return
 		}
 	}
 }
@@ -391,8 +443,9 @@ func (h *Handler) applyRemove(start, end uint64, observe bool) {
 	}
 }
 
-// Inliner is implemented by sources that can tell whether serving a page
-// would block (a remote read); such faults go to worker threads.
+// Inliner is implemented by sources that say which faults to hand to
+// worker threads: those whose serving would block for long (waiting on
+// another party); a fault served inline saves a thread wake-up.
 type Inliner interface {
 	Inline(off, ps uint64) bool
 }
