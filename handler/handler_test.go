@@ -483,3 +483,57 @@ func TestBlockedFaultLeavesReading(t *testing.T) {
 		t.Fatalf("stats %+v: want 2 faults served", st)
 	}
 }
+
+// TestZeroFill: ZeroFill maps the zero page over the range ahead of
+// faults, across regions: a read there reads zeros without reaching the
+// handler, a write gets a private copy (the kernel's copy-on-write, no
+// fault for the handler); a page already present keeps its bytes and a
+// removed page stays missing (and is served zero on demand).
+func TestZeroFill(t *testing.T) {
+	const pages = 16
+	v := testvm.New(t, testvm.Options{Size: pages * ps, Split: 8 * ps, Remove: true})
+	s := serve(t, v, memFile(t, pages), handler.Options{})
+	if err := v.Touch(5); err != nil { // present: snapshot bytes
+		t.Fatal(err)
+	}
+	if err := v.Remove(9, 1); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.h.ZeroFill(4*ps, 8) // pages 4..11, over the region split at 8
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 6 {
+		t.Fatalf("ZeroFill mapped %d pages, want 6 (4..11 but the present 5 and the removed 9)", n)
+	}
+	for _, p := range []uint64{4, 6, 7, 8, 10, 11} {
+		if r, _ := v.Resident(p); !r {
+			t.Fatalf("page %d is not mapped after ZeroFill", p)
+		}
+	}
+	if r, _ := v.Resident(9); r {
+		t.Fatal("the removed page 9 was mapped")
+	}
+	zero := make([]byte, ps)
+	for _, p := range []uint64{4, 6, 8, 10} {
+		if err := v.Touch(p); err != nil {
+			t.Fatal(err)
+		}
+		checkPage(t, v, p, zero)
+	}
+	if err := v.Write(7, 0xabcdef); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, ps)
+	binary.LittleEndian.PutUint64(want, 0xabcdef)
+	checkPage(t, v, 7, want)
+	checkPage(t, v, 5, pattern(5))
+	if err := v.Touch(9); err != nil {
+		t.Fatal(err)
+	}
+	checkPage(t, v, 9, zero)
+	st := s.stop(t)
+	if st.Faults != 2 || st.ZeroFaults != 1 || st.ZeroFilled != 6 {
+		t.Fatalf("stats %+v: want 2 faults (page 5, the removed 9 as zero), 6 pages zero-filled", st)
+	}
+}
