@@ -104,7 +104,7 @@ func (s Sample) preinstallRate() float64 {
 // result's PreinstallOfFloor, and for the report the p50 pre-install
 // throughput of the aquifer strategy's samples at the lowest concurrency
 // level as a fraction of that level's floor.
-func (r *Report) attachFloor() {
+func (r *Report) attachFloor(samples []Sample) {
 	if r.Noise != nil {
 		r.CopyFloor, r.CopyPerPage = r.Noise.CopyFloorP50, r.Noise.CopyPerPageP50
 	}
@@ -122,7 +122,7 @@ func (r *Report) attachFloor() {
 	}
 	rates := map[int][]float64{}
 	lowest := math.MaxInt
-	for _, s := range r.Samples {
+	for _, s := range samples {
 		if s.Strategy != Aquifer {
 			continue
 		}

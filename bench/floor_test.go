@@ -45,10 +45,8 @@ func TestFloorInReport(t *testing.T) {
 			Breakdown: &Breakdown{Pager: &PagerCounts{Preinstall: d, PreinstallBytes: 4 << 20}}})
 	}
 	r := Aggregate(g, "x", "y", 0)
-	r.AttachRun(&RunResult{Calibration: []Calibration{{Concurrency: 1, CopyFloor: 2e9, CopyPerPage: 1e9},
+	r.AttachRun(&RunResult{Samples: g, Calibration: []Calibration{{Concurrency: 1, CopyFloor: 2e9, CopyPerPage: 1e9},
 		{Concurrency: 1, CopyFloor: 3e9, CopyPerPage: 1e9}, {Concurrency: 1, CopyFloor: 4e9, CopyPerPage: 1e9}}})
-	r.Samples = g
-	r.attachFloor()
 	want := float64(4<<20) / 4e-3
 	if r.CopyFloor != 3e9 || math.Abs(r.PreinstallRate-want) > 1 || math.Abs(r.PreinstallOfFloor-want/3e9) > 1e-9 {
 		t.Fatalf("floor %v, pre-install %v (%v of the floor), want 3e9, %v", r.CopyFloor, r.PreinstallRate, r.PreinstallOfFloor, want)

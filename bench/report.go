@@ -345,7 +345,7 @@ func (r *Report) AttachRun(res *RunResult) {
 	for c, n := range res.Rounds {
 		r.RoundsRun[strconv.Itoa(c)] = n
 	}
-	r.attachFloor()
+	r.attachFloor(res.Samples)
 }
 
 func machine() string {
@@ -510,6 +510,6 @@ func (r *Report) Reaggregate() (*Report, error) {
 	n.Storages, n.Snapshots, n.Calibration = r.Storages, r.Snapshots, r.Calibration
 	n.Noise, n.NoiseByConcurrency = summarise(r.Calibration), r.NoiseByConcurrency
 	n.Samples = r.Samples
-	n.attachFloor()
+	n.attachFloor(r.Samples)
 	return n, nil
 }
