@@ -196,12 +196,6 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 				}
 				return addr, false, func() { s.hotUsers.Done() }, nil
 			}
-			// The pre-install verifies the hot set chunk by chunk as it
-			// installs it: a page served ahead of it is checked here.
-			if s.img.VerifyHotPage(idx, seg.Page(idx, ps)) != nil {
-				s.hotUsers.Done()
-				return s.latePage(idx) // a fresh window, or the fallback
-			}
 			addr, _ := seg.Run(idx, 1, ps)
 			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
@@ -392,8 +386,7 @@ func (s *Session) preinstall(ctx context.Context) {
 	_, nhot, _ := s.img.Counts()
 	var err error
 	if nhot > 0 {
-		fused := s.whole() && !s.opts.NoPreinstall
-		err = s.withHot(ctx, fused, func(seg restore.Segment) error {
+		err = s.withHot(ctx, func(seg restore.Segment) error {
 			s.hotMu.Lock()
 			s.hotSeg = seg
 			s.hotMu.Unlock()
@@ -419,10 +412,28 @@ func (s *Session) preinstall(ctx context.Context) {
 				s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
 				return err
 			}
-			n, err := s.preinstallRuns(seg, s.hot.Name())
-			s.rep.PreinstallPages += n
+			for _, run := range s.img.HotRuns() {
+				// A run is one UFFDIO_COPY unless it crosses from one piece
+				// of the segment to the next.
+				for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
+					addr, k := seg.Run(idx, left, s.ps)
+					if k == 0 {
+						return fmt.Errorf("pager: hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
+					}
+					if !s.bgEnter() {
+						return errQuiesced
+					}
+					n, err := s.h.InstallQuiet(page*s.ps, addr, k)
+					s.bgExit()
+					s.rep.PreinstallPages += n
+					if err != nil {
+						return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+					}
+					page, idx, left = page+k, idx+k, left-k
+				}
+			}
 			s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
-			return err
+			return nil
 		})
 	}
 	s.openHot()
@@ -505,29 +516,20 @@ func (s *Session) openHot() {
 // withHot runs fn on the verified hot segment, falling back to the snapshot's HotFallback
 // when the hot tier fails or a page does not match its digest. Every page
 // is checked against the image's digest before anything is installed.
-//
-// With fused, fn itself checks every page before installing it (and fails
-// with a hotMismatch error on a mismatch): the verification then runs beside
-// the copies instead of before them all, and a mismatch still falls back
-// (the pages installed before it were verified: they hold the right
-// bytes, and a fallback's install skips them as present).
-func (s *Session) withHot(ctx context.Context, fused bool, fn func(seg restore.Segment) error) error {
+func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) error) error {
 	try := func(src restore.HotSource) (bool, error) {
 		verified := false
 		err := src.With(ctx, func(seg restore.Segment) error {
 			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(seg.Len()) < want {
 				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
 			}
-			if !fused {
-				if err := s.verifyHot(seg, src.Name()); err != nil {
-					return err
-				}
+			if err := s.verifyHot(seg, src.Name()); err != nil {
+				return err
 			}
 			verified = true
 			return fn(seg)
 		})
-		var bad hotMismatch
-		return verified && !errors.As(err, &bad), err
+		return verified, err
 	}
 	verified, err := try(s.hot)
 	if err != nil && !verified && s.fallback != nil {
@@ -537,12 +539,6 @@ func (s *Session) withHot(ctx context.Context, fused bool, fn func(seg restore.S
 	}
 	return err
 }
-
-// hotMismatch is a hot page that failed its digest while a fused pre-install
-// checked it.
-type hotMismatch struct{ error }
-
-func (b hotMismatch) Unwrap() error { return b.error }
 
 // prefetch streams touched cold extents in touch order, yielding to demand
 // reads.
@@ -616,7 +612,7 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 	if err != nil {
 		return 0, false, nil, err
 	}
-	err = s.withHot(s.ctx, false, func(seg restore.Segment) error {
+	err = s.withHot(s.ctx, func(seg restore.Segment) error {
 		if !s.whole() {
 			stored, _ := s.hotStored(seg, idx)
 			return s.img.Expand(snapimage.SecHotSegment, idx, stored, m.B)

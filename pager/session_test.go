@@ -2,7 +2,6 @@ package pager
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -473,58 +472,5 @@ func TestCorruptColdExtent(t *testing.T) {
 	}
 	if resident(t, v, p) {
 		t.Fatalf("cold page %d was installed from an extent that failed verification", p)
-	}
-}
-
-// TestFusedVerification: the pre-install checks each chunk of the hot set
-// just before installing it, so with a corrupt page in a later chunk the
-// earlier chunks are already in; every page installed must still hold its
-// snapshot bytes, the corrupt one never, and the restore falls back (or,
-// without a fallback, fails).
-func TestFusedVerification(t *testing.T) {
-	defer func(c int) { preinstallChunk = c }(preinstallChunk)
-	preinstallChunk = 4
-	for _, withFallback := range []bool{true, false} {
-		t.Run(fmt.Sprintf("fallback=%v", withFallback), func(t *testing.T) {
-			f := newFixture(t)
-			snap, good, _ := f.snapshot(t)
-			const badIdx = 17
-			snap.Hot = newBadHot(t, good, badIdx)
-			if withFallback {
-				snap.HotFallback = good
-			}
-			v := newVM(t)
-			r := serveVM(t, snap, Options{}, v)
-			err := r.ready(t)
-			badPage := f.img.HotPage(badIdx)
-			if withFallback {
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, p := range f.pages(snapimage.Hot) {
-					f.installed(t, v, p)
-				}
-				if rep := r.finish(t, "hot tier failed; falling back"); rep.HotSource != "local (fallback)" {
-					t.Fatalf("hot source %q", rep.HotSource)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), "digest") {
-				t.Fatalf("ready error %v: want the digest mismatch", err)
-			}
-			in := 0
-			for _, p := range f.pages(snapimage.Hot) {
-				if !resident(t, v, p) {
-					continue
-				}
-				if p == badPage {
-					t.Fatalf("the corrupt hot page %d was installed", p)
-				}
-				f.installed(t, v, p)
-				in++
-			}
-			t.Logf("%d verified hot pages installed before the mismatch", in)
-			r.finish(t, "pre-install failed")
-		})
 	}
 }
