@@ -55,7 +55,6 @@ type Stats struct {
 	Unexpected   uint64 // events Firecracker never enables
 	Installed    uint64 // pages installed ahead of faults (Install)
 	Unregistered uint64 // zero pages left to the kernel (LeaveToKernel)
-	ZeroFilled   uint64 // zero pages mapped ahead of faults (ZeroFill)
 	Wall         time.Duration
 	// Exit says why serving ended.
 	Exit string
@@ -63,8 +62,8 @@ type Stats struct {
 
 func (s Stats) String() string {
 	extra := ""
-	if s.Installed > 0 || s.Unregistered > 0 || s.ZeroFilled > 0 {
-		extra = fmt.Sprintf(", pre-installed %d pages, %d zero pages left to the kernel, %d zero-filled", s.Installed, s.Unregistered, s.ZeroFilled)
+	if s.Installed > 0 || s.Unregistered > 0 {
+		extra = fmt.Sprintf(", pre-installed %d pages, %d zero pages left to the kernel", s.Installed, s.Unregistered)
 	}
 	return fmt.Sprintf("faults served %d (%d write, %d zero), bytes copied %d (%.1f MiB), eexist %d, eagain retries %d, removes %d%s, wall %v, exit: %s",
 		s.Faults, s.WriteFaults, s.ZeroFaults, s.BytesCopied, float64(s.BytesCopied)/(1<<20),
@@ -249,8 +248,7 @@ func (h *Handler) counters() Stats {
 	return Stats{Faults: atomic.LoadUint64(&s.Faults), WriteFaults: atomic.LoadUint64(&s.WriteFaults),
 		ZeroFaults: atomic.LoadUint64(&s.ZeroFaults), BytesCopied: atomic.LoadUint64(&s.BytesCopied),
 		Exists: atomic.LoadUint64(&s.Exists), Retries: atomic.LoadUint64(&s.Retries), Removes: s.Removes,
-		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered),
-		ZeroFilled: atomic.LoadUint64(&s.ZeroFilled)}
+		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered)}
 }
 
 // readers is how many threads take turns reading the userfaultfd

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync/atomic"
 
-	"github.com/aquifer-pool/aquifer/handshake"
 	"github.com/aquifer-pool/aquifer/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -154,76 +153,4 @@ func (h *Handler) LeaveToKernel(off uint64, npages uint64) error {
 		atomic.AddUint64(&h.stats.Unregistered, s.n)
 	}
 	return nil
-}
-
-// ZeroFill maps the kernel's zero page (UFFDIO_ZEROPAGE, without a wake)
-// over npages 4 KiB pages from memory-file offset off, ahead of any fault:
-// pages that are zero in the snapshot, so that the guest's first read of
-// them costs nothing and its first write is an ordinary copy-on-write
-// fault the kernel serves alone. Unlike LeaveToKernel it keeps the range
-// registered and takes the VM's mmap lock for reading only (no VMA split),
-// so it does not hold up the VM's other faults. Pages inside a removed
-// range and pages already present are skipped; a vCPU waiting on one of
-// these pages is woken when the fault loop serves its event. It returns the
-// number of pages mapped.
-func (h *Handler) ZeroFill(off uint64, npages uint64) (uint64, error) {
-	sp, err := h.spans(off, npages)
-	if err != nil {
-		return 0, err
-	}
-	var filled uint64
-	for _, s := range sp {
-		if s.r.PageSize != handshake.PageSize4K {
-			return filled, fmt.Errorf("handler: ZeroFill on a %d-byte-page region (hugetlb has no zero page)", s.r.PageSize)
-		}
-		n, err := h.zeroSpan(s)
-		filled += n
-		if err != nil {
-			return filled, err
-		}
-	}
-	atomic.AddUint64(&h.stats.ZeroFilled, filled)
-	return filled, nil
-}
-
-func (h *Handler) zeroSpan(s span) (uint64, error) {
-	ps := s.r.PageSize
-	addr := func(p uint64) uintptr { return uintptr(s.r.BaseHostVirtAddr + p*ps) }
-	var filled uint64
-	p, end := s.first, s.first+s.n
-	for p < end {
-		gen := h.curGen()
-		h.removeMu.RLock()
-		for p < end && s.r.isRemoved(p) {
-			p++
-		}
-		q := p
-		for q < end && !s.r.isRemoved(q) {
-			q++
-		}
-		if p == q {
-			h.removeMu.RUnlock()
-			break
-		}
-		n, err := h.u.ZeroPages(addr(p), uintptr((q-p)*ps), true)
-		done := uint64(n) / ps
-		filled += done
-		h.removeMu.RUnlock()
-		p += done
-		switch {
-		case err == nil:
-		case uffd.IsExist(err):
-			p++ // that page was present (a fault beat us); go on after it
-		case uffd.IsAgain(err):
-			atomic.AddUint64(&h.stats.Retries, 1)
-			h.waitGen(gen)
-		case uffd.IsGone(err), errors.Is(err, unix.ENOENT):
-			h.gone.Store(true)
-			h.Stop()
-			return filled, uffd.ErrGone
-		default:
-			return filled, err
-		}
-	}
-	return filled, nil
 }

@@ -15,18 +15,14 @@
 //     is done: the orchestrator resumes the VM only then — or, with
 //     Options.EarlyResume, as soon as the long zero runs are set up, the
 //     hot set then streaming in while the VM runs.
-//  3. Zero pages are never stored: zero runs of 64 pages and more are
-//     unregistered so the kernel fills them without a round trip, shorter
-//     ones are mapped to the kernel's zero page (UFFDIO_ZEROPAGE, which
-//     neither splits the VM's mapping nor takes its mmap lock for
-//     writing), both before resume (the short ones right after it with
-//     EarlyResume); a zero page faulted before that gets UFFDIO_ZEROPAGE.
+//  3. Zero pages are never stored: zero runs are unregistered so the
+//     kernel fills them without a round trip (runs of 64 pages and more
+//     before resume, shorter ones right after); a zero page faulted before
+//     its run is unregistered gets UFFDIO_ZEROPAGE.
 //  4. Cold faults: the faulting page's cold extent (its recorded neighbours)
 //     is read in one batched read from the ColdSource into an off-heap arena,
 //     verified, the faulting page installed and woken first, the rest of the
-//     extent installed right after on a background goroutine. The read is
-//     made on the fault loop's reader thread (Inline): a hand-off to a
-//     worker thread costs a scheduler wake-up, dearer than the read.
+//     extent installed right after on a background goroutine.
 //  5. A background prefetcher streams the cold extents past restores touched,
 //     in touch order, at low priority; demand reads always go first, and an
 //     extent being prefetched is shared with a demand fault, never read

@@ -45,14 +45,11 @@ type Options struct {
 
 // Report describes one served restore.
 type Report struct {
-	HotSource       string
-	ColdSource      string
-	Preinstall      time.Duration
-	PreinstallPages uint64
-	PreinstallBytes uint64
-	// ZeroPagesToKernel counts the zero pages the guest gets from the
-	// kernel without a round trip to the pager: unregistered long runs and
-	// short runs mapped to the zero page ahead of faults.
+	HotSource          string
+	ColdSource         string
+	Preinstall         time.Duration
+	PreinstallPages    uint64
+	PreinstallBytes    uint64
 	ZeroPagesToKernel  uint64
 	ColdDemandExtents  uint64
 	ColdPrefetchExtent uint64
@@ -348,7 +345,11 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 			s.bg.Add(1)
 			go func() {
 				defer s.bg.Done()
-				s.fillZeroRuns(ctx)
+				for _, run := range s.lateZero {
+					if ctx.Err() != nil || !s.leaveZero(run) {
+						return
+					}
+				}
 			}()
 		}
 		if !s.opts.NoPrefetch && s.cold != nil {
@@ -441,21 +442,16 @@ func (s *Session) preinstall(ctx context.Context) {
 		s.readyErr = err
 		return
 	}
-	if !s.opts.EarlyResume && s.zeroRuns() {
-		s.fillZeroRuns(ctx)
+	if !s.opts.EarlyResume {
+		s.zeroRuns()
 	}
 }
 
 // zeroRuns leaves the long zero runs to the kernel now and queues the short
-// ones (fillZeroRuns). It reports false when the VM is gone.
+// ones for after resume. It reports false when the VM is gone.
 func (s *Session) zeroRuns() bool {
-	// Long zero runs are unregistered (one UFFDIO_UNREGISTER each: they
-	// hold most zero pages); the short ones are mapped to the zero page
-	// instead: unregistering hundreds of short runs splits the VM's
-	// mapping as many times under its mmap lock taken for writing, which
-	// stalls every fault the VM takes meanwhile (measured: 0.8-1.7 ms of
-	// unregistering right after resume, and first faults that waited for
-	// it).
+	// Long zero runs before resume (they hold most zero pages), the short
+	// ones after it: each is one UFFDIO_UNREGISTER.
 	var short []snapimage.Run
 	for _, run := range s.img.Runs() {
 		if run.Class != snapimage.Zero {
@@ -486,27 +482,6 @@ func (s *Session) leaveZero(run snapimage.Run) bool {
 	}
 	atomic.AddUint64(&s.rep.ZeroPagesToKernel, uint64(run.Count))
 	return true
-}
-
-// fillZeroRuns maps the kernel's zero page over the queued short zero
-// runs (handler.ZeroFill): before resume, unless the VM was resumed early.
-func (s *Session) fillZeroRuns(ctx context.Context) {
-	runs := s.lateZero
-	s.lateZero = nil
-	for _, run := range runs {
-		if ctx.Err() != nil || !s.bgEnter() {
-			return
-		}
-		n, err := s.h.ZeroFill(run.Page*s.ps, uint64(run.Count))
-		s.bgExit()
-		atomic.AddUint64(&s.rep.ZeroPagesToKernel, n)
-		if err != nil {
-			if !uffd.IsGone(err) {
-				s.log.Warn("mapping a zero run to the zero page", "page", run.Page, "pages", run.Count, "err", err)
-			}
-			return
-		}
-	}
 }
 
 func (s *Session) openHot() {

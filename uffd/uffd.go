@@ -283,26 +283,6 @@ func (f *FD) ZeroPage(start, length uintptr, dontWake bool) error {
 	}
 }
 
-// ZeroPages is ZeroPage that also returns how many bytes were mapped: on
-// EEXIST or EAGAIN the kernel may have mapped a prefix of the range.
-func (f *FD) ZeroPages(start, length uintptr, dontWake bool) (int64, error) {
-	z := uffdioZeropage{Range: uffdioRange{uint64(start), uint64(length)}}
-	if dontWake {
-		z.Mode = zeropageModeDontWake
-	}
-	for {
-		z.Zeropage = 0
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(f.fd), ioctlZeropage, uintptr(unsafe.Pointer(&z)))
-		if errno == 0 {
-			return z.Zeropage, nil
-		}
-		if errno == unix.EINTR && z.Zeropage <= 0 {
-			continue
-		}
-		return max(z.Zeropage, 0), &OpError{Op: "UFFDIO_ZEROPAGE", Addr: start, Len: length, Err: errno}
-	}
-}
-
 // OpError is a failed copy or zeropage on a range.
 type OpError struct {
 	Op   string
