@@ -4,17 +4,13 @@
 // balloon-safe. `aquifer handle` is a thin wrapper around it; REAP-style
 // recording hooks in here, and the Aquifer pager builds on the same loop.
 //
-// Shape: one event reader at a time on a locked OS thread polls the
-// userfaultfd, the VM's pidfd, the 1.12+ handshake socket and a stop
-// eventfd; it decodes events, applies REMOVE ranges to a per-page
-// "removed" bitmap, serves the last fault of each batch itself (a thread
-// hand-off costs as much as the copy on virtualised hosts) and hands the
-// others to a pool of workers, each on its own locked OS thread, so faults
-// of several vCPUs are served concurrently. When the source says serving
-// that last fault may block (a remote read), the reader first hands the
-// reading to a second reader thread (leader/followers), so the next
-// faults are still read while it waits, and the follower's wake-up is not
-// on the faulting vCPU's path as a worker's would be. Install and
+// Shape: one event reader on a locked OS thread polls the userfaultfd, the
+// VM's pidfd, the 1.12+ handshake socket and a stop eventfd; it decodes
+// events, applies REMOVE ranges to a per-page "removed" bitmap, serves the
+// last fault of each batch itself when the source says it will not block
+// (a thread hand-off costs as much as the copy on virtualised hosts) and
+// hands the others to a pool of workers, each on its own locked OS thread,
+// so faults of several vCPUs are served concurrently. Install and
 // LeaveToKernel let a pager place pages ahead of faults and leave zero
 // ranges to the kernel under the same REMOVE rules. A fault is served by
 // installing a page with one UFFDIO_COPY straight from

@@ -109,7 +109,6 @@ type Handler struct {
 	log     *slog.Logger
 
 	removeMu sync.RWMutex // copies: R; applying REMOVE: W
-	leadMu   sync.Mutex   // held by the reader thread that polls (readLoop)
 
 	genMu sync.Mutex
 	gen   uint64 // bumped after every event batch the reader consumed
@@ -215,19 +214,9 @@ func (h *Handler) Serve(ctx context.Context, exitFD int) (Stats, error) {
 		}()
 	}
 
-	rs := h.newReadState(exitFD)
-	var rwg sync.WaitGroup
-	for i := 0; i < readers; i++ {
-		rwg.Add(1)
-		go func() {
-			defer rwg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			h.readLoop(rs, work)
-		}()
-	}
-	rwg.Wait()
-	exit, err := rs.exit, rs.err
+	runtime.LockOSThread()
+	exit, err := h.readLoop(work, exitFD)
+	runtime.UnlockOSThread()
 	close(work)
 	wg.Wait()
 	st := h.counters()
@@ -251,63 +240,34 @@ func (h *Handler) counters() Stats {
 		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered)}
 }
 
-// readers is how many threads take turns reading the userfaultfd
-// (leader/followers): the one holding leadMu polls and reads; when the
-// last fault of a batch would block (Inliner), the leader hands the
-// reading to the next thread and serves that fault itself, so the
-// follower's wake-up is paid off the fault's path, where a hand-off to a
-// worker would put it on it.
-const readers = 2
-
-// readState is the fault loop's state, owned by whichever reader holds
-// Handler.leadMu.
-type readState struct {
-	fds             []unix.PollFd
-	exitIdx, hupIdx int
-	buf             []byte
-	msgs            []uffd.Msg
-	seq             uint64
-	lastEvent       time.Time
-	done            bool
-	exit            string
-	err             error
-}
-
-func (h *Handler) newReadState(exitFD int) *readState {
-	rs := &readState{fds: []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}},
-		exitIdx: -1, hupIdx: -1, buf: make([]byte, 64*uffd.MsgSize), msgs: make([]uffd.Msg, 0, 64)}
+func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
+	fds := []unix.PollFd{{Fd: int32(h.u.Fd()), Events: unix.POLLIN}, {Fd: int32(h.stopFD), Events: unix.POLLIN}}
+	exitIdx, hupIdx := -1, -1
 	if exitFD >= 0 {
-		rs.exitIdx = len(rs.fds)
-		rs.fds = append(rs.fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
+		exitIdx = len(fds)
+		fds = append(fds, unix.PollFd{Fd: int32(exitFD), Events: unix.POLLIN})
 	}
 	if !h.opts.NoHangup && h.opts.HangupFD >= 0 {
-		rs.hupIdx = len(rs.fds)
-		rs.fds = append(rs.fds, unix.PollFd{Fd: int32(h.opts.HangupFD), Events: unix.POLLIN | unix.POLLRDHUP})
+		hupIdx = len(fds)
+		fds = append(fds, unix.PollFd{Fd: int32(h.opts.HangupFD), Events: unix.POLLIN | unix.POLLRDHUP})
 	}
-	return rs
-}
-
-// readLoop is one reader thread: it waits for the lead, then polls and
-// reads until serving ends (rs.done) or it serves a blocking fault itself.
-func (h *Handler) readLoop(rs *readState, work chan<- fault) {
-	h.leadMu.Lock()
-	defer h.leadMu.Unlock()
-	finish := func(exit string, err error) { rs.done, rs.exit, rs.err = true, exit, err }
-	fds := rs.fds
-	for !rs.done {
+	buf := make([]byte, 64*uffd.MsgSize)
+	msgs := make([]uffd.Msg, 0, 64)
+	var seq uint64
+	var lastEvent time.Time
+	var pending *fault
+	for {
 		if h.gone.Load() {
-			finish("vm gone (ESRCH)", nil)
-			return
+			return "vm gone (ESRCH)", nil
 		}
 		if p := h.fatal.Load(); p != nil {
-			finish("error", *p)
-			return
+			return "error", *p
 		}
 		for i := range fds {
 			fds[i].Revents = 0
 		}
 		timeout := 100
-		if time.Since(rs.lastEvent) < h.opts.SpinPoll {
+		if time.Since(lastEvent) < h.opts.SpinPoll {
 			timeout = 0 // adaptive spinning: faults come in bursts
 		}
 		_, err := unix.Poll(fds, timeout)
@@ -315,31 +275,27 @@ func (h *Handler) readLoop(rs *readState, work chan<- fault) {
 			continue
 		}
 		if err != nil {
-			finish("error", fmt.Errorf("handler: poll: %w", err))
-			return
+			return "error", fmt.Errorf("handler: poll: %w", err)
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			finish("error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents))
-			return
+			return "error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents)
 		}
 		if fds[0].Revents&unix.POLLIN != 0 {
-			rs.lastEvent = time.Now()
-			var pending *fault
-			rs.msgs, err = h.u.ReadMsgs(rs.buf, rs.msgs[:0])
+			lastEvent = time.Now()
+			msgs, err = h.u.ReadMsgs(buf, msgs[:0])
 			if err != nil {
-				finish("error", err)
-				return
+				return "error", err
 			}
-			for _, m := range rs.msgs {
+			for _, m := range msgs {
 				switch m.Event {
 				case uffd.EventPagefault:
 					at := time.Since(h.start)
 					h.first.CompareAndSwap(-1, int64(at))
-					rs.seq++
+					seq++
 					if pending != nil {
 						work <- *pending
 					}
-					pending = &fault{addr: m.Address, write: m.Write(), seq: rs.seq, at: at}
+					pending = &fault{addr: m.Address, write: m.Write(), seq: seq, at: at}
 				case uffd.EventRemove:
 					h.applyRemove(m.Start, m.End, true)
 				default:
@@ -349,41 +305,33 @@ func (h *Handler) readLoop(rs *readState, work chan<- fault) {
 			}
 			h.bumpGen()
 			if pending != nil {
-				// The last fault of a batch is served on this thread: a
-				// hand-off to a worker costs a thread wakeup, which on a
-				// virtualised host is as dear as the copy itself. When
-				// serving it may block, another reader takes the lead
-				// first.
-				f := *pending
-				if h.canInline(f.addr) {
-					if !h.serveFault(f, true) {
-						work <- f
+				// The last fault of a batch is served on this thread when
+				// the source can do it without blocking: a hand-off to a
+				// worker costs a thread wakeup, which on a virtualised host
+				// is as dear as the copy itself.
+				if h.canInline(pending.addr) {
+					if !h.serveFault(*pending, true) {
+						work <- *pending
 					}
 				} else {
-					h.leadMu.Unlock()
-					h.serveFault(f, false)
-					h.leadMu.Lock()
-					continue // the loop's state moved on meanwhile
+					work <- *pending
 				}
+				pending = nil
 			}
 		}
 		// The VM's going is named before a stop: serving stops itself
 		// (Stop) when a copy finds the VM gone.
-		if rs.exitIdx >= 0 && fds[rs.exitIdx].Revents&unix.POLLIN != 0 {
-			finish("vm exited", nil)
-			return
+		if exitIdx >= 0 && fds[exitIdx].Revents&unix.POLLIN != 0 {
+			return "vm exited", nil
 		}
-		if rs.hupIdx >= 0 && fds[rs.hupIdx].Revents != 0 {
-			finish("vm closed the handshake socket", nil)
-			return
+		if hupIdx >= 0 && fds[hupIdx].Revents != 0 {
+			return "vm closed the handshake socket", nil
 		}
 		if fds[1].Revents&unix.POLLIN != 0 {
 			if h.gone.Load() {
-				finish("vm gone (ESRCH)", nil)
-			} else {
-				finish("stopped", nil)
+				return "vm gone (ESRCH)", nil
 			}
-			return
+			return "stopped", nil
 		}
 	}
 }
@@ -443,9 +391,8 @@ func (h *Handler) applyRemove(start, end uint64, observe bool) {
 	}
 }
 
-// Inliner is implemented by sources that say which faults to hand to
-// worker threads: those whose serving would block for long (waiting on
-// another party); a fault served inline saves a thread wake-up.
+// Inliner is implemented by sources that can tell whether serving a page
+// would block (a remote read); such faults go to worker threads.
 type Inliner interface {
 	Inline(off, ps uint64) bool
 }

@@ -457,29 +457,3 @@ func TestVMMProcess(t *testing.T) {
 		t.Fatal("serving did not end when the VMM exited")
 	}
 }
-
-// TestBlockedFaultLeavesReading: while the reader that took a fault whose
-// serving blocks (the source says so) waits in the source, another reader
-// takes over the userfaultfd: a fault on another page is served meanwhile;
-// the blocked one completes once released.
-func TestBlockedFaultLeavesReading(t *testing.T) {
-	const pages, p, q = 8, 3, 6
-	v := testvm.New(t, testvm.Options{Size: pages * ps})
-	src := &heldSource{Source: memFile(t, pages), page: p, release: make(chan struct{})}
-	s := serve(t, v, src, handler.Options{Workers: 1})
-	a := v.TouchAsync(p)
-	waitFor(t, "the held fault to reach the source", func() bool { return src.calls.Load() == 1 })
-	await(t, "the fault on another page", v.TouchAsync(q))
-	checkPage(t, v, q, pattern(q))
-	select {
-	case err := <-a:
-		t.Fatalf("the held fault finished before its release: %v", err)
-	default:
-	}
-	close(src.release)
-	await(t, "the held fault", a)
-	checkPage(t, v, p, pattern(p))
-	if st := s.stop(t); st.Faults != 2 {
-		t.Fatalf("stats %+v: want 2 faults served", st)
-	}
-}
