@@ -95,6 +95,7 @@ type Breakdown struct {
 type PagerCounts struct {
 	Preinstall      time.Duration `json:"preinstall_ns"`
 	PreinstallPages uint64        `json:"preinstall_pages"`
+	PreinstallBytes uint64        `json:"preinstall_bytes,omitempty"`
 	ZeroToKernel    uint64        `json:"zero_pages_to_kernel"`
 	HotFaults       uint64        `json:"hot_faults"`
 	ColdFaults      uint64        `json:"cold_faults"`
@@ -145,7 +146,8 @@ func pagerCounts(ctx context.Context, api, id string) (*PagerCounts, error) {
 			if rep == nil {
 				return nil, fmt.Errorf("bench: the daemon has no report for VM %s", id)
 			}
-			return &PagerCounts{Preinstall: time.Duration(rep.PreinstallNS), PreinstallPages: rep.PreinstallPages, ZeroToKernel: rep.ZeroPagesToKernel,
+			return &PagerCounts{Preinstall: time.Duration(rep.PreinstallNS), PreinstallPages: rep.PreinstallPages,
+				PreinstallBytes: rep.PreinstallBytes, ZeroToKernel: rep.ZeroPagesToKernel,
 				HotFaults: rep.HotFaults, ColdFaults: rep.ColdFaults, ZeroFaults: rep.ZeroFaults, ColdBytes: rep.ColdBytesRead,
 				ColdRead: time.Duration(rep.ColdReadNS)}, nil
 		}

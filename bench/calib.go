@@ -19,6 +19,11 @@ type Calibration struct {
 	// (the cost every restore pays per page; it differs several-fold
 	// between machines of one kind).
 	FreshPage time.Duration `json:"fresh_page_ns"`
+	// CopyFloor and CopyPerPage are the UFFDIO_COPY floor (floor.go)
+	// measured at the same moment, in bytes/s: batched copies, and one
+	// 4 KiB page per ioctl. 0 where no userfaultfd could be made.
+	CopyFloor   float64 `json:"uffdio_copy_floor_bytes_per_s,omitempty"`
+	CopyPerPage float64 `json:"uffdio_copy_per_page_bytes_per_s,omitempty"`
 }
 
 const (
@@ -61,16 +66,25 @@ type Noise struct {
 	// FreshPageP50 and its spread.
 	FreshPageP50    time.Duration `json:"fresh_page_p50_ns"`
 	FreshPageSpread float64       `json:"fresh_page_spread"`
+	// CopyFloorP50 and CopyPerPageP50 are the UFFDIO_COPY floor's p50
+	// (bytes/s), CopyFloorSpread its spread.
+	CopyFloorP50    float64 `json:"uffdio_copy_floor_bytes_per_s,omitempty"`
+	CopyFloorSpread float64 `json:"uffdio_copy_floor_spread,omitempty"`
+	CopyPerPageP50  float64 `json:"uffdio_copy_per_page_bytes_per_s,omitempty"`
 }
 
 func summarise(c []Calibration) *Noise {
 	if len(c) == 0 {
 		return nil
 	}
-	var cpu, pg []int64
+	var cpu, pg, floor, perPage []int64
 	for _, x := range c {
 		cpu = append(cpu, int64(x.CPU))
 		pg = append(pg, int64(x.FreshPage))
+		if x.CopyFloor > 0 {
+			floor = append(floor, int64(x.CopyFloor))
+			perPage = append(perPage, int64(x.CopyPerPage))
+		}
 	}
 	spread := func(v []int64) float64 {
 		s := slices.Clone(v)
@@ -81,6 +95,10 @@ func summarise(c []Calibration) *Noise {
 		}
 		return float64(hi)/float64(lo) - 1
 	}
-	return &Noise{Runs: len(c), CPUP50: time.Duration(pct(cpu, 50)), CPUSpread: spread(cpu),
+	n := &Noise{Runs: len(c), CPUP50: time.Duration(pct(cpu, 50)), CPUSpread: spread(cpu),
 		FreshPageP50: time.Duration(pct(pg, 50)), FreshPageSpread: spread(pg)}
+	if len(floor) > 0 {
+		n.CopyFloorP50, n.CopyFloorSpread, n.CopyPerPageP50 = float64(pct(floor, 50)), spread(floor), float64(pct(perPage, 50))
+	}
+	return n
 }

@@ -22,6 +22,9 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintf(w, "Machine noise (calibration loops, %d runs between batches): CPU loop p50 %v, p5–p95 spread %.0f%%; fresh-page first touch p50 %v, spread %.0f%%  \n",
 			n.Runs, n.CPUP50.Round(time.Microsecond), 100*n.CPUSpread, n.FreshPageP50, 100*n.FreshPageSpread)
 	}
+	if l := r.floorLine(); l != "" {
+		fmt.Fprintf(w, "%s  \n", l)
+	}
 	fmt.Fprintf(w, "Pod: %s\n\n", r.Pod)
 	if len(r.Storages) > 0 {
 		fmt.Fprintln(w, "| storage | what it is | measured through it (QD1, p50 / p90, model) | requests served |")
@@ -127,6 +130,8 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	r.writeBreakdown(w, levels[0], r.breakdownVariants(), true)
+	fmt.Fprintln(w)
+	r.writeGaps(w, levels[0], nil, true)
 	r.writeMemory(w, true)
 	fmt.Fprintf(w, "Outliers (outside 1.5 IQR of their group's log time, kept in every statistic): %d of %d samples.", len(r.Outliers), len(r.Samples))
 	if len(r.Outliers) > 0 {

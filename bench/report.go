@@ -46,6 +46,13 @@ type Result struct {
 	VCPUBusyP50   time.Duration `json:"vcpu_busy_p50_ns,omitempty"`
 	VCPUCPUP50    time.Duration `json:"vcpu_cpu_p50_ns,omitempty"`
 	VCPUCPUMaxP50 time.Duration `json:"vcpu_cpu_max_p50_ns,omitempty"`
+	// PreinstallRateP50 is the p50 over the samples of pre-installed bytes
+	// over pre-install time (aquifer strategies: the pager's whole
+	// pre-install, tier window and verification included), and
+	// PreinstallOfFloor its fraction of the run's UFFDIO_COPY floor at this
+	// concurrency level (floor.go).
+	PreinstallRateP50 float64 `json:"preinstall_bytes_per_s_p50,omitempty"`
+	PreinstallOfFloor float64 `json:"preinstall_fraction_of_floor,omitempty"`
 }
 
 // BreakdownP50 is the per-field median of the samples' breakdowns.
@@ -102,8 +109,18 @@ type Report struct {
 	Calibration        []Calibration     `json:"calibration,omitempty"`
 	Outliers           []Outlier         `json:"outliers,omitempty"`
 	Snapshots          []SnapshotMemory  `json:"snapshot_memory,omitempty"`
-	Results            []Result          `json:"results"`
-	Samples            []Sample          `json:"samples,omitempty"`
+	// The UFFDIO_COPY floor of the run and the pre-install against it
+	// (floor.go): Floor says how each is computed.
+	CopyFloor          float64            `json:"uffdio_copy_floor_bytes_per_s,omitempty"`
+	CopyPerPage        float64            `json:"uffdio_copy_per_page_bytes_per_s,omitempty"`
+	PreinstallRate     float64            `json:"preinstall_bytes_per_s,omitempty"`
+	PreinstallOfFloor  float64            `json:"preinstall_fraction_of_floor,omitempty"`
+	PreinstallFloorByC map[string]float64 `json:"preinstall_fraction_of_floor_by_concurrency,omitempty"`
+	// GapToWarm is what separates each aquifer strategy from warm, per
+	// workload (gap.go).
+	GapToWarm []Gap    `json:"gap_to_warm,omitempty"`
+	Results   []Result `json:"results"`
+	Samples   []Sample `json:"samples,omitempty"`
 }
 
 // BootstrapReps is the number of bootstrap replicates of a report.
@@ -186,7 +203,11 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 	sort.Strings(rep.Wide)
 	for k, g := range groups {
 		var e2e, rst, first, exec, faults, ver, priv, file, gcpu, scpu, busy, vcpu, vmax []int64
+		var rate []float64
 		for _, s := range g {
+			if v := s.preinstallRate(); v > 0 {
+				rate = append(rate, v)
+			}
 			vcpu = append(vcpu, int64(s.VCPUCPU))
 			vmax = append(vmax, int64(s.VCPUCPUMax))
 			gcpu = append(gcpu, int64(s.GuestCPU))
@@ -211,6 +232,9 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 			Breakdown: breakdownP50(g), GuestCPUP50: time.Duration(medianInt(gcpu)), ServerCPUP50: time.Duration(medianInt(scpu)),
 			VCPUBusyP50: time.Duration(medianInt(busy)), VCPUCPUP50: time.Duration(medianInt(vcpu)),
 			VCPUCPUMaxP50: time.Duration(medianInt(vmax))}
+		if len(rate) > 0 {
+			r.PreinstallRateP50 = median(rate)
+		}
 		ls := stats[k.c]
 		if ci, ok := ls.p50CI[[2]string{k.w, k.l}]; ok {
 			r.P50CI = [2]int64{int64(ci[0]), int64(ci[1])}
@@ -251,6 +275,7 @@ func AggregateWith(samples []Sample, o AggregateOptions) *Report {
 		rep.GeomeanSpeedup = rep.ByConcurrency[strconv.Itoa(minC)]
 		rep.GeomeanSpeedupCI = rep.ByConcurrencyCI[strconv.Itoa(minC)]
 	}
+	rep.GapToWarm = rep.gaps()
 	return rep
 }
 
@@ -320,6 +345,7 @@ func (r *Report) AttachRun(res *RunResult) {
 	for c, n := range res.Rounds {
 		r.RoundsRun[strconv.Itoa(c)] = n
 	}
+	r.attachFloor(res.Samples)
 }
 
 func machine() string {
@@ -385,6 +411,9 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "machine noise (fixed calibration loops, %d runs interleaved with the batches): CPU loop p50 %v, spread p5..p95 %.0f%%; fresh-page first touch p50 %v, spread %.0f%%\n",
 			n.Runs, n.CPUP50.Round(time.Microsecond), 100*n.CPUSpread, n.FreshPageP50, 100*n.FreshPageSpread)
 	}
+	if l := r.floorLine(); l != "" {
+		fmt.Fprintln(w, l)
+	}
 	if r.Load != nil {
 		fmt.Fprintf(w, "load average before %s, after %s; wall time %v\n", r.Load.Before, r.Load.After, r.Wall.Round(time.Second))
 	}
@@ -426,6 +455,8 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	r.writeBreakdown(w, 0, nil, false)
+	fmt.Fprintln(w)
+	r.writeGaps(w, 0, nil, false)
 	fmt.Fprintln(w)
 	r.writeMemory(w, false)
 	if len(r.Outliers) > 0 {
@@ -479,5 +510,6 @@ func (r *Report) Reaggregate() (*Report, error) {
 	n.Storages, n.Snapshots, n.Calibration = r.Storages, r.Snapshots, r.Calibration
 	n.Noise, n.NoiseByConcurrency = summarise(r.Calibration), r.NoiseByConcurrency
 	n.Samples = r.Samples
+	n.attachFloor(r.Samples)
 	return n, nil
 }

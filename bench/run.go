@@ -249,7 +249,13 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 			}
 			for _, p := range preps {
 				cpu, page := calibrate()
-				res.Calibration = append(res.Calibration, Calibration{Concurrency: c, Round: round, Workload: p.w.Name, CPU: cpu, FreshPage: page})
+				cal := Calibration{Concurrency: c, Round: round, Workload: p.w.Name, CPU: cpu, FreshPage: page}
+				if f, err := measureCopyFloor(); err == nil {
+					cal.CopyFloor, cal.CopyPerPage = f.Batched, f.PerPage
+				} else if round == 0 {
+					fmt.Fprintf(o.Log, "bench: no UFFDIO_COPY floor: %v\n", err)
+				}
+				res.Calibration = append(res.Calibration, cal)
 				// Rotate the variant order every round.
 				for k := range vars {
 					v := vars[(k+round)%len(vars)]

@@ -30,7 +30,7 @@ func writeGrid(w io.Writer, header []string, rows [][]string, markdown bool) {
 }
 
 var breakdownHeader = []string{"conc", "workload", "strategy", "e2e", "− floor", "− warm", "restore", "resume wait", "hot stall",
-	"cold stall", "zero stall", "rest", "pre-installed", "zero → kernel", "faults h/c/z", "cold KiB"}
+	"cold stall", "zero stall", "rest", "pre-installed", "pre-install GB/s (of floor)", "zero → kernel", "faults h/c/z", "cold KiB"}
 
 // breakdownRows are the floor-and-breakdown rows (ms) of the results at
 // concurrency c (all levels if c <= 0) whose variant show accepts.
@@ -64,7 +64,13 @@ func (r *Report) breakdownRows(c int, show func(string) bool) [][]string {
 		}
 		st := func(cl string) string { return fmt.Sprintf("%s (%d)", f(b.Stall[cl]), b.Slow[cl]) }
 		rest := b.Critical - b.Stall[ClassHot] - b.Stall[ClassCold] - b.Stall[ClassZero]
-		pi, zk, fl, cold := "-", "-", "-", "-"
+		pi, rate, zk, fl, cold := "-", "-", "-", "-", "-"
+		if x.PreinstallRateP50 > 0 {
+			rate = fmt.Sprintf("%.2f", x.PreinstallRateP50/1e9)
+			if x.PreinstallOfFloor > 0 {
+				rate += fmt.Sprintf(" (%.0f%%)", 100*x.PreinstallOfFloor)
+			}
+		}
 		if p := b.Pager; p != nil {
 			pi, zk = strconv.FormatUint(p.PreinstallPages, 10), strconv.FormatUint(p.ZeroToKernel, 10)
 			fl = fmt.Sprintf("%d/%d/%d", p.HotFaults, p.ColdFaults, p.ZeroFaults)
@@ -73,7 +79,7 @@ func (r *Report) breakdownRows(c int, show func(string) bool) [][]string {
 			fl = fmt.Sprintf("%d (handler)", b.Handler)
 		}
 		rows = append(rows, []string{strconv.Itoa(x.Concurrency), x.Workload, x.Variant, f(time.Duration(x.P50)), gap(floor), gap(warm),
-			f(b.Restore), f(b.ResumeWait), st(ClassHot), st(ClassCold), st(ClassZero), f(rest), pi, zk, fl, cold})
+			f(b.Restore), f(b.ResumeWait), st(ClassHot), st(ClassCold), st(ClassZero), f(rest), pi, rate, zk, fl, cold})
 	}
 	return rows
 }

@@ -391,8 +391,10 @@ func (h *Handler) applyRemove(start, end uint64, observe bool) {
 	}
 }
 
-// Inliner is implemented by sources that can tell whether serving a page
-// would block (a remote read); such faults go to worker threads.
+// Inliner is implemented by sources that say which faults to hand to
+// worker threads: those whose serving may block for long (waiting on
+// another party); a fault served on the reader saves a thread wake-up but
+// holds the reader meanwhile.
 type Inliner interface {
 	Inline(off, ps uint64) bool
 }

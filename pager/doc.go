@@ -22,7 +22,9 @@
 //  4. Cold faults: the faulting page's cold extent (its recorded neighbours)
 //     is read in one batched read from the ColdSource into an off-heap arena,
 //     verified, the faulting page installed and woken first, the rest of the
-//     extent installed right after on a background goroutine.
+//     extent installed right after on a background goroutine. The read is
+//     made on the fault loop's reader thread (Inline): a hand-off to a
+//     worker thread costs a scheduler wake-up, dearer than the read.
 //  5. A background prefetcher streams the cold extents past restores touched,
 //     in touch order, at low priority; demand reads always go first, and an
 //     extent being prefetched is shared with a demand fault, never read
