@@ -144,7 +144,7 @@ func pagerCounts(ctx context.Context, api, id string) (*PagerCounts, error) {
 		}
 		if done {
 			if rep == nil {
-				return nil, fmt.Errorf("bench: the daemon has no report for VM %s", id)
+				return nil, fmt.Errorf("the daemon has no report for VM %s", id)
 			}
 			return &PagerCounts{Preinstall: time.Duration(rep.PreinstallNS), PreinstallPages: rep.PreinstallPages,
 				PreinstallBytes: rep.PreinstallBytes, ZeroToKernel: rep.ZeroPagesToKernel,
@@ -153,7 +153,7 @@ func pagerCounts(ctx context.Context, api, id string) (*PagerCounts, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("bench: VM %s: the daemon did not report its exit: %w", id, ctx.Err())
+			return nil, fmt.Errorf("VM %s: the daemon did not report its exit: %w", id, ctx.Err())
 		case <-time.After(2 * time.Millisecond):
 		}
 	}

@@ -55,7 +55,7 @@ func (p *DirPod) Publish(ctx context.Context, image, name string) error {
 	defer os.Remove(dst + ".tmp")
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
-		return fmt.Errorf("bench: copying %s: %w", image, err)
+		return fmt.Errorf("copying %s: %w", image, err)
 	}
 	// Atomic and durable: fsync the copy, rename, fsync the directory.
 	if err := out.Sync(); err != nil {

@@ -82,7 +82,7 @@ func copyInto(src *offheap.Mapping, batch int) (float64, error) {
 	el := time.Since(t0)
 	for i := 0; i < n; i += 4096 {
 		if dst.B[i] != src.B[i] {
-			return 0, fmt.Errorf("bench: UFFDIO_COPY floor: byte %d reads %d, copied %d", i, dst.B[i], src.B[i])
+			return 0, fmt.Errorf("UFFDIO_COPY floor: byte %d reads %d, copied %d", i, dst.B[i], src.B[i])
 		}
 	}
 	return float64(n) / el.Seconds(), nil

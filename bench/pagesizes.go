@@ -107,7 +107,7 @@ func RunPageSizes(ctx context.Context, o Options, sizes []uint32, newPod func(co
 	}
 	for _, ps := range sizes {
 		if ps != 4096 && ps != hugetlb.PageSize {
-			return nil, fmt.Errorf("bench: page size %d: want 4 KiB or 2 MiB", ps)
+			return nil, fmt.Errorf("page size %d: want 4 KiB or 2 MiB", ps)
 		}
 	}
 	type pair struct {
@@ -140,14 +140,14 @@ func RunPageSizes(ctx context.Context, o Options, sizes []uint32, newPod func(co
 		}
 	}
 	if len(wls) == 0 {
-		return nil, fmt.Errorf("bench: no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
+		return nil, fmt.Errorf("no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
 	}
 	if hugeNeed > 0 {
 		// A 2 MiB guest may hold every page of its memory (cxl-only
 		// installs every non-zero one): the pool must cover the largest
 		// guest at the highest concurrency.
 		if err := hugetlb.Check(hugeNeed * slices.Max(o.Concurrency)); err != nil {
-			return nil, fmt.Errorf("bench: 2 MiB guests: %w", err)
+			return nil, fmt.Errorf("2 MiB guests: %w", err)
 		}
 	}
 	var out []PageSizeSample
@@ -178,7 +178,7 @@ func runPageSizeWorkload(ctx context.Context, o Options, w *corpus.Workload, siz
 		fmt.Fprintf(o.Log, "bench: preparing %s at %d-byte pages\n", w.Name, ps)
 		p, err := preparePageSize(ctx, o, w, ps)
 		if err != nil {
-			return nil, fmt.Errorf("bench: preparing %s at %d-byte pages: %w", w.Name, ps, err)
+			return nil, fmt.Errorf("preparing %s at %d-byte pages: %w", w.Name, ps, err)
 		}
 		row = append(row, p)
 	}
@@ -190,7 +190,7 @@ func runPageSizeWorkload(ctx context.Context, o Options, w *corpus.Workload, siz
 				p := row[slices.Index(sizes, ps)]
 				got, err := runPageSizeBatch(ctx, o, p, s, c, round)
 				if err != nil {
-					return out, fmt.Errorf("bench: %s at %d-byte pages on %s at concurrency %d: %w", s, ps, w.Name, c, err)
+					return out, fmt.Errorf("%s at %d-byte pages on %s at concurrency %d: %w", s, ps, w.Name, c, err)
 				}
 				out = append(out, got...)
 			}

@@ -136,7 +136,7 @@ func (r *Report) WritePlots(path string) ([]string, error) {
 	base := strings.TrimSuffix(path, filepath.Ext(path))
 	levels := r.levels()
 	if len(levels) == 0 {
-		return nil, fmt.Errorf("bench: nothing to plot")
+		return nil, fmt.Errorf("nothing to plot")
 	}
 	variants := r.plotVariants()
 	var workloads []string

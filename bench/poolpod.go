@@ -35,7 +35,7 @@ func StartPoolPod(ctx context.Context, bin, dir string) (*PoolPod, error) {
 	}
 	if err := waitSocket(ctx, p.api); err != nil {
 		p.Close()
-		return nil, fmt.Errorf("bench: embedded pod did not start: %w", err)
+		return nil, fmt.Errorf("embedded pod did not start: %w", err)
 	}
 	p.client = client.New(p.api, client.Options{})
 	return p, nil

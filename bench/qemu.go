@@ -26,7 +26,7 @@ const (
 // CheckVMM validates Options.VMM.
 func CheckVMM(v string) error {
 	if v != "" && v != VMMEmulator && v != VMMQEMU {
-		return fmt.Errorf("bench: unknown VMM %q (known: %s, %s)", v, VMMEmulator, VMMQEMU)
+		return fmt.Errorf("unknown VMM %q (known: %s, %s)", v, VMMEmulator, VMMQEMU)
 	}
 	return nil
 }
@@ -62,7 +62,7 @@ func (p *prepared) realConfig(ctx context.Context, o Options, s string) (realvm.
 		REAPWS: p.on[StorageHost].reapWS, FaaSnapPlan: p.on[StorageHost].faasnapPlan, Snapshot: p.snapName[s]}
 	if realvm.PoolStrategy(s) {
 		if o.Pod == nil {
-			return c, fmt.Errorf("bench: no pod for %s", s)
+			return c, fmt.Errorf("no pod for %s", s)
 		}
 		c.API = o.Pod.API()
 	}

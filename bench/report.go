@@ -493,7 +493,7 @@ func ReadReport(path string) (*Report, error) {
 	}
 	var r Report
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("bench: %s is not a bench report: %w", path, err)
+		return nil, fmt.Errorf("%s is not a bench report: %w", path, err)
 	}
 	return &r, nil
 }
@@ -502,7 +502,7 @@ func ReadReport(path string) (*Report, error) {
 // samples (with this build's code), keeping what the run recorded.
 func (r *Report) Reaggregate() (*Report, error) {
 	if len(r.Samples) == 0 {
-		return nil, fmt.Errorf("bench: the report has no samples (written without them?)")
+		return nil, fmt.Errorf("the report has no samples (written without them?)")
 	}
 	n := AggregateWith(r.Samples, AggregateOptions{Corpus: r.Corpus, Pod: r.Pod, Runs: r.Runs, PrimaryStorage: r.PrimaryStorage,
 		CITarget: r.CITarget})

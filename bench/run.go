@@ -184,7 +184,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 		return nil, err
 	}
 	if len(wls) == 0 {
-		return nil, fmt.Errorf("bench: no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
+		return nil, fmt.Errorf("no workload of %v in the corpus at %s", o.Workloads, o.Corpus.Dir)
 	}
 	var vars []variant
 	for _, s := range o.Strategies {
@@ -207,7 +207,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 		fmt.Fprintf(o.Log, "bench: preparing %s (%s)\n", w.Name, w.Kind)
 		p, err := prepare(ctx, o, w, stor)
 		if err != nil {
-			return nil, fmt.Errorf("bench: preparing %s: %w", w.Name, err)
+			return nil, fmt.Errorf("preparing %s: %w", w.Name, err)
 		}
 		preps = append(preps, p)
 	}
@@ -263,7 +263,7 @@ func Run(ctx context.Context, o Options) (*RunResult, error) {
 					if err != nil {
 						// Keep what was measured: the caller may still report it.
 						res.Samples = append(res.Samples, level...)
-						return res, fmt.Errorf("bench: %s on %s at concurrency %d: %w", v.label(), p.w.Name, c, err)
+						return res, fmt.Errorf("%s on %s at concurrency %d: %w", v.label(), p.w.Name, c, err)
 					}
 					level = append(level, got...)
 					if bar != nil {

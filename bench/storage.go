@@ -45,11 +45,11 @@ var DefaultStorages = []string{StorageNVMe, StorageHost, StorageDRAM}
 // CheckStorages validates a storage list.
 func CheckStorages(s []string) error {
 	if len(s) == 0 {
-		return fmt.Errorf("bench: no storage given (known: %v)", AllStorages)
+		return fmt.Errorf("no storage given (known: %v)", AllStorages)
 	}
 	for _, x := range s {
 		if !slices.Contains(AllStorages, x) {
-			return fmt.Errorf("bench: unknown storage %q (known: %v)", x, AllStorages)
+			return fmt.Errorf("unknown storage %q (known: %v)", x, AllStorages)
 		}
 	}
 	return nil
@@ -223,14 +223,14 @@ func (s *storages) mount(ctx context.Context, bin, name, workDir, probe string) 
 	select {
 	case l := <-got:
 		if l.err != nil {
-			return StorageInfo{}, fmt.Errorf("bench: the %s model did not start: %w", name, l.err)
+			return StorageInfo{}, fmt.Errorf("the %s model did not start: %w", name, l.err)
 		}
 		if l.r.Error != "" {
-			return StorageInfo{}, fmt.Errorf("bench: the %s model: %s (use --storage host,dram where FUSE is unavailable)", name, l.r.Error)
+			return StorageInfo{}, fmt.Errorf("the %s model: %s (use --storage host,dram where FUSE is unavailable)", name, l.r.Error)
 		}
 		ms.ready = l.r
 	case <-time.After(2 * time.Minute):
-		return StorageInfo{}, fmt.Errorf("bench: the %s model did not report ready within 2 minutes", name)
+		return StorageInfo{}, fmt.Errorf("the %s model did not report ready within 2 minutes", name)
 	}
 	r := ms.ready
 	return StorageInfo{Name: name, Model: &m, ReadAheadKB: r.ReadAheadKB, FUSEOverhead: time.Duration(r.FUSEOverhead),
@@ -267,7 +267,7 @@ func (ms *modelServer) stop() *diskemu.Stats {
 func (ms *modelServer) path(shm, file string) (string, error) {
 	rel, err := filepath.Rel(shm, file)
 	if err != nil || strings.HasPrefix(rel, "..") {
-		return "", fmt.Errorf("bench: %s is not in %s", file, shm)
+		return "", fmt.Errorf("%s is not in %s", file, shm)
 	}
 	return filepath.Join(ms.ready.Mount, rel), nil
 }

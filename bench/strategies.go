@@ -33,7 +33,7 @@ var DefaultStrategies = AllStrategies
 func CheckStrategies(s []string) error {
 	for _, x := range s {
 		if !slices.Contains(AllStrategies, x) {
-			return fmt.Errorf("bench: unknown strategy %q (known: %v)", x, AllStrategies)
+			return fmt.Errorf("unknown strategy %q (known: %v)", x, AllStrategies)
 		}
 	}
 	return nil

@@ -15,7 +15,7 @@ func CheckWorkloads(c *corpus.Corpus, names []string) error {
 			if _, berr := corpus.Lookup(n); berr == nil {
 				how = "aquifer corpus capture --functions " + n
 			}
-			return fmt.Errorf("bench: %w (capture it: %s)", err, how)
+			return fmt.Errorf("%w (capture it: %s)", err, how)
 		}
 	}
 	return nil

@@ -97,7 +97,7 @@ func NewMount(dir, backing string, m Model) (*Mount, error) {
 		return nil, err
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		return nil, fmt.Errorf("diskemu: the %s storage model needs /dev/fuse (FUSE): %w", m.Name, err)
+		return nil, fmt.Errorf("the %s storage model needs /dev/fuse (FUSE): %w", m.Name, err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -152,12 +152,12 @@ func NewMount(dir, backing string, m Model) (*Mount, error) {
 	server, err := gofs.Mount(dir, root, opts)
 	if err != nil {
 		mt.dev.close()
-		return nil, fmt.Errorf("diskemu: mounting the %s model at %s: %w", m.Name, dir, err)
+		return nil, fmt.Errorf("mounting the %s model at %s: %w", m.Name, dir, err)
 	}
 	mt.server = server
 	if walkErr != nil {
 		mt.Close()
-		return nil, fmt.Errorf("diskemu: reading %s: %w", backing, walkErr)
+		return nil, fmt.Errorf("reading %s: %w", backing, walkErr)
 	}
 	if err := mt.setReadAhead(m.ReadAheadKB); err != nil {
 		mt.Close()
@@ -183,7 +183,7 @@ func (mt *Mount) setReadAhead(kb int) error {
 	}
 	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
 	if err := os.WriteFile(p, []byte(fmt.Sprint(kb)), 0o644); err != nil {
-		return fmt.Errorf("diskemu: setting read_ahead_kb of the %s model (%s): %w", mt.Model.Name, p, err)
+		return fmt.Errorf("setting read_ahead_kb of the %s model (%s): %w", mt.Model.Name, p, err)
 	}
 	return nil
 }

@@ -57,10 +57,10 @@ func (m Model) Wire(n int) time.Duration {
 // Validate checks the model's parameters.
 func (m Model) Validate() error {
 	if m.Latency < 0 || m.Bandwidth < 0 || m.IOPS < 0 {
-		return fmt.Errorf("diskemu: model %q has a negative parameter", m.Name)
+		return fmt.Errorf("model %q has a negative parameter", m.Name)
 	}
 	if m.ReadAheadKB < 0 || m.ReadAheadKB%4 != 0 || m.MaxRequestKB < 4 || m.MaxRequestKB%4 != 0 {
-		return fmt.Errorf("diskemu: model %q: read_ahead_kb %d / max_request_kb %d must be multiples of 4 (max_request_kb >= 4)",
+		return fmt.Errorf("model %q: read_ahead_kb %d / max_request_kb %d must be multiples of 4 (max_request_kb >= 4)",
 			m.Name, m.ReadAheadKB, m.MaxRequestKB)
 	}
 	return nil

@@ -43,7 +43,7 @@ func (mt *Mount) Probe(path string, size, n int, seed uint64) (Probe, error) {
 	}
 	blocks := st.Size() / int64(size)
 	if blocks < int64(n) {
-		return Probe{}, fmt.Errorf("diskemu: %s has %d blocks of %d bytes, probe wants %d", path, blocks, size, n)
+		return Probe{}, fmt.Errorf("%s has %d blocks of %d bytes, probe wants %d", path, blocks, size, n)
 	}
 	bp, err := mt.backingOf(path)
 	if err != nil {
@@ -57,7 +57,7 @@ func (mt *Mount) Probe(path string, size, n int, seed uint64) (Probe, error) {
 	fd := int(f.Fd())
 	unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
 	if err := unix.Fadvise(fd, 0, 0, unix.FADV_RANDOM); err != nil {
-		return Probe{}, fmt.Errorf("diskemu: FADV_RANDOM on %s: %w", path, err)
+		return Probe{}, fmt.Errorf("FADV_RANDOM on %s: %w", path, err)
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	perm := rng.Perm(int(blocks))[:n]
@@ -69,13 +69,13 @@ func (mt *Mount) Probe(path string, size, n int, seed uint64) (Probe, error) {
 		k, err := f.ReadAt(buf, off)
 		d := time.Since(t0)
 		if err != nil && k < size {
-			return Probe{}, fmt.Errorf("diskemu: probe read at %d: %w", off, err)
+			return Probe{}, fmt.Errorf("probe read at %d: %w", off, err)
 		}
 		if _, err := ref.ReadAt(want, off); err != nil && !bytes.Equal(buf[:k], want[:k]) {
 			return Probe{}, err
 		}
 		if !bytes.Equal(buf, want) {
-			return Probe{}, fmt.Errorf("diskemu: %s: block at %d differs from the backing file", path, off)
+			return Probe{}, fmt.Errorf("%s: block at %d differs from the backing file", path, off)
 		}
 		lat = append(lat, d)
 	}

@@ -37,7 +37,7 @@ func Raise(nice int) error {
 			continue
 		}
 		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
-			return fmt.Errorf("diskemu: raising thread %d to nice %d: %w", tid, nice, err)
+			return fmt.Errorf("raising thread %d to nice %d: %w", tid, nice, err)
 		}
 	}
 	return nil

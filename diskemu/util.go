@@ -9,7 +9,7 @@ import (
 func relUnder(dir, path string) (string, error) {
 	rel, err := filepath.Rel(dir, path)
 	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("diskemu: %s is not under %s", path, dir)
+		return "", fmt.Errorf("%s is not under %s", path, dir)
 	}
 	return rel, nil
 }

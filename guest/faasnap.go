@@ -33,7 +33,7 @@ func ReadFaaSnapPlan(path string) (*FaaSnapPlan, error) {
 	}
 	var p FaaSnapPlan
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("guest: FaaSnap plan %s: %w", path, err)
+		return nil, fmt.Errorf("FaaSnap plan %s: %w", path, err)
 	}
 	return &p, nil
 }
@@ -43,10 +43,10 @@ func ReadFaaSnapPlan(path string) (*FaaSnapPlan, error) {
 func (v *vm) restoreFaaSnap(layout []Region) error {
 	p := v.cfg.FaaSnap
 	if p == nil {
-		return fmt.Errorf("guest: faasnap backend needs a plan")
+		return fmt.Errorf("faasnap backend needs a plan")
 	}
 	if p.PageSize != v.ps {
-		return fmt.Errorf("guest: FaaSnap plan page size %d, guest %d", p.PageSize, v.ps)
+		return fmt.Errorf("FaaSnap plan page size %d, guest %d", p.PageSize, v.ps)
 	}
 	mem, err := os.Open(v.cfg.MemPath)
 	if err != nil {
@@ -93,13 +93,13 @@ func (v *vm) restoreFaaSnap(layout []Region) error {
 			// Stop at the end of the region that holds firstPage.
 			addr, room, ok := v.at(firstPage * v.ps)
 			if !ok {
-				return fmt.Errorf("guest: FaaSnap plan page %d outside guest memory", firstPage)
+				return fmt.Errorf("FaaSnap plan page %d outside guest memory", firstPage)
 			}
 			n := min(pages, room/v.ps)
 			_, _, errno := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(n*v.ps), unix.PROT_READ|unix.PROT_WRITE,
 				unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE, f.Fd(), uintptr(fileOff))
 			if errno != 0 {
-				return fmt.Errorf("guest: FaaSnap mmap of %d pages at page %d: %w", n, firstPage, errno)
+				return fmt.Errorf("FaaSnap mmap of %d pages at page %d: %w", n, firstPage, errno)
 			}
 			firstPage, pages, fileOff = firstPage+n, pages-n, fileOff+n*v.ps
 		}

@@ -180,7 +180,7 @@ type vm struct {
 // Run restores a VM as configured, replays the trace and reports.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Trace == nil {
-		return nil, errors.New("guest: no trace to replay")
+		return nil, errors.New("no trace to replay")
 	}
 	if cfg.VCPUs <= 0 {
 		cfg.VCPUs = 2
@@ -199,19 +199,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	ref, size, err := offheap.OpenFileRO(refPath)
 	if err != nil {
-		return nil, fmt.Errorf("guest: memory file: %w", err)
+		return nil, fmt.Errorf("memory file: %w", err)
 	}
 	if cfg.RefPath != "" {
 		if st, err := os.Stat(cfg.MemPath); err != nil || st.Size() != size {
-			return nil, fmt.Errorf("guest: memory file %s and reference %s differ in size (%v)", cfg.MemPath, cfg.RefPath, err)
+			return nil, fmt.Errorf("memory file %s and reference %s differ in size (%v)", cfg.MemPath, cfg.RefPath, err)
 		}
 	}
 	if cfg.NoFaults && cfg.Backend != BackendWarm {
-		return nil, errors.New("guest: no-faults needs the warm backend")
+		return nil, errors.New("no-faults needs the warm backend")
 	}
 	defer ref.Unmap()
 	if size == 0 || uint64(size)%gps != 0 {
-		return nil, fmt.Errorf("guest: memory file %s: size %d is not a non-zero multiple of the %d-byte guest page size", cfg.MemPath, size, gps)
+		return nil, fmt.Errorf("memory file %s: size %d is not a non-zero multiple of the %d-byte guest page size", cfg.MemPath, size, gps)
 	}
 	layout, err := FirecrackerLayout(uint64(size), cfg.GapStart, gps)
 	if err != nil {
@@ -223,7 +223,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	pages := uint64(size) / ps
 	for i, a := range cfg.Trace.Accesses {
 		if a.Page >= pages {
-			return nil, fmt.Errorf("guest: trace access %d touches page %d beyond the %d-page memory file", i, a.Page, pages)
+			return nil, fmt.Errorf("trace access %d touches page %d beyond the %d-page memory file", i, a.Page, pages)
 		}
 	}
 	v := &vm{cfg: cfg, ps: ps, gps: gps, ref: ref, shadow: map[uint64]map[uint64]uint64{}}
@@ -255,7 +255,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		err = v.restoreFaaSnap(layout)
 	case BackendWarm:
 	default:
-		err = fmt.Errorf("guest: unknown backend %q (want uffd or file)", cfg.Backend)
+		err = fmt.Errorf("unknown backend %q (want uffd or file)", cfg.Backend)
 	}
 	if err != nil {
 		return nil, err
@@ -263,7 +263,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Restore = time.Since(start)
 	if cfg.Resumed != nil {
 		if err := cfg.Resumed(ctx); err != nil {
-			return nil, fmt.Errorf("guest: waiting for resume: %w", err)
+			return nil, fmt.Errorf("waiting for resume: %w", err)
 		}
 		rep.ResumeWait = time.Since(start) - rep.Restore
 	}
@@ -274,7 +274,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	v.verifyWhole(rep)
 	rep.Resident = v.residency()
 	if rep.Mismatches > 0 {
-		return rep, fmt.Errorf("guest: %d pages did not match the snapshot; first: %s", rep.Mismatches, rep.FirstError)
+		return rep, fmt.Errorf("%d pages did not match the snapshot; first: %s", rep.Mismatches, rep.FirstError)
 	}
 	return rep, nil
 }
@@ -346,7 +346,7 @@ func (v *vm) restoreFile(layout []Region) error {
 	if v.cfg.DropCache {
 		unix.Fdatasync(int(f.Fd()))
 		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-			return fmt.Errorf("guest: dropping page cache of %s: %w", v.cfg.MemPath, err)
+			return fmt.Errorf("dropping page cache of %s: %w", v.cfg.MemPath, err)
 		}
 	}
 	flags := unix.MAP_PRIVATE | unix.MAP_NORESERVE
@@ -599,7 +599,7 @@ func (v *vm) inBalloon(p uint64) bool {
 // nothing uses.
 func (v *vm) inflate(b Balloon) error {
 	if b.Offset%v.ps != 0 || b.Len%v.ps != 0 || b.Len == 0 {
-		return fmt.Errorf("guest: balloon range [%d,+%d) not page aligned", b.Offset, b.Len)
+		return fmt.Errorf("balloon range [%d,+%d) not page aligned", b.Offset, b.Len)
 	}
 	if v.gps != handshake.PageSize4K {
 		return v.inflateHuge(b)
@@ -609,13 +609,13 @@ func (v *vm) inflate(b Balloon) error {
 	for off := b.Offset; off < b.Offset+b.Len; {
 		addr, room, ok := v.at(off)
 		if !ok {
-			return fmt.Errorf("guest: balloon offset %d outside guest memory", off)
+			return fmt.Errorf("balloon offset %d outside guest memory", off)
 		}
 		n := min(b.Offset+b.Len-off, room)
 		switch v.cfg.Backend {
 		case BackendUffd:
 			if err := unix.Madvise(offheap.At(addr, int(n)), unix.MADV_DONTNEED); err != nil {
-				return fmt.Errorf("guest: balloon madvise: %w", err)
+				return fmt.Errorf("balloon madvise: %w", err)
 			}
 		case BackendFile, BackendFaaSnap, BackendWarm:
 			// MADV_DONTNEED on a private file mapping would bring the file
@@ -623,7 +623,7 @@ func (v *vm) inflate(b Balloon) error {
 			_, _, errno := unix.Syscall6(unix.SYS_MMAP, addr, uintptr(n), unix.PROT_READ|unix.PROT_WRITE,
 				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED|unix.MAP_NORESERVE, ^uintptr(0), 0)
 			if errno != 0 {
-				return fmt.Errorf("guest: balloon remap: %w", errno)
+				return fmt.Errorf("balloon remap: %w", errno)
 			}
 		}
 		off += n

@@ -42,18 +42,18 @@ func guestPageSize(cfg Config, ps uint64) (uint64, error) {
 		gps = ps
 	}
 	if gps != handshake.PageSize4K && gps != hugetlb.PageSize {
-		return 0, fmt.Errorf("guest: page size %d: a Firecracker guest has 4 KiB or 2 MiB (hugetlbfs) pages", gps)
+		return 0, fmt.Errorf("page size %d: a Firecracker guest has 4 KiB or 2 MiB (hugetlbfs) pages", gps)
 	}
 	if gps < ps {
-		return 0, fmt.Errorf("guest: a trace of %d-byte pages cannot be replayed on a guest of %d-byte pages", ps, gps)
+		return 0, fmt.Errorf("a trace of %d-byte pages cannot be replayed on a guest of %d-byte pages", ps, gps)
 	}
 	if gps == hugetlb.PageSize {
 		switch cfg.Backend {
 		case BackendUffd, BackendWarm:
 		case BackendFile:
-			return 0, errors.New(`guest: Firecracker refuses the File memory backend for a huge_pages "2M" snapshot (hugetlbfs-backed microVMs restore only through UFFD): use --backend uffd`)
+			return 0, errors.New(`Firecracker refuses the File memory backend for a huge_pages "2M" snapshot (hugetlbfs-backed microVMs restore only through UFFD): use --backend uffd`)
 		default:
-			return 0, fmt.Errorf("guest: backend %q maps the memory file and cannot back a 2 MiB (hugetlbfs) guest: use --backend uffd", cfg.Backend)
+			return 0, fmt.Errorf("backend %q maps the memory file and cannot back a 2 MiB (hugetlbfs) guest: use --backend uffd", cfg.Backend)
 		}
 	}
 	return gps, nil
@@ -67,7 +67,7 @@ func (v *vm) inflateHuge(b Balloon) error {
 	for off := b.Offset; off < b.Offset+b.Len; {
 		addr, room, ok := v.at(off)
 		if !ok {
-			return fmt.Errorf("guest: balloon offset %d outside guest memory", off)
+			return fmt.Errorf("balloon offset %d outside guest memory", off)
 		}
 		n := min(b.Offset+b.Len-off, room)
 		if v.cfg.Backend == BackendUffd {
@@ -80,7 +80,7 @@ func (v *vm) inflateHuge(b Balloon) error {
 			case errors.Is(err, unix.EINVAL) && uint64(addr)%v.gps != 0:
 				// Not reclaimed: the range starts inside a huge page.
 			default:
-				return fmt.Errorf("guest: balloon madvise: %w", err)
+				return fmt.Errorf("balloon madvise: %w", err)
 			}
 		}
 		off += n

@@ -22,10 +22,10 @@ func FirecrackerLayout(memSize, gapStart, pageSize uint64) ([]Region, error) {
 		gapStart = DefaultGapStart
 	}
 	if memSize == 0 || memSize%pageSize != 0 {
-		return nil, fmt.Errorf("guest: memory size %d is not a non-zero multiple of the page size %d", memSize, pageSize)
+		return nil, fmt.Errorf("memory size %d is not a non-zero multiple of the page size %d", memSize, pageSize)
 	}
 	if gapStart%pageSize != 0 {
-		return nil, fmt.Errorf("guest: gap start %d is not page aligned", gapStart)
+		return nil, fmt.Errorf("gap start %d is not page aligned", gapStart)
 	}
 	if memSize <= gapStart {
 		return []Region{{GuestPhys: 0, Size: memSize}}, nil

@@ -164,7 +164,7 @@ func New(u *uffd.FD, regions []handshake.Region, src Source, opts Options) (*Han
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("handler: eventfd: %w", err)
+		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	h.stopFD = efd
 	return h, nil
@@ -275,10 +275,10 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 			continue
 		}
 		if err != nil {
-			return "error", fmt.Errorf("handler: poll: %w", err)
+			return "error", fmt.Errorf("poll: %w", err)
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			return "error", fmt.Errorf("handler: userfaultfd poll error %#x", fds[0].Revents)
+			return "error", fmt.Errorf("userfaultfd poll error %#x", fds[0].Revents)
 		}
 		if fds[0].Revents&unix.POLLIN != 0 {
 			lastEvent = time.Now()
@@ -417,7 +417,7 @@ func (h *Handler) canInline(addr uint64) bool {
 func (h *Handler) serveFault(f fault, inline bool) bool {
 	r := h.lookup(f.addr)
 	if r == nil {
-		err := fmt.Errorf("handler: fault at %#x outside every region", f.addr)
+		err := fmt.Errorf("fault at %#x outside every region", f.addr)
 		h.fatal.CompareAndSwap(nil, &err)
 		return true
 	}
@@ -513,7 +513,7 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 				h.log.Warn("fault could not be served", "addr", page, "err", err)
 				return true
 			}
-			werr := fmt.Errorf("handler: serving fault at %#x: %w", f.addr, err)
+			werr := fmt.Errorf("serving fault at %#x: %w", f.addr, err)
 			h.fatal.CompareAndSwap(nil, &werr)
 			h.Stop()
 			return true

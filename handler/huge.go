@@ -90,5 +90,5 @@ func (h *Handler) poolExhausted(addr uintptr, err error) error {
 	if p, serr := hugetlb.Status(); serr == nil {
 		pool = p.String()
 	}
-	return fmt.Errorf("handler: no free 2 MiB huge page to install guest page at %#x (the kernel answered %v): the hugetlb pool is exhausted (%s); reserve more with `sysctl -w %s=N`", addr, err, pool, hugetlb.Sysctl)
+	return fmt.Errorf("no free 2 MiB huge page to install guest page at %#x (the kernel answered %v): the hugetlb pool is exhausted (%s); reserve more with `sysctl -w %s=N`", addr, err, pool, hugetlb.Sysctl)
 }

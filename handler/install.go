@@ -28,7 +28,7 @@ func (h *Handler) spans(off uint64, npages uint64) ([]span, error) {
 			}
 		}
 		if hit == nil {
-			return nil, fmt.Errorf("handler: memory-file offset %d is in no region", off)
+			return nil, fmt.Errorf("memory-file offset %d is in no region", off)
 		}
 		first := (off - hit.Offset) / hit.PageSize
 		n := min(npages, hit.Size/hit.PageSize-first)

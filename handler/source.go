@@ -30,10 +30,10 @@ type MemFile struct {
 func OpenMemFile(path string) (*MemFile, error) {
 	m, size, err := offheap.OpenFileRO(path)
 	if err != nil {
-		return nil, fmt.Errorf("handler: memory file: %w", err)
+		return nil, fmt.Errorf("memory file: %w", err)
 	}
 	if size == 0 {
-		return nil, fmt.Errorf("handler: memory file %s is empty", path)
+		return nil, fmt.Errorf("memory file %s is empty", path)
 	}
 	return &MemFile{m: m, size: size}, nil
 }
@@ -47,7 +47,7 @@ func (f *MemFile) Page(off, ps uint64) (uintptr, bool, func(), error) {
 // Addr returns the address of n bytes of the file at offset off.
 func (f *MemFile) Addr(off, n uint64) (uintptr, error) {
 	if off+n > uint64(f.size) || off+n < off {
-		return 0, fmt.Errorf("handler: range [%d,+%d) outside the %d-byte memory file", off, n, f.size)
+		return 0, fmt.Errorf("range [%d,+%d) outside the %d-byte memory file", off, n, f.size)
 	}
 	return f.m.Addr() + uintptr(off), nil
 }

@@ -64,7 +64,7 @@ func Status() (Pool, error) {
 	}{{"nr_hugepages", &p.Total}, {"free_hugepages", &p.Free}, {"resv_hugepages", &p.Reserved}, {"surplus_hugepages", &p.Surplus}} {
 		n, err := readInt(f.name)
 		if err != nil {
-			return p, fmt.Errorf("hugetlb: this kernel has no 2 MiB hugetlb pool (%v)", err)
+			return p, fmt.Errorf("this kernel has no 2 MiB hugetlb pool (%v)", err)
 		}
 		*f.v = n
 	}
@@ -114,11 +114,11 @@ func Check(n int) error {
 func Grow(n int) (Pool, error) {
 	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "aquifer-hugetlb.lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return Pool{}, fmt.Errorf("hugetlb: %w", err)
+		return Pool{}, err
 	}
 	defer lock.Close()
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return Pool{}, fmt.Errorf("hugetlb: lock: %w", err)
+		return Pool{}, fmt.Errorf("lock: %w", err)
 	}
 	p, err := Status()
 	if err != nil {
@@ -155,13 +155,13 @@ func Warm(n int) (time.Duration, error) {
 		if p, serr := Status(); serr == nil && errors.Is(err, unix.ENOMEM) {
 			return 0, &ShortError{Need: n, Pool: p, Why: "warming them failed: " + err.Error()}
 		}
-		return 0, fmt.Errorf("hugetlb: mapping %d huge pages to warm them: %w", n, err)
+		return 0, fmt.Errorf("mapping %d huge pages to warm them: %w", n, err)
 	}
 	for i := 0; i < n; i++ {
 		b[i*PageSize] = 1
 	}
 	if err := unix.Munmap(b); err != nil {
-		return 0, fmt.Errorf("hugetlb: %w", err)
+		return 0, err
 	}
 	return time.Since(t0), nil
 }

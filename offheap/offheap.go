@@ -39,11 +39,11 @@ func (m *Mapping) Unmap() error {
 // (for example unix.MAP_NORESERVE).
 func Anon(size int, prot, extraFlags int) (*Mapping, error) {
 	if size <= 0 {
-		return nil, fmt.Errorf("offheap: anonymous mapping of %d bytes", size)
+		return nil, fmt.Errorf("anonymous mapping of %d bytes", size)
 	}
 	b, err := unix.Mmap(-1, 0, size, prot, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|extraFlags)
 	if err != nil {
-		return nil, fmt.Errorf("offheap: mmap anonymous %d bytes: %w", size, err)
+		return nil, fmt.Errorf("mmap anonymous %d bytes: %w", size, err)
 	}
 	return &Mapping{B: b}, nil
 }
@@ -52,11 +52,11 @@ func Anon(size int, prot, extraFlags int) (*Mapping, error) {
 // flags (unix.MAP_SHARED or unix.MAP_PRIVATE plus extras).
 func File(f *os.File, off int64, length int, prot, flags int) (*Mapping, error) {
 	if length <= 0 {
-		return nil, fmt.Errorf("offheap: mapping of %d bytes of %s", length, f.Name())
+		return nil, fmt.Errorf("mapping of %d bytes of %s", length, f.Name())
 	}
 	b, err := unix.Mmap(int(f.Fd()), off, length, prot, flags)
 	if err != nil {
-		return nil, fmt.Errorf("offheap: mmap %s [%d,+%d): %w", f.Name(), off, length, err)
+		return nil, fmt.Errorf("mmap %s [%d,+%d): %w", f.Name(), off, length, err)
 	}
 	return &Mapping{B: b}, nil
 }

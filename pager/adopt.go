@@ -35,7 +35,7 @@ type Adopt struct {
 }
 
 // errQuiesced ends a pre-install that Quiesce stopped.
-var errQuiesced = errors.New("pager: stopped installing ahead of faults (handing the VM over)")
+var errQuiesced = errors.New("stopped installing ahead of faults (handing the VM over)")
 
 // markAdopted marks the predecessor's REMOVE ranges before serving.
 func (s *Session) markAdopted() {
@@ -54,7 +54,7 @@ func (s *Session) takeOver(ctx context.Context) error {
 		return nil
 	}
 	if err := s.h.WakeAll(); err != nil {
-		return fmt.Errorf("pager: waking the faults a previous pager left: %w", err)
+		return fmt.Errorf("waking the faults a previous pager left: %w", err)
 	}
 	if a.Serving != nil {
 		a.Serving()
@@ -64,14 +64,14 @@ func (s *Session) takeOver(ctx context.Context) error {
 	}
 	late, err := a.Settle(ctx)
 	if err != nil {
-		return fmt.Errorf("pager: taking the VM over: %w", err)
+		return fmt.Errorf("taking the VM over: %w", err)
 	}
 	for _, r := range late {
 		s.h.MarkRemoved(r[0], r[1])
 	}
 	s.settled.Store(true)
 	if err := s.h.WakeAll(); err != nil {
-		return fmt.Errorf("pager: waking the faults a previous pager left: %w", err)
+		return fmt.Errorf("waking the faults a previous pager left: %w", err)
 	}
 	return nil
 }

@@ -74,7 +74,7 @@ func (p *stagePool) get() (*stage, error) {
 	p.mu.Unlock()
 	m, err := offheap.Anon(p.ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_POPULATE)
 	if err != nil {
-		return nil, fmt.Errorf("pager: staging buffer: %w", err)
+		return nil, fmt.Errorf("staging buffer: %w", err)
 	}
 	return &stage{m: m, dirty: make([]uint64, (p.ps/snapimage.SubPageSize+63)/64)}, nil
 }
@@ -178,7 +178,7 @@ func checkHugePool(img *snapimage.Image) error {
 	}
 	_, nhot, _ := img.Counts()
 	if err := hugetlb.Check(int(nhot)); err != nil {
-		return restore.Mark(restore.ErrUnavailable, fmt.Errorf("pager: a 2 MiB guest whose hot set is %d huge pages: %w", nhot, err))
+		return restore.Mark(restore.ErrUnavailable, fmt.Errorf("a 2 MiB guest whose hot set is %d huge pages: %w", nhot, err))
 	}
 	return nil
 }
@@ -290,7 +290,7 @@ func (s *Session) verifyHot(seg restore.Segment, src string) error {
 			b, _ = s.hotStored(seg, i)
 		}
 		if err := s.img.VerifyHotPage(i, b); err != nil {
-			return fmt.Errorf("pager: hot segment from %s: %w", src, err)
+			return fmt.Errorf("hot segment from %s: %w", src, err)
 		}
 		return nil
 	}
@@ -349,7 +349,7 @@ func (s *Session) preinstallHuge(seg restore.Segment) (uint64, error) {
 		n, err := s.h.InstallQuiet(page*s.ps, addr, 1)
 		installed.Add(n)
 		if err != nil {
-			return fmt.Errorf("pager: pre-installing hot page %d: %w", page, err)
+			return fmt.Errorf("pre-installing hot page %d: %w", page, err)
 		}
 		return nil
 	})

@@ -120,10 +120,10 @@ func New(snap *restore.Snapshot, opts Options) (*Session, error) {
 	}
 	_, nhot, ncold := img.Counts()
 	if nhot > 0 && hot == nil {
-		return nil, errors.New("pager: the image has hot pages but no hot source")
+		return nil, errors.New("the image has hot pages but no hot source")
 	}
 	if ncold > 0 && cold == nil {
-		return nil, errors.New("pager: the image has cold pages but no cold source")
+		return nil, errors.New("the image has cold pages but no cold source")
 	}
 	if err := checkHugePool(img); err != nil {
 		return nil, err
@@ -141,7 +141,7 @@ func New(snap *restore.Snapshot, opts Options) (*Session, error) {
 		seg := img.Section(snapimage.SecColdSegment)
 		var err error
 		if s.arena, s.arenaRelease, err = cold.Arena(int(seg.Length)); err != nil {
-			return nil, fmt.Errorf("pager: cold arena: %w", err)
+			return nil, fmt.Errorf("cold arena: %w", err)
 		}
 	}
 	return s, nil
@@ -162,11 +162,11 @@ func (s *Session) Size() int64 { return int64(s.img.MemSize()) }
 // Page implements handler.Source for demand faults.
 func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 	if ps != s.ps {
-		return 0, false, nil, fmt.Errorf("pager: fault with page size %d on a %d-byte-page image", ps, s.ps)
+		return 0, false, nil, fmt.Errorf("fault with page size %d on a %d-byte-page image", ps, s.ps)
 	}
 	c, idx, ok := s.img.Classify(off / ps)
 	if !ok {
-		return 0, false, nil, fmt.Errorf("pager: page %d outside the image", off/ps)
+		return 0, false, nil, fmt.Errorf("page %d outside the image", off/ps)
 	}
 	switch c {
 	case snapimage.Zero:
@@ -202,7 +202,7 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		atomic.AddUint64(&s.rep.ColdFaults, 1)
 		x, ok := s.img.ExtentOf(idx)
 		if !ok {
-			return 0, false, nil, fmt.Errorf("pager: cold index %d has no extent", idx)
+			return 0, false, nil, fmt.Errorf("cold index %d has no extent", idx)
 		}
 		s.demand.Add(1)
 		e := s.fetch(x, false)
@@ -252,7 +252,7 @@ func (s *Session) fetch(x int, prefetch bool) *extent {
 	s.coldDur.Add(int64(time.Since(t0)))
 	if e.err == nil {
 		if err := s.img.VerifyExtent(x, dst); err != nil {
-			e.err = fmt.Errorf("pager: cold extent %d from %s: %w", x, s.cold.Name(), err)
+			e.err = fmt.Errorf("cold extent %d from %s: %w", x, s.cold.Name(), err)
 		}
 	}
 	atomic.AddUint64(&s.rep.ColdBytesRead, n)
@@ -304,7 +304,7 @@ func (s *Session) installExtent(x int, e *extent) {
 func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Region, exitFD, hangupFD int) (*Report, error) {
 	for _, r := range regions {
 		if r.PageSize != s.ps {
-			return nil, fmt.Errorf("pager: region page size %d, image page size %d", r.PageSize, s.ps)
+			return nil, fmt.Errorf("region page size %d, image page size %d", r.PageSize, s.ps)
 		}
 	}
 	hopts := handler.Options{Workers: s.opts.Workers, Logger: s.log, HangupFD: hangupFD, NoHangup: hangupFD < 0, OnRemove: s.opts.OnRemove}
@@ -419,7 +419,7 @@ func (s *Session) preinstall(ctx context.Context) {
 				for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
 					addr, k := seg.Run(idx, left, s.ps)
 					if k == 0 {
-						return fmt.Errorf("pager: hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
+						return fmt.Errorf("hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
 					}
 					if !s.bgEnter() {
 						return errQuiesced
@@ -428,7 +428,7 @@ func (s *Session) preinstall(ctx context.Context) {
 					s.bgExit()
 					s.rep.PreinstallPages += n
 					if err != nil {
-						return fmt.Errorf("pager: pre-installing hot run at page %d: %w", run.Page, err)
+						return fmt.Errorf("pre-installing hot run at page %d: %w", run.Page, err)
 					}
 					page, idx, left = page+k, idx+k, left-k
 				}
@@ -496,7 +496,7 @@ func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) erro
 		verified := false
 		err := src.With(ctx, func(seg restore.Segment) error {
 			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(seg.Len()) < want {
-				return fmt.Errorf("pager: hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
+				return fmt.Errorf("hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
 			}
 			if err := s.verifyHot(seg, src.Name()); err != nil {
 				return err

@@ -40,7 +40,7 @@ type HotSetPoint struct {
 func HotSetTradeoff(r io.ReaderAt, size int64, rec *wset.Trace, evals []*wset.Trace, huge []int, minTouched []int) ([]HotSetPoint, error) {
 	for _, t := range append([]*wset.Trace{rec}, evals...) {
 		if t.PageSize != DefaultPageSize {
-			return nil, fmt.Errorf("pagestat: hot-set trade-off needs 4 KiB traces, %q has %d-byte pages", t.Source, t.PageSize)
+			return nil, fmt.Errorf("hot-set trade-off needs 4 KiB traces, %q has %d-byte pages", t.Source, t.PageSize)
 		}
 	}
 	zero, _, err := ZeroPages(r, size, DefaultPageSize, nil)
@@ -116,7 +116,7 @@ func HotSetTradeoff(r io.ReaderAt, size int64, rec *wset.Trace, evals []*wset.Tr
 	out = append(out, point(DefaultPageSize, 1))
 	for _, ps := range huge {
 		if ps <= DefaultPageSize || ps%DefaultPageSize != 0 {
-			return nil, fmt.Errorf("pagestat: page size %d is not a multiple of 4 KiB above it", ps)
+			return nil, fmt.Errorf("page size %d is not a multiple of 4 KiB above it", ps)
 		}
 		for _, k := range minTouched {
 			out = append(out, point(ps, k))

@@ -115,15 +115,15 @@ type Options struct {
 func ScanFile(path string, opt Options) (*Stats, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("pagestat: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("pagestat: %w", err)
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("pagestat: %s is not a regular file", path)
+		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	s, err := Scan(f, st.Size(), opt)
 	if err != nil {
@@ -142,17 +142,17 @@ func Scan(r io.ReaderAt, size int64, opt Options) (*Stats, error) {
 		ps = DefaultPageSize
 	}
 	if ps < 512 || ps&(ps-1) != 0 || ps > chunkSize {
-		return nil, fmt.Errorf("pagestat: page size %d is not a power of two in [512, %d]", ps, chunkSize)
+		return nil, fmt.Errorf("page size %d is not a power of two in [512, %d]", ps, chunkSize)
 	}
 	if size < 0 {
-		return nil, fmt.Errorf("pagestat: negative size %d", size)
+		return nil, fmt.Errorf("negative size %d", size)
 	}
 	if t := opt.Trace; t != nil {
 		if int(t.PageSize) != ps {
-			return nil, fmt.Errorf("pagestat: trace page size %d differs from scan page size %d", t.PageSize, ps)
+			return nil, fmt.Errorf("trace page size %d differs from scan page size %d", t.PageSize, ps)
 		}
 		if t.MemSize != 0 && int64(t.MemSize) != size {
-			return nil, fmt.Errorf("pagestat: trace is for a memory of %d bytes, file has %d", t.MemSize, size)
+			return nil, fmt.Errorf("trace is for a memory of %d bytes, file has %d", t.MemSize, size)
 		}
 	}
 	pages := uint64((size + int64(ps) - 1) / int64(ps))
@@ -296,7 +296,7 @@ func (s *scanner) equal(off int64, p []byte) (bool, error) {
 	clear(s.cmp)
 	n := min(int64(s.ps), s.size-off)
 	if m, err := s.r.ReadAt(s.cmp[:n], off); int64(m) != n {
-		return false, fmt.Errorf("pagestat: re-read page at byte %d: %d of %d bytes: %v", off, m, n, err)
+		return false, fmt.Errorf("re-read page at byte %d: %d of %d bytes: %v", off, m, n, err)
 	}
 	return bytes.Equal(s.cmp, p), nil
 }
@@ -321,7 +321,7 @@ func overlay(t *wset.Trace, zero Bitmap, s *Stats) (*TraceStats, error) {
 	ts := &TraceStats{TraceSource: t.Source, TraceAccesses: uint64(len(t.Accesses))}
 	for i, a := range t.FirstTouches() {
 		if a.Page >= s.Pages {
-			return nil, fmt.Errorf("pagestat: trace first touch %d: page %d beyond the file's %d pages", i, a.Page, s.Pages)
+			return nil, fmt.Errorf("trace first touch %d: page %d beyond the file's %d pages", i, a.Page, s.Pages)
 		}
 		ts.TouchedPages++
 		if zero.Get(a.Page) {
@@ -388,7 +388,7 @@ func forChunks(r io.ReaderAt, size int64, fn func(b []byte, off int64)) error {
 	}()
 	for c := range full {
 		if c.err != nil {
-			return fmt.Errorf("pagestat: read: %w", c.err)
+			return fmt.Errorf("read: %w", c.err)
 		}
 		fn(c.buf, c.off)
 		bufs <- c.buf[:cap(c.buf)]
@@ -402,7 +402,7 @@ func forChunks(r io.ReaderAt, size int64, fn func(b []byte, off int64)) error {
 // image conversion: no content hashing, just the zero test.
 func ZeroPages(r io.ReaderAt, size int64, pageSize int, progress func(done int64)) (Bitmap, uint64, error) {
 	if pageSize < 512 || pageSize&(pageSize-1) != 0 || pageSize > chunkSize {
-		return nil, 0, fmt.Errorf("pagestat: page size %d is not a power of two in [512, %d]", pageSize, chunkSize)
+		return nil, 0, fmt.Errorf("page size %d is not a power of two in [512, %d]", pageSize, chunkSize)
 	}
 	pages := uint64((size + int64(pageSize) - 1) / int64(pageSize))
 	bm := NewBitmap(pages)

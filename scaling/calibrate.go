@@ -32,7 +32,7 @@ type Calibration struct {
 // aquifer-early) on a machine of cores cores.
 func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error) {
 	if cores <= 0 {
-		return nil, fmt.Errorf("scaling: the calibration machine's cores must be positive")
+		return nil, fmt.Errorf("the calibration machine's cores must be positive")
 	}
 	type key struct {
 		w, v string
@@ -52,13 +52,13 @@ func Calibrate(r *bench.Report, strategy string, cores int) (*Calibration, error
 	}
 	sort.Strings(names)
 	if len(names) == 0 {
-		return nil, fmt.Errorf("scaling: the report has no %s results at concurrency 1", strategy)
+		return nil, fmt.Errorf("the report has no %s results at concurrency 1", strategy)
 	}
 	for _, name := range names {
 		aq := res[key{name, strategy, 1}]
 		floor, ok := res[key{name, bench.NoRestore, 1}]
 		if !ok || aq.Breakdown == nil || aq.Breakdown.Pager == nil || floor.VCPUBusyP50 == 0 {
-			return nil, fmt.Errorf("scaling: workload %s: the report lacks the breakdown, CPU times or the no-restore floor at concurrency 1 (run aquifer bench with strategies %s and %s)",
+			return nil, fmt.Errorf("workload %s: the report lacks the breakdown, CPU times or the no-restore floor at concurrency 1 (run aquifer bench with strategies %s and %s)",
 				name, strategy, bench.NoRestore)
 		}
 		b := aq.Breakdown
@@ -190,7 +190,7 @@ func (cal *Calibration) Find(name string) (Workload, error) {
 			return w, nil
 		}
 	}
-	return Workload{}, fmt.Errorf("scaling: no workload %q in the calibration", name)
+	return Workload{}, fmt.Errorf("no workload %q in the calibration", name)
 }
 
 // background estimates other work's runnable threads from the report's

@@ -54,15 +54,15 @@ func DefaultCluster() Cluster {
 // Validate checks a cluster description.
 func (c Cluster) Validate() error {
 	if c.Hosts <= 0 || c.Pods <= 0 || c.Pods > c.Hosts || c.MemoryNodes < 0 || c.Rate < 0 {
-		return fmt.Errorf("scaling: need hosts >= pods > 0, memory nodes >= 0 and a rate >= 0 (got %d hosts, %d pods, %d memory nodes, %g/s)",
+		return fmt.Errorf("need hosts >= pods > 0, memory nodes >= 0 and a rate >= 0 (got %d hosts, %d pods, %d memory nodes, %g/s)",
 			c.Hosts, c.Pods, c.MemoryNodes, c.Rate)
 	}
 	if c.Replicas <= 0 || c.NodeBandwidth <= 0 || c.NodeIOPS <= 0 || c.NodeCapacity <= 0 || c.PodCXLBandwidth <= 0 ||
 		c.PodCXLCapacity <= 0 || c.ControlReads <= 0 || c.ControlWrites <= 0 || c.Host.Cores <= 0 {
-		return fmt.Errorf("scaling: every capacity of the cluster must be positive")
+		return fmt.Errorf("every capacity of the cluster must be positive")
 	}
 	if c.Target <= 0 || c.Target >= 1 {
-		return fmt.Errorf("scaling: target utilisation %g must be in (0, 1)", c.Target)
+		return fmt.Errorf("target utilisation %g must be in (0, 1)", c.Target)
 	}
 	return nil
 }

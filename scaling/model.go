@@ -82,7 +82,7 @@ const segments = 16
 // Validate reports the workload's problems.
 func (w Workload) Validate() error {
 	if w.VCPUs <= 0 || w.E2E <= 0 {
-		return fmt.Errorf("scaling: workload %q: no vCPUs or no measured end-to-end time", w.Name)
+		return fmt.Errorf("workload %q: no vCPUs or no measured end-to-end time", w.Name)
 	}
 	return nil
 }

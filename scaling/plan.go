@@ -36,12 +36,12 @@ func MakePlan(cal *Calibration, o PlanOptions) (*Plan, error) {
 		return nil, err
 	}
 	if o.Host.Cores <= 0 {
-		return nil, fmt.Errorf("scaling: the host needs at least one core")
+		return nil, fmt.Errorf("the host needs at least one core")
 	}
 	p := &Plan{Calibration: cal, Validation: cal.Validate(), Workload: w, Host: o.Host}
 	for _, c := range o.Concurrency {
 		if c <= 0 {
-			return nil, fmt.Errorf("scaling: concurrency %d is not positive", c)
+			return nil, fmt.Errorf("concurrency %d is not positive", c)
 		}
 		p.HostRuns = append(p.HostRuns, SimulateHost(o.Host, w, c))
 	}

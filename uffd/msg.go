@@ -44,7 +44,7 @@ func (m *Msg) String() string {
 func DecodeMsg(b []byte) (Msg, error) {
 	var m Msg
 	if len(b) < MsgSize {
-		return m, fmt.Errorf("uffd: short message of %d bytes", len(b))
+		return m, fmt.Errorf("short message of %d bytes", len(b))
 	}
 	copy(m.Raw[:], b)
 	m.Event = b[0]
@@ -66,7 +66,7 @@ func DecodeMsg(b []byte) (Msg, error) {
 func (f *FD) ReadMsgs(buf []byte, out []Msg) ([]Msg, error) {
 	n := len(buf) / MsgSize * MsgSize
 	if n == 0 {
-		return out, fmt.Errorf("uffd: read buffer smaller than one message")
+		return out, fmt.Errorf("read buffer smaller than one message")
 	}
 	for {
 		r, err := unix.Read(f.fd, buf[:n])
@@ -77,10 +77,10 @@ func (f *FD) ReadMsgs(buf []byte, out []Msg) ([]Msg, error) {
 			return out, nil
 		}
 		if err != nil {
-			return out, fmt.Errorf("uffd: read events: %w", err)
+			return out, fmt.Errorf("read events: %w", err)
 		}
 		if r%MsgSize != 0 {
-			return out, fmt.Errorf("uffd: read %d bytes, not a multiple of %d", r, MsgSize)
+			return out, fmt.Errorf("read %d bytes, not a multiple of %d", r, MsgSize)
 		}
 		for off := 0; off < r; off += MsgSize {
 			m, _ := DecodeMsg(buf[off : off+MsgSize])

@@ -121,7 +121,7 @@ func NewDevice() (*FD, error) {
 	}
 	f, serr := NewFlags(0)
 	if serr != nil {
-		return nil, fmt.Errorf("uffd: /dev/userfaultfd: %v; syscall: %w", derr, serr)
+		return nil, fmt.Errorf("/dev/userfaultfd: %v; syscall: %w", derr, serr)
 	}
 	return f, nil
 }
@@ -138,11 +138,11 @@ func NewFlags(extra int) (*FD, error) {
 			return &FD{fd: int(r)}, nil
 		}
 		if errno != unix.EPERM && errno != unix.ENOSYS {
-			return nil, fmt.Errorf("uffd: userfaultfd syscall: %w", errno)
+			return nil, fmt.Errorf("userfaultfd syscall: %w", errno)
 		}
 		fd, derr := newFromDevice(flags)
 		if derr != nil {
-			return nil, fmt.Errorf("uffd: userfaultfd syscall: %v; /dev/userfaultfd: %w", errno, derr)
+			return nil, fmt.Errorf("userfaultfd syscall: %v; /dev/userfaultfd: %w", errno, derr)
 		}
 		return &FD{fd: fd}, nil
 	}
@@ -201,7 +201,7 @@ func (f *FD) ioctl(req uintptr, arg unsafe.Pointer) error {
 func (f *FD) API(features uint64) (uint64, error) {
 	a := uffdioAPI{API: APIVersion, Features: features}
 	if err := f.ioctl(ioctlAPI, unsafe.Pointer(&a)); err != nil {
-		return 0, fmt.Errorf("uffd: UFFDIO_API features %#x: %w", features, err)
+		return 0, fmt.Errorf("UFFDIO_API features %#x: %w", features, err)
 	}
 	return a.Features, nil
 }
@@ -211,7 +211,7 @@ func (f *FD) API(features uint64) (uint64, error) {
 func (f *FD) Register(start, length uintptr, mode uint64) (uint64, error) {
 	r := uffdioRegister{Range: uffdioRange{uint64(start), uint64(length)}, Mode: mode}
 	if err := f.ioctl(ioctlRegister, unsafe.Pointer(&r)); err != nil {
-		return 0, fmt.Errorf("uffd: UFFDIO_REGISTER [%#x,+%#x) mode %d: %w", start, length, mode, err)
+		return 0, fmt.Errorf("UFFDIO_REGISTER [%#x,+%#x) mode %d: %w", start, length, mode, err)
 	}
 	return r.Ioctls, nil
 }
@@ -220,7 +220,7 @@ func (f *FD) Register(start, length uintptr, mode uint64) (uint64, error) {
 func (f *FD) Unregister(start, length uintptr) error {
 	r := uffdioRange{uint64(start), uint64(length)}
 	if err := f.ioctl(ioctlUnregister, unsafe.Pointer(&r)); err != nil {
-		return fmt.Errorf("uffd: UFFDIO_UNREGISTER [%#x,+%#x): %w", start, length, err)
+		return fmt.Errorf("UFFDIO_UNREGISTER [%#x,+%#x): %w", start, length, err)
 	}
 	return nil
 }
@@ -229,7 +229,7 @@ func (f *FD) Unregister(start, length uintptr) error {
 func (f *FD) Wake(start, length uintptr) error {
 	r := uffdioRange{uint64(start), uint64(length)}
 	if err := f.ioctl(ioctlWake, unsafe.Pointer(&r)); err != nil {
-		return fmt.Errorf("uffd: UFFDIO_WAKE [%#x,+%#x): %w", start, length, err)
+		return fmt.Errorf("UFFDIO_WAKE [%#x,+%#x): %w", start, length, err)
 	}
 	return nil
 }
@@ -292,7 +292,7 @@ type OpError struct {
 }
 
 func (e *OpError) Error() string {
-	return fmt.Sprintf("uffd: %s [%#x,+%#x): %v", e.Op, e.Addr, e.Len, e.Err)
+	return fmt.Sprintf("userfaultfd %s [%#x,+%#x): %v", e.Op, e.Addr, e.Len, e.Err)
 }
 
 func (e *OpError) Unwrap() error { return e.Err }

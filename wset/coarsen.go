@@ -9,7 +9,7 @@ import "fmt"
 // 4 KiB pages. t itself is not changed.
 func (t *Trace) Coarsen(ps uint32) (*Trace, error) {
 	if t.PageSize == 0 || ps < t.PageSize || ps%t.PageSize != 0 {
-		return nil, fmt.Errorf("wset: cannot coarsen %d-byte pages to %d-byte pages (want a multiple)", t.PageSize, ps)
+		return nil, fmt.Errorf("cannot coarsen %d-byte pages to %d-byte pages (want a multiple)", t.PageSize, ps)
 	}
 	out := &Trace{PageSize: ps, MemSize: t.MemSize, Memory: t.Memory, Source: t.Source, Accesses: make([]Access, len(t.Accesses))}
 	if ps != t.PageSize {

@@ -83,7 +83,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("wset: %s at byte %d: %v", e.What, e.Offset, e.Err)
+	return fmt.Sprintf("working-set file: %s at byte %d: %v", e.What, e.Offset, e.Err)
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }
@@ -96,13 +96,13 @@ var ErrChecksum = errors.New("checksum mismatch")
 // bufio.Writer if it is unbuffered.
 func Encode(w io.Writer, t *Trace) error {
 	if t == nil {
-		return errors.New("wset: encode: nil trace")
+		return errors.New("encode: nil trace")
 	}
 	if err := t.Validate(); err != nil {
-		return fmt.Errorf("wset: encode: %w", err)
+		return fmt.Errorf("encode: %w", err)
 	}
 	if len(t.Source) > MaxSourceLen {
-		return fmt.Errorf("wset: encode: source of %d bytes exceeds %d", len(t.Source), MaxSourceLen)
+		return fmt.Errorf("encode: source of %d bytes exceeds %d", len(t.Source), MaxSourceLen)
 	}
 	var hdr [headerLen]byte
 	copy(hdr[0:8], fileMagic[:])
@@ -120,10 +120,10 @@ func Encode(w io.Writer, t *Trace) error {
 	hc = crc32.Update(hc, castagnoli, []byte(t.Source))
 	binary.LittleEndian.PutUint32(hdr[56:], hc)
 	if _, err := w.Write(hdr[:]); err != nil {
-		return fmt.Errorf("wset: encode header: %w", err)
+		return fmt.Errorf("encode header: %w", err)
 	}
 	if _, err := io.WriteString(w, t.Source); err != nil {
-		return fmt.Errorf("wset: encode source: %w", err)
+		return fmt.Errorf("encode source: %w", err)
 	}
 	const batch = 1024
 	buf := make([]byte, 0, batch*recordLen)
@@ -140,18 +140,18 @@ func Encode(w io.Writer, t *Trace) error {
 		buf = append(buf, r[:]...)
 		if len(buf) == cap(buf) {
 			if err := flush(); err != nil {
-				return fmt.Errorf("wset: encode records: %w", err)
+				return fmt.Errorf("encode records: %w", err)
 			}
 		}
 	}
 	if err := flush(); err != nil {
-		return fmt.Errorf("wset: encode records: %w", err)
+		return fmt.Errorf("encode records: %w", err)
 	}
 	var tr [trailerLen]byte
 	binary.LittleEndian.PutUint32(tr[0:], rc)
 	copy(tr[4:], endMagic[:])
 	if _, err := w.Write(tr[:]); err != nil {
-		return fmt.Errorf("wset: encode trailer: %w", err)
+		return fmt.Errorf("encode trailer: %w", err)
 	}
 	return nil
 }
@@ -302,7 +302,7 @@ func WriteFile(path string, t *Trace) error {
 		return bw.Flush()
 	})
 	if err != nil {
-		return fmt.Errorf("wset: %w", err)
+		return err
 	}
 	return nil
 }
@@ -312,7 +312,7 @@ func WriteFile(path string, t *Trace) error {
 func ReadFile(path string) (*Trace, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("wset: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 1<<20)
@@ -345,7 +345,7 @@ func ReadFile(path string) (*Trace, error) {
 // from the others' memory.
 func Merge(traces ...*Trace) (*Trace, error) {
 	if len(traces) == 0 {
-		return nil, errors.New("wset: merge: no traces")
+		return nil, errors.New("merge: no traces")
 	}
 	var (
 		memory  *Fingerprint
@@ -378,19 +378,19 @@ func Merge(traces ...*Trace) (*Trace, error) {
 	var cands []cand
 	for i, t := range traces {
 		if t == nil {
-			return nil, fmt.Errorf("wset: merge: trace %d is nil", i)
+			return nil, fmt.Errorf("merge: trace %d is nil", i)
 		}
 		if err := t.Validate(); err != nil {
-			return nil, fmt.Errorf("wset: merge: trace %d (%q): %w", i, t.Source, err)
+			return nil, fmt.Errorf("merge: trace %d (%q): %w", i, t.Source, err)
 		}
 		if i == 0 {
 			out.PageSize = t.PageSize
 		} else if t.PageSize != out.PageSize {
-			return nil, fmt.Errorf("wset: merge: trace %d (%q) has page size %d, trace 0 has %d", i, t.Source, t.PageSize, out.PageSize)
+			return nil, fmt.Errorf("merge: trace %d (%q) has page size %d, trace 0 has %d", i, t.Source, t.PageSize, out.PageSize)
 		}
 		if t.MemSize != 0 {
 			if out.MemSize != 0 && out.MemSize != t.MemSize {
-				return nil, fmt.Errorf("wset: merge: trace %d (%q) has memory size %d, earlier traces %d", i, t.Source, t.MemSize, out.MemSize)
+				return nil, fmt.Errorf("merge: trace %d (%q) has memory size %d, earlier traces %d", i, t.Source, t.MemSize, out.MemSize)
 			}
 			out.MemSize = t.MemSize
 		}
@@ -448,6 +448,6 @@ type MergeError struct {
 }
 
 func (e *MergeError) Error() string {
-	return fmt.Sprintf("wset: merge: input %d (%q) was recorded from another memory (%s) than input %d (%q, %s): "+
+	return fmt.Sprintf("merging working sets: input %d (%q) was recorded from another memory (%s) than input %d (%q, %s): "+
 		"a merge is of recordings of one snapshot", e.Other, e.OtherSource, e.OtherMemory, e.First, e.FirstSource, e.FirstMemory)
 }

@@ -49,12 +49,12 @@ func (h *Hasher) Fingerprint() Fingerprint { return Fingerprint{Size: h.n, XXH64
 func FingerprintFile(path string) (Fingerprint, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return Fingerprint{}, fmt.Errorf("wset: fingerprint of the memory: %w", err)
+		return Fingerprint{}, fmt.Errorf("fingerprint of the memory: %w", err)
 	}
 	defer f.Close()
 	h := NewHasher()
 	if _, err := io.CopyBuffer(h, f, make([]byte, 4<<20)); err != nil {
-		return Fingerprint{}, fmt.Errorf("wset: fingerprint of the memory: reading %s: %w", path, err)
+		return Fingerprint{}, fmt.Errorf("fingerprint of the memory: reading %s: %w", path, err)
 	}
 	return h.Fingerprint(), nil
 }
@@ -64,10 +64,10 @@ func FingerprintFile(path string) (Fingerprint, error) {
 // becomes fp's.
 func (t *Trace) Bind(fp Fingerprint) error {
 	if fp.Size == 0 {
-		return errors.New("wset: cannot bind a working set to an empty memory")
+		return errors.New("cannot bind a working set to an empty memory")
 	}
 	if t.MemSize != 0 && t.MemSize != fp.Size {
-		return fmt.Errorf("wset: working set %q is for a memory of %d bytes, the memory file has %d", t.Source, t.MemSize, fp.Size)
+		return fmt.Errorf("working set %q is for a memory of %d bytes, the memory file has %d", t.Source, t.MemSize, fp.Size)
 	}
 	t.MemSize = fp.Size
 	t.Memory = &Fingerprint{Size: fp.Size, XXH64: fp.XXH64}

@@ -71,22 +71,22 @@ type Trace struct {
 // times non-decreasing.
 func (t *Trace) Validate() error {
 	if t.PageSize != 4096 && t.PageSize != 2<<20 {
-		return fmt.Errorf("wset: page size %d is neither 4 KiB nor 2 MiB", t.PageSize)
+		return fmt.Errorf("page size %d is neither 4 KiB nor 2 MiB", t.PageSize)
 	}
 	if t.Memory != nil && (t.Memory.Size == 0 || t.Memory.Size != t.MemSize) {
-		return fmt.Errorf("wset: bound to a memory of %d bytes, but the memory size is %d", t.Memory.Size, t.MemSize)
+		return fmt.Errorf("bound to a memory of %d bytes, but the memory size is %d", t.Memory.Size, t.MemSize)
 	}
 	pages := (t.MemSize + uint64(t.PageSize) - 1) / uint64(t.PageSize)
 	var last time.Duration
 	for i, a := range t.Accesses {
 		if t.MemSize != 0 && a.Page >= pages {
-			return fmt.Errorf("wset: access %d: page %d beyond memory of %d pages", i, a.Page, pages)
+			return fmt.Errorf("access %d: page %d beyond memory of %d pages", i, a.Page, pages)
 		}
 		if a.Kind == 0 || a.Kind&^(Read|Write|Exec) != 0 {
-			return fmt.Errorf("wset: access %d: invalid kind %#x", i, uint8(a.Kind))
+			return fmt.Errorf("access %d: invalid kind %#x", i, uint8(a.Kind))
 		}
 		if a.T < last {
-			return fmt.Errorf("wset: access %d: time %v before previous %v", i, a.T, last)
+			return fmt.Errorf("access %d: time %v before previous %v", i, a.T, last)
 		}
 		last = a.T
 	}

@@ -23,17 +23,12 @@ var errStyleScope = []string{
 	"cxl", "cxl/shm", "cxl/devdax", "cxl/pod",
 	"pool", "pagerd", "embed", "restore", "snapimage", "handshake", "vmmproc", "vmstate", "pki",
 	"cluster", "corpus", "realvm", "baseline", "internal/cli",
+	"pager", "handler", "bench", "guest", "wset", "uffd", "offheap", "hugetlb", "diskemu", "pagestat", "scaling",
 }
 
 // errStyleSkip lists files of those packages that are converted later
 // (module-relative path → why).
-var errStyleSkip = map[string]string{
-	"internal/cli/convert.go":   "edited on another branch; converted at merge",
-	"internal/cli/ws.go":        "edited on another branch; converted at merge",
-	"internal/cli/ws_hotset.go": "edited on another branch; converted at merge",
-	"internal/cli/handle.go":    "edited on another branch; converted at merge",
-	"embed/handler.go":          "edited on another branch; converted at merge",
-}
+var errStyleSkip = map[string]string{}
 
 // errStyleAllow lists messages that may keep a leading "word: " although
 // the word is a package name (exact literal → why).
