@@ -309,24 +309,30 @@ func TestReregisterAfterEtcdRestart(t *testing.T) {
 	if l := leases(); len(l) != 4 {
 		t.Fatalf("registrations did not stay: %v", l)
 	}
-	// The host's pod lease was lost too: it rejoins the pod by itself, and
-	// the next publish places the hot set in CXL again.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	// The host's pod membership either survived the outage (etcd restores
+	// leases with a fresh TTL, and a keepalive that reconnects in time keeps
+	// it) or was lost, fenced and rejoined by itself; either way the next
+	// publish places its hot set in CXL again.
+	fresh := ""
+	for i, deadline := 0, time.Now().Add(30*time.Second); ; i++ {
 		m, err := s.pc.Metrics(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if metric(t, m, "aquifer_cxl_in_service") == 1 && metric(t, m, "aquifer_pod_rejoins_total") >= 1 {
-			break
+		if metric(t, m, "aquifer_cxl_in_service") == 1 {
+			name := fmt.Sprintf("fn2-%d", i)
+			if out := s.publish(t, ctx, img, name); strings.Contains(out, "hot set in CXL") {
+				fresh = name
+				t.Logf("after the outage %s was placed in CXL (pod rejoins: %v)", name, metric(t, m, "aquifer_pod_rejoins_total"))
+				break
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the host did not rejoin its pod: %s", grepMetrics(m, "aquifer_cxl_in_service")+grepMetrics(m, "aquifer_pod_rejoins_total"))
+			t.Fatalf("no publish placed its hot set in CXL after the outage: %s", grepMetrics(m, "aquifer_cxl_in_service")+grepMetrics(m, "aquifer_pod_rejoins_total"))
 		}
+		time.Sleep(500 * time.Millisecond)
 	}
-	if out := s.publish(t, ctx, img, "fn2"); !strings.Contains(out, "hot set in CXL") {
-		t.Fatalf("publish after the outage: %s", out)
-	}
-	for _, name := range []string{"fn", "fn2"} {
+	for _, name := range []string{"fn", fresh} {
 		if v := s.restore1(t, ctx, f, "vm-"+name, name); v.Report.PreinstallPages == 0 {
 			t.Fatalf("%s: %+v", name, v.Report)
 		}
