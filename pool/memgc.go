@@ -27,20 +27,12 @@ import (
 // older version: what it references is unknown).
 
 // memTierGC runs one orphan sweep.
-func (p *Pool) memTierGC(ctx context.Context, snaps []*control.Snapshot, members []control.Member) {
-	listed := map[string]map[string]bool{} // node address → segment IDs listed there
+// listed is listedOn(snaps).
+func (p *Pool) memTierGC(ctx context.Context, snaps []*control.Snapshot, listed map[string]map[string]bool, members []control.Member) {
 	for _, s := range snaps {
 		if len(s.Segments) == 0 {
 			p.log.Debug("orphan sweep skipped: a catalog entry lists no segments", "snapshot", s.Name)
 			return
-		}
-		for _, sp := range s.Segments {
-			for _, n := range sp.Nodes {
-				if listed[n] == nil {
-					listed[n] = map[string]bool{}
-				}
-				listed[n][sp.ID] = true
-			}
 		}
 	}
 	grace := p.cfg.MemTier.OrphanGrace
@@ -70,4 +62,21 @@ func (p *Pool) memTierGC(ctx context.Context, snaps []*control.Snapshot, members
 				"bytes", seg.Len, "stored", seg.Stored.UTC().Format(time.RFC3339), "writer", seg.Writer)
 		}
 	}
+}
+
+// listedOn returns, for every memory node the catalog entries snaps name,
+// the IDs of the segments they list there.
+func listedOn(snaps []*control.Snapshot) map[string]map[string]bool {
+	listed := map[string]map[string]bool{}
+	for _, s := range snaps {
+		for _, sp := range s.Segments {
+			for _, n := range sp.Nodes {
+				if listed[n] == nil {
+					listed[n] = map[string]bool{}
+				}
+				listed[n][sp.ID] = true
+			}
+		}
+	}
+	return listed
 }

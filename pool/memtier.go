@@ -129,17 +129,10 @@ func (p *Pool) memTierRound(ctx context.Context, missing map[string]time.Time) e
 		return err
 	}
 	now := time.Now()
-	referenced := map[string]bool{}
-	for _, s := range snaps {
-		for _, sp := range s.Segments {
-			for _, n := range sp.Nodes {
-				referenced[n] = true
-			}
-		}
-	}
+	referenced := listedOn(snaps)
 	if now.Sub(p.gcAt) >= p.cfg.MemTier.GCInterval {
 		p.gcAt = now
-		p.memTierGC(ctx, snaps, members)
+		p.memTierGC(ctx, snaps, referenced, members)
 	}
 	drop := map[rdma.NodeID]bool{}
 	for n := range referenced {
@@ -253,16 +246,9 @@ func (p *Pool) finishDrains(ctx context.Context, drains map[string]string) error
 	if err != nil {
 		return err
 	}
-	still := map[string]bool{}
-	for _, s := range snaps {
-		for _, sp := range s.Segments {
-			for _, n := range sp.Nodes {
-				still[n] = true
-			}
-		}
-	}
+	still := listedOn(snaps)
 	for addr, state := range drains {
-		if state != "pending" || still[addr] {
+		if state != "pending" || len(still[addr]) > 0 {
 			continue
 		}
 		if err := p.cfg.Plane.DrainDone(ctx, addr); err != nil {
