@@ -604,3 +604,52 @@ func TestClusterNoCopyLeft(t *testing.T) {
 	default:
 	}
 }
+
+// TestClusterMemNodeDrain: `aquifer memnode drain ADDR` on the memory node
+// holding the most segments returns once no snapshot keeps a segment there;
+// every segment still has its two copies on the other nodes, the drained
+// node's copies are deleted, and a restore verifies every byte.
+func TestClusterMemNodeDrain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	c := clusterUp(t, ctx, 1, "--replicas", "2")
+	c.publish(t, ctx, 1, img, "fn")
+	st := c.status(t, ctx)
+	best := -1
+	for i, m := range st.MemNodes {
+		if m.Alive && (best < 0 || m.Segments > st.MemNodes[best].Segments) {
+			best = i
+		}
+	}
+	if best < 0 || st.MemNodes[best].Segments == 0 {
+		t.Fatalf("no memory node holds a segment: %+v", st.MemNodes)
+	}
+	addr := st.MemNodes[best].Addr
+	dctx, dcancel := context.WithTimeout(ctx, time.Minute)
+	defer dcancel()
+	out, err := exec.CommandContext(dctx, bin, "memnode", "drain", addr, "--api", c.host(1).API).CombinedOutput()
+	if err != nil {
+		t.Fatalf("memnode drain %s: %v\n%s", addr, err, out)
+	}
+	st = c.status(t, ctx)
+	if len(st.Snapshots) != 1 {
+		t.Fatalf("status lists %d snapshots: %+v", len(st.Snapshots), st)
+	}
+	if s := st.Snapshots[0]; len(s.Copies[addr]) != 0 || s.MinCopies < 2 || s.UnderReplicated != 0 {
+		t.Fatalf("after draining %s: %+v (want no copy there, 2 copies of every segment elsewhere)", addr, s)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		st = c.status(t, ctx)
+		if st.MemNodes[best].Segments == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the drained node %s still holds %d segments", addr, st.MemNodes[best].Segments)
+		}
+	}
+	t.Logf("drained %s: %s", addr, strings.TrimSpace(string(out)))
+	if _, err := c.restore(ctx, f, 1, "after-drain", "fn"); err != nil {
+		t.Fatal(err)
+	}
+}
