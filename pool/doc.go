@@ -29,7 +29,8 @@
 // (tiering.go); room is made by demoting the coldest hot sets. Each host's
 // sweep (cxl.go) retires what no placement names in the chunks it owns; one
 // host of the cluster keeps the memory tier at its redundancy (memtier.go:
-// re-replication of lost nodes' segments, drains). The host's identities on
+// re-replication of lost nodes' segments, drains; memgc.go: segments no
+// catalog entry lists, swept after a grace). The host's identities on
 // the region are given by the setup root (package embed) with SetCXL and
 // withdrawn with ClearCXL when its lease is lost or the region fails its
 // checks.
