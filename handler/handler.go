@@ -116,12 +116,16 @@ type Handler struct {
 
 	zero *offheap.Mapping // zero buffer for 2 MiB removed pages
 
-	stats  Stats
-	start  time.Time
-	first  atomic.Int64 // ns since start of the first fault, -1 until then
-	recMu  sync.Mutex
-	rec    []recEntry
-	gone   atomic.Bool
+	stats Stats
+	start time.Time
+	first atomic.Int64 // ns since start of the first fault, -1 until then
+	recMu sync.Mutex
+	rec   []recEntry
+	gone  atomic.Bool
+	// probe is a guest page this handler copied snapshot content into
+	// (address+1; 0: none, or given back to the balloon since), which
+	// vmGone re-installs to learn whether the VM's memory still exists.
+	probe  atomic.Uint64
 	fatal  atomic.Pointer[error]
 	stopFD int
 
@@ -270,12 +274,15 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 		if time.Since(lastEvent) < h.opts.SpinPoll {
 			timeout = 0 // adaptive spinning: faults come in bursts
 		}
-		_, err := unix.Poll(fds, timeout)
+		n, err := unix.Poll(fds, timeout)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return "error", fmt.Errorf("poll: %w", err)
+		}
+		if n == 0 && timeout > 0 && exitIdx < 0 && hupIdx < 0 && h.vmGone() {
+			return "vm gone (ESRCH)", nil
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
 			return "error", fmt.Errorf("userfaultfd poll error %#x", fds[0].Revents)
@@ -336,6 +343,39 @@ func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {
 	}
 }
 
+// vmGone says, for a VM nothing watches (no pidfd, no handshake socket)
+// after a quiet poll, whether its memory is gone. Installs notice a dead
+// VM by ESRCH, but an install can also succeed just after the VMM died
+// (while something still holds its mm), and when that was the last one
+// nothing else would ever end serving. Re-installing a page already
+// copied answers EEXIST while the VM lives and ESRCH once its mm is gone;
+// it installs nothing (a page the balloon took meanwhile reads zeros,
+// as such a page does).
+func (h *Handler) vmGone() bool {
+	p := h.probe.Load()
+	if p == 0 {
+		return false
+	}
+	page := p - 1
+	r := h.lookup(page)
+	if r == nil {
+		return false
+	}
+	h.removeMu.RLock()
+	defer h.removeMu.RUnlock()
+	var err error
+	if r.PageSize == handshake.PageSize4K {
+		err = h.u.ZeroPage(uintptr(page), uintptr(r.PageSize), true)
+	} else {
+		_, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(r.PageSize), true)
+	}
+	if uffd.IsGone(err) {
+		h.gone.Store(true)
+		return true
+	}
+	return false
+}
+
 func (h *Handler) bumpGen() {
 	h.genMu.Lock()
 	h.gen++
@@ -384,6 +424,9 @@ func (h *Handler) applyRemove(start, end uint64, observe bool) {
 		for p := first; p < last; p++ {
 			r.markRemoved(p)
 			r.clearPresent(p)
+		}
+		if a := h.probe.Load(); a != 0 && a-1 >= r.BaseHostVirtAddr+first*r.PageSize && a-1 < r.BaseHostVirtAddr+last*r.PageSize {
+			h.probe.CompareAndSwap(a, 0)
 		}
 	}
 	if observe && h.opts.OnRemove != nil {
@@ -457,6 +500,9 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 		}
 		if err == nil {
 			r.setPresent(idx, 1) // under the lock a REMOVE takes to clear it
+			if !removed && !zeroSrc {
+				h.probe.Store(page + 1) // not zero: never left to the kernel
+			}
 		}
 		h.removeMu.RUnlock()
 		if done != nil {
@@ -505,8 +551,17 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 			return true
 		default:
 			if errors.Is(err, unix.ENOENT) {
-				// The VM unmapped its memory: it is exiting.
-				h.log.Debug("fault target unmapped; the VM is exiting", "addr", page)
+				// The page is no longer registered: either the VM unmapped
+				// its memory (it is exiting) or LeaveToKernel unregistered
+				// it while this fault was on its way. UFFDIO_UNREGISTER is
+				// meant to wake the faults queued there, yet on 6.18 a
+				// fault racing it was seen queued, read here and left
+				// asleep for good (a pagerd adoption test hung ~1 run in
+				// 100 under load until this wake). Waking it is harmless
+				// either way: it faults again and the kernel fills the page.
+				if werr := h.u.Wake(uintptr(page), uintptr(ps)); werr != nil && !uffd.IsGone(werr) {
+					h.log.Debug("wake of an unregistered page failed", "addr", page, "err", werr)
+				}
 				return true
 			}
 			if errors.Is(err, unix.EINVAL) {

@@ -393,6 +393,58 @@ func TestExit(t *testing.T) {
 	})
 }
 
+// TestUnwatchedVMMDies: a VMM that nothing watches (no pidfd, no
+// handshake socket: a 1.7 VMM whose pidfd could not be opened) and that
+// dies while no fault or install is under way still ends serving, named:
+// the fault loop's idle probe finds its memory gone.
+func TestUnwatchedVMMDies(t *testing.T) {
+	const pages = 8
+	sock := filepath.Join(t.TempDir(), "vm.sock")
+	l, err := handshake.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := testvm.StartChild(t, sock, testvm.Options{Size: pages * ps}, handshake.DialectV1_7)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: pages * ps, UID: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	u := uffd.FromFd(vm.UFFD)
+	vm.UFFD = -1
+	defer u.Close()
+	h, err := handler.New(u, vm.Regions, memFile(t, pages), handler.Options{NoHangup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	done := make(chan result, 1)
+	go func() {
+		st, err := h.Serve(context.Background(), -1)
+		done <- result{st, err}
+	}()
+	if got := <-c.Touch(3); got.Err != nil || !bytes.Equal(got.Page, pattern(3)) {
+		t.Fatalf("page 3: %v", got.Err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("serving ended while the VMM lived: %+v, %v", r.st, r.err)
+	case <-time.After(300 * time.Millisecond): // past several idle probes
+	}
+	c.Kill()
+	select {
+	case r := <-done:
+		if r.err != nil || r.st.Exit != "vm gone (ESRCH)" || r.st.Faults != 1 {
+			t.Fatalf("Serve: %+v, %v; want the one fault served and the VM's going named", r.st, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serving did not end when the unwatched VMM died")
+	}
+}
+
 // TestNewRefusesRegionsBeyondTheFile: regions that reach past the memory
 // file are refused before serving.
 func TestNewRefusesRegionsBeyondTheFile(t *testing.T) {

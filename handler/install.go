@@ -106,6 +106,9 @@ func (h *Handler) installSpan(s span, src uintptr) (uint64, error) {
 		n, err := h.u.Copy(dst, src+uintptr((p-s.first)*ps), uintptr((q-p)*ps), true)
 		done := uint64(n) / ps
 		s.r.setPresent(p, done)
+		if done > 0 {
+			h.probe.Store(uint64(dst) + (done-1)*ps + 1)
+		}
 		h.removeMu.RUnlock()
 		installed += done
 		atomic.AddUint64(&h.stats.BytesCopied, uint64(n))
