@@ -529,8 +529,8 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 		return
 	}
 	d.metrics.Restores.WithLabelValues("ok").Inc()
+	d.forget(v.wire.ID) // before the state says so: an exited VM has no record
 	d.setState(v, api.StateExited, nil)
-	d.forget(v.wire.ID)
 	log.Info("VM served", "preinstall", rep.Preinstall, "faults", rep.Handler.Faults, "exit", rep.Handler.Exit)
 }
 
