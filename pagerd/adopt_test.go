@@ -642,3 +642,24 @@ func fakeSuccessor(t *testing.T, f *fixture, path, after string) {
 func netDialPacket(path string) (*net.UnixConn, error) {
 	return net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 }
+
+// TestReadyMeansRecorded: the serving record is written beside the
+// pre-install, but a VM reported ready is always recorded (so a successor
+// can take it back): phase serving, its VMM, its regions.
+func TestReadyMeansRecorded(t *testing.T) {
+	f := newFixture(t)
+	r := f.run(t, nil)
+	for i := range 5 {
+		id := fmt.Sprintf("vm%d", i)
+		vmm := f.served(t, r, id)
+		var rec vmRecord
+		if err := vmstate.Load(filepath.Join(f.stateDir, id+".vm"), &rec); err != nil {
+			t.Fatalf("%s is ready: %v", id, err)
+		}
+		if rec.Phase != vmstate.PhaseServing || rec.VMM == nil || rec.VMM.PID != vmm.cmd.Process.Pid || len(rec.Regions) == 0 {
+			t.Fatalf("%s is ready, its record: %+v", id, rec.Record)
+		}
+		vmm.in.Close()
+		waitState(t, r.Daemon, id, api.StateExited)
+	}
+}

@@ -459,6 +459,12 @@ func (d *Daemon) freezeVMs() (out []*hoEntry, stuck []string) {
 		}
 		if e.kind == "serving" {
 			v.mu.Lock()
+			recorded := v.recorded
+			v.mu.Unlock()
+			if recorded != nil {
+				<-recorded // the successor rewrites the record: this one must be written first
+			}
+			v.mu.Lock()
 			e.kept = servingFDs{uffd: dup(v.fds.uffd), pidfd: dup(v.fds.pidfd), hup: dup(v.fds.hup)}
 			v.mu.Unlock()
 			if e.kept.uffd < 0 || e.kept.pidfd < 0 || v.rec == nil || v.rec.Phase != vmstate.PhaseServing {
