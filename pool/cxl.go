@@ -13,6 +13,7 @@ import (
 	"github.com/aquifer-pool/aquifer/cxl/pod"
 	"github.com/aquifer-pool/aquifer/offheap"
 	"github.com/aquifer-pool/aquifer/restore"
+	"github.com/aquifer-pool/aquifer/snapimage"
 )
 
 // membership is this host's identities on the pod's CXL region: the owner
@@ -507,12 +508,21 @@ func (h *cxlHot) With(ctx context.Context, fn func(restore.Segment) error) error
 		refs[i] = pod.Ref{Desc: x.Descriptor, Gen: x.Gen, Token: x.Token, Len: uint32(x.Len)}
 	}
 	return h.p.withReader(ctx, func(r *pod.Pod) error {
-		_, err := r.InstallMany(refs, func(addrs []uintptr, lens []int) error {
+		// The consumer checks every page against the image's digests
+		// before it uses any (restore.HotSource), so the pod does not hash
+		// the extents again: a digest mismatch is its failed check, and
+		// the read is retried under the protocol (a stale or torn read on
+		// a non-coherent device), then falls back.
+		_, err := r.InstallManyChecked(refs, func(addrs []uintptr, lens []int) error {
 			seg := make(restore.Segment, len(addrs))
 			for i := range addrs {
 				seg[i] = offheap.At(addrs[i], lens[i])
 			}
-			return fn(seg)
+			if err := fn(seg); errors.Is(err, snapimage.ErrDigest) {
+				return fmt.Errorf("%w: %w", pod.ErrStale, err)
+			} else {
+				return err
+			}
 		})
 		return err
 	})

@@ -677,6 +677,21 @@ func (p *Pod) ReadRef(ref Ref, dst []byte) (int, error) {
 // the range, which is safe before the VM resumes). The region must be a real
 // mapping (implement cxl.Addresser and Bytes).
 func (p *Pod) Install(ref Ref, install func(addr uintptr, n int) error) (int, error) {
+	return p.install(ref, true, install)
+}
+
+// InstallChecked is Install for a caller that checks the bytes itself
+// before it uses any of them (against per-page digests it holds, which is
+// what the pager does): the extent is not hashed here, and an error from
+// install that wraps ErrStale (the bytes were not what was published)
+// is a failed check like a hash mismatch: the read is retried, and after
+// MaxAttempts ErrFallback is returned. The protocol is the same; only who
+// computes the payload check moves, which saves one pass over the extent.
+func (p *Pod) InstallChecked(ref Ref, install func(addr uintptr, n int) error) (int, error) {
+	return p.install(ref, false, install)
+}
+
+func (p *Pod) install(ref Ref, hash bool, install func(addr uintptr, n int) error) (int, error) {
 	m, ok := p.r.(interface {
 		cxl.Addresser
 		Bytes() []byte
@@ -685,15 +700,24 @@ func (p *Pod) Install(ref Ref, install func(addr uintptr, n int) error) (int, er
 		return 0, fmt.Errorf("Install needs a mapped region, not %T", p.r)
 	}
 	_, n, err := p.read(ref, true, func(d Desc) ([]byte, error) {
-		if xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
+		if hash && xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
 			return nil, errBadHash
 		}
-		return nil, install(m.Addr(int64(d.Off)), int(d.Len))
+		if err := install(m.Addr(int64(d.Off)), int(d.Len)); errors.Is(err, ErrStale) {
+			return nil, errBadHash
+		} else {
+			return nil, err
+		}
 	})
 	return n, err
 }
 
 var errBadHash = errors.New("extent hash mismatch")
+
+// ErrStale is what an InstallChecked or InstallManyChecked callback
+// returns (wrapped) when the bytes it was given do not match what was
+// published: a stale or torn read, retried like a hash mismatch.
+var ErrStale = errors.New("extent bytes do not match what was published")
 
 // ReadDesc reads whatever version descriptor desc currently publishes
 // (scan mode, without the catalog), with the same invalidate-then-validate
@@ -812,8 +836,19 @@ func (p *Pod) recheck(doff int64, d Desc) bool {
 // failed check retries the whole; after MaxAttempts it returns
 // ErrFallback. It returns the total bytes.
 func (p *Pod) InstallMany(refs []Ref, install func(addrs []uintptr, lens []int) error) (int, error) {
+	return p.installMany(refs, true, install)
+}
+
+// InstallManyChecked is InstallMany for a caller that checks the bytes
+// itself before it uses any (see InstallChecked): the extents are not
+// hashed here, and an install error wrapping ErrStale retries the whole.
+func (p *Pod) InstallManyChecked(refs []Ref, install func(addrs []uintptr, lens []int) error) (int, error) {
+	return p.installMany(refs, false, install)
+}
+
+func (p *Pod) installMany(refs []Ref, hash bool, install func(addrs []uintptr, lens []int) error) (int, error) {
 	if len(refs) == 1 {
-		return p.Install(refs[0], func(a uintptr, n int) error { return install([]uintptr{a}, []int{n}) })
+		return p.install(refs[0], hash, func(a uintptr, n int) error { return install([]uintptr{a}, []int{n}) })
 	}
 	m, ok := p.r.(interface {
 		cxl.Addresser
@@ -849,14 +884,17 @@ attempts:
 			if err != nil {
 				return 0, err
 			}
-			if !p.bugs.noValidation && xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
+			if hash && !p.bugs.noValidation && xxhash.Sum64(m.Bytes()[d.Off:d.Off+uint64(d.Len)]) != d.Hash {
 				p.stats.BadHash++
 				continue attempts
 			}
 			descs[i], addrs[i], lens[i] = d, m.Addr(int64(d.Off)), int(d.Len)
 			total += int(d.Len)
 		}
-		if err := install(addrs, lens); err != nil {
+		if err := install(addrs, lens); errors.Is(err, ErrStale) && !p.bugs.noValidation {
+			p.stats.BadHash++
+			continue attempts
+		} else if err != nil {
 			return 0, err
 		}
 		for i, ref := range refs {

@@ -288,6 +288,34 @@ func TestInstallMany(t *testing.T) {
 	if err != nil || n != 120<<10 || len(got) != 2 || !bytes.Equal(got[0], parts[0]) || !bytes.Equal(got[1], parts[1]) {
 		t.Fatalf("InstallMany: %d bytes, %v", n, err)
 	}
+	// A caller that checks the bytes itself: its ErrStale is a failed
+	// check (retried), any other error is returned at once, and a check
+	// that never passes falls back after MaxAttempts calls.
+	for _, rs := range [][]pod.Ref{refs, refs[:1]} {
+		calls := 0
+		n, err = r.InstallManyChecked(rs, func(addrs []uintptr, lens []int) error {
+			calls++
+			if !bytes.Equal(offheap.At(addrs[0], lens[0]), parts[0]) {
+				t.Errorf("checked install %d was given other bytes", calls)
+			}
+			if calls == 1 {
+				return fmt.Errorf("page 3: %w", pod.ErrStale)
+			}
+			return nil
+		})
+		if err != nil || n != len(rs)*(60<<10) || calls != 2 {
+			t.Fatalf("InstallManyChecked of %d extents, stale once: %d bytes, %d calls, %v", len(rs), n, calls, err)
+		}
+		calls = 0
+		if _, err := r.InstallManyChecked(rs, func([]uintptr, []int) error { calls++; return pod.ErrStale }); !errors.Is(err, pod.ErrFallback) || calls != 8 {
+			t.Fatalf("InstallManyChecked, always stale: %d calls, %v; want ErrFallback after 8", calls, err)
+		}
+		boom := errors.New("boom")
+		calls = 0
+		if _, err := r.InstallManyChecked(rs, func([]uintptr, []int) error { calls++; return boom }); !errors.Is(err, boom) || calls != 1 {
+			t.Fatalf("InstallManyChecked, failing: %d calls, %v", calls, err)
+		}
+	}
 	// Retire the second piece: the whole value must fail over.
 	if err := w.Unpublish(ctx, "v#1"); err != nil {
 		t.Fatal(err)
