@@ -85,3 +85,16 @@ func (q *CompletionQueue) Poll(ctx context.Context, out []Completion) (int, erro
 		}
 	}
 }
+
+// TryPoll is Poll without waiting: it fills out with the completions
+// queued now, or returns the failure once drained (rdma.TryPoller).
+func (q *CompletionQueue) TryPoll(out []Completion) (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.q) > 0 {
+		n := copy(out, q.q)
+		q.q = q.q[:copy(q.q, q.q[n:])]
+		return n, nil
+	}
+	return 0, q.err
+}

@@ -77,6 +77,17 @@ type Conn interface {
 	Close() error
 }
 
+// TryPoller is implemented by Conns whose completions can be taken
+// without blocking (emu, tcp): a demand read's own goroutine then polls
+// for its completion itself for a short while instead of sleeping until
+// the connection's dispatcher wakes it, the busy-polling that
+// latency-critical RDMA readers do. TryPoll fills out with the
+// completions available now (0 for none) and returns the Conn's failure
+// once it failed and is drained, like Poll. It may run beside Poll.
+type TryPoller interface {
+	TryPoll(out []Completion) (int, error)
+}
+
 // Transport is one backend.
 type Transport interface {
 	// Name is "tcp", "emu" or "verbs".

@@ -179,6 +179,26 @@ func (c *Conn) PostReads(ops []rdma.ReadOp) error {
 	return nil
 }
 
+// TryPoll implements rdma.TryPoller: the completions due now.
+func (c *Conn) TryPoll(out []rdma.Completion) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	n := 0
+	for n < len(out) && n < len(c.q) && (c.closed || !c.q[n].at.After(now)) {
+		out[n] = c.q[n].c
+		if c.closed {
+			out[n].Err = rdma.ErrClosed
+		}
+		n++
+	}
+	c.q = c.q[:copy(c.q, c.q[n:])]
+	if n == 0 && c.closed {
+		return 0, rdma.ErrClosed
+	}
+	return n, nil
+}
+
 // Poll implements rdma.Conn.
 func (c *Conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
 	for {
