@@ -214,10 +214,13 @@ type runResult struct {
 	// dev are pages written by the disk device; unexplained changed pages
 	// written neither by the vCPU nor by a device (a tracing failure).
 	dev, unexplained []uint64
-	post             string // kept image after the invocation, if asked
-	output           string // the runner's AQ-OUT text
-	doneNs           uint64
-	handlerI         uint64
+	// afterWritten are pages first written after the window (the idle
+	// guest), not in the trace.
+	afterWritten map[uint64]bool
+	post         string // kept image after the invocation, if asked
+	output       string // the runner's AQ-OUT text
+	doneNs       uint64
+	handlerI     uint64
 }
 
 // run captures one function as a sequence of steps: stage a scratch
@@ -422,9 +425,13 @@ func (c *capturer) convert(staging string, runs []*runResult, native map[string]
 			}
 		}
 		written := pageSet(t, wset.Write)
-		notWritten := 0
+		notWritten, after := 0, []uint64(nil)
 		for _, p := range r.changed {
-			if !written[p] {
+			switch {
+			case written[p]:
+			case r.afterWritten[p]:
+				after = append(after, p)
+			default:
 				notWritten++
 			}
 		}
@@ -434,8 +441,9 @@ func (c *capturer) convert(staging string, runs []*runResult, native map[string]
 				"count", len(unexplained), "first", unexplained[:min(8, len(unexplained))])
 		}
 		meta.Runs = append(meta.Runs, RunInfo{File: file, Input: r.input, GuestNs: r.guestNs, NativeNs: native[r.input],
-			HandlerInsns: r.handlerI, WindowInsns: r.raw.StopInsn - r.raw.ArmedInsn, Accesses: len(t.Accesses),
-			Pages: len(pageSet(t, 0)), WrittenPages: len(written), DeviceWrittenPages: len(dev), ChangedPages: len(r.changed),
+			HandlerInsns: r.handlerI, WindowInsns: windowInsns(r.raw), Accesses: len(t.Accesses), EndedByGuest: r.raw.Marked,
+			ChangedAfterWindow: after,
+			Pages:              len(pageSet(t, 0)), WrittenPages: len(written), DeviceWrittenPages: len(dev), ChangedPages: len(r.changed),
 			ChangedNotWritten: notWritten, Unexplained: len(unexplained), Digest: r.digest})
 		if o, ok := meta.Outputs[r.input]; ok && o.Digest != r.digest {
 			return nil, fmt.Errorf("input %s returned %s in one run and %s in another: the function is not deterministic", r.input, o.Digest, r.digest)
@@ -587,13 +595,29 @@ func (c *capturer) traced(ctx context.Context, input string, n int) (*runResult,
 			cpuWritten[a.Page] = true
 		}
 	}
+	// Pages the idle guest wrote after the window (interrupt handlers,
+	// between the runner's end marker and the host's pause) explain changes
+	// too, though they are not the invocation's.
+	r.afterWritten = map[uint64]bool{}
+	for _, a := range raw.After {
+		if a.Kind == wset.Write && !cpuWritten[a.Page] {
+			r.afterWritten[a.Page] = true
+		}
+	}
+	for p := range r.afterWritten {
+		cpuWritten[p] = true
+	}
 	if r.dev, r.unexplained, err = deviceWrites(memPath, changed, cpuWritten, c.disk); err != nil {
 		return nil, err
 	}
 	// The handler ran during [done - guestNs, done] on the host clock that
 	// the plugin also stamps accesses with.
-	start := doneNs - min(uint64(r.guestNs), doneNs)
-	r.handlerI = raw.insnAt(doneNs) - raw.insnAt(start)
+	end := doneNs
+	if _, markNs := raw.End(); raw.Marked {
+		end = min(end, markNs)
+	}
+	start := end - min(uint64(r.guestNs), end)
+	r.handlerI = raw.insnAt(end) - raw.insnAt(start)
 	return r, nil
 }
 
@@ -706,4 +730,10 @@ func NativeTime(ctx context.Context, g *Guest, fn, input string) (int64, string,
 		}
 	}
 	return best, digest, nil
+}
+
+// windowInsns is the traced window's length in instructions.
+func windowInsns(r *RawTrace) uint64 {
+	end, _ := r.End()
+	return end - r.ArmedInsn
 }

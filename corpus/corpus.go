@@ -118,9 +118,12 @@ type RunInfo struct {
 	// from the plugin's clock); WindowInsns the whole traced window.
 	HandlerInsns uint64 `json:"handler_insns"`
 	WindowInsns  uint64 `json:"window_insns"`
-	Accesses     int    `json:"accesses"`
-	Pages        int    `json:"pages"`
-	WrittenPages int    `json:"written_pages"`
+	// EndedByGuest says the window ended at the runner's end marker (the
+	// invocation's output out), not when the host paused the vCPU.
+	EndedByGuest bool `json:"ended_by_guest,omitempty"`
+	Accesses     int  `json:"accesses"`
+	Pages        int  `json:"pages"`
+	WrittenPages int  `json:"written_pages"`
 	// DeviceWrittenPages were written by the virtio-blk device (DMA), not
 	// the vCPU: found by image diff, proven to be disk blocks, and added to
 	// the trace as writes (see device.go).
@@ -128,10 +131,14 @@ type RunInfo struct {
 	// ChangedPages differ between the images before and after the
 	// invocation; ChangedNotWritten of them are not written in the trace
 	// and Unexplained neither vCPU- nor device-written (both must be 0).
-	ChangedPages      int    `json:"changed_pages"`
-	ChangedNotWritten int    `json:"changed_not_written"`
-	Unexplained       int    `json:"unexplained_pages"`
-	Digest            string `json:"digest"`
+	// ChangedAfterWindow (pages) were first written after the window's end by the
+	// idle guest (interrupt handlers before the host paused it): changed,
+	// but not by the invocation.
+	ChangedPages       int      `json:"changed_pages"`
+	ChangedNotWritten  int      `json:"changed_not_written"`
+	ChangedAfterWindow []uint64 `json:"changed_after_window,omitempty"`
+	Unexplained        int      `json:"unexplained_pages"`
+	Digest             string   `json:"digest"`
 }
 
 // Checks are the capture's self-checks (issue 7 acceptance).

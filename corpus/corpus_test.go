@@ -58,6 +58,10 @@ func TestParseRawTrace(t *testing.T) {
 		"stop < armed":   "aqtrace 1\npages 16\narmed 5 1\nstop 4 2\n",
 		"not a number":   "aqtrace 1\npages x\n",
 		"extra field":    "aqtrace 1\npages 16 17\n",
+		"mark < armed":   "aqtrace 1\npages 16\narmed 5 1\nmark 4 2\nstop 6 2\n",
+		"mark > stop":    "aqtrace 1\npages 16\narmed 5 1\nmark 7 2\nstop 6 2\n",
+		"two marks":      "aqtrace 1\npages 16\narmed 5 1\nmark 5 2\nmark 6 2\nstop 6 2\n",
+		"mark unarmed":   "aqtrace 1\npages 16\nmark 5 2\n",
 	}
 	for name, in := range bad {
 		if _, err := ParseRawTrace(strings.NewReader(in)); err == nil {
@@ -66,8 +70,35 @@ func TestParseRawTrace(t *testing.T) {
 	}
 }
 
+// TestParseRawTraceMark: a window the guest ended itself: the touches
+// before the mark are the trace, those after it the idle guest's, and the
+// window's end (End, insnAt, the window length) is the mark.
+func TestParseRawTraceMark(t *testing.T) {
+	in := "aqtrace 1\npages 16\narmed 100 1000\nx 1 100 1000\nw 2 200 1100\nmark 300 1200\nw 3 400 1300\nr 4 500 1400\nstop 600 1500\n"
+	r, err := ParseRawTrace(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Marked || len(r.Accesses) != 2 || len(r.After) != 2 || r.After[0].Page != 3 || r.StopInsn != 600 {
+		t.Fatalf("parsed %+v", r)
+	}
+	if i, ns := r.End(); i != 300 || ns != 1200 || windowInsns(r) != 200 {
+		t.Fatalf("end %d %d, window %d", i, ns, windowInsns(r))
+	}
+	if got := r.insnAt(1150); got != 250 {
+		t.Errorf("insnAt(1150) = %d, want 250 (between the last touch and the mark)", got)
+	}
+	if got := r.insnAt(1450); got != 300 {
+		t.Errorf("insnAt past the mark = %d, want the mark's 300", got)
+	}
+	if tr := r.ToTrace(16*4096, 1, "test"); len(tr.Accesses) != 2 {
+		t.Errorf("the trace holds %d accesses, want the 2 of the window", len(tr.Accesses))
+	}
+}
+
 func FuzzParseRawTrace(f *testing.F) {
 	f.Add(sampleRaw)
+	f.Add("aqtrace 1\npages 16\narmed 100 1000\nx 1 100 1000\nmark 300 1200\nw 3 400 1300\nstop 600 1500\n")
 	f.Add("aqtrace 1\npages 1\narmed 0 0\nstop 0 0\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		r, err := ParseRawTrace(strings.NewReader(s))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -74,7 +75,22 @@ type RawTrace struct {
 	ArmedInsn, ArmedNs uint64
 	StopInsn, StopNs   uint64
 	Dropped            int
-	Accesses           []RawAccess
+	// Accesses are the first touches inside the window.
+	Accesses []RawAccess
+	// Marked says the guest ended the window itself (the runner's marker
+	// store, at MarkInsn/MarkNs); After are the first touches from then
+	// until the host paused the vCPU: the idle guest's, outside the window.
+	Marked           bool
+	MarkInsn, MarkNs uint64
+	After            []RawAccess
+}
+
+// End is the window's end: the guest's marker, else the host's stop.
+func (r *RawTrace) End() (insn, ns uint64) {
+	if r.Marked {
+		return r.MarkInsn, r.MarkNs
+	}
+	return r.StopInsn, r.StopNs
 }
 
 // RawAccess is one first touch in the plugin log.
@@ -135,6 +151,21 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 				t.ArmedInsn, t.ArmedNs = v[0], v[1]
 				sawArmed = true
 			}
+		case "mark":
+			switch {
+			case !sawArmed:
+				err = errors.New("mark before armed")
+			case t.Marked:
+				err = errors.New("a second mark")
+			default:
+				if v, err = nums(f, 2); err == nil {
+					if v[0] < t.ArmedInsn {
+						err = fmt.Errorf("mark at instruction %d before arming at %d", v[0], t.ArmedInsn)
+					} else {
+						t.Marked, t.MarkInsn, t.MarkNs = true, v[0], v[1]
+					}
+				}
+			}
 		case "stop":
 			if v, err = nums(f, 2); err == nil {
 				t.StopInsn, t.StopNs = v[0], v[1]
@@ -154,8 +185,10 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 					err = fmt.Errorf("page %d beyond %d pages", v[0], t.Pages)
 				} else if v[1] < t.ArmedInsn {
 					err = fmt.Errorf("instruction count %d before arming at %d", v[1], t.ArmedInsn)
+				} else if a := (RawAccess{Kind: k, Page: v[0], Insn: v[1], Ns: v[2]}); t.Marked {
+					t.After = append(t.After, a)
 				} else {
-					t.Accesses = append(t.Accesses, RawAccess{Kind: k, Page: v[0], Insn: v[1], Ns: v[2]})
+					t.Accesses = append(t.Accesses, a)
 				}
 			}
 		default:
@@ -173,6 +206,9 @@ func ParseRawTrace(r io.Reader) (*RawTrace, error) {
 	}
 	if t.StopInsn < t.ArmedInsn {
 		return nil, fmt.Errorf("plugin log: stop instruction count %d before arming at %d", t.StopInsn, t.ArmedInsn)
+	}
+	if t.Marked && t.MarkInsn > t.StopInsn {
+		return nil, fmt.Errorf("plugin log: mark at instruction %d after the stop at %d", t.MarkInsn, t.StopInsn)
 	}
 	return t, nil
 }
@@ -214,9 +250,10 @@ func (r *RawTrace) insnAt(ns uint64) uint64 {
 		}
 		prevNs, prevInsn = a.Ns, a.Insn
 	}
-	if r.StopNs > prevNs && ns < r.StopNs {
-		frac := float64(ns-prevNs) / float64(r.StopNs-prevNs)
-		return prevInsn + uint64(frac*float64(r.StopInsn-prevInsn))
+	endInsn, endNs := r.End()
+	if endNs > prevNs && ns < endNs {
+		frac := float64(ns-prevNs) / float64(endNs-prevNs)
+		return prevInsn + uint64(frac*float64(endInsn-prevInsn))
 	}
-	return r.StopInsn
+	return endInsn
 }

@@ -15,6 +15,16 @@
  * Acks are written to CTL.ack (temp file + rename). The host pauses the vCPU
  * over QMP before sending "stop", so no callback races the writer.
  *
+ * The guest ends the window itself: its runner stores to the marker page
+ * (virtual address AQ_MARK_VADDR, mapped by the runner after init()) once the
+ * invocation's output is out, before it says AQ-DONE, so the host never
+ * pauses the vCPU before the store. The store is logged as "mark"; without
+ * it the window would end when the host got round to pausing the vCPU, and
+ * what the idle guest touched meanwhile (timer and serial interrupts) would
+ * depend on how loaded the host was. First touches after the mark are still
+ * logged (after the mark line): they are the idle guest's, outside the
+ * window, and explain pages that changed after the invocation.
+ *
  * Page numbers are offsets in the guest RAM file divided by 4096:
  *   data accesses: qemu_plugin_hwaddr_phys_addr, which QEMU 7.2 computes as the
  *                  offset inside the RAM block (pc.ram starts at 0), so it is
@@ -28,6 +38,8 @@
  *   pages N
  *   armed INSN NS
  *   KIND PAGE INSN NS        KIND is r, w or x
+ *   mark INSN NS             at most once: the window's end (the guest's)
+ *   KIND PAGE INSN NS        after the window
  *   stop INSN NS
  */
 #define _GNU_SOURCE
@@ -45,6 +57,8 @@
 AQ_QEMU_PLUGIN_EXPORT int qemu_plugin_version = AQ_QEMU_PLUGIN_VERSION;
 
 #define PAGE_SHIFT 12
+/* The runner's marker page (corpus/guest/runner.py, MARK_VADDR). */
+#define AQ_MARK_VADDR 0x5a5a00000000ull
 #define MAX_MAPS 8
 
 struct rec {
@@ -68,6 +82,9 @@ static volatile int armed;
 static int written;
 static uint64_t insn_count; /* updated inline at every TB entry */
 static uint64_t armed_insn, armed_ns, stop_insn, stop_ns;
+static int marked;        /* the guest ended the window */
+static size_t mark_rec;   /* records before the mark */
+static uint64_t mark_insn, mark_ns;
 static struct map maps[MAX_MAPS];
 static int nmaps;
 static int dropped;
@@ -121,6 +138,15 @@ static void vcpu_mem(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vad
 		return;
 	int store = qemu_plugin_mem_is_store(info);
 	uint64_t vp = vaddr >> PAGE_SHIFT;
+	if (store && vp == AQ_MARK_VADDR >> PAGE_SHIFT) {
+		if (!marked) {
+			marked = 1;
+			mark_rec = nrecs;
+			mark_insn = insn_count;
+			mark_ns = now_ns();
+		}
+		return;
+	}
 	unsigned size = 1u << qemu_plugin_mem_size_shift(info);
 	int crosses = ((vaddr & 0xfff) + size) > 0x1000;
 	if (!crosses && vp == (store ? last_wv : last_rv))
@@ -269,9 +295,14 @@ static void write_trace(void)
 	setvbuf(f, NULL, _IOFBF, 1 << 20);
 	fprintf(f, "aqtrace 1\npages %" PRIu64 "\narmed %" PRIu64 " %" PRIu64 "\n", npages, armed_insn,
 		armed_ns);
-	for (size_t i = 0; i < nrecs; i++)
+	for (size_t i = 0; i < nrecs; i++) {
+		if (marked && i == mark_rec)
+			fprintf(f, "mark %" PRIu64 " %" PRIu64 "\n", mark_insn, mark_ns);
 		fprintf(f, "%c %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", recs[i].kind, recs[i].page,
 			recs[i].insn, recs[i].ns);
+	}
+	if (marked && mark_rec == nrecs)
+		fprintf(f, "mark %" PRIu64 " %" PRIu64 "\n", mark_insn, mark_ns);
 	if (dropped)
 		fprintf(f, "dropped %d\n", dropped);
 	fprintf(f, "stop %" PRIu64 " %" PRIu64 "\n", stop_insn, stop_ns);
