@@ -12,7 +12,7 @@ const Version = "v1"
 // VM states.
 const (
 	StateWaiting    = "waiting"    // socket listening, Firecracker not yet connected
-	StateInstalling = "installing" // handshake done, hot set being installed
+	StateInstalling = "installing" // handshake done and recorded (a restarted daemon takes it back), hot set being installed
 	StateReady      = "ready"      // hot set installed: resume the VM
 	StateExited     = "exited"     // the VM went away after being served
 	StateFailed     = "failed"     // see Error

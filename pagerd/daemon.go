@@ -483,7 +483,24 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 	v.sess, v.fds = sess, fds
 	v.mu.Unlock()
 	if adopted == nil {
-		d.setState(v, api.StateInstalling, nil)
+		// Installing says the VM is recorded too: a daemon killed from
+		// then on leaves it to its successor (the record is written beside
+		// the pre-install).
+		installing := func() {
+			d.mu.Lock()
+			if v.wire.State == api.StateWaiting {
+				v.wire.State = api.StateInstalling
+			}
+			d.mu.Unlock()
+		}
+		v.mu.Lock()
+		recorded := v.recorded
+		v.mu.Unlock()
+		if recorded == nil {
+			installing()
+		} else {
+			go func() { <-recorded; installing() }()
+		}
 	}
 	close(v.serving)
 	start := time.Now()
