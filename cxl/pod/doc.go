@@ -22,7 +22,11 @@
 // their host slot, invalidate and load the descriptor, check it against the
 // catalog, invalidate and copy the extent, verify the hash and re-check the
 // generation; on failure they retry and finally return ErrFallback so the
-// caller fetches the pages from the RDMA tier. Retired extents are reused
+// caller fetches the pages from the RDMA tier. A caller that checks every
+// byte itself before using any (per-page digests: the pager) reads with
+// InstallChecked / InstallManyChecked: the payload check is its own, a
+// mismatch it reports as ErrStale is retried the same way, and the extent
+// is not hashed twice. Retired extents are reused
 // only after every live host that was inside a read when the extent was
 // retired has left that read (epoch-based reclamation on per-host read
 // sequences). There are no cross-host atomics anywhere.
