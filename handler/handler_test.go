@@ -399,23 +399,7 @@ func TestExit(t *testing.T) {
 // the fault loop's idle probe finds its memory gone.
 func TestUnwatchedVMMDies(t *testing.T) {
 	const pages = 8
-	sock := filepath.Join(t.TempDir(), "vm.sock")
-	l, err := handshake.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c := testvm.StartChild(t, sock, testvm.Options{Size: pages * ps}, handshake.DialectV1_7)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: pages * ps, UID: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	u := uffd.FromFd(vm.UFFD)
-	vm.UFFD = -1
-	defer u.Close()
+	c, vm, u := testvm.AcceptChild(t, testvm.Options{Size: pages * ps}, handshake.DialectV1_7)
 	h, err := handler.New(u, vm.Regions, memFile(t, pages), handler.Options{NoHangup: true})
 	if err != nil {
 		t.Fatal(err)
@@ -459,23 +443,7 @@ func TestNewRefusesRegionsBeyondTheFile(t *testing.T) {
 // exit ends serving, named.
 func TestVMMProcess(t *testing.T) {
 	const pages = 16
-	sock := filepath.Join(t.TempDir(), "vm.sock")
-	l, err := handshake.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c := testvm.StartChild(t, sock, testvm.Options{Size: pages * ps, Split: 8 * ps}, handshake.DialectV1_7)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: pages * ps, UID: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	u := uffd.FromFd(vm.UFFD)
-	vm.UFFD = -1
-	defer u.Close()
+	c, vm, u := testvm.AcceptChild(t, testvm.Options{Size: pages * ps, Split: 8 * ps}, handshake.DialectV1_7)
 	h, err := handler.New(u, vm.Regions, memFile(t, pages), handler.Options{NoHangup: true})
 	if err != nil {
 		t.Fatal(err)

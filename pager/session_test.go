@@ -2,11 +2,9 @@ package pager
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/aquifer-pool/aquifer/handshake"
 	"github.com/aquifer-pool/aquifer/internal/testvm"
@@ -230,24 +228,7 @@ func TestTwoVCPUsSameColdPage(t *testing.T) {
 // childVM starts a VMM child process and accepts its handshake.
 func childVM(t *testing.T, dialect handshake.Dialect) (*testvm.Child, *handshake.VM, *uffd.FD) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "vm.sock")
-	l, err := handshake.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c := testvm.StartChild(t, sock, testvm.Options{Size: fixPages * ps, Split: fixSplit, Remove: true}, dialect)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: fixPages * ps, UID: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(vm.Close)
-	u := uffd.FromFd(vm.UFFD)
-	vm.UFFD = -1
-	t.Cleanup(func() { u.Close() })
-	return c, vm, u
+	return testvm.AcceptChild(t, testvm.Options{Size: fixPages * ps, Split: fixSplit, Remove: true}, dialect)
 }
 
 // wentAway checks that the session ended by itself after its VM died: no

@@ -2,19 +2,23 @@ package testvm
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/handshake"
+	"github.com/aquifer-pool/aquifer/uffd"
 )
 
 // childEnv carries a child VMM's configuration from StartChild.
@@ -133,6 +137,32 @@ type Child struct {
 type Touched struct {
 	Page []byte
 	Err  error
+}
+
+// AcceptChild starts a VMM child (StartChild) on a socket of its own and
+// accepts its handshake as a daemon does: it returns the child, the
+// accepted VM (its watch descriptors) and its userfaultfd, which are closed
+// when the test ends.
+func AcceptChild(tb testing.TB, o Options, d handshake.Dialect) (*Child, *handshake.VM, *uffd.FD) {
+	tb.Helper()
+	sock := filepath.Join(tb.TempDir(), "vm.sock")
+	l, err := handshake.Listen(sock)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	c := StartChild(tb, sock, o, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vm, err := handshake.Accept(ctx, l, handshake.AcceptOptions{MemSize: int64(o.Size), UID: -1}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(vm.Close)
+	u := uffd.FromFd(vm.UFFD)
+	vm.UFFD = -1
+	tb.Cleanup(func() { u.Close() })
+	return c, vm, u
 }
 
 // StartChild starts a VMM child that maps memory per o and sends its
