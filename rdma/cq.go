@@ -66,17 +66,8 @@ func (q *CompletionQueue) Fail(err error) {
 func (q *CompletionQueue) Poll(ctx context.Context, out []Completion) (int, error) {
 	notify := q.notifyCh()
 	for {
-		q.mu.Lock()
-		if len(q.q) > 0 {
-			n := copy(out, q.q)
-			q.q = q.q[:copy(q.q, q.q[n:])]
-			q.mu.Unlock()
-			return n, nil
-		}
-		err := q.err
-		q.mu.Unlock()
-		if err != nil {
-			return 0, err
+		if n, err := q.TryPoll(out); n > 0 || err != nil {
+			return n, err
 		}
 		select {
 		case <-notify:

@@ -183,7 +183,16 @@ func (c *Conn) PostReads(ops []rdma.ReadOp) error {
 func (c *Conn) TryPoll(out []rdma.Completion) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := time.Now()
+	n := c.take(out, time.Now())
+	if n == 0 && c.closed {
+		return 0, rdma.ErrClosed
+	}
+	return n, nil
+}
+
+// take moves the completions due at now (all of them once closed, with
+// ErrClosed) into out and returns how many; c.mu is held.
+func (c *Conn) take(out []rdma.Completion, now time.Time) int {
 	n := 0
 	for n < len(out) && n < len(c.q) && (c.closed || !c.q[n].at.After(now)) {
 		out[n] = c.q[n].c
@@ -193,10 +202,7 @@ func (c *Conn) TryPoll(out []rdma.Completion) (int, error) {
 		n++
 	}
 	c.q = c.q[:copy(c.q, c.q[n:])]
-	if n == 0 && c.closed {
-		return 0, rdma.ErrClosed
-	}
-	return n, nil
+	return n
 }
 
 // Poll implements rdma.Conn.
@@ -219,15 +225,7 @@ func (c *Conn) Poll(ctx context.Context, out []rdma.Completion) (int, error) {
 		at := c.q[0].at
 		now := time.Now()
 		if !now.Before(at) || c.closed {
-			n := 0
-			for n < len(out) && n < len(c.q) && (c.closed || !c.q[n].at.After(now)) {
-				out[n] = c.q[n].c
-				if c.closed {
-					out[n].Err = rdma.ErrClosed
-				}
-				n++
-			}
-			c.q = c.q[:copy(c.q, c.q[n:])]
+			n := c.take(out, now)
 			c.mu.Unlock()
 			return n, nil
 		}
