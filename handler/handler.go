@@ -363,17 +363,24 @@ func (h *Handler) vmGone() bool {
 	}
 	h.removeMu.RLock()
 	defer h.removeMu.RUnlock()
-	var err error
-	if r.PageSize == handshake.PageSize4K {
-		err = h.u.ZeroPage(uintptr(page), uintptr(r.PageSize), true)
-	} else {
-		_, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(r.PageSize), true)
-	}
-	if uffd.IsGone(err) {
+	if _, err := h.zeroFill(page, r.PageSize, true); uffd.IsGone(err) {
 		h.gone.Store(true)
 		return true
 	}
 	return false
+}
+
+// zeroFill installs a zero page of size ps at page: UFFDIO_ZEROPAGE for
+// 4 KiB pages, a copy of the zero buffer for huge ones (hugetlb has no
+// ZEROPAGE). It returns the bytes installed.
+func (h *Handler) zeroFill(page, ps uint64, dontWake bool) (int64, error) {
+	if ps == handshake.PageSize4K {
+		if err := h.u.ZeroPage(uintptr(page), uintptr(ps), dontWake); err != nil {
+			return 0, err
+		}
+		return int64(ps), nil
+	}
+	return h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(ps), dontWake)
 }
 
 func (h *Handler) bumpGen() {
@@ -476,23 +483,15 @@ func (h *Handler) serveFault(f fault, inline bool) bool {
 		var done func()
 		zeroSrc := false
 		if removed {
-			if ps == handshake.PageSize4K {
-				err = h.u.ZeroPage(uintptr(page), uintptr(ps), false)
-				n = int64(ps)
-			} else {
-				n, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(ps), false)
-			}
+			n, err = h.zeroFill(page, ps, false)
 		} else {
 			var src uintptr
 			var zero bool
 			src, zero, done, err = h.src.Page(r.Offset+idx*ps, ps)
 			switch {
 			case err != nil:
-			case zero && ps == handshake.PageSize4K:
-				err = h.u.ZeroPage(uintptr(page), uintptr(ps), false)
-				n, zeroSrc = 0, true
 			case zero:
-				n, err = h.u.Copy(uintptr(page), h.zero.Addr(), uintptr(ps), false)
+				_, err = h.zeroFill(page, ps, false)
 				n, zeroSrc = 0, true
 			default:
 				n, err = h.u.Copy(uintptr(page), src, uintptr(ps), false)

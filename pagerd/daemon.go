@@ -439,6 +439,17 @@ func (d *Daemon) runWaiting(ctx context.Context, v *vm, snap *restore.Snapshot, 
 	d.serve(ctx, v, log, sess, markReady, u, conn.Regions, fds, nil)
 }
 
+// waitRecorded waits until the VM's serving record is written (at once
+// when none is being written); a file write, bounded by the disk.
+func (v *vm) waitRecorded() {
+	v.mu.Lock()
+	recorded := v.recorded
+	v.mu.Unlock()
+	if recorded != nil {
+		<-recorded
+	}
+}
+
 // recordServing records a completed handshake and publishes the
 // descriptors a handoff needs. The record is complete here; writing it
 // (an fsynced file, 0.2-1.5 ms) runs beside the pre-install, and the VM is
@@ -493,14 +504,7 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 			}
 			d.mu.Unlock()
 		}
-		v.mu.Lock()
-		recorded := v.recorded
-		v.mu.Unlock()
-		if recorded == nil {
-			installing()
-		} else {
-			go func() { <-recorded; installing() }()
-		}
+		go func() { v.waitRecorded(); installing() }()
 	}
 	close(v.serving)
 	start := time.Now()
@@ -510,12 +514,7 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 		case <-ctx.Done():
 			return
 		}
-		v.mu.Lock()
-		recorded := v.recorded
-		v.mu.Unlock()
-		if recorded != nil {
-			<-recorded // a file write: bounded by the disk
-		}
+		v.waitRecorded()
 		if err := sess.ReadyErr(); err != nil {
 			// A VM that went away during its pre-install exited; that is
 			// not a failure of the restore (serve records it).
@@ -541,12 +540,7 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 		go d.watchStall(ctx, v, log, sess, adopted)
 	}
 	rep, err := sess.Serve(ctx, u, regions, fds.pidfd, fds.hup)
-	v.mu.Lock()
-	recorded := v.recorded
-	v.mu.Unlock()
-	if recorded != nil {
-		<-recorded // before it could be forgotten below
-	}
+	v.waitRecorded() // before it could be forgotten below
 	if v.handedOver.Load() {
 		if rep != nil {
 			log.Info("handed over to the successor", "faults_served_here", rep.Handler.Faults)

@@ -458,12 +458,7 @@ func (d *Daemon) freezeVMs() (out []*hoEntry, stuck []string) {
 			e.keptSock, e.socketPath = sock, l.Path()
 		}
 		if e.kind == "serving" {
-			v.mu.Lock()
-			recorded := v.recorded
-			v.mu.Unlock()
-			if recorded != nil {
-				<-recorded // the successor rewrites the record: this one must be written first
-			}
+			v.waitRecorded() // the successor rewrites the record: this one must be written first
 			v.mu.Lock()
 			e.kept = servingFDs{uffd: dup(v.fds.uffd), pidfd: dup(v.fds.pidfd), hup: dup(v.fds.hup)}
 			v.mu.Unlock()
