@@ -60,6 +60,22 @@ func (c *testCluster) client(j int) *client.Client {
 	return client.New(c.host(j).API, client.Options{})
 }
 
+// fullestMemNode is the index in st of the live memory node that holds the
+// most segments; it fails the test when no live node holds one.
+func fullestMemNode(t *testing.T, st *cluster.Status) int {
+	t.Helper()
+	best := -1
+	for i, m := range st.MemNodes {
+		if m.Alive && (best < 0 || m.Segments > st.MemNodes[best].Segments) {
+			best = i
+		}
+	}
+	if best < 0 || st.MemNodes[best].Segments == 0 {
+		t.Fatalf("no live memory node holds a segment: %+v", st.MemNodes)
+	}
+	return best
+}
+
 func (c *testCluster) status(t *testing.T, ctx context.Context) *cluster.Status {
 	t.Helper()
 	out, err := exec.CommandContext(ctx, bin, "cluster", "status", "--dir", c.dir, "--json").Output()
@@ -491,17 +507,7 @@ func TestClusterMemNodeLoss(t *testing.T) {
 	// Kill the memory node holding the most segments.
 	victim := func() *cluster.MemNode {
 		t.Helper()
-		st := c.status(t, ctx)
-		best := -1
-		for i, m := range st.MemNodes {
-			if m.Alive && (best < 0 || m.Segments > st.MemNodes[best].Segments) {
-				best = i
-			}
-		}
-		if best < 0 || st.MemNodes[best].Segments == 0 {
-			t.Fatalf("no live memory node holds a segment: %+v", st.MemNodes)
-		}
-		return c.s.MemNodes[best]
+		return c.s.MemNodes[fullestMemNode(t, c.status(t, ctx))]
 	}
 	m1 := victim()
 	killed := time.Now()
@@ -616,15 +622,7 @@ func TestClusterMemNodeDrain(t *testing.T) {
 	c := clusterUp(t, ctx, 1, "--replicas", "2")
 	c.publish(t, ctx, 1, img, "fn")
 	st := c.status(t, ctx)
-	best := -1
-	for i, m := range st.MemNodes {
-		if m.Alive && (best < 0 || m.Segments > st.MemNodes[best].Segments) {
-			best = i
-		}
-	}
-	if best < 0 || st.MemNodes[best].Segments == 0 {
-		t.Fatalf("no memory node holds a segment: %+v", st.MemNodes)
-	}
+	best := fullestMemNode(t, st)
 	addr := st.MemNodes[best].Addr
 	dctx, dcancel := context.WithTimeout(ctx, time.Minute)
 	defer dcancel()
