@@ -427,15 +427,7 @@ func (d *Daemon) runWaiting(ctx context.Context, v *vm, snap *restore.Snapshot, 
 	conn.UFFD = -1
 	defer u.Close()
 	fds := servingFDs{uffd: u.Fd(), pidfd: conn.Watch.PidFD, hup: conn.Watch.HangupFD}
-	recorded := make(chan struct{})
-	v.mu.Lock()
-	v.recorded = recorded
-	v.mu.Unlock()
-	if err := d.recordServing(v, conn, fds, recorded, log); err != nil {
-		close(recorded)
-		log.Warn("this VM cannot be re-adopted if the daemon stops", "err", err)
-		d.forget(v.wire.ID)
-	}
+	d.recordServing(v, conn, fds, log)
 	d.serve(ctx, v, log, sess, markReady, u, conn.Regions, fds, nil)
 }
 
@@ -453,30 +445,44 @@ func (v *vm) waitRecorded() {
 // recordServing records a completed handshake and publishes the
 // descriptors a handoff needs. The record is complete here; writing it
 // (an fsynced file, 0.2-1.5 ms) runs beside the pre-install, and the VM is
-// not reported ready before it is written (serve waits for recorded,
-// which is closed once it is).
-func (d *Daemon) recordServing(v *vm, conn *handshake.VM, fds servingFDs, recorded chan struct{}, log *slog.Logger) error {
-	if fds.pidfd < 0 {
-		return errors.New("no pidfd of the VMM")
+// not reported ready before it is written: v.recorded is closed once it
+// is, or once recording failed (the VM is then served, but a successor
+// could not take it back).
+func (d *Daemon) recordServing(v *vm, conn *handshake.VM, fds servingFDs, log *slog.Logger) {
+	recorded := make(chan struct{})
+	v.mu.Lock()
+	v.recorded = recorded
+	v.mu.Unlock()
+	unrecorded := func(err error) {
+		log.Warn("this VM cannot be re-adopted if the daemon stops", "err", err)
+		d.forget(v.wire.ID)
 	}
-	id, err := vmmproc.Identify(conn.Peer.Pid, fds.pidfd)
-	if err != nil {
-		return err
+	complete := func() error {
+		if fds.pidfd < 0 {
+			return errors.New("no pidfd of the VMM")
+		}
+		id, err := vmmproc.Identify(conn.Peer.Pid, fds.pidfd)
+		if err != nil {
+			return err
+		}
+		fid, err := vmmproc.FileIDOf(fds.uffd)
+		if err != nil {
+			return err
+		}
+		v.rec.Serve(id, fid, conn.Dialect, conn.Regions) // not changed after this: safe to write from another goroutine
+		return nil
 	}
-	fid, err := vmmproc.FileIDOf(fds.uffd)
-	if err != nil {
-		return err
+	if err := complete(); err != nil {
+		unrecorded(err)
+		close(recorded)
+		return
 	}
-	v.rec.Serve(id, fid, conn.Dialect, conn.Regions) // not changed after this: safe to write from another goroutine
 	go func() {
 		defer close(recorded)
 		if err := d.save(v.rec); err != nil {
-			// Served, but a successor could not take it back.
-			log.Warn("this VM cannot be re-adopted if the daemon stops", "err", err)
-			d.forget(v.wire.ID)
+			unrecorded(err)
 		}
 	}()
-	return nil
 }
 
 // serve runs a VM's session on its userfaultfd until the VM exits (or the
