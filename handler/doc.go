@@ -17,8 +17,11 @@
 // the mmap'd source (no intermediate buffer); a page inside a removed range
 // gets UFFDIO_ZEROPAGE (or a copy of zeros for 2 MiB pages) and never
 // snapshot content again. EEXIST is answered with UFFDIO_WAKE, EAGAIN by
-// waiting for the reader to drain pending events and retrying, ESRCH ends
-// serving: the VM is gone.
+// waiting for the reader to drain pending events and retrying, ENOENT (the
+// page was unregistered meanwhile) with UFFDIO_WAKE, and ESRCH ends
+// serving: the VM is gone. A VM that nothing watches (no pidfd, no
+// handshake socket) is probed after each quiet poll by re-installing a page
+// already copied, so its death ends serving too.
 //
 // Removal and copy are serialised by a reader/writer lock (copies share it,
 // a REMOVE takes it exclusively), so a copy that began before a REMOVE was

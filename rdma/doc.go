@@ -9,7 +9,9 @@
 // The transport model is one-sided RDMA: a client registers off-heap
 // destination memory (Transport.Register), posts a batch of reads of one
 // segment with one call (Conn.PostReads: one round trip, one doorbell), and
-// collects asynchronous per-read Completions (Conn.Poll). After Conn.Close
+// collects asynchronous per-read Completions (Conn.Poll, on one dispatcher
+// goroutine per connection; a demand read also polls for its own completion
+// for a short while where the Conn is a TryPoller). After Conn.Close
 // returns, the transport never writes a destination buffer again, which is
 // what lets the client re-issue a timed-out read into the same buffer.
 //
