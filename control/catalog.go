@@ -147,6 +147,25 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 	return &s, nil
 }
 
+// SnapshotRev returns the revision at which a catalog entry last changed
+// (its Rev), without reading the entry: a reader holding a verified copy
+// of that revision needs nothing more. ErrNotFound if there is none.
+func (p *Plane) SnapshotRev(ctx context.Context, name string) (int64, error) {
+	if err := ValidName(name); err != nil {
+		return 0, err
+	}
+	ctx, cancel := p.op(ctx)
+	defer cancel()
+	r, err := p.Client.Get(ctx, prefixSnap+name, clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, p.fail(fmt.Sprintf("reading snapshot %q from the catalog", name), err)
+	}
+	if len(r.Kvs) == 0 {
+		return 0, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	return r.Kvs[0].ModRevision, nil
+}
+
 // ListSnapshots returns all entries sorted by name.
 func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	ctx, cancel := p.op(ctx)

@@ -72,6 +72,12 @@ func TestControlPlane(t *testing.T) {
 		if err != nil || got.ColdBytes != 8192 || len(got.Segments) != 1 || got.Segments[0].Nodes[1] != "m2" {
 			t.Fatalf("get: %+v %v", got, err)
 		}
+		if rev, err := p.SnapshotRev(ctx, "fn-a"); err != nil || rev != got.Rev {
+			t.Fatalf("revision %d %v, want the entry's %d", rev, err, got.Rev)
+		}
+		if _, err := p.SnapshotRev(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("revision of a missing entry: %v", err)
+		}
 		if _, err := p.GetSnapshot(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("missing get: %v", err)
 		}
@@ -136,6 +142,18 @@ func TestControlPlane(t *testing.T) {
 		got, err := ps.GetPlacement(ctx, "e2")
 		if err != nil || got.Extents[0].Descriptor != 1 {
 			t.Fatalf("get e2: %+v %v", got, err)
+		}
+		p.PutSnapshot(ctx, &Snapshot{Name: "e2", Published: time.Now()})
+		p.PutSnapshot(ctx, &Snapshot{Name: "e4", Published: time.Now()})
+		snap, _ := p.GetSnapshot(ctx, "e2")
+		if rev, pl, err := ps.SnapshotRevAndPlacement(ctx, "e2"); err != nil || snap == nil || rev != snap.Rev || pl == nil || pl.Rev != got.Rev || pl.Extents[0].Descriptor != 1 {
+			t.Fatalf("e2 in one read: revision %d, placement %+v, %v; want %v and the placement at %d", rev, pl, err, snap, got.Rev)
+		}
+		if rev, pl, err := ps.SnapshotRevAndPlacement(ctx, "e4"); err != nil || rev == 0 || pl != nil {
+			t.Fatalf("e4 (no placement): revision %d, placement %+v, %v", rev, pl, err)
+		}
+		if _, _, err := ps.SnapshotRevAndPlacement(ctx, "e3"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("e3 has a placement but no catalog entry: %v, want ErrNotFound", err)
 		}
 		if err := ps.DeletePlacement(ctx, "e2", got.Rev+1); err == nil {
 			t.Fatal("delete at a stale revision accepted")

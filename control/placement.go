@@ -130,6 +130,33 @@ func (c *PodState) GetPlacement(ctx context.Context, name string) (*Placement, e
 	return decodePlacement(name, r.Kvs[0].Value, r.Kvs[0].ModRevision)
 }
 
+// SnapshotRevAndPlacement reads, in one round trip and at one revision, the
+// catalog entry's revision (Plane.SnapshotRev) and this pod's placement of
+// it: what opening a snapshot for a restore needs from the control plane.
+// The placement is nil (and err nil) when the pod holds none; ErrNotFound
+// when the catalog has no such snapshot.
+func (c *PodState) SnapshotRevAndPlacement(ctx context.Context, name string) (int64, *Placement, error) {
+	if err := ValidName(name); err != nil {
+		return 0, nil, err
+	}
+	ctx, cancel := c.p.op(ctx)
+	defer cancel()
+	r, err := c.p.Client.Txn(ctx).Then(clientv3.OpGet(prefixSnap+name, clientv3.WithKeysOnly()),
+		clientv3.OpGet(c.placementKey(name))).Commit()
+	if err != nil {
+		return 0, nil, c.p.fail(fmt.Sprintf("reading snapshot %q and its placement", name), err)
+	}
+	snap, place := r.Responses[0].GetResponseRange(), r.Responses[1].GetResponseRange()
+	if snap == nil || len(snap.Kvs) == 0 {
+		return 0, nil, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	if place == nil || len(place.Kvs) == 0 {
+		return snap.Kvs[0].ModRevision, nil, nil
+	}
+	pl, err := decodePlacement(name, place.Kvs[0].Value, place.Kvs[0].ModRevision)
+	return snap.Kvs[0].ModRevision, pl, err
+}
+
 func decodePlacement(name string, v []byte, rev int64) (*Placement, error) {
 	var pl Placement
 	if err := json.Unmarshal(v, &pl); err != nil {
