@@ -89,19 +89,27 @@ type Adoption struct {
 
 // Report describes one served restore (filled in when the VM exits).
 type Report struct {
-	HotSource          string       `json:"hot_source"`
-	ColdSource         string       `json:"cold_source"`
-	PreinstallNS       int64        `json:"preinstall_ns"`
-	PreinstallPages    uint64       `json:"preinstall_pages"`
-	PreinstallBytes    uint64       `json:"preinstall_bytes"`
-	ZeroPagesToKernel  uint64       `json:"zero_pages_to_kernel"`
-	ColdDemandExtents  uint64       `json:"cold_demand_extents"`
-	ColdPrefetchExtent uint64       `json:"cold_prefetch_extents"`
-	ColdBytesRead      uint64       `json:"cold_bytes_read"`
-	ColdFaults         uint64       `json:"cold_faults"`
-	HotFaults          uint64       `json:"hot_faults"`
-	ZeroFaults         uint64       `json:"zero_faults"`
-	ColdReadNS         int64        `json:"cold_read_ns"`
+	HotSource          string `json:"hot_source"`
+	ColdSource         string `json:"cold_source"`
+	PreinstallNS       int64  `json:"preinstall_ns"`
+	PreinstallPages    uint64 `json:"preinstall_pages"`
+	PreinstallBytes    uint64 `json:"preinstall_bytes"`
+	ZeroPagesToKernel  uint64 `json:"zero_pages_to_kernel"`
+	ColdDemandExtents  uint64 `json:"cold_demand_extents"`
+	ColdPrefetchExtent uint64 `json:"cold_prefetch_extents"`
+	ColdBytesRead      uint64 `json:"cold_bytes_read"`
+	ColdFaults         uint64 `json:"cold_faults"`
+	HotFaults          uint64 `json:"hot_faults"`
+	ZeroFaults         uint64 `json:"zero_faults"`
+	ColdReadNS         int64  `json:"cold_read_ns"`
+	// LearnedExtents are the cold extents read because earlier restores of
+	// the snapshot faulted on them (serve --learned-cold),
+	// LearnedBeforeReady those installed before the VM was ready,
+	// LearnedNew the extents this VM faulted on that were added to the
+	// snapshot's history.
+	LearnedExtents     uint64       `json:"learned_extents"`
+	LearnedBeforeReady uint64       `json:"learned_before_ready"`
+	LearnedNew         uint64       `json:"learned_new"`
 	Handler            HandlerStats `json:"handler"`
 }
 

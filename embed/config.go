@@ -17,6 +17,10 @@ import (
 
 // Config describes one host's pager daemon and, in pod mode, the pod
 // pieces it runs or joins. Exactly one of Images and Pod is set.
+// DefaultLearnedCold is the cold bytes a daemon learns per snapshot
+// unless Config.LearnedCold says otherwise.
+const DefaultLearnedCold = 32 << 20
+
 type Config struct {
 	// API is the control API socket (required).
 	API string
@@ -42,6 +46,11 @@ type Config struct {
 	// EarlyResume makes every VM ready once zero runs are set up (the hot
 	// set then streams in while it runs).
 	EarlyResume bool
+	// LearnedCold is how many bytes of cold extents the daemon learns per
+	// snapshot from its restores' cold faults and reads ahead of later
+	// restores (pager.History): 0 means the default, 32 MiB; negative
+	// turns learning off.
+	LearnedCold int64
 	// AcceptTimeout bounds the wait for a VM's Firecracker (default 60s).
 	AcceptTimeout time.Duration
 	// HugePages is the number of 2 MiB huge pages this host's 2 MiB

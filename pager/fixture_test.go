@@ -196,7 +196,8 @@ type coldSource struct {
 	mu      sync.Mutex
 	reads   map[int][]bool // extent → one entry per read: prefetch?
 	hold    map[int]chan struct{}
-	entered chan int // extents whose held read started
+	entered chan int     // extents whose held read started
+	fail    map[int]bool // extents whose next read fails
 }
 
 func (c *coldSource) Read(ctx context.Context, off uint64, dst []byte, prefetch bool) error {
@@ -204,7 +205,12 @@ func (c *coldSource) Read(ctx context.Context, off uint64, dst []byte, prefetch 
 	c.mu.Lock()
 	c.reads[x] = append(c.reads[x], prefetch)
 	gate := c.hold[x]
+	fail := c.fail[x]
+	delete(c.fail, x)
 	c.mu.Unlock()
+	if fail {
+		return fmt.Errorf("extent %d: injected read failure", x)
+	}
 	if gate != nil {
 		c.entered <- x
 		select {
@@ -214,6 +220,16 @@ func (c *coldSource) Read(ctx context.Context, off uint64, dst []byte, prefetch 
 		}
 	}
 	return c.ColdSource.Read(ctx, off, dst, prefetch)
+}
+
+// failOnce makes the next read of extent x fail.
+func (c *coldSource) failOnce(x int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail == nil {
+		c.fail = map[int]bool{}
+	}
+	c.fail[x] = true
 }
 
 // holdExtent makes reads of extent x wait until the returned function is

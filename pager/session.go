@@ -41,6 +41,12 @@ type Options struct {
 	OnRemove func(start, end uint64)
 	// Adopt, if set, takes over a VM another pager served (adopt.go).
 	Adopt *Adopt
+	// History, if set, is what earlier restores of this image learned
+	// about its cold pages (history.go): its extents are read while the hot
+	// set is installed and installed before the VM is reported ready (as
+	// many as have arrived by then), and the extents this VM still faulted
+	// on are added to it when the VM ends.
+	History *History
 }
 
 // Report describes one served restore.
@@ -58,6 +64,13 @@ type Report struct {
 	HotFaults          uint64
 	ZeroFaults         uint64
 	ColdReadTime       time.Duration
+	// LearnedExtents counts the cold extents read because earlier restores
+	// faulted on them (Options.History), LearnedBeforeReady those of them
+	// installed before the VM was reported ready, LearnedNew the extents
+	// this restore added to the history.
+	LearnedExtents     uint64
+	LearnedBeforeReady uint64
+	LearnedNew         uint64
 	Handler            handler.Stats
 }
 
@@ -95,6 +108,9 @@ type Session struct {
 	extMu        sync.Mutex
 	ext          map[int]*extent
 	demand       atomic.Int64
+	faultedMu    sync.Mutex
+	faulted      []int // cold extents read for demand faults, in order
+	learnedReady atomic.Bool
 
 	rep     Report
 	bg      sync.WaitGroup
@@ -205,7 +221,7 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			return 0, false, nil, fmt.Errorf("cold index %d has no extent", idx)
 		}
 		s.demand.Add(1)
-		e := s.fetch(x, false)
+		e := s.fetch(x, demandRead)
 		s.demand.Add(-1)
 		if e.err != nil {
 			return 0, false, nil, e.err
@@ -231,8 +247,17 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 	}
 }
 
+// readKind says why a cold extent is read.
+type readKind int
+
+const (
+	demandRead   readKind = iota // a guest fault waits for it
+	prefetchRead                 // the image's touched extents, streamed
+	learnedRead                  // earlier restores faulted on it (History)
+)
+
 // fetch reads and verifies cold extent x once; concurrent callers share it.
-func (s *Session) fetch(x int, prefetch bool) *extent {
+func (s *Session) fetch(x int, kind readKind) *extent {
 	s.extMu.Lock()
 	e, ok := s.ext[x]
 	if !ok {
@@ -248,7 +273,7 @@ func (s *Session) fetch(x int, prefetch bool) *extent {
 	off, n := s.img.ExtentRange(ex)
 	dst := s.arena[off : off+n]
 	t0 := time.Now()
-	e.err = s.cold.Read(s.ctx, off, dst, prefetch)
+	e.err = s.cold.Read(s.ctx, off, dst, kind != demandRead)
 	s.coldDur.Add(int64(time.Since(t0)))
 	if e.err == nil {
 		if err := s.img.VerifyExtent(x, dst); err != nil {
@@ -256,10 +281,16 @@ func (s *Session) fetch(x int, prefetch bool) *extent {
 		}
 	}
 	atomic.AddUint64(&s.rep.ColdBytesRead, n)
-	if prefetch {
+	switch kind {
+	case prefetchRead:
 		atomic.AddUint64(&s.rep.ColdPrefetchExtent, 1)
-	} else {
+	case learnedRead:
+		atomic.AddUint64(&s.rep.LearnedExtents, 1)
+	default:
 		atomic.AddUint64(&s.rep.ColdDemandExtents, 1)
+		s.faultedMu.Lock()
+		s.faulted = append(s.faulted, x)
+		s.faultedMu.Unlock()
 	}
 	if e.err != nil {
 		// Let a later fault retry instead of caching the failure.
@@ -360,6 +391,7 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 	r := <-done
 	cancel()
 	s.bg.Wait()
+	s.learn()
 	s.rep.Handler = r.st
 	s.rep.ColdReadTime = time.Duration(s.coldDur.Load())
 	return &s.rep, r.err
@@ -378,6 +410,8 @@ func (s *Session) Close() error {
 func (s *Session) preinstall(ctx context.Context) {
 	t0 := time.Now()
 	defer func() { s.rep.Preinstall = time.Since(t0) }()
+	learned := s.readLearned(ctx)
+	defer s.awaitLearned(learned, t0)
 	if s.opts.EarlyResume {
 		if !s.zeroRuns() {
 			return
@@ -538,7 +572,7 @@ func (s *Session) prefetch(ctx context.Context) {
 		if busy {
 			continue
 		}
-		e := s.fetch(x, true)
+		e := s.fetch(x, prefetchRead)
 		if e.err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("prefetch", "extent", x, "err", e.err)

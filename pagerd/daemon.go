@@ -56,9 +56,14 @@ type Config struct {
 	// APISocket is the control API socket Serve will be given (a handoff
 	// checks both daemons name the same one).
 	APISocket string
-	Pager     pager.Options
-	Registry  *prometheus.Registry
-	Logger    *slog.Logger
+	// LearnedCold is how many bytes of cold extents the daemon learns per
+	// snapshot (image) from its VMs' cold faults, and reads while later
+	// VMs of it are pre-installed (pager.History); 0: no learning. It
+	// keeps the histories of the 256 images restored most recently.
+	LearnedCold uint64
+	Pager       pager.Options
+	Registry    *prometheus.Registry
+	Logger      *slog.Logger
 }
 
 // Errors of the daemon itself (the opener's wrap restore's errors).
@@ -130,6 +135,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	vms       map[string]*vm
 	seq       uint64
+	histories *pager.Histories
 	wg        sync.WaitGroup
 
 	// handoff: Prepare and Delete hold it shared; a handoff exclusively
@@ -178,7 +184,8 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), vms: map[string]*vm{},
-		handedOver: make(chan struct{}), inherited: map[string]*handshake.Listener{}}
+		handedOver: make(chan struct{}), inherited: map[string]*handshake.Listener{},
+		histories: pager.NewHistories(cfg.LearnedCold, 256)}
 	if cfg.HandoffFrom != "" {
 		if err := d.receiveHandoff(); err != nil {
 			d.releaseLocks()
@@ -317,6 +324,7 @@ func (d *Daemon) session(v *vm, snap *restore.Snapshot, req api.PrepareRequest, 
 	so.NoPreinstall = so.NoPreinstall || req.NoPreinstall
 	so.NoPrefetch = so.NoPrefetch || req.NoPrefetch
 	so.Adopt = adopt
+	so.History = d.histories.For(snap.Image.ID())
 	return pager.New(snap, so)
 }
 
@@ -685,6 +693,7 @@ func wireReport(r *pager.Report) *api.Report {
 		PreinstallPages: r.PreinstallPages, PreinstallBytes: r.PreinstallBytes, ZeroPagesToKernel: r.ZeroPagesToKernel,
 		ColdDemandExtents: r.ColdDemandExtents, ColdPrefetchExtent: r.ColdPrefetchExtent, ColdBytesRead: r.ColdBytesRead,
 		ColdFaults: r.ColdFaults, HotFaults: r.HotFaults, ZeroFaults: r.ZeroFaults, ColdReadNS: int64(r.ColdReadTime),
+		LearnedExtents: r.LearnedExtents, LearnedBeforeReady: r.LearnedBeforeReady, LearnedNew: r.LearnedNew,
 		Handler: api.HandlerStats{Faults: h.Faults, WriteFaults: h.WriteFaults, ZeroFaults: h.ZeroFaults,
 			BytesCopied: h.BytesCopied, Exists: h.Exists, Retries: h.Retries, Removes: h.Removes, Unexpected: h.Unexpected,
 			Installed: h.Installed, Unregistered: h.Unregistered, WallNS: int64(h.Wall), Exit: h.Exit}}
