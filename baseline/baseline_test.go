@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/baseline"
 	"github.com/aquifer-pool/aquifer/guest"
@@ -57,6 +58,9 @@ func TestREAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
+	if src.Fetch <= 0 {
+		t.Errorf("the WS fetch took %v: not measured", src.Fetch)
+	}
 	set := firstTouched(tr)
 	v := testvm.New(t, testvm.Options{Size: pages * ps, Split: 100 * ps})
 	h, err := handler.New(v.UFFD, v.Regions, src, handler.Options{NoHangup: true})
@@ -197,5 +201,23 @@ func TestFaaSnap(t *testing.T) {
 	}
 	if rep.Verified != len(tr.Accesses) {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+// TestWSFetchSummaryParses: the fetch time a REAP handler prints in its
+// summary line parses back to the same duration, wherever the line puts
+// it; output without one does not parse.
+func TestWSFetchSummaryParses(t *testing.T) {
+	st := handler.Stats{Faults: 3, Installed: 9, Exit: "vm exited"}
+	for _, d := range []time.Duration{1, 1234567, 3 * time.Second} {
+		line := "aquifer handle: " + st.String() + "; " + baseline.WSFetchSummary(d) + "\n"
+		if got, ok := baseline.ParseWSFetch(line); !ok || got != d {
+			t.Errorf("%q: parsed %v %v, want %v", line, got, ok, d)
+		}
+	}
+	for _, out := range []string{"", "aquifer handle: " + st.String() + "\n", "ws fetch ns", "ws fetch 99999999999999999999999 ns"} {
+		if got, ok := baseline.ParseWSFetch(out); ok {
+			t.Errorf("%q: parsed %v", out, got)
+		}
 	}
 }

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/aquifer-pool/aquifer/internal/atomicfile"
 
@@ -71,11 +74,17 @@ type REAPSource struct {
 	h     *handler.Handler
 	// Installed counts WS pages installed at the first fault.
 	Installed atomic.Uint64
+	// Fetch is how long OpenREAP took to read the WS file (open, header,
+	// index and pages): vHive's FetchState, which it runs inside the
+	// timed snapshot load, concurrently with Firecracker's own.
+	Fetch time.Duration
 }
 
-// OpenREAP reads the WS file completely into memory (vHive's FetchState,
-// done before the snapshot load) and maps the memory file for the rest.
+// OpenREAP reads the WS file completely into memory (vHive's FetchState)
+// and maps the memory file for the rest; REAPSource.Fetch is how long the
+// WS file's reads took.
 func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
+	t0 := time.Now()
 	f, err := os.Open(wsPath)
 	if err != nil {
 		return nil, err
@@ -107,6 +116,7 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 			return nil, fmt.Errorf("%s: truncated pages: %w", wsPath, err)
 		}
 	}
+	s.Fetch = time.Since(t0)
 	if s.mem, err = handler.OpenMemFile(memPath); err != nil {
 		s.data.Unmap()
 		return nil, err
@@ -118,6 +128,28 @@ func OpenREAP(memPath, wsPath string) (*REAPSource, error) {
 		}
 	}
 	return s, nil
+}
+
+// WSFetchSummary is how a REAP handler's summary line (`aquifer handle
+// --reap-ws`) reports the fetch time: "ws fetch N ns".
+func WSFetchSummary(fetch time.Duration) string {
+	return fmt.Sprintf("ws fetch %d ns", fetch.Nanoseconds())
+}
+
+var wsFetchRE = regexp.MustCompile(`ws fetch (\d+) ns`)
+
+// ParseWSFetch finds the fetch time WSFetchSummary wrote in a handler's
+// output (false if there is none).
+func ParseWSFetch(out string) (time.Duration, bool) {
+	m := wsFetchRE.FindStringSubmatch(out)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return time.Duration(n), true
 }
 
 // PageSize is the page size of the working set's pages: it must be the

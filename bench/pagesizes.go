@@ -373,7 +373,14 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 	if rep.Mismatches != 0 {
 		return PageSizeSample{}, fmt.Errorf("guest %s: %d mismatching pages: %s", id, rep.Mismatches, rep.FirstError)
 	}
-	smp := PageSizeSample{Sample: Sample{Restore: rep.Restore, FirstTouch: rep.FirstTouch, EndToEnd: rep.EndToEnd, Verified: rep.Verified}}
+	if server != nil {
+		server.Wait() // it has printed its summary: the VM is gone
+	}
+	setup, err := accountSetup(&rep, s, serverOut.String())
+	if err != nil {
+		return PageSizeSample{}, fmt.Errorf("guest %s: %v", id, err)
+	}
+	smp := PageSizeSample{Sample: Sample{Restore: rep.Restore, FirstTouch: rep.FirstTouch, EndToEnd: rep.EndToEnd, Verified: rep.Verified, Setup: setup}}
 	num := func(re *regexp.Regexp, s string) uint64 {
 		if m := re.FindStringSubmatch(s); m != nil {
 			v, _ := strconv.ParseUint(m[1], 10, 64)
@@ -383,7 +390,6 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 	}
 	switch {
 	case server != nil:
-		server.Wait()
 		smp.Faults = num(faultsRE, serverOut.String())
 		smp.BytesCopied = num(copiedRE, serverOut.String())
 		smp.Preinstalled = num(installedRE, serverOut.String())

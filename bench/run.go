@@ -89,6 +89,11 @@ type Sample struct {
 	Verified    int           `json:"verified_pages"`
 	Faults      uint64        `json:"faults"`
 	Preinstall  time.Duration `json:"preinstall_ns,omitempty"`
+	// Setup is per-restore set-up work on the clock (setup.go): for
+	// aquifer strategies the PUT /v1/vms/ID, part of Restore; for reap the
+	// handler's read of the working-set file, overlapped with the guest's
+	// restore (Restore = max(fetch, the guest's own restore)).
+	Setup time.Duration `json:"setup_ns,omitempty"`
 	// Storage is where a disk-based strategy's files were (see AllStorages).
 	Storage   string     `json:"storage,omitempty"`
 	Breakdown *Breakdown `json:"breakdown,omitempty"`
@@ -649,8 +654,15 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		return Sample{}, fmt.Errorf("guest %s report: %v", id, err)
 	}
+	if server != nil {
+		server.Wait() // it has printed its summary: the VM is gone
+	}
+	setup, err := accountSetup(&rep, s, serverOut.String())
+	if err != nil {
+		return Sample{}, fmt.Errorf("guest %s: %v", id, err)
+	}
 	smp := Sample{Restore: rep.Restore, FirstTouch: rep.FirstTouch, EndToEnd: rep.EndToEnd, Verified: rep.Verified,
-		Resident: rep.Resident, Breakdown: breakdown(&rep, p.cls)}
+		Resident: rep.Resident, Breakdown: breakdown(&rep, p.cls), Setup: setup}
 	if ps := cmd.ProcessState; ps != nil {
 		smp.GuestCPU = ps.UserTime() + ps.SystemTime()
 	}
@@ -664,7 +676,6 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 		}
 	}
 	if server != nil {
-		server.Wait()
 		if ps := server.ProcessState; ps != nil {
 			smp.ServerCPU = ps.UserTime() + ps.SystemTime()
 		}

@@ -63,6 +63,9 @@ type HandlerResult struct {
 	RecordedPages int
 	// Adopted says how the VM was taken back (Adopt only).
 	Adopted *AdoptResult
+	// REAPFetch is how long reading the REAP working-set file took
+	// (REAPWS only; done before the socket listens).
+	REAPFetch time.Duration
 }
 
 func (c *HandlerConfig) validate() error {
@@ -158,6 +161,9 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 		reap.Attach(h)
 	}
 	res := &HandlerResult{}
+	if reap != nil {
+		res.REAPFetch = reap.Fetch
+	}
 	res.Stats, err = h.Serve(ctx, vm.Watch.PidFD)
 	st.finish(res.Stats, err)
 	if err != nil {

@@ -72,6 +72,11 @@ type Config struct {
 	// Resumed, if set, is waited on after the restore and before the vCPUs
 	// run: the orchestrator's PATCH /vm Resumed.
 	Resumed func(ctx context.Context) error
+	// Prepare, if set, is called first on the restore's clock (before the
+	// mappings and the handshake) and returns the handler socket, which
+	// replaces Socket: the orchestrator's call to the pager daemon on the
+	// cold-start path (PUT /v1/vms/ID). Its time is Report.Prepare.
+	Prepare func(ctx context.Context) (socket string, err error)
 	// PageSize is the guest's page size: 4096, or 2 MiB for a guest
 	// backed by hugetlbfs pages (Firecracker's huge_pages "2M"; Uffd
 	// backend only, see huge.go). 0 means the trace's page size.
@@ -133,7 +138,9 @@ type Report struct {
 	// ResumeWait is the time between the end of the restore and the
 	// resume (waiting for the handler's hot set: Config.Resumed).
 	ResumeWait time.Duration `json:"resume_wait_ns,omitempty"`
-	Touches    []Touch       `json:"touches,omitempty"`
+	// Prepare is the time Config.Prepare took, the first part of Restore.
+	Prepare time.Duration `json:"prepare_ns,omitempty"`
+	Touches []Touch       `json:"touches,omitempty"`
 	// VCPUEnd is when each vCPU made its last access, since the start of
 	// the restore: the largest is on the critical path.
 	VCPUEnd []time.Duration `json:"vcpu_end_ns,omitempty"`
@@ -245,6 +252,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	start := time.Now()
+	if cfg.Prepare != nil {
+		sock, err := cfg.Prepare(ctx)
+		if err != nil {
+			return nil, err
+		}
+		v.cfg.Socket = sock
+		rep.Prepare = time.Since(start)
+	}
+	if cfg.Backend == BackendUffd && v.cfg.Socket == "" {
+		return nil, errors.New("the uffd backend needs a handler socket")
+	}
 	switch cfg.Backend {
 	case BackendUffd:
 		rep.Dialect = cfg.Dialect.String()

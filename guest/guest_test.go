@@ -39,6 +39,9 @@ type run struct {
 	Trace     string            `json:"trace"`
 	Balloon   *guest.Balloon    `json:"balloon"`
 	DropCache bool              `json:"drop_cache"`
+	// Prepare "socket" gives Socket through Config.Prepare (Config.Socket
+	// empty); "fail" makes Config.Prepare fail.
+	Prepare string `json:"prepare,omitempty"`
 }
 
 type result struct {
@@ -63,8 +66,16 @@ func runChild(spec string) result {
 	if err != nil {
 		return result{Err: err.Error()}
 	}
-	rep, err := guest.Run(context.Background(), guest.Config{MemPath: r.Mem, Backend: r.Backend, Socket: r.Socket, Dialect: r.Dialect,
-		GapStart: r.GapStart, VCPUs: r.VCPUs, Trace: tr, Balloon: r.Balloon, DropCache: r.DropCache})
+	cfg := guest.Config{MemPath: r.Mem, Backend: r.Backend, Socket: r.Socket, Dialect: r.Dialect,
+		GapStart: r.GapStart, VCPUs: r.VCPUs, Trace: tr, Balloon: r.Balloon, DropCache: r.DropCache}
+	switch r.Prepare {
+	case "socket":
+		cfg.Socket = ""
+		cfg.Prepare = func(ctx context.Context) (string, error) { return r.Socket, ctx.Err() }
+	case "fail":
+		cfg.Prepare = func(context.Context) (string, error) { return "", errPrepare }
+	}
+	rep, err := guest.Run(context.Background(), cfg)
 	res := result{Report: rep}
 	if err != nil {
 		res.Err = err.Error()
@@ -72,15 +83,24 @@ func runChild(spec string) result {
 	return res
 }
 
+var errPrepare = errors.New("the pager refused the restore")
+
 // runGuest runs the guest of cfg in a child process (see childEnv).
 func runGuest(t *testing.T, cfg guest.Config) (*guest.Report, error) {
+	t.Helper()
+	return runGuestPrepared(t, cfg, "")
+}
+
+// runGuestPrepared runs the guest of cfg in a child process, its
+// Config.Prepare as run.Prepare says.
+func runGuestPrepared(t *testing.T, cfg guest.Config, prepare string) (*guest.Report, error) {
 	t.Helper()
 	trace := filepath.Join(t.TempDir(), "trace")
 	if err := wset.WriteFile(trace, cfg.Trace); err != nil {
 		t.Fatal(err)
 	}
 	spec, _ := json.Marshal(run{Mem: cfg.MemPath, Backend: cfg.Backend, Socket: cfg.Socket, Dialect: cfg.Dialect,
-		GapStart: cfg.GapStart, VCPUs: cfg.VCPUs, Trace: trace, Balloon: cfg.Balloon, DropCache: cfg.DropCache})
+		GapStart: cfg.GapStart, VCPUs: cfg.VCPUs, Trace: trace, Balloon: cfg.Balloon, DropCache: cfg.DropCache, Prepare: prepare})
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -203,6 +223,38 @@ func TestUffdRestore(t *testing.T) {
 				t.Fatalf("handler served %d faults for %d distinct pages (%+v)", st.Faults, rep.Pages, st)
 			}
 		})
+	}
+}
+
+// TestPrepareOnTheClock: Config.Prepare names the handler socket (the
+// pager daemon's PUT /v1/vms) inside the restore: the guest restores
+// through the socket it returned, Report.Prepare is the first part of
+// Restore; a failing Prepare fails the run, and the uffd backend with
+// neither a socket nor a Prepare is refused.
+func TestPrepareOnTheClock(t *testing.T) {
+	mem, tr := snapshot(t)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	stop := handle(t, sock, mem)
+	cfg := guest.Config{MemPath: mem, Backend: guest.BackendUffd, Socket: sock, Dialect: handshake.DialectV1_12, GapStart: gap, Trace: tr}
+	rep, err := runGuestPrepared(t, cfg, "socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Verified != len(tr.Accesses) || rep.Mismatches != 0 {
+		t.Fatalf("report %+v: want all %d accesses verified", rep, len(tr.Accesses))
+	}
+	if rep.Prepare <= 0 || rep.Prepare > rep.Restore || rep.Restore > rep.EndToEnd {
+		t.Fatalf("prepare %v, restore %v, end-to-end %v: the prepare is not the first part of the restore", rep.Prepare, rep.Restore, rep.EndToEnd)
+	}
+	if st := stop(); st.Faults != uint64(rep.Pages) {
+		t.Fatalf("the handler behind the prepared socket served %d faults for %d pages", st.Faults, rep.Pages)
+	}
+	if rep, err := runGuestPrepared(t, cfg, "fail"); err == nil || err.Error() != errPrepare.Error() || rep != nil {
+		t.Fatalf("failing prepare: report %+v, error %v", rep, err)
+	}
+	cfg.Socket = ""
+	if _, err := runGuest(t, cfg); err == nil || !strings.Contains(err.Error(), "needs a handler socket") {
+		t.Fatalf("no socket, no prepare: %v", err)
 	}
 }
 

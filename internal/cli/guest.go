@@ -110,14 +110,14 @@ func runGuest(cmd *cobra.Command, g *guestRunFlags) error {
 		g.pagerAPI = client.Socket("")
 	}
 	if g.pagerAPI != "" {
-		if err := g.prepareOnPager(cmd.Context(), &cfg); err != nil {
+		if err := g.prepareOnPager(&cfg); err != nil {
 			return err
 		}
 	}
 	if g.waitReady != "" {
 		cfg.Resumed = func(ctx context.Context) error { return waitForFile(ctx, g.waitReady) }
 	}
-	if cfg.Backend == guest.BackendUffd && cfg.Socket == "" {
+	if cfg.Backend == guest.BackendUffd && cfg.Socket == "" && cfg.Prepare == nil {
 		return fmt.Errorf("--backend uffd needs --socket")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -183,37 +183,40 @@ func parseBalloon(s string) (*guest.Balloon, error) {
 	return &b, nil
 }
 
-// prepareOnPager acts as the orchestrator: it prepares the restore on the
-// pager daemon, loads through the socket the daemon names and resumes once
-// the daemon says the VM is ready.
-func (g *guestRunFlags) prepareOnPager(ctx context.Context, cfg *guest.Config) error {
+// prepareOnPager acts as the orchestrator: the restore it sets up first
+// prepares the VM on the pager daemon (PUT /v1/vms/ID, on the restore's
+// clock: guest.Config.Prepare), loads through the socket the daemon names
+// and resumes once the daemon says the VM is ready.
+func (g *guestRunFlags) prepareOnPager(cfg *guest.Config) error {
 	if g.vmID == "" || g.snapshot == "" {
 		return fmt.Errorf("a restore through the pager daemon needs both --vm ID and --snapshot NAME")
 	}
 	pc := client.New(g.pagerAPI, client.Options{})
 	// This process is the VMM: its socket admits this pid only.
 	req := api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()}
-	vm, err := pc.Prepare(ctx, g.vmID, req)
-	// As an orchestrator would: while no daemon answers (it is
-	// restarting), ask again; a PUT the daemon recorded before it went is
-	// found again. A daemon that answers 503 (its control plane is down)
-	// is not asked again.
-	for deadline, retried := time.Now().Add(time.Minute), false; err != nil; {
-		var ae *api.Error
-		switch {
-		case errors.Is(err, api.ErrExists) && retried:
-			if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
-				err = fmt.Errorf("VM %q: already exists with another snapshot or VMM (DELETE /v1/vms/%s ends it; or give another --vm)", g.vmID, g.vmID)
+	cfg.Prepare = func(ctx context.Context) (string, error) {
+		vm, err := pc.Prepare(ctx, g.vmID, req)
+		// As an orchestrator would: while no daemon answers (it is
+		// restarting), ask again; a PUT the daemon recorded before it went
+		// is found again. A daemon that answers 503 (its control plane is
+		// down) is not asked again.
+		for deadline, retried := time.Now().Add(time.Minute), false; err != nil; {
+			var ae *api.Error
+			switch {
+			case errors.Is(err, api.ErrExists) && retried:
+				if vm, err = pc.Get(ctx, g.vmID); err == nil && (vm.Snapshot != g.snapshot || vm.VMMPID != req.VMMPID) {
+					err = fmt.Errorf("VM %q: already exists with another snapshot or VMM (DELETE /v1/vms/%s ends it; or give another --vm)", g.vmID, g.vmID)
+				}
+				continue
+			case !errors.As(err, &ae) || ae.Code != api.CodeUnavailable || ae.Status != 0 || time.Now().After(deadline):
+				return "", err
 			}
-			continue
-		case !errors.As(err, &ae) || ae.Code != api.CodeUnavailable || ae.Status != 0 || time.Now().After(deadline):
-			return err
+			time.Sleep(50 * time.Millisecond)
+			vm, err = pc.Prepare(ctx, g.vmID, req)
+			retried = true
 		}
-		time.Sleep(50 * time.Millisecond)
-		vm, err = pc.Prepare(ctx, g.vmID, req)
-		retried = true
+		return vm.Socket, nil
 	}
-	cfg.Socket = vm.Socket
 	cfg.Resumed = func(ctx context.Context) error {
 		_, err := pc.WaitReady(ctx, g.vmID, time.Minute)
 		return err

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/baseline"
 	"github.com/aquifer-pool/aquifer/embed"
 	"github.com/spf13/cobra"
 )
@@ -24,7 +25,9 @@ mem_backend {"backend_type":"Uffd","backend_path":PATH}), accepts Firecracker's
 single connection, receives the userfaultfd and the region list (any dialect
 from Firecracker 1.1 on) and serves every page fault from --mem, the snapshot
 memory file. Balloon (REMOVE) ranges are answered with zero pages from then on.
-It exits 0 when the VM process exits and prints one summary line. Only the uid
+It exits 0 when the VM process exits and prints one summary line (with
+--reap-ws it ends "; ws fetch N ns": how long reading the working-set file
+took, before the socket listened). Only the uid
 Firecracker runs as (--vmm-uid; default this process's) may connect: another
 peer is refused and the socket keeps waiting. A malformed handshake exits 2.
 
@@ -49,6 +52,9 @@ serves on.`,
 				if r := res.Report; r != nil {
 					line += fmt.Sprintf("; pre-installed %d hot pages in %v, cold extents %d demand + %d prefetch",
 						r.PreinstallPages, r.Preinstall.Round(time.Microsecond), r.ColdDemandExtents, r.ColdPrefetchExtent)
+				}
+				if res.REAPFetch > 0 {
+					line += "; " + baseline.WSFetchSummary(res.REAPFetch)
 				}
 				if a := res.Adopted; a != nil {
 					line += fmt.Sprintf("; re-adopted %s: %d faults left unanswered were woken, %d balloon ranges replayed, first fault served %v after start",

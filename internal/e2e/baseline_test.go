@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aquifer-pool/aquifer/baseline"
 	"github.com/aquifer-pool/aquifer/wset"
 )
 
@@ -74,6 +75,9 @@ func TestBaselines(t *testing.T) {
 		m := regexp.MustCompile(`pre-installed (\d+) pages`).FindStringSubmatch(hout.String())
 		if m == nil || m[1] == "0" {
 			t.Fatalf("REAP installed no working set: %s", hout.String())
+		}
+		if d, ok := baseline.ParseWSFetch(hout.String()); !ok || d <= 0 {
+			t.Fatalf("the REAP handler reported no working-set fetch time: %s", hout.String())
 		}
 	})
 
