@@ -20,12 +20,20 @@ const (
 	learnedWaitMax = 5 * time.Millisecond
 )
 
+// learnedReads are the learned extents of one restore in flight.
+type learnedReads struct {
+	hotIn chan struct{} // closed once the hot set is installed
+	done  chan struct{} // closed once every learned extent is in
+}
+
 // readLearned starts reading the extents earlier restores of this image
-// faulted on, oldest first, on a background goroutine, installing each as
-// it arrives; the returned channel is closed once every one is in (nil:
-// nothing to read). The reads go through the cold source's prefetch path:
-// they never delay a demand read, and before resume there is none.
-func (s *Session) readLearned(ctx context.Context) chan struct{} {
+// faulted on, oldest first, and installing them, on background goroutines
+// (nil: nothing to read). The reads start at once, beside the hot set's
+// pre-install, at demand priority (see fetch); the installs wait for the
+// hot set to be in, which they must not slow down: on the two cores
+// measured, installs beside the hot copies made the pre-install of a
+// 26-MiB learned set 3x slower (docs/evaluation.md).
+func (s *Session) readLearned(ctx context.Context) *learnedReads {
 	if s.opts.History == nil || s.cold == nil || s.opts.NoPrefetch {
 		return nil
 	}
@@ -34,11 +42,16 @@ func (s *Session) readLearned(ctx context.Context) chan struct{} {
 		return nil
 	}
 	n := len(s.img.ColdExtents())
-	done := make(chan struct{})
-	s.bg.Add(1)
+	l := &learnedReads{hotIn: make(chan struct{}), done: make(chan struct{})}
+	type read struct {
+		x int
+		e *extent
+	}
+	arrived := make(chan read, len(xs))
+	s.bg.Add(2)
 	go func() {
 		defer s.bg.Done()
-		defer close(done)
+		defer close(arrived)
 		for _, x := range xs {
 			if ctx.Err() != nil || s.quiesced.Load() {
 				return
@@ -52,29 +65,45 @@ func (s *Session) readLearned(ctx context.Context) chan struct{} {
 				s.log.Debug("reading a learned cold extent", "extent", x, "err", e.err)
 				continue
 			}
-			s.installExtent(x, e)
+			arrived <- read{x, e}
+		}
+	}()
+	go func() {
+		defer s.bg.Done()
+		defer close(l.done)
+		select {
+		case <-l.hotIn:
+		case <-ctx.Done():
+			return
+		}
+		for r := range arrived {
+			s.installExtent(r.x, r.e)
 			if !s.learnedReady.Load() {
 				atomic.AddUint64(&s.rep.LearnedBeforeReady, 1)
 			}
 		}
 	}()
-	return done
+	return l
 }
 
-// awaitLearned waits, once the hot set is in, for the learned extents still
-// being read (bounded, see learnedWaitMin), so that they are installed
-// before the VM resumes. With EarlyResume, or when the
-// pre-install failed, it does not wait.
-func (s *Session) awaitLearned(read chan struct{}, t0 time.Time) {
+// awaitLearned lets the learned extents be installed once the hot set is
+// in, and waits for them (bounded, see learnedWaitMin) so that they are
+// in before the VM resumes. With EarlyResume, or when the pre-install
+// failed, it does not wait.
+func (s *Session) awaitLearned(l *learnedReads, t0 time.Time) {
 	defer s.learnedReady.Store(true)
-	if read == nil || s.opts.EarlyResume || s.readyErr != nil {
+	if l == nil {
+		return
+	}
+	close(l.hotIn)
+	if s.opts.EarlyResume || s.readyErr != nil {
 		return
 	}
 	wait := min(max(time.Since(t0)/2, learnedWaitMin), learnedWaitMax)
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
-	case <-read:
+	case <-l.done:
 	case <-t.C:
 	}
 }

@@ -273,7 +273,11 @@ func (s *Session) fetch(x int, kind readKind) *extent {
 	off, n := s.img.ExtentRange(ex)
 	dst := s.arena[off : off+n]
 	t0 := time.Now()
-	e.err = s.cold.Read(s.ctx, off, dst, kind != demandRead)
+	// Learned extents are read at demand priority: they are this VM's next
+	// faults, and a read on the prefetch path waits while any other VM's
+	// demand read is in flight (with 8 restores at once, for the whole
+	// run: a fault joining it waited ~10 ms).
+	e.err = s.cold.Read(s.ctx, off, dst, kind == prefetchRead)
 	s.coldDur.Add(int64(time.Since(t0)))
 	if e.err == nil {
 		if err := s.img.VerifyExtent(x, dst); err != nil {
