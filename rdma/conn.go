@@ -114,16 +114,6 @@ func (cc *cconn) deliver(cps []Completion) {
 // scheduler's wake-up on a loaded host (0.1-2 ms measured here).
 const spinFor = 300 * time.Microsecond
 
-// soleDemand reports whether the caller's is the only demand read in
-// flight: only then does it spin. With several VMs faulting at once the
-// cores are busy (8 restores on the 2 cores measured) and a spinning read
-// takes the CPU the others' vCPUs and installs need.
-func (c *Client) soleDemand() bool {
-	c.dmu.Lock()
-	defer c.dmu.Unlock()
-	return c.inflight <= 1
-}
-
 // spin polls cc for a's completions on the calling goroutine, delivering
 // every completion it takes (others' too), until a is done or spinFor
 // passed; it reports whether a is done. The dispatcher keeps polling
@@ -259,7 +249,7 @@ func (c *Client) post(n *node, p Priority, cc *cconn, ops []ReadOp, errs []error
 // results into errs; a node that answered a read with an error is marked
 // down.
 func (c *Client) await(ctx context.Context, n *node, p Priority, cc *cconn, as []*attempt, errs []error) {
-	if p == Demand && len(as) == 1 && ctx.Err() == nil && c.soleDemand() {
+	if p == Demand && len(as) == 1 && ctx.Err() == nil {
 		cc.spin(as[0])
 	}
 	timer := time.NewTimer(c.o.ReadTimeout)
