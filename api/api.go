@@ -102,12 +102,12 @@ type Report struct {
 	HotFaults          uint64 `json:"hot_faults"`
 	ZeroFaults         uint64 `json:"zero_faults"`
 	ColdReadNS         int64  `json:"cold_read_ns"`
-	// LearnedExtents are the cold extents read because earlier restores of
+	// LearnedPages are the cold pages read because earlier restores of
 	// the snapshot faulted on them (serve --learned-cold),
 	// LearnedBeforeReady those installed before the VM was ready,
-	// LearnedNew the extents this VM faulted on that were added to the
+	// LearnedNew the cold pages this VM faulted on that were added to the
 	// snapshot's history.
-	LearnedExtents     uint64       `json:"learned_extents"`
+	LearnedPages       uint64       `json:"learned_pages"`
 	LearnedBeforeReady uint64       `json:"learned_before_ready"`
 	LearnedNew         uint64       `json:"learned_new"`
 	Handler            HandlerStats `json:"handler"`

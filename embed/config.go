@@ -19,7 +19,7 @@ import (
 // pieces it runs or joins. Exactly one of Images and Pod is set.
 // DefaultLearnedCold is the cold bytes a daemon learns per snapshot
 // unless Config.LearnedCold says otherwise.
-const DefaultLearnedCold = 32 << 20
+const DefaultLearnedCold = 8 << 20
 
 type Config struct {
 	// API is the control API socket (required).
@@ -46,9 +46,9 @@ type Config struct {
 	// EarlyResume makes every VM ready once zero runs are set up (the hot
 	// set then streams in while it runs).
 	EarlyResume bool
-	// LearnedCold is how many bytes of cold extents the daemon learns per
+	// LearnedCold is how many bytes of cold pages the daemon learns per
 	// snapshot from its restores' cold faults and reads ahead of later
-	// restores (pager.History): 0 means the default, 32 MiB; negative
+	// restores (pager.History): 0 means the default, 8 MiB; negative
 	// turns learning off.
 	LearnedCold int64
 	// AcceptTimeout bounds the wait for a VM's Firecracker (default 60s).

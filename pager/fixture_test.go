@@ -117,11 +117,11 @@ func (f *fixture) extentPages(x int) []uint64 {
 	return out
 }
 
-// extentAt returns the cold extent whose bytes start at cold-segment
-// offset off.
+// extentAt returns the cold extent whose bytes hold cold-segment offset
+// off (a read of a whole extent starts at its first byte).
 func (f *fixture) extentAt(off uint64) int {
 	for x, e := range f.img.ColdExtents() {
-		if o, _ := f.img.ExtentRange(e); o == off {
+		if o, n := f.img.ExtentRange(e); off >= o && off < o+n {
 			return x
 		}
 	}

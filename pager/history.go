@@ -6,38 +6,38 @@ import (
 )
 
 // History is what earlier restores of one image taught about its cold
-// pages: the cold extents their guests demand-faulted, in the order they
-// were learned. The recording that
-// built the image saw one input; other inputs touch pages it did not
-// (6-130 cold faults per invocation in the captured corpus, mostly the same
-// extents run after run), and each such fault costs a userfault round trip
-// plus a tier read on the critical path. A session given a History
-// (Options.History) reads and installs the learned extents while it
-// installs the hot set, before it reports the VM ready as far as they have
-// arrived by then (the rest right after), and adds the extents its own
+// pages: the cold pages their guests demand-faulted, in the order they were
+// learned. The recording that built the image saw one input; other inputs
+// touch pages it did not (2-130 cold faults per invocation in the captured
+// corpus, mostly the same pages run after run, about one page per cold
+// extent), and each such fault costs a userfault round trip plus a tier
+// read on the critical path. A session given a History (Options.History)
+// reads the learned pages from the cold tier while it installs the hot
+// set, installs them before it reports the VM ready as far as they have
+// arrived by then (the rest right after), and adds the cold pages its own
 // guest still faulted on when the VM ends.
 //
-// A learned extent stays learned while the history has room: once it is
-// read ahead its pages no longer fault, so a restore cannot tell whether it
-// still needed them; the oldest learned extents leave first when the byte
-// budget is exceeded. A History is safe for concurrent use; it lives in
-// memory (a restarted daemon learns again).
+// A learned page stays learned while the history has room: once it is
+// installed ahead it no longer faults, so a restore cannot tell whether it
+// still needed it; the oldest learned pages leave first when the budget is
+// exceeded. A History is safe for concurrent use; it lives in memory (a
+// restarted daemon learns again).
 type History struct {
-	mu     sync.Mutex
-	max    uint64 // bytes of learned extents kept
-	bytes  uint64
-	order  []int // oldest first
-	sizeOf map[int]uint64
+	mu    sync.Mutex
+	max   int // pages kept
+	order []uint64
+	known map[uint64]bool
 }
 
-// NewHistory returns an empty history keeping at most maxBytes of learned
-// extents (maxBytes 0: nothing is learned).
-func NewHistory(maxBytes uint64) *History {
-	return &History{max: maxBytes, sizeOf: map[int]uint64{}}
+// NewHistory returns an empty history keeping at most maxPages learned
+// cold pages (0: nothing is learned).
+func NewHistory(maxPages int) *History {
+	return &History{max: maxPages, known: map[uint64]bool{}}
 }
 
-// Extents returns the learned extents, oldest first.
-func (h *History) Extents() []int {
+// Pages returns the learned cold pages (indices in the image's cold
+// segment), oldest first.
+func (h *History) Pages() []uint64 {
 	if h == nil {
 		return nil
 	}
@@ -46,45 +46,28 @@ func (h *History) Extents() []int {
 	return slices.Clone(h.order)
 }
 
-// Bytes returns the size of the learned extents.
-func (h *History) Bytes() uint64 {
-	if h == nil {
-		return 0
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.bytes
-}
-
-// Learn adds the extents one restore demand-faulted (in fault order), with
-// their sizes, evicts the oldest ones over the budget and returns how many
-// it added. An extent already learned keeps its place; one larger than the
-// whole budget is not learned.
-func (h *History) Learn(faults []int, size func(x int) uint64) int {
-	if h == nil || len(faults) == 0 {
+// Learn adds the cold pages one restore demand-faulted, in fault order,
+// evicts the oldest ones over the budget and returns how many it added.
+func (h *History) Learn(pages []uint64) int {
+	if h == nil || len(pages) == 0 || h.max <= 0 {
 		return 0
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	added := 0
-	for _, x := range faults {
-		if _, ok := h.sizeOf[x]; ok {
+	for _, p := range pages {
+		if h.known[p] {
 			continue
 		}
-		n := size(x)
-		if n == 0 || n > h.max {
-			continue
-		}
-		h.sizeOf[x] = n
-		h.order = append(h.order, x)
-		h.bytes += n
+		h.known[p] = true
+		h.order = append(h.order, p)
 		added++
 	}
-	for h.bytes > h.max && len(h.order) > 0 {
-		old := h.order[0]
-		h.order = h.order[1:]
-		h.bytes -= h.sizeOf[old]
-		delete(h.sizeOf, old)
+	if over := len(h.order) - h.max; over > 0 {
+		for _, p := range h.order[:over] {
+			delete(h.known, p)
+		}
+		h.order = slices.Delete(h.order, 0, over)
 	}
 	return added
 }
@@ -94,22 +77,23 @@ func (h *History) Learn(faults []int, size func(x int) uint64) int {
 // snapshot starts a new history.
 type Histories struct {
 	mu       sync.Mutex
-	max      uint64
+	maxBytes uint64
 	maxCount int
 	m        map[string]*History
 	lru      []string
 }
 
-// NewHistories keeps up to maxImages histories of maxBytes each (the least
-// recently used image's history is dropped first). maxBytes 0 disables
-// learning: For then returns nil.
+// NewHistories keeps up to maxImages histories of maxBytes of learned pages
+// each (the least recently used image's history is dropped first).
+// maxBytes 0 disables learning: For then returns nil.
 func NewHistories(maxBytes uint64, maxImages int) *Histories {
-	return &Histories{max: maxBytes, maxCount: max(maxImages, 1), m: map[string]*History{}}
+	return &Histories{maxBytes: maxBytes, maxCount: max(maxImages, 1), m: map[string]*History{}}
 }
 
-// For returns image id's history, creating it (nil when learning is off).
-func (hs *Histories) For(id string) *History {
-	if hs == nil || hs.max == 0 {
+// For returns the history of image id, whose pages are pageSize bytes,
+// creating it (nil when learning is off).
+func (hs *Histories) For(id string, pageSize uint64) *History {
+	if hs == nil || hs.maxBytes == 0 || pageSize == 0 || hs.maxBytes < pageSize {
 		return nil
 	}
 	hs.mu.Lock()
@@ -118,7 +102,7 @@ func (hs *Histories) For(id string) *History {
 		hs.lru = append(slices.Delete(hs.lru, i, i+1), id)
 		return hs.m[id]
 	}
-	h := NewHistory(hs.max)
+	h := NewHistory(int(hs.maxBytes / pageSize))
 	hs.m[id] = h
 	hs.lru = append(hs.lru, id)
 	for len(hs.lru) > hs.maxCount {

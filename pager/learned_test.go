@@ -5,17 +5,19 @@ import (
 	"testing"
 )
 
-// TestLearnedColdExtents: a VM that faults on an untouched cold extent
-// teaches the image's History; the next VM of the image has that extent
-// read and installed before it is ready, so its guest finds the pages
-// present, byte for byte, without a cold fault.
-func TestLearnedColdExtents(t *testing.T) {
+// TestLearnedColdPages: a VM that faults on a cold page no prefetch brings
+// teaches the image's History; the next VM of the image has that page read
+// and installed before it is ready (and only that page of its extent), so
+// its guest finds it present, byte for byte, without a cold fault.
+func TestLearnedColdPages(t *testing.T) {
 	f := newFixture(t)
-	h := NewHistory(1 << 20)
+	h := NewHistory(64)
 	x := f.firstExtent(false) // not streamed by the prefetcher: only learning brings it
-	p := f.extentPages(x)[0]
+	ext := f.extentPages(x)
+	p := ext[1]
+	_, idx, _ := f.img.Classify(p)
 
-	snap, _, cold := f.snapshot(t)
+	snap, _, _ := f.snapshot(t)
 	v := newVM(t)
 	r := serveVM(t, snap, Options{History: h}, v)
 	if err := r.ready(t); err != nil {
@@ -23,14 +25,11 @@ func TestLearnedColdExtents(t *testing.T) {
 	}
 	f.touch(t, v, p)
 	rep := r.finish(t)
-	if rep.ColdFaults != 1 || rep.ColdDemandExtents != 1 || rep.LearnedExtents != 0 || rep.LearnedNew != 1 {
-		t.Fatalf("first VM: report %+v, want one demand-read extent, learned", rep)
+	if rep.ColdFaults != 1 || rep.LearnedPages != 0 || rep.LearnedNew != 1 {
+		t.Fatalf("first VM: report %+v, want one cold fault, learned", rep)
 	}
-	if got := h.Extents(); !slices.Equal(got, []int{x}) {
-		t.Fatalf("history %v, want [%d]", got, x)
-	}
-	if reads := cold.readsOf(x); len(reads) != 1 || reads[0] {
-		t.Fatalf("first VM: extent %d reads (prefetch?) %v, want one demand read", x, reads)
+	if got := h.Pages(); !slices.Equal(got, []uint64{idx}) {
+		t.Fatalf("history %v, want [%d]", got, idx)
 	}
 
 	snap2, _, cold2 := f.snapshot(t)
@@ -39,27 +38,30 @@ func TestLearnedColdExtents(t *testing.T) {
 	if err := r2.ready(t); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range f.extentPages(x) {
-		waitFor(t, "the learned extent to be installed", func() bool { return resident(t, v2, q) })
-		f.installed(t, v2, q)
+	waitFor(t, "the learned page to be installed", func() bool { return resident(t, v2, p) })
+	f.installed(t, v2, p)
+	if resident(t, v2, ext[0]) {
+		t.Fatalf("page %d of the learned page's extent was installed: only learned pages are", ext[0])
 	}
 	f.touch(t, v2, p)
 	rep2 := r2.finish(t)
-	if rep2.ColdFaults != 0 || rep2.ColdDemandExtents != 0 || rep2.LearnedExtents != 1 || rep2.LearnedNew != 0 {
-		t.Fatalf("second VM: report %+v, want the learned extent read ahead and no cold fault", rep2)
+	if rep2.ColdFaults != 0 || rep2.ColdDemandExtents != 0 || rep2.LearnedPages != 1 || rep2.LearnedNew != 0 {
+		t.Fatalf("second VM: report %+v, want the learned page installed ahead and no cold fault", rep2)
 	}
 	if reads := cold2.readsOf(x); len(reads) != 1 || reads[0] {
 		t.Fatalf("second VM: extent %d reads (prefetch?) %v, want one read at demand priority", x, reads)
 	}
 }
 
-// TestLearnedReadFails: a learned extent whose read fails is left to demand:
-// the VM is still ready and its fault reads the extent again.
+// TestLearnedReadFails: learned pages whose read fails are left to demand:
+// the VM is still ready and its fault reads the page's extent.
 func TestLearnedReadFails(t *testing.T) {
 	f := newFixture(t)
 	x := f.firstExtent(false)
-	h := NewHistory(1 << 20)
-	h.Learn([]int{x}, func(int) uint64 { return 8 * ps })
+	p := f.extentPages(x)[0]
+	_, idx, _ := f.img.Classify(p)
+	h := NewHistory(64)
+	h.Learn([]uint64{idx})
 	snap, _, cold := f.snapshot(t)
 	cold.failOnce(x)
 	v := newVM(t)
@@ -68,47 +70,41 @@ func TestLearnedReadFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the learned read to fail", func() bool { return len(cold.readsOf(x)) == 1 })
-	p := f.extentPages(x)[1]
 	f.touch(t, v, p)
 	rep := r.finish(t)
-	if rep.ColdFaults != 1 || rep.ColdDemandExtents != 1 {
-		t.Fatalf("report %+v: want the failed learned extent read again on demand", rep)
+	if rep.ColdFaults != 1 || rep.ColdDemandExtents != 1 || rep.LearnedPages != 0 {
+		t.Fatalf("report %+v: want the failed learned page read again on demand", rep)
 	}
 }
 
 func TestHistory(t *testing.T) {
-	size := func(x int) uint64 { return uint64(x%3+1) * 100 }
-	h := NewHistory(600)
-	if n := h.Learn([]int{4, 2, 4, 7}, size); n != 3 { // 200 + 300 + 200
-		t.Fatalf("learned %d, want 3 (a repeated extent once)", n)
+	h := NewHistory(3)
+	if n := h.Learn([]uint64{4, 2, 4, 7}); n != 3 {
+		t.Fatalf("learned %d, want 3 (a repeated page once)", n)
 	}
-	// 700 bytes > 600: the oldest (4) left.
-	if got := h.Extents(); !slices.Equal(got, []int{2, 7}) || h.Bytes() != 500 {
-		t.Fatalf("history %v (%d bytes), want [2 7] (500): the oldest leaves over the budget", got, h.Bytes())
+	if n := h.Learn([]uint64{2, 9}); n != 1 || !slices.Equal(h.Pages(), []uint64{2, 7, 9}) {
+		t.Fatalf("after 2, 9: added %d, history %v, want 1 added and [2 7 9]: the oldest leaves over the budget", n, h.Pages())
 	}
-	if n := h.Learn([]int{2, 9}, size); n != 1 || !slices.Equal(h.Extents(), []int{2, 7, 9}) || h.Bytes() != 600 {
-		t.Fatalf("after 2, 9: added %d, history %v (%d bytes), want 1 added, [2 7 9] (600)", n, h.Extents(), h.Bytes())
-	}
-	if n := NewHistory(100).Learn([]int{2}, size); n != 0 {
-		t.Fatal("an extent larger than the budget was learned")
+	if NewHistory(0).Learn([]uint64{2}) != 0 {
+		t.Fatal("a history of no pages learned")
 	}
 	var nilH *History
-	if nilH.Learn([]int{1}, size) != 0 || nilH.Extents() != nil || nilH.Bytes() != 0 {
+	if nilH.Learn([]uint64{1}) != 0 || nilH.Pages() != nil {
 		t.Fatal("a nil history learned")
 	}
 
-	hs := NewHistories(1000, 2)
-	a := hs.For("a")
-	if hs.For("a") != a {
-		t.Fatal("a second For of one image gave another history")
+	hs := NewHistories(8<<10, 2)
+	a := hs.For("a", 4096)
+	if a == nil || a.max != 2 || hs.For("a", 4096) != a {
+		t.Fatal("For: want one history of 2 pages per image")
 	}
-	hs.For("b")
-	hs.For("a") // a most recent: c evicts b
-	hs.For("c")
-	if hs.For("a") != a {
+	hs.For("b", 4096)
+	hs.For("a", 4096) // a most recent: c evicts b
+	hs.For("c", 4096)
+	if hs.For("a", 4096) != a {
 		t.Fatal("the most recently used history was evicted")
 	}
-	if NewHistories(0, 8).For("a") != nil {
-		t.Fatal("learning off, yet a history")
+	if NewHistories(0, 8).For("a", 4096) != nil || hs.For("d", 2<<20) != nil {
+		t.Fatal("learning off (or a budget under one page), yet a history")
 	}
 }

@@ -42,10 +42,10 @@ type Options struct {
 	// Adopt, if set, takes over a VM another pager served (adopt.go).
 	Adopt *Adopt
 	// History, if set, is what earlier restores of this image learned
-	// about its cold pages (history.go): its extents are read while the hot
+	// about its cold pages (history.go): its pages are read while the hot
 	// set is installed and installed before the VM is reported ready (as
-	// many as have arrived by then), and the extents this VM still faulted
-	// on are added to it when the VM ends.
+	// many as have arrived by then), and the cold pages this VM still
+	// faulted on are added to it when the VM ends.
 	History *History
 }
 
@@ -64,11 +64,11 @@ type Report struct {
 	HotFaults          uint64
 	ZeroFaults         uint64
 	ColdReadTime       time.Duration
-	// LearnedExtents counts the cold extents read because earlier restores
+	// LearnedPages counts the cold pages read because earlier restores
 	// faulted on them (Options.History), LearnedBeforeReady those of them
-	// installed before the VM was reported ready, LearnedNew the extents
-	// this restore added to the history.
-	LearnedExtents     uint64
+	// installed before the VM was reported ready, LearnedNew the cold pages
+	// this restore faulted on that were added to the history.
+	LearnedPages       uint64
 	LearnedBeforeReady uint64
 	LearnedNew         uint64
 	Handler            handler.Stats
@@ -109,7 +109,7 @@ type Session struct {
 	ext          map[int]*extent
 	demand       atomic.Int64
 	faultedMu    sync.Mutex
-	faulted      []int // cold extents read for demand faults, in order
+	faulted      []uint64 // cold pages demand-faulted, in order
 	learnedReady atomic.Bool
 
 	rep     Report
@@ -216,6 +216,9 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		return s.latePage(idx)
 	default:
 		atomic.AddUint64(&s.rep.ColdFaults, 1)
+		s.faultedMu.Lock()
+		s.faulted = append(s.faulted, idx)
+		s.faultedMu.Unlock()
 		x, ok := s.img.ExtentOf(idx)
 		if !ok {
 			return 0, false, nil, fmt.Errorf("cold index %d has no extent", idx)
@@ -253,7 +256,6 @@ type readKind int
 const (
 	demandRead   readKind = iota // a guest fault waits for it
 	prefetchRead                 // the image's touched extents, streamed
-	learnedRead                  // earlier restores faulted on it (History)
 )
 
 // fetch reads and verifies cold extent x once; concurrent callers share it.
@@ -273,10 +275,6 @@ func (s *Session) fetch(x int, kind readKind) *extent {
 	off, n := s.img.ExtentRange(ex)
 	dst := s.arena[off : off+n]
 	t0 := time.Now()
-	// Learned extents are read at demand priority: they are this VM's next
-	// faults, and a read on the prefetch path waits while any other VM's
-	// demand read is in flight (with 8 restores at once, for the whole
-	// run: a fault joining it waited ~10 ms).
 	e.err = s.cold.Read(s.ctx, off, dst, kind == prefetchRead)
 	s.coldDur.Add(int64(time.Since(t0)))
 	if e.err == nil {
@@ -288,13 +286,8 @@ func (s *Session) fetch(x int, kind readKind) *extent {
 	switch kind {
 	case prefetchRead:
 		atomic.AddUint64(&s.rep.ColdPrefetchExtent, 1)
-	case learnedRead:
-		atomic.AddUint64(&s.rep.LearnedExtents, 1)
 	default:
 		atomic.AddUint64(&s.rep.ColdDemandExtents, 1)
-		s.faultedMu.Lock()
-		s.faulted = append(s.faulted, x)
-		s.faultedMu.Unlock()
 	}
 	if e.err != nil {
 		// Let a later fault retry instead of caching the failure.

@@ -56,7 +56,7 @@ type Config struct {
 	// APISocket is the control API socket Serve will be given (a handoff
 	// checks both daemons name the same one).
 	APISocket string
-	// LearnedCold is how many bytes of cold extents the daemon learns per
+	// LearnedCold is how many bytes of cold pages the daemon learns per
 	// snapshot (image) from its VMs' cold faults, and reads while later
 	// VMs of it are pre-installed (pager.History); 0: no learning. It
 	// keeps the histories of the 256 images restored most recently.
@@ -324,7 +324,7 @@ func (d *Daemon) session(v *vm, snap *restore.Snapshot, req api.PrepareRequest, 
 	so.NoPreinstall = so.NoPreinstall || req.NoPreinstall
 	so.NoPrefetch = so.NoPrefetch || req.NoPrefetch
 	so.Adopt = adopt
-	so.History = d.histories.For(snap.Image.ID())
+	so.History = d.histories.For(snap.Image.ID(), uint64(snap.Image.PageSize()))
 	return pager.New(snap, so)
 }
 
@@ -693,7 +693,7 @@ func wireReport(r *pager.Report) *api.Report {
 		PreinstallPages: r.PreinstallPages, PreinstallBytes: r.PreinstallBytes, ZeroPagesToKernel: r.ZeroPagesToKernel,
 		ColdDemandExtents: r.ColdDemandExtents, ColdPrefetchExtent: r.ColdPrefetchExtent, ColdBytesRead: r.ColdBytesRead,
 		ColdFaults: r.ColdFaults, HotFaults: r.HotFaults, ZeroFaults: r.ZeroFaults, ColdReadNS: int64(r.ColdReadTime),
-		LearnedExtents: r.LearnedExtents, LearnedBeforeReady: r.LearnedBeforeReady, LearnedNew: r.LearnedNew,
+		LearnedPages: r.LearnedPages, LearnedBeforeReady: r.LearnedBeforeReady, LearnedNew: r.LearnedNew,
 		Handler: api.HandlerStats{Faults: h.Faults, WriteFaults: h.WriteFaults, ZeroFaults: h.ZeroFaults,
 			BytesCopied: h.BytesCopied, Exists: h.Exists, Retries: h.Retries, Removes: h.Removes, Unexpected: h.Unexpected,
 			Installed: h.Installed, Unregistered: h.Unregistered, WallNS: int64(h.Wall), Exit: h.Exit}}

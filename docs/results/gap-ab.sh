@@ -7,6 +7,14 @@
 #
 #   docs/results/gap-ab.sh BEFORE_BIN AFTER_BIN ROUNDS OUT.jsonl [WORKLOAD...]
 #
+# GUEST_BIN (default AFTER_BIN) is the binary whose guest emulator restores
+# every VM, for both builds: set it to compare two daemons with a guest that
+# times what a newer guest times (since the bench-clock change the restore
+# includes the PUT /v1/vms). TRACES (default "eval-1") are the traces
+# replayed, one per round in turn: TRACES="eval-1 eval-2" alternates the two
+# inputs as the benchmark does (a daemon that learns from its restores then
+# meets the input it did not see every other round).
+#
 # Each build runs the benchmark's pod (aquifer serve --embedded, emulated
 # CXL and RDMA tiers, the flags of bench.StartPoolPod); the VMs are the
 # benchmark's guest emulator (aquifer guest run, AFTER_BIN's, the same for
@@ -18,6 +26,8 @@
 # docs/results/gap-ab-summary.py prints the table with bootstrap intervals.
 set -euo pipefail
 before=$1 after=$2 rounds=$3 out=$4
+guest=${GUEST_BIN:-$after}
+read -r -a traces <<<"${TRACES:-eval-1}"
 shift 4
 corpus=${AQUIFER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aquifer}/corpus/captured
 workloads=("$@")
@@ -56,12 +66,13 @@ n=0
 for r in $(seq "$rounds"); do
 	order=(before after)
 	[ $((r % 2)) -eq 0 ] && order=(after before)
+	tr=${traces[$(((r - 1) % ${#traces[@]}))]}
 	for w in "${workloads[@]}"; do
 		for b in "${order[@]}"; do
 			n=$((n + 1))
 			id="ab$n"
 			api=$work/$b/api.sock
-			rep=$("$after" guest run --json --mem "$corpus/$w/mem" --ref "$corpus/$w/mem" --trace "$corpus/$w/eval-1.ws" \
+			rep=$("$guest" guest run --json --mem "$corpus/$w/mem" --ref "$corpus/$w/mem" --trace "$corpus/$w/$tr.ws" \
 				--vcpus 2 --think-scale 1 --log-level warn --touch-times --backend uffd \
 				--pager-api "$api" --vm "$id" --snapshot "$w")
 			for _ in $(seq 100); do # the report is the daemon's once it saw the VM exit

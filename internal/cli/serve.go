@@ -125,7 +125,7 @@ docs/operations.md, "Upgrades and crashes".`,
 	f.StringVar(&cfg.Images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
 	f.IntVar(&cfg.Workers, "workers", 2, "fault-serving threads per VM")
 	f.BoolVar(&cfg.EarlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
-	f.StringVar(&learned, "learned-cold", "32MiB", "cold bytes per snapshot learned from its restores' cold faults and read while later restores of it pre-install, so that their guests do not fault on them (0: off)")
+	f.StringVar(&learned, "learned-cold", "8MiB", "cold pages (in bytes) per snapshot learned from its restores' cold faults and installed before later restores of it resume, so that their guests do not fault on them (0: off)")
 	f.IntVar(&cfg.VMMUID, "vmm-uid", -1, "uid Firecracker runs as (under the jailer): the only uid admitted on VM sockets (default: this daemon's uid)")
 	f.IntVar(&cfg.HugePages, "huge-pages", 0, "2 MiB huge pages this host's 2 MiB (hugetlbfs) guests hold at once: refuse to start unless the hugetlb pool has them (vm.nr_hugepages), and warm them (0: no check)")
 	f.DurationVar(&cfg.AcceptTimeout, "accept-timeout", 0, "give up on a prepared VM whose Firecracker has not connected after this long (default 60s)")
