@@ -102,6 +102,11 @@ type PagerCounts struct {
 	ZeroFaults      uint64        `json:"zero_faults"`
 	ColdBytes       uint64        `json:"cold_bytes"`
 	ColdRead        time.Duration `json:"cold_read_ns"`
+	// LearnedPages are cold pages installed ahead because earlier restores
+	// of the snapshot faulted on them (serve --learned-cold), of which
+	// LearnedBeforeReady before the VM was ready.
+	LearnedPages       uint64 `json:"learned_pages,omitempty"`
+	LearnedBeforeReady uint64 `json:"learned_before_ready,omitempty"`
 }
 
 func breakdown(rep *guest.Report, c *classes) *Breakdown {
@@ -149,7 +154,7 @@ func pagerCounts(ctx context.Context, api, id string) (*PagerCounts, error) {
 			return &PagerCounts{Preinstall: time.Duration(rep.PreinstallNS), PreinstallPages: rep.PreinstallPages,
 				PreinstallBytes: rep.PreinstallBytes, ZeroToKernel: rep.ZeroPagesToKernel,
 				HotFaults: rep.HotFaults, ColdFaults: rep.ColdFaults, ZeroFaults: rep.ZeroFaults, ColdBytes: rep.ColdBytesRead,
-				ColdRead: time.Duration(rep.ColdReadNS)}, nil
+				ColdRead: time.Duration(rep.ColdReadNS), LearnedPages: rep.LearnedPages, LearnedBeforeReady: rep.LearnedBeforeReady}, nil
 		}
 		select {
 		case <-ctx.Done():
