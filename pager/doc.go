@@ -29,6 +29,13 @@
 //     in touch order, at low priority; demand reads always go first, and an
 //     extent being prefetched is shared with a demand fault, never read
 //     twice.
+//  6. Learned cold pages (Options.History, history.go and learned.go): the
+//     cold pages earlier restores of the same image faulted on (other
+//     inputs than the recording's) are read beside the pre-install into a
+//     buffer of the session's own, verified, and installed once the hot set
+//     is in, before the VM is reported ready as far as they have arrived
+//     (the wait is bounded); the cold pages this VM still faults on are
+//     added to the history when it ends.
 //
 // Every page installed from a tier is checked against the image's xxhash64
 // digest first: a corrupt or stale tier can fail a restore, never feed the
