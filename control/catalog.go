@@ -149,14 +149,20 @@ func (p *Plane) GetSnapshot(ctx context.Context, name string) (*Snapshot, error)
 
 // SnapshotRev returns the revision at which a catalog entry last changed
 // (its Rev), without reading the entry: a reader holding a verified copy
-// of that revision needs nothing more. ErrNotFound if there is none.
+// of that revision needs nothing more. ErrNotFound if there is none. The
+// read is serializable, as PodState.SnapshotRevAndPlacement's (whose
+// comment says why), and linearizable again before an entry is called
+// missing.
 func (p *Plane) SnapshotRev(ctx context.Context, name string) (int64, error) {
 	if err := ValidName(name); err != nil {
 		return 0, err
 	}
 	ctx, cancel := p.op(ctx)
 	defer cancel()
-	r, err := p.Client.Get(ctx, prefixSnap+name, clientv3.WithKeysOnly())
+	r, err := p.Client.Get(ctx, prefixSnap+name, clientv3.WithKeysOnly(), clientv3.WithSerializable())
+	if err == nil && len(r.Kvs) == 0 {
+		r, err = p.Client.Get(ctx, prefixSnap+name, clientv3.WithKeysOnly())
+	}
 	if err != nil {
 		return 0, p.fail(fmt.Sprintf("reading snapshot %q from the catalog", name), err)
 	}
