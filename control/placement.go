@@ -247,12 +247,18 @@ func (c *PodState) WatchPlacements(ctx context.Context, fn func(name string, pl 
 // Restored adds one restore to the snapshot's heat in this pod and returns
 // the new heat.
 func (c *PodState) Restored(ctx context.Context, name string, at time.Time) (Heat, error) {
+	return c.RestoredN(ctx, name, at, 1)
+}
+
+// RestoredN records n restores of name at once (a host that counts its
+// restores and writes them in batches), as Restored does one.
+func (c *PodState) RestoredN(ctx context.Context, name string, at time.Time, n int) (Heat, error) {
 	for attempt := 0; ; attempt++ {
 		h, rev, err := c.heat(ctx, name)
 		if err != nil {
 			return Heat{}, err
 		}
-		h = Heat{Score: h.Now(at) + 1, At: at, Demoted: h.Demoted}
+		h = Heat{Score: h.Now(at) + float64(n), At: at, Demoted: h.Demoted}
 		ok, err := c.putHeat(ctx, name, h, rev)
 		if err != nil || ok || attempt >= 8 {
 			return h, err

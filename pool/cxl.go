@@ -237,7 +237,7 @@ func (p *Pool) evictForSpace(ctx context.Context, m *membership, keep string, ma
 	if err != nil {
 		return "", err
 	}
-	heats, err := p.cfg.PodState.Heats(ctx)
+	heats, err := p.heats(ctx)
 	if err != nil {
 		return "", err
 	}

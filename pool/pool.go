@@ -50,18 +50,23 @@ type Pool struct {
 	cache map[string]*entry
 
 	// cxl is this host's membership of the CXL tier (nil: none now).
-	cxl      atomic.Pointer[membership]
-	cxlMu    sync.Mutex // serialises owner operations (a pod.Pod is single-threaded)
-	outage   atomic.Pointer[string]
-	lastPub  atomic.Int64 // unix ns of this host's last CXL publish
-	wake     chan struct{}
-	ctx      context.Context
-	stop     context.CancelFunc
-	promos   sync.Map // names being promoted
-	bg       sync.WaitGroup
-	Counters Counters
-	MemTier  MemTierStats
-	gcAt     time.Time // the last orphan sweep (the memory tier's leader only)
+	cxl     atomic.Pointer[membership]
+	cxlMu   sync.Mutex // serialises owner operations (a pod.Pod is single-threaded)
+	outage  atomic.Pointer[string]
+	lastPub atomic.Int64 // unix ns of this host's last CXL publish
+	wake    chan struct{}
+	ctx     context.Context
+	stop    context.CancelFunc
+	promos  sync.Map // names being promoted
+	bg      sync.WaitGroup
+	// heat.go: restores counted, not yet written
+	heatMu      sync.Mutex
+	heatPending map[string]int
+	heatKick    chan struct{}
+	heatFlushMu sync.Mutex
+	Counters    Counters
+	MemTier     MemTierStats
+	gcAt        time.Time // the last orphan sweep (the memory tier's leader only)
 }
 
 // Counters are the pool's event counts (exported as metrics by embed).
@@ -97,15 +102,17 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 500 * time.Millisecond
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, cache: map[string]*entry{}, wake: make(chan struct{}, 1)}
+	p := &Pool{cfg: cfg, log: cfg.Logger, cache: map[string]*entry{}, wake: make(chan struct{}, 1),
+		heatPending: map[string]int{}, heatKick: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
 	p.ctx = ctx
 	cfg.Plane.WatchSnapshots(ctx, p.catalogChanged)
 	if cfg.PodState != nil {
 		cfg.PodState.WatchPlacements(ctx, p.placementChanged)
-		p.bg.Add(1)
+		p.bg.Add(2)
 		go p.sweepLoop(ctx)
+		go p.heatLoop(ctx)
 	}
 	if mt := cfg.MemTier; mt != nil {
 		if mt.Interval <= 0 {
@@ -277,17 +284,12 @@ func (p *Pool) List(ctx context.Context) ([]*restore.Info, error) {
 }
 
 // Restored implements restore.Opener: the restore counts towards the
-// snapshot's heat in this pod, and a snapshot restored here whose hot set
-// this pod's region does not hold is promoted in the background when the
-// policy says so (tiering.go).
+// snapshot's heat in this pod (written in batches, heat.go), and a
+// snapshot restored here whose hot set this pod's region does not hold is
+// promoted in the background when the policy says so (tiering.go).
 func (p *Pool) Restored(ctx context.Context, name string) {
 	if p.cfg.PodState == nil {
 		return
 	}
-	h, err := p.cfg.PodState.Restored(ctx, name, time.Now())
-	if err != nil {
-		p.log.Warn("recording a restore", "snapshot", name, "err", err)
-		return
-	}
-	p.maybePromote(name, h)
+	p.countRestore(name)
 }

@@ -133,7 +133,7 @@ func (p *Pool) promote(ctx context.Context, name string, force bool) error {
 	}
 	maxHeat := math.Inf(1)
 	if !force {
-		h, err := p.cfg.PodState.Heats(ctx)
+		h, err := p.heats(ctx)
 		if err != nil {
 			return err
 		}
@@ -205,7 +205,7 @@ func (p *Pool) roomFor(ctx context.Context, name string, n uint64, maxHeat float
 	if capacity := uint64(g.Chunks) * uint64(g.ChunkSize); used+n <= capacity {
 		return nil // room inside owned chunks (publishing finds it, or demotes only colder ones)
 	}
-	heats, err := p.cfg.PodState.Heats(ctx)
+	heats, err := p.heats(ctx)
 	if err != nil {
 		return err
 	}
