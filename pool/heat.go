@@ -39,20 +39,25 @@ func (p *Pool) countRestore(name string) {
 // and what is left when the pool stops.
 func (p *Pool) heatLoop(ctx context.Context) {
 	defer p.bg.Done()
+	final := func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		p.flushHeat(fctx, false)
+	}
 	for {
 		select {
 		case <-p.heatKick:
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			p.flushHeat(fctx, false)
-			cancel()
+			final()
 			return
 		}
 		select {
 		case <-time.After(heatDelay):
+			p.flushHeat(ctx, true)
 		case <-ctx.Done():
+			final()
+			return
 		}
-		p.flushHeat(ctx, true)
 	}
 }
 
