@@ -20,8 +20,9 @@ import (
 // A learned page stays learned while the history has room: once it is
 // installed ahead it no longer faults, so a restore cannot tell whether it
 // still needed it; the oldest learned pages leave first when the budget is
-// exceeded. A History is safe for concurrent use; it lives in memory (a
-// restarted daemon learns again).
+// exceeded. A History is safe for concurrent use; it lives in memory (the
+// serve daemon keeps a copy in its state directory, so that a restarted or
+// upgraded daemon does not learn again).
 type History struct {
 	mu    sync.Mutex
 	max   int // pages kept
@@ -91,23 +92,24 @@ func NewHistories(maxBytes uint64, maxImages int) *Histories {
 }
 
 // For returns the history of image id, whose pages are pageSize bytes,
-// creating it (nil when learning is off).
-func (hs *Histories) For(id string, pageSize uint64) *History {
+// creating it (nil when learning is off); created says it is new (its
+// owner may fill it from what it kept).
+func (hs *Histories) For(id string, pageSize uint64) (h *History, created bool) {
 	if hs == nil || hs.maxBytes == 0 || pageSize == 0 || hs.maxBytes < pageSize {
-		return nil
+		return nil, false
 	}
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	if i := slices.Index(hs.lru, id); i >= 0 {
 		hs.lru = append(slices.Delete(hs.lru, i, i+1), id)
-		return hs.m[id]
+		return hs.m[id], false
 	}
-	h := NewHistory(int(hs.maxBytes / pageSize))
+	h = NewHistory(int(hs.maxBytes / pageSize))
 	hs.m[id] = h
 	hs.lru = append(hs.lru, id)
 	for len(hs.lru) > hs.maxCount {
 		delete(hs.m, hs.lru[0])
 		hs.lru = hs.lru[1:]
 	}
-	return h
+	return h, true
 }

@@ -94,17 +94,20 @@ func TestHistory(t *testing.T) {
 	}
 
 	hs := NewHistories(8<<10, 2)
-	a := hs.For("a", 4096)
-	if a == nil || a.max != 2 || hs.For("a", 4096) != a {
-		t.Fatal("For: want one history of 2 pages per image")
+	a, created := hs.For("a", 4096)
+	if again, recreated := hs.For("a", 4096); a == nil || !created || a.max != 2 || again != a || recreated {
+		t.Fatal("For: want one history of 2 pages per image, created once")
 	}
 	hs.For("b", 4096)
 	hs.For("a", 4096) // a most recent: c evicts b
 	hs.For("c", 4096)
-	if hs.For("a", 4096) != a {
+	if again, _ := hs.For("a", 4096); again != a {
 		t.Fatal("the most recently used history was evicted")
 	}
-	if NewHistories(0, 8).For("a", 4096) != nil || hs.For("d", 2<<20) != nil {
-		t.Fatal("learning off (or a budget under one page), yet a history")
+	if off, _ := NewHistories(0, 8).For("a", 4096); off != nil {
+		t.Fatal("learning off, yet a history")
+	}
+	if huge, _ := hs.For("d", 2<<20); huge != nil {
+		t.Fatal("a budget under one page, yet a history")
 	}
 }

@@ -76,11 +76,13 @@ var (
 
 // vm is one served VM (internal state; the wire form is api.VM).
 type vm struct {
-	wire   api.VM
-	rec    *vmRecord
-	ready  chan struct{}
-	done   chan struct{}
-	cancel context.CancelFunc
+	wire api.VM
+	// history is what the daemon learned of the VM's image (nil: off).
+	history *pager.History
+	rec     *vmRecord
+	ready   chan struct{}
+	done    chan struct{}
+	cancel  context.CancelFunc
 
 	// Set once serving, for a handoff (under mu).
 	mu       sync.Mutex
@@ -324,7 +326,8 @@ func (d *Daemon) session(v *vm, snap *restore.Snapshot, req api.PrepareRequest, 
 	so.NoPreinstall = so.NoPreinstall || req.NoPreinstall
 	so.NoPrefetch = so.NoPrefetch || req.NoPrefetch
 	so.Adopt = adopt
-	so.History = d.histories.For(snap.Image.ID(), uint64(snap.Image.PageSize()))
+	so.History = d.historyOf(snap.Image)
+	v.history = so.History
 	return pager.New(snap, so)
 }
 
@@ -560,6 +563,9 @@ func (d *Daemon) serve(ctx context.Context, v *vm, log *slog.Logger, sess *pager
 			log.Info("handed over to the successor", "faults_served_here", rep.Handler.Faults)
 		}
 		return
+	}
+	if rep != nil && rep.LearnedNew > 0 && v.history != nil {
+		d.saveHistory(v.rec.Image, v.history)
 	}
 	if rep != nil {
 		d.metrics.observe(rep)

@@ -525,3 +525,34 @@ func TestPoolCXLEviction(t *testing.T) {
 		t.Fatalf("after c's restore: %v, want a and b in CXL", tiers)
 	}
 }
+
+// TestLearnedColdPagesKept: a daemon learns the cold pages a snapshot's
+// VMs fault on and installs them before the next VM of it resumes; a
+// restarted daemon starts from what it kept in its state directory.
+func TestLearnedColdPagesKept(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, img := poolFixture(t, ctx)
+	dir := t.TempDir()
+	s := startPool(t, ctx, dir)
+	s.publish(t, ctx, img, "fn")
+	first := s.restore1(t, ctx, f, "l1", "fn")
+	if first.Report.ColdFaults == 0 || first.Report.LearnedPages != 0 || first.Report.LearnedNew == 0 {
+		t.Fatalf("first restore: %+v; want cold faults, nothing learned yet, pages taught", first.Report)
+	}
+	second := s.restore1(t, ctx, f, "l2", "fn")
+	if second.Report.LearnedPages == 0 || second.Report.ColdFaults >= first.Report.ColdFaults {
+		t.Fatalf("second restore: %+v; want learned pages installed and fewer cold faults than the first's %d", second.Report, first.Report.ColdFaults)
+	}
+	if kept, _ := filepath.Glob(filepath.Join(dir, "vms.state", "learned", "*")); len(kept) != 1 {
+		t.Fatalf("learned files %v, want one", kept)
+	}
+	s.kill()
+	s = startPool(t, ctx, dir)
+	third := s.restore1(t, ctx, f, "l3", "fn")
+	if third.Report.LearnedPages == 0 || third.Report.ColdFaults >= first.Report.ColdFaults {
+		t.Fatalf("after a restart: %+v; want the kept pages installed ahead", third.Report)
+	}
+	t.Logf("cold faults %d, %d, after a restart %d; learned pages installed ahead %d, %d",
+		first.Report.ColdFaults, second.Report.ColdFaults, third.Report.ColdFaults, second.Report.LearnedPages, third.Report.LearnedPages)
+}
