@@ -15,12 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config describes one host's pager daemon and, in pod mode, the pod
-// pieces it runs or joins. Exactly one of Images and Pod is set.
 // DefaultLearnedCold is the cold bytes a daemon learns per snapshot
 // unless Config.LearnedCold says otherwise.
 const DefaultLearnedCold = 8 << 20
 
+// Config describes one host's pager daemon and, in pod mode, the pod
+// pieces it runs or joins. Exactly one of Images and Pod is set.
 type Config struct {
 	// API is the control API socket (required).
 	API string
@@ -314,6 +314,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SocketDir == "" {
 		c.SocketDir = filepath.Join(filepath.Dir(c.API), "vms")
+	}
+	if c.LearnedCold == 0 {
+		c.LearnedCold = DefaultLearnedCold
 	}
 	if c.StateDir == "" {
 		c.StateDir = filepath.Clean(c.SocketDir) + ".state"

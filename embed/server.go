@@ -89,10 +89,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		Registry: cfg.Registry, Logger: cfg.Logger}
 	dc.Pager.Workers = cfg.Workers
 	dc.Pager.EarlyResume = cfg.EarlyResume
-	dc.LearnedCold = uint64(max(cfg.LearnedCold, 0))
-	if cfg.LearnedCold == 0 {
-		dc.LearnedCold = DefaultLearnedCold
-	}
+	dc.LearnedCold = uint64(max(cfg.LearnedCold, 0)) // negative: off
 	if s.Daemon, err = pagerd.New(dc); err != nil {
 		return nil, err
 	}

@@ -107,19 +107,16 @@ func (s *Session) readLearned(ctx context.Context) *learnedReads {
 		defer s.bg.Done()
 		defer release()
 		defer close(l.done)
+		install := true
 		select {
 		case <-l.hotIn:
 		case <-ctx.Done():
-			for range arrived { // the reader is done with buf
-			}
-			return
+			install = false
 		}
+		// Until the reader is done with buf (arrived closed): it is
+		// released on return.
 		for r := range arrived {
-			if !s.installLearned(buf, r) {
-				for range arrived {
-				}
-				return
-			}
+			install = install && s.installLearned(buf, r)
 		}
 	}()
 	return l

@@ -224,7 +224,7 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 			return 0, false, nil, fmt.Errorf("cold index %d has no extent", idx)
 		}
 		s.demand.Add(1)
-		e := s.fetch(x, demandRead)
+		e := s.fetch(x, false)
 		s.demand.Add(-1)
 		if e.err != nil {
 			return 0, false, nil, e.err
@@ -250,16 +250,8 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 	}
 }
 
-// readKind says why a cold extent is read.
-type readKind int
-
-const (
-	demandRead   readKind = iota // a guest fault waits for it
-	prefetchRead                 // the image's touched extents, streamed
-)
-
 // fetch reads and verifies cold extent x once; concurrent callers share it.
-func (s *Session) fetch(x int, kind readKind) *extent {
+func (s *Session) fetch(x int, prefetch bool) *extent {
 	s.extMu.Lock()
 	e, ok := s.ext[x]
 	if !ok {
@@ -275,7 +267,7 @@ func (s *Session) fetch(x int, kind readKind) *extent {
 	off, n := s.img.ExtentRange(ex)
 	dst := s.arena[off : off+n]
 	t0 := time.Now()
-	e.err = s.cold.Read(s.ctx, off, dst, kind == prefetchRead)
+	e.err = s.cold.Read(s.ctx, off, dst, prefetch)
 	s.coldDur.Add(int64(time.Since(t0)))
 	if e.err == nil {
 		if err := s.img.VerifyExtent(x, dst); err != nil {
@@ -283,10 +275,9 @@ func (s *Session) fetch(x int, kind readKind) *extent {
 		}
 	}
 	atomic.AddUint64(&s.rep.ColdBytesRead, n)
-	switch kind {
-	case prefetchRead:
+	if prefetch {
 		atomic.AddUint64(&s.rep.ColdPrefetchExtent, 1)
-	default:
+	} else {
 		atomic.AddUint64(&s.rep.ColdDemandExtents, 1)
 	}
 	if e.err != nil {
@@ -569,7 +560,7 @@ func (s *Session) prefetch(ctx context.Context) {
 		if busy {
 			continue
 		}
-		e := s.fetch(x, prefetchRead)
+		e := s.fetch(x, true)
 		if e.err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("prefetch", "extent", x, "err", e.err)

@@ -22,7 +22,9 @@
 // Crash safety and upgrades: every VM is recorded in the state directory
 // (state.go: the snapshot and image it is served, its VMM's identity, the
 // userfaultfd's inode and the regions, written before the VM can be ready;
-// its balloon ranges in an append-only log) and forgotten when it exits. A
+// its balloon ranges in an append-only log) and forgotten when it exits;
+// what the daemon learned of each image's cold pages (pager.History) is
+// kept there too (learned.go), a hint a successor starts from. A
 // daemon started on the same directories takes every VM whose VMM still
 // runs back from the VMM itself and serves it on (adopt.go); a successor
 // started with Config.HandoffFrom receives the running daemon's VMs, locks

@@ -21,12 +21,15 @@
 // verify fails with an error saying to republish it and never feeds a
 // guest.
 //
-// Open reads the entry and this pod's placement, and the metadata back
-// from the memory nodes (checked), and hands the pager (a restore.Snapshot)
-// a CXL hot source with the RDMA copy as its fallback, and an RDMA cold
-// source. A snapshot without a placement here is served from its RDMA copy
-// and promoted after the restore when the heat policy says so
-// (tiering.go); room is made by demoting the coldest hot sets. Each host's
+// Open reads the entry's revision and this pod's placement in one round
+// trip (the whole entry, verified, only when that revision is not the one
+// cached), and the metadata back from the memory nodes (checked) the first
+// time a version is opened, and hands the pager (a restore.Snapshot) a CXL
+// hot source with the RDMA copy as its fallback, and an RDMA cold source.
+// A snapshot without a placement here is served from its RDMA copy and
+// promoted after the restore when the heat policy says so (tiering.go;
+// restores' heat is written in batches, heat.go); room is made by demoting
+// the coldest hot sets. Each host's
 // sweep (cxl.go) retires what no placement names in the chunks it owns; one
 // host of the cluster keeps the memory tier at its redundancy (memtier.go:
 // re-replication of lost nodes' segments, drains; memgc.go: segments no
