@@ -194,6 +194,7 @@ func (g *guestRunFlags) prepareOnPager(cfg *guest.Config) error {
 	pc := client.New(g.pagerAPI, client.Options{})
 	// This process is the VMM: its socket admits this pid only.
 	req := api.PrepareRequest{Snapshot: g.snapshot, EarlyResume: g.earlyResume, VMMPID: os.Getpid()}
+	ready := make(chan error, 1)
 	cfg.Prepare = func(ctx context.Context) (string, error) {
 		vm, err := pc.Prepare(ctx, g.vmID, req)
 		// As an orchestrator would: while no daemon answers (it is
@@ -215,11 +216,23 @@ func (g *guestRunFlags) prepareOnPager(cfg *guest.Config) error {
 			vm, err = pc.Prepare(ctx, g.vmID, req)
 			retried = true
 		}
+		// Ask for the VM's readiness now, beside the VMM's load (the
+		// long poll answers once the VMM has connected and the hot set
+		// is in), as an orchestrator that resumes at once would: the
+		// request's round trip is then off the critical path.
+		go func() {
+			_, err := pc.WaitReady(ctx, g.vmID, time.Minute)
+			ready <- err
+		}()
 		return vm.Socket, nil
 	}
 	cfg.Resumed = func(ctx context.Context) error {
-		_, err := pc.WaitReady(ctx, g.vmID, time.Minute)
-		return err
+		select {
+		case err := <-ready:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }
