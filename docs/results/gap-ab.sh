@@ -10,7 +10,9 @@
 # GUEST_BIN (default AFTER_BIN) is the binary whose guest emulator restores
 # every VM, for both builds: set it to compare two daemons with a guest that
 # times what a newer guest times (since the bench-clock change the restore
-# includes the PUT /v1/vms). TRACES (default "eval-1") are the traces
+# includes the PUT /v1/vms). BEFORE_GUEST_BIN (default GUEST_BIN) restores
+# BEFORE_BIN's VMs instead: set it to compare two guests (two ways of
+# driving the same daemon). TRACES (default "eval-1") are the traces
 # replayed, one per round in turn: TRACES="eval-1 eval-2" alternates the two
 # inputs as the benchmark does (a daemon that learns from its restores then
 # meets the input it did not see every other round).
@@ -27,6 +29,7 @@
 set -euo pipefail
 before=$1 after=$2 rounds=$3 out=$4
 guest=${GUEST_BIN:-$after}
+guest_before=${BEFORE_GUEST_BIN:-$guest}
 read -r -a traces <<<"${TRACES:-eval-1}"
 shift 4
 corpus=${AQUIFER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aquifer}/corpus/captured
@@ -72,7 +75,9 @@ for r in $(seq "$rounds"); do
 			n=$((n + 1))
 			id="ab$n"
 			api=$work/$b/api.sock
-			rep=$("$guest" guest run --json --mem "$corpus/$w/mem" --ref "$corpus/$w/mem" --trace "$corpus/$w/$tr.ws" \
+			g=$guest
+			[ "$b" = before ] && g=$guest_before
+			rep=$("$g" guest run --json --mem "$corpus/$w/mem" --ref "$corpus/$w/mem" --trace "$corpus/$w/$tr.ws" \
 				--vcpus 2 --think-scale 1 --log-level warn --touch-times --backend uffd \
 				--pager-api "$api" --vm "$id" --snapshot "$w")
 			for _ in $(seq 100); do # the report is the daemon's once it saw the VM exit
