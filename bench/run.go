@@ -545,12 +545,13 @@ func runBatch(ctx context.Context, o Options, p *prepared, v variant, c, round i
 	}
 	samples := make([]Sample, c)
 	errs := make([]error, c)
+	gate := newVerifyGate(c)
 	var wg sync.WaitGroup
 	for i := 0; i < c; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			samples[i], errs[i] = runVM(ctx, o, p, v, fs, eval, dir, i, fmt.Sprintf("%s-%s-c%d-r%d-%d", p.w.Name, v.strategy, c, round, i))
+			samples[i], errs[i] = runVM(ctx, o, p, v, fs, eval, dir, i, fmt.Sprintf("%s-%s-c%d-r%d-%d", p.w.Name, v.strategy, c, round, i), gate)
 			samples[i].Strategy, samples[i].Storage, samples[i].Workload = v.strategy, v.storage, p.w.Name
 			samples[i].Concurrency, samples[i].Round, samples[i].VM = c, round, i
 		}(i)
@@ -595,7 +596,7 @@ func processCPU(pid int) time.Duration {
 // clockTicks is USER_HZ (100 on Linux).
 const clockTicks = 100
 
-func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eval, dir string, n int, id string) (Sample, error) {
+func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eval, dir string, n int, id string, gate *verifyGate) (Sample, error) {
 	s := v.strategy
 	mem := p.ref
 	switch {
@@ -607,7 +608,7 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 		mem = p.on[StorageHost].mem
 	}
 	args := []string{"guest", "run", "--json", "--mem", mem, "--ref", p.ref, "--trace", eval, "--vcpus", strconv.Itoa(o.VCPUs),
-		"--think-scale", "1", "--log-level", "warn", "--touch-times"}
+		"--think-scale", "1", "--log-level", "warn", "--touch-times", "--hold-verify"}
 	var server *exec.Cmd
 	var serverOut bytes.Buffer
 	switch s {
@@ -646,7 +647,14 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 	}
 	cmd := exec.CommandContext(ctx, o.Bin, args...)
 	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	arrived := gate.member()
+	defer arrived()
+	hold, err := cmd.StdinPipe()
+	if err != nil {
+		return Sample{}, err
+	}
+	gate.hold(hold)
+	cmd.Stdout, cmd.Stderr = &out, &lineWatch{w: &errb, line: guest.MeasuredLine, seen: arrived}
 	if err := cmd.Run(); err != nil {
 		return Sample{}, fmt.Errorf("guest %s: %v: %s", id, err, lastLines(errb.String()))
 	}

@@ -72,6 +72,13 @@ type Config struct {
 	// Resumed, if set, is waited on after the restore and before the vCPUs
 	// run: the orchestrator's PATCH /vm Resumed.
 	Resumed func(ctx context.Context) error
+	// Measured, if set, is called once the measured run is over (the
+	// trace replayed, Report.EndToEnd taken) and before the whole memory
+	// is verified and its residency read: a benchmark of concurrent VMs
+	// holds each VM there until every VM's measured run is over, so that
+	// one VM's verification (which faults in all of its memory) does not
+	// run on the others' clocks.
+	Measured func(ctx context.Context)
 	// Prepare, if set, is called first on the restore's clock (before the
 	// mappings and the handshake) and returns the handler socket, which
 	// replaces Socket: the orchestrator's call to the pager daemon on the
@@ -111,6 +118,10 @@ type Residency struct {
 	// every VM and the page cache).
 	FileMapped uint64 `json:"file_mapped_bytes"`
 }
+
+// MeasuredLine is what aquifer guest run --hold-verify prints on standard
+// error once the measured run is over (Config.Measured).
+const MeasuredLine = "guest: measured"
 
 // Report is the outcome of one run.
 type Report struct {
@@ -289,6 +300,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return rep, err
 	}
 	rep.EndToEnd = time.Since(start)
+	if cfg.Measured != nil {
+		cfg.Measured(ctx)
+	}
 	v.verifyWhole(rep)
 	rep.Resident = v.residency()
 	if rep.Mismatches > 0 {

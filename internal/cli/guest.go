@@ -67,7 +67,7 @@ type guestRunFlags struct {
 	think                                                         float64
 	dropCache, noVerify, asJSON                                   bool
 	refPath                                                       string
-	touchTimes, noFaults                                          bool
+	touchTimes, noFaults, holdVerify                              bool
 }
 
 func (g *guestRunFlags) register(cmd *cobra.Command) {
@@ -93,6 +93,7 @@ func (g *guestRunFlags) register(cmd *cobra.Command) {
 	f.BoolVar(&g.noVerify, "no-verify", false, "skip byte verification")
 	f.BoolVar(&g.asJSON, "json", false, "print the report as JSON")
 	f.StringVar(&g.pageSize, "page-size", "", "guest page size: 4KiB, or 2MiB for a hugetlbfs-backed guest (Firecracker's huge_pages \"2M\"; uffd backend only; vm.nr_hugepages must cover the pages it touches); default the trace's")
+	f.BoolVar(&g.holdVerify, "hold-verify", false, "after the measured run, print \""+guest.MeasuredLine+"\" on standard error and wait for standard input to close (at most "+maxHoldVerify.String()+") before verifying the whole memory: a benchmark of concurrent VMs keeps one VM's verification off the others' clocks")
 	f.StringVar(&g.waitReady, "wait-ready", "", "after the restore, wait for this file to exist before resuming the vCPUs (the pager's hot set is installed)")
 }
 
@@ -119,6 +120,9 @@ func runGuest(cmd *cobra.Command, g *guestRunFlags) error {
 	}
 	if cfg.Backend == guest.BackendUffd && cfg.Socket == "" && cfg.Prepare == nil {
 		return fmt.Errorf("--backend uffd needs --socket")
+	}
+	if g.holdVerify {
+		cfg.Measured = func(ctx context.Context) { holdVerify(ctx, cmd.ErrOrStderr(), cmd.InOrStdin()) }
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -261,6 +265,29 @@ func printGuestReport(w io.Writer, rep *guest.Report, asJSON bool) {
 		"guest: backend %s dialect %s regions %d vcpus %d: %d accesses over %d pages, restore %v, first touch %v, end-to-end %v, verified %d pages, mismatches %d%s\n",
 		rep.Backend, rep.Dialect, rep.Regions, rep.VCPUs, rep.Accesses, rep.Pages,
 		rep.Restore, rep.FirstTouch, rep.EndToEnd, rep.Verified, rep.Mismatches, huge)
+}
+
+// maxHoldVerify bounds the wait of --hold-verify.
+const maxHoldVerify = 2 * time.Minute
+
+// holdVerify is --hold-verify: says the measured run is over, then waits
+// until in is closed (or reaches its end), ctx ends or maxHoldVerify
+// passed.
+func holdVerify(ctx context.Context, say io.Writer, in io.Reader) {
+	fmt.Fprintln(say, guest.MeasuredLine)
+	done := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, in)
+		close(done)
+	}()
+	t := time.NewTimer(maxHoldVerify)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-t.C:
+		fmt.Fprintf(say, "guest: standard input still open after %v: verifying now\n", maxHoldVerify)
+	}
 }
 
 func waitForFile(ctx context.Context, path string) error {
