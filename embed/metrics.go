@@ -46,7 +46,6 @@ func (s *Server) registerPodMetrics(reg prometheus.Registerer) {
 		counter("aquifer_cxl_promotions_total", "Hot sets promoted into this pod's CXL region from their RDMA copies.", &c.Promoted),
 		counter("aquifer_cxl_promotion_failures_total", "Promotions that failed.", &c.PromoteFailures),
 		counter("aquifer_memnode_segments_deleted_total", "Memory-node segments this host deleted (removed snapshots).", &c.SegmentsDeleted),
-		counter("aquifer_catalog_open_reads_total", "Catalog reads made to open snapshots for restores (concurrent opens of one snapshot share one).", &c.OpenReads),
 		gauge64("aquifer_memtier_leader", "1 while this host looks after the memory tier (re-replication, drains).", &s.Pool.MemTier.Leader),
 		gauge64("aquifer_memtier_rounds_total", "Memory tier rounds run by this host while leader.", &s.Pool.MemTier.Rounds),
 		gauge64("aquifer_memtier_segments_repaired_total", "Segments re-replicated after a memory node was lost or drained.", &s.Pool.MemTier.SegmentsRepaired),

@@ -23,8 +23,7 @@
 //
 // Open reads the entry's revision and this pod's placement in one round
 // trip (the whole entry, verified, only when that revision is not the one
-// cached; opens of one snapshot while that read is in flight share it),
-// and the metadata back from the memory nodes (checked) the first
+// cached), and the metadata back from the memory nodes (checked) the first
 // time a version is opened, and hands the pager (a restore.Snapshot) a CXL
 // hot source with the RDMA copy as its fallback, and an RDMA cold source.
 // A snapshot without a placement here is served from its RDMA copy and

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,8 +28,17 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 	if err := restore.ValidName(name); err != nil {
 		return nil, err
 	}
+	var (
+		rev int64
+		pl  *control.Placement
+		err error
+	)
 	withCXL := p.cfg.PodState != nil && p.cxl.Load() != nil
-	rev, pl, err := p.readForOpen(ctx, name, withCXL)
+	if withCXL {
+		rev, pl, err = p.cfg.PodState.SnapshotRevAndPlacement(ctx, name)
+	} else {
+		rev, err = p.cfg.Plane.SnapshotRev(ctx, name)
+	}
 	if err != nil {
 		return nil, seamErr(err)
 	}
@@ -49,63 +57,6 @@ func (p *Pool) Open(ctx context.Context, name string) (*restore.Snapshot, error)
 		}
 	}
 	return s, nil
-}
-
-// openRead is one read of a snapshot's catalog revision and this pod's
-// placement of it.
-type openRead struct {
-	rev int64
-	pl  *control.Placement
-}
-
-// readForOpen reads name's catalog revision (and, withCXL, this pod's
-// placement of it) for Open. Opens of one snapshot at the same time share
-// one read (a burst of cold starts of one function: eight at once cost
-// 0.8-35 ms each in etcd, p50 4-5 ms, on these 2-core VMs when each made
-// its own): an open that arrives while a read is in flight takes its
-// answer, older than its own arrival by less than that read's duration.
-// That is what a serializable read may return anyway; a placement that
-// changed meanwhile is caught by the CXL tier's descriptors, a republished
-// entry by the next open. The shared read is bounded by the control
-// plane's own timeout (and the pool's life), not by the first caller's
-// context; each caller waits at most until its own context ends.
-func (p *Pool) readForOpen(ctx context.Context, name string, withCXL bool) (int64, *control.Placement, error) {
-	key := name
-	if withCXL {
-		key = "cxl\x00" + name // a character no snapshot name has
-	}
-	r, err := p.sharedRead(ctx, key, func(rctx context.Context) (r openRead, err error) {
-		if withCXL {
-			r.rev, r.pl, err = p.cfg.PodState.SnapshotRevAndPlacement(rctx, name)
-		} else {
-			r.rev, err = p.cfg.Plane.SnapshotRev(rctx, name)
-		}
-		return r, err
-	})
-	if err != nil {
-		return 0, nil, err
-	}
-	return r.rev, r.pl, nil
-}
-
-// sharedRead runs read for key unless a read for key is in flight, whose
-// answer it then takes. read runs with the pool's context (it ends when the
-// pool closes; the control plane bounds each call); the caller waits at
-// most until its own ctx ends.
-func (p *Pool) sharedRead(ctx context.Context, key string, read func(context.Context) (openRead, error)) (openRead, error) {
-	ch := p.opens.DoChan(key, func() (any, error) {
-		p.Counters.OpenReads.Add(1)
-		return read(p.ctx)
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return openRead{}, res.Err
-		}
-		return res.Val.(openRead), nil
-	case <-ctx.Done():
-		return openRead{}, fmt.Errorf("reading %q from the catalog: %w", strings.ReplaceAll(key, "\x00", "/"), ctx.Err())
-	}
 }
 
 // current returns the entry of the catalog's current version of name,

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/singleflight"
 	"hash/fnv"
 	"log/slog"
 	"sync"
@@ -58,8 +57,7 @@ type Pool struct {
 	wake    chan struct{}
 	ctx     context.Context
 	stop    context.CancelFunc
-	promos  sync.Map           // names being promoted
-	opens   singleflight.Group // catalog reads shared by concurrent opens (open.go)
+	promos  sync.Map // names being promoted
 	bg      sync.WaitGroup
 	// heat.go: restores counted, not yet written
 	heatMu      sync.Mutex
@@ -75,9 +73,6 @@ type Pool struct {
 type Counters struct {
 	Evicted, EvictRequests, OrphansRetired, ChunksAcquired, ChunksReleased atomic.Uint64
 	Promoted, PromoteFailures, SegmentsDeleted                             atomic.Uint64
-	// OpenReads counts the catalog reads made for opens (concurrent opens
-	// of one snapshot share one).
-	OpenReads atomic.Uint64
 }
 
 // entry is an opened snapshot's metadata and RDMA sources, shared by every
