@@ -26,7 +26,9 @@
 // as Firecracker does and verifies every touched byte; the serving side runs
 // as separate processes too. Runs of different strategies are interleaved
 // (each round runs every strategy once, in a rotating order) so machine
-// noise hits them alike. Results report p50/p99 of end-to-end time, every
+// noise hits them alike; the VMs of one batch verify their whole memory
+// only once every one of them is past its measured run (gate.go), so no
+// VM's verification runs on another's clock. Results report p50/p99 of end-to-end time, every
 // p50, speedup and geometric mean with a 95% bootstrap interval over rounds
 // and VMs (stats.go; generic over samples, whoever produced them), the
 // outliers, the machine's own noise from fixed calibration loops run
