@@ -704,21 +704,14 @@ func (v *vm) residency() *Residency {
 }
 
 // residencyOf sums the smaps text b over the mappings that lie inside one
-// of spans ([start, end) addresses). It runs after every VM, at
-// concurrency beside other VMs' measured runs, over one smaps entry per
-// mapping: a guest whose pager left zero runs to the kernel has thousands
-// (every UFFDIO_UNREGISTER splits its region), so it is a plain byte scan
-// (fmt's scanning cost tens of milliseconds of CPU there).
+// of spans ([start, end) addresses). It runs after every VM, over one smaps
+// entry per mapping: a guest whose pager left zero runs to the kernel has
+// thousands (every UFFDIO_UNREGISTER splits its region), so it is a plain
+// byte scan (fmt's scanning cost tens of milliseconds of CPU there).
 func residencyOf(b []byte, spans [][2]uint64) Residency {
 	var r Residency
 	in := false
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+	for line := range bytes.Lines(b) {
 		if lo, hi, ok := mappingRange(line); ok {
 			in = false
 			for _, s := range spans {
