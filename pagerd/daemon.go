@@ -455,10 +455,10 @@ func (v *vm) waitRecorded() {
 
 // recordServing records a completed handshake and publishes the
 // descriptors a handoff needs. The record is complete here; writing it
-// (an fsynced file, 0.2-1.5 ms) runs beside the pre-install, and the VM is
-// not reported ready before it is written: v.recorded is closed once it
-// is, or once recording failed (the VM is then served, but a successor
-// could not take it back).
+// (an atomic file write, vmstate.Save) runs beside the pre-install, and
+// the VM is not reported ready before it is written: v.recorded is closed
+// once it is, or once recording failed (the VM is then served, but a
+// successor could not take it back).
 func (d *Daemon) recordServing(v *vm, conn *handshake.VM, fds servingFDs, log *slog.Logger) {
 	recorded := make(chan struct{})
 	v.mu.Lock()
