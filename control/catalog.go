@@ -172,7 +172,11 @@ func (p *Plane) SnapshotRev(ctx context.Context, name string) (int64, error) {
 	return r.Kvs[0].ModRevision, nil
 }
 
-// ListSnapshots returns all entries sorted by name.
+// ListSnapshots returns all entries sorted by name. Each is the caller's
+// own copy; its Header and Segments may be shared with other callers' and
+// must not be modified. An entry is decoded again only when its
+// modification revision changed since the last listing (an etcd key's value
+// at one revision never changes).
 func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	ctx, cancel := p.op(ctx)
 	defer cancel()
@@ -180,16 +184,28 @@ func (p *Plane) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 	if err != nil {
 		return nil, p.fail("listing the catalog", err)
 	}
+	p.listed.Lock()
+	prev := p.listed.m
+	p.listed.Unlock()
+	seen := make(map[string]*Snapshot, len(r.Kvs))
 	out := make([]*Snapshot, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
-		var s Snapshot
-		if err := json.Unmarshal(kv.Value, &s); err != nil {
-			return nil, fmt.Errorf("corrupt catalog entry %s: %w", kv.Key, err)
+		name := string(kv.Key[len(prefixSnap):])
+		s := prev[name]
+		if s == nil || s.Rev != kv.ModRevision {
+			s = new(Snapshot)
+			if err := json.Unmarshal(kv.Value, s); err != nil {
+				return nil, fmt.Errorf("corrupt catalog entry %s: %w", kv.Key, err)
+			}
+			s.Name, s.Rev = name, kv.ModRevision
 		}
-		s.Name = string(kv.Key[len(prefixSnap):])
-		s.Rev = kv.ModRevision
-		out = append(out, &s)
+		seen[name] = s
+		c := *s
+		out = append(out, &c)
 	}
+	p.listed.Lock()
+	p.listed.m = seen
+	p.listed.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }

@@ -97,11 +97,31 @@ func TestControlPlane(t *testing.T) {
 		if err != nil || len(list) != 2 || list[0].Name != "fn-a" {
 			t.Fatalf("list: %v %v", list, err)
 		}
+		// Listings reuse the entries they decoded before: a caller's
+		// change to its copy is not seen by the next listing, an update
+		// and a delete are.
+		list[0].HotBytes = 99
+		again, err := p.ListSnapshots(ctx)
+		if err != nil || len(again) != 2 || again[0].HotBytes != 1 || again[0] == list[0] {
+			t.Fatalf("second list: %+v %v", again, err)
+		}
+		cur, err := p.GetSnapshot(ctx, "fn-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.HotBytes = 2
+		if err := p.UpdateSnapshot(ctx, cur, nil); err != nil {
+			t.Fatal(err)
+		}
 		if err := p.DeleteSnapshot(ctx, "fn-b"); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.DeleteSnapshot(ctx, "fn-b"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("second delete: %v", err)
+		}
+		after, err := p.ListSnapshots(ctx)
+		if err != nil || len(after) != 1 || after[0].HotBytes != 2 || after[0].Rev == again[0].Rev {
+			t.Fatalf("list after an update and a delete: %+v %v", after, err)
 		}
 	})
 

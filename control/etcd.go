@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,6 +27,14 @@ type Plane struct {
 	// Reregistered, if set, is called each time a registration whose
 	// lease was lost has been re-created: kind is "host" or "memnode".
 	Reregistered func(kind, id string)
+
+	// listed holds the entries ListSnapshots last decoded, by name: an
+	// entry whose modification revision is unchanged is not decoded again
+	// (the pool's sweeps list the whole catalog every half second).
+	listed struct {
+		sync.Mutex
+		m map[string]*Snapshot
+	}
 }
 
 func (p *Plane) logger() *slog.Logger {

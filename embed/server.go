@@ -104,6 +104,10 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 // a VM re-adopted after a restart is measured from it.
 var processStart = time.Now()
 
+// checkDescsPerSweep is how many descriptors of the CXL region's table the
+// daemon checks on each sweep (4 MiB of the table, ~2 ms here).
+const checkDescsPerSweep = 64 << 10
+
 // Serve runs the control API on cfg.API, and waits for a successor on the
 // handoff socket, until ctx ends or a successor took every VM over.
 func (s *Server) Serve(ctx context.Context) error {
@@ -159,10 +163,15 @@ func (s *Server) startPod(ctx context.Context, c *PodConfig) error {
 			return err
 		}
 		pc.PodState = s.podState
-		region, n := s.region, 0
+		region, next := s.region, 0
 		pc.CheckRegion = func() error {
-			n++
-			return pod.Check(region, n%20 == 0)
+			// The superblock and identity on every sweep, and the next
+			// slice of the descriptor table: the whole table in turn
+			// (every 8 s for a 4 GiB region at the default sweep), at a
+			// bounded cost per sweep whatever the device's size.
+			var err error
+			next, err = pod.CheckDescs(region, next, checkDescsPerSweep)
+			return err
 		}
 	}
 	if s.Pool, err = pool.New(pc); err != nil {
