@@ -13,7 +13,7 @@ import (
 )
 
 // testPKI makes a CA, a member and a client certificate in dir.
-func testPKI(t *testing.T, dir string) (*member.TLSFiles, Credentials) {
+func testPKI(t testing.TB, dir string) (*member.TLSFiles, Credentials) {
 	t.Helper()
 	ca, err := pki.OpenCA(dir, "test CA")
 	if err != nil {
@@ -37,6 +37,15 @@ func testPKI(t *testing.T, dir string) (*member.TLSFiles, Credentials) {
 
 func startPlane(t *testing.T) *Plane {
 	t.Helper()
+	p, _ := startPlanes(t)
+	return p
+}
+
+// startPlanes starts a member and returns a Plane dialling it over mutual
+// TLS and one calling it in-process (member.Client), as the daemon that
+// runs it does.
+func startPlanes(t testing.TB) (network, inProcess *Plane) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The member serves mutual TLS, as every member Aquifer runs does.
@@ -52,11 +61,80 @@ func startPlane(t *testing.T) *Plane {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return p
+	in, err := FromClient(ctx, m.Client(), m.Endpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	return p, in
 }
 
+// TestControlPlane runs the control plane's operations through a client
+// over TLS and through an in-process one on another member.
 func TestControlPlane(t *testing.T) {
-	p := startPlane(t)
+	network, _ := startPlanes(t)
+	_, inProcess := startPlanes(t)
+	t.Run("network", func(t *testing.T) { testControlPlane(t, network) })
+	t.Run("in-process", func(t *testing.T) { testControlPlane(t, inProcess) })
+}
+
+// TestInProcessClient: what the daemon that runs the member writes through
+// its in-process client, a process dialling the member reads, and the other
+// way round; watches see both.
+func TestInProcessClient(t *testing.T) {
+	network, in := startPlanes(t)
+	ctx := context.Background()
+	seen := make(chan string, 4)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in.WatchSnapshots(wctx, func(name string, s *Snapshot) { seen <- name })
+	time.Sleep(100 * time.Millisecond) // the watch is established
+	if err := in.PutSnapshot(ctx, &Snapshot{Name: "from-daemon", Published: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := network.PutSnapshot(ctx, &Snapshot{Name: "from-cli", Published: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*Plane{network, in} {
+		l, err := p.ListSnapshots(ctx)
+		if err != nil || len(l) != 2 || l[0].Name != "from-cli" || l[1].Name != "from-daemon" {
+			t.Fatalf("list: %v %v", l, err)
+		}
+	}
+	got := map[string]bool{}
+	for len(got) < 2 {
+		select {
+		case n := <-seen:
+			got[n] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the in-process watch saw only %v", got)
+		}
+	}
+}
+
+// BenchmarkSnapshotRev is the restore's one control-plane read (a snapshot's
+// revision) through each client of a member.
+func BenchmarkSnapshotRev(b *testing.B) {
+	network, in := startPlanes(b)
+	ctx := context.Background()
+	if err := network.PutSnapshot(ctx, &Snapshot{Name: "fn", Published: time.Now()}); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		p    *Plane
+	}{{"network", network}, {"in-process", in}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.p.SnapshotRev(ctx, "fn"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func testControlPlane(t *testing.T, p *Plane) {
 	ctx := context.Background()
 
 	t.Run("catalog", func(t *testing.T) {

@@ -69,6 +69,14 @@ func Connect(ctx context.Context, endpoints []string, creds Credentials) (*Plane
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", endpoints, err)
 	}
+	return FromClient(ctx, cli, endpoints)
+}
+
+// FromClient is a Plane on a client made elsewhere (an in-process client of
+// an etcd member this process runs, member.Member.Client), once etcd
+// answers through it; endpoints are those other processes dial. The Plane
+// owns the client: Close closes it, and so does a failed FromClient.
+func FromClient(ctx context.Context, cli *clientv3.Client, endpoints []string) (*Plane, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := cli.Get(cctx, "/aquifer/ping"); err != nil {

@@ -1,7 +1,9 @@
 // Package member runs an etcd member inside this process: the control
 // plane's server side, for a pod that brings its own (`aquifer serve
 // --embedded` without --etcd-endpoints, `aquifer etcd`). Clients reach it
-// through package control like any external cluster.
+// through package control like any external cluster; the process that runs
+// it may instead call it in-process (Member.Client: etcd's v3client, no
+// socket or TLS in between), as the embedded daemon does.
 //
 // A member serves clients and peers over mutual TLS (Config.TLS: etcd's
 // client-cert-auth): a connection without a certificate issued by the
