@@ -55,6 +55,7 @@ type Stats struct {
 	Unexpected   uint64 // events Firecracker never enables
 	Installed    uint64 // pages installed ahead of faults (Install)
 	Unregistered uint64 // zero pages left to the kernel (LeaveToKernel)
+	ZeroMapped   uint64 // zero pages mapped ahead of faults (ZeroQuiet)
 	Wall         time.Duration
 	// Exit says why serving ended.
 	Exit string
@@ -62,8 +63,8 @@ type Stats struct {
 
 func (s Stats) String() string {
 	extra := ""
-	if s.Installed > 0 || s.Unregistered > 0 {
-		extra = fmt.Sprintf(", pre-installed %d pages, %d zero pages left to the kernel", s.Installed, s.Unregistered)
+	if s.Installed > 0 || s.Unregistered > 0 || s.ZeroMapped > 0 {
+		extra = fmt.Sprintf(", pre-installed %d pages, %d zero pages left to the kernel, %d mapped to the zero page", s.Installed, s.Unregistered, s.ZeroMapped)
 	}
 	return fmt.Sprintf("faults served %d (%d write, %d zero), bytes copied %d (%.1f MiB), eexist %d, eagain retries %d, removes %d%s, wall %v, exit: %s",
 		s.Faults, s.WriteFaults, s.ZeroFaults, s.BytesCopied, float64(s.BytesCopied)/(1<<20),
@@ -241,7 +242,8 @@ func (h *Handler) counters() Stats {
 	return Stats{Faults: atomic.LoadUint64(&s.Faults), WriteFaults: atomic.LoadUint64(&s.WriteFaults),
 		ZeroFaults: atomic.LoadUint64(&s.ZeroFaults), BytesCopied: atomic.LoadUint64(&s.BytesCopied),
 		Exists: atomic.LoadUint64(&s.Exists), Retries: atomic.LoadUint64(&s.Retries), Removes: s.Removes,
-		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered)}
+		Unexpected: s.Unexpected, Installed: atomic.LoadUint64(&s.Installed), Unregistered: atomic.LoadUint64(&s.Unregistered),
+		ZeroMapped: atomic.LoadUint64(&s.ZeroMapped)}
 }
 
 func (h *Handler) readLoop(work chan<- fault, exitFD int) (string, error) {

@@ -351,6 +351,46 @@ func TestLeaveToKernel(t *testing.T) {
 	}
 }
 
+// TestZeroQuiet: pages mapped to the zero page ahead of faults read as
+// zeros, take a write without reaching the handler (the kernel copies the
+// zero page), and a page already present in the range is skipped and keeps
+// its bytes; the range may cross regions.
+func TestZeroQuiet(t *testing.T) {
+	const pages = 16
+	v := testvm.New(t, testvm.Options{Size: pages * ps, Split: 8 * ps})
+	s := serve(t, v, memFile(t, pages), handler.Options{})
+	if err := v.Touch(7); err != nil { // present, from the memory file
+		t.Fatal(err)
+	}
+	if n, err := s.h.ZeroQuiet(5*ps, 5); n != 4 || err != nil { // 5..9, across regions, 7 present
+		t.Fatalf("ZeroQuiet: %d pages, %v; want 4 (page 7 present)", n, err)
+	}
+	zero := make([]byte, ps)
+	for _, p := range []uint64{5, 6, 9} {
+		if err := v.Touch(p); err != nil {
+			t.Fatal(err)
+		}
+		checkPage(t, v, p, zero)
+	}
+	if err := v.Write(8, 0xfeed); err != nil {
+		t.Fatal(err)
+	}
+	written := make([]byte, ps)
+	binary.LittleEndian.PutUint64(written, 0xfeed)
+	checkPage(t, v, 8, written)
+	checkPage(t, v, 7, pattern(7))
+	if err := v.Touch(10); err != nil {
+		t.Fatal(err)
+	}
+	checkPage(t, v, 10, pattern(10))
+	if st := s.stop(t); st.Faults != 2 || st.ZeroMapped != 4 || st.Installed != 0 {
+		t.Fatalf("stats %+v: want pages 7 and 10 faulted, 4 zero pages mapped, none installed", st)
+	}
+	if _, err := s.h.ZeroQuiet(pages*ps, 1); err == nil {
+		t.Fatal("ZeroQuiet beyond the regions succeeded")
+	}
+}
+
 // TestExit: the loop ends when the VM's exit descriptor becomes readable
 // or its 1.12+ handshake socket closes, saying which.
 func TestExit(t *testing.T) {

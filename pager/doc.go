@@ -15,10 +15,12 @@
 //     is done: the orchestrator resumes the VM only then — or, with
 //     Options.EarlyResume, as soon as the long zero runs are set up, the
 //     hot set then streaming in while the VM runs.
-//  3. Zero pages are never stored: zero runs are unregistered so the
-//     kernel fills them without a round trip (runs of 64 pages and more
-//     before resume, shorter ones right after); a zero page faulted before
-//     its run is unregistered gets UFFDIO_ZEROPAGE.
+//  3. Zero pages are never stored and never reach the fault loop: runs of
+//     64 pages and more are unregistered before resume, so the kernel fills
+//     them on touch; shorter ones are mapped to the kernel's zero page
+//     right after resume (UFFDIO_ZEROPAGE, which does not split the VM's
+//     mapping as an unregister would); a zero page faulted before its run
+//     is set up gets UFFDIO_ZEROPAGE from the fault loop.
 //  4. Cold faults: the faulting page's cold extent (its recorded neighbours)
 //     is read in one batched read from the ColdSource into an off-heap arena,
 //     verified, the faulting page installed and woken first, the rest of the

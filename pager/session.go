@@ -365,7 +365,7 @@ func (s *Session) Serve(ctx context.Context, u *uffd.FD, regions []handshake.Reg
 			go func() {
 				defer s.bg.Done()
 				for _, run := range s.lateZero {
-					if ctx.Err() != nil || !s.leaveZero(run) {
+					if ctx.Err() != nil || !s.mapZero(run) {
 						return
 					}
 				}
@@ -488,6 +488,30 @@ func (s *Session) zeroRuns() bool {
 		}
 	}
 	s.lateZero = short
+	return true
+}
+
+// mapZero maps the kernel's zero page over a short zero run after resume
+// (UFFDIO_ZEROPAGE: no VMA split, the VM's mmap lock taken for reading
+// only), where an UNREGISTER would split the VM's mapping twice for a few
+// pages. Huge pages have no zero page: their runs are left to the kernel.
+// It reports false when the VM is gone.
+func (s *Session) mapZero(run snapimage.Run) bool {
+	if s.ps != 4096 {
+		return s.leaveZero(run)
+	}
+	if !s.bgEnter() {
+		return false
+	}
+	defer s.bgExit()
+	n, err := s.h.ZeroQuiet(run.Page*s.ps, uint64(run.Count))
+	atomic.AddUint64(&s.rep.ZeroPagesToKernel, n)
+	if err != nil {
+		if !uffd.IsGone(err) {
+			s.log.Warn("mapping a zero run", "page", run.Page, "pages", run.Count, "err", err)
+		}
+		return false
+	}
 	return true
 }
 

@@ -267,19 +267,27 @@ func (f *FD) Copy(dst, src, length uintptr, dontWake bool) (int64, error) {
 // ZeroPage maps zero pages over [start, start+length) in the faulting
 // process. Not supported on hugetlbfs ranges: copy from a zero buffer there.
 func (f *FD) ZeroPage(start, length uintptr, dontWake bool) error {
+	_, err := f.ZeroPages(start, length, dontWake)
+	return err
+}
+
+// ZeroPages is ZeroPage returning the number of bytes mapped: on EAGAIN or
+// EEXIST the kernel may have mapped a prefix of the range, as Copy may.
+func (f *FD) ZeroPages(start, length uintptr, dontWake bool) (int64, error) {
 	z := uffdioZeropage{Range: uffdioRange{uint64(start), uint64(length)}}
 	if dontWake {
 		z.Mode = zeropageModeDontWake
 	}
 	for {
+		z.Zeropage = 0
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(f.fd), ioctlZeropage, uintptr(unsafe.Pointer(&z)))
 		if errno == 0 {
-			return nil
+			return z.Zeropage, nil
 		}
 		if errno == unix.EINTR && z.Zeropage <= 0 {
 			continue
 		}
-		return &OpError{Op: "UFFDIO_ZEROPAGE", Addr: start, Len: length, Err: errno}
+		return max(z.Zeropage, 0), &OpError{Op: "UFFDIO_ZEROPAGE", Addr: start, Len: length, Err: errno}
 	}
 }
 
