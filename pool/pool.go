@@ -46,8 +46,9 @@ type Pool struct {
 	cfg Config
 	log *slog.Logger
 
-	mu    sync.Mutex
-	cache map[string]*entry
+	mu      sync.Mutex
+	cache   map[string]*entry
+	loading map[string]*flight // opens reading a published version's metadata (open.go)
 
 	// cxl is this host's membership of the CXL tier (nil: none now).
 	cxl     atomic.Pointer[membership]
