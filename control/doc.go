@@ -6,7 +6,8 @@
 //
 // etcd runs as its own member (package control/member: in `aquifer serve
 // --embedded` without --etcd-endpoints, or `aquifer etcd`), mutual TLS
-// only; this package is the client (Connect), so that only the setup root
+// only; this package is the client (Connect, or FromClient on the in-process
+// client of a member this process runs), so that only the setup root
 // links etcd's server. Every call is bounded (Plane.Timeout, DefaultTimeout
 // 5 s) and an unreachable etcd is reported as ErrUnavailable. Everything
 // else in Aquifer reaches etcd only through this package, which keeps the

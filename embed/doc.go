@@ -5,7 +5,8 @@
 // start through it, so there is one place where the pieces are wired:
 //
 //	Config ──Validate──► Start
-//	                       ├─ control plane: embedded etcd member (DataDir, mutual TLS: tls.go) or external endpoints (credentials)
+//	                       ├─ control plane: embedded etcd member (DataDir, mutual TLS for other processes,
+//	                       │  the daemon's own calls in-process: tls.go) or external endpoints (credentials)
 //	                       ├─ memory nodes: in-process on loopback, or external `aquifer memnode`s (named, or
 //	                       │  registered in the control plane; pod secret or mutual TLS: memsec.go)
 //	                       ├─ RDMA transport: emu (latency model) | tcp | verbs (-tags rdma, an RNIC)

@@ -706,8 +706,9 @@ func (v *vm) residency() *Residency {
 // residencyOf sums the smaps text b over the mappings that lie inside one
 // of spans ([start, end) addresses). It runs after every VM, over one smaps
 // entry per mapping: a guest whose pager left zero runs to the kernel has
-// thousands (every UFFDIO_UNREGISTER splits its region), so it is a plain
-// byte scan (fmt's scanning cost tens of milliseconds of CPU there).
+// many (every UFFDIO_UNREGISTER splits its region), so it is a plain byte
+// scan (fmt's scanning cost tens of milliseconds of CPU when the pager
+// still unregistered every short run).
 func residencyOf(b []byte, spans [][2]uint64) Residency {
 	var r Residency
 	in := false

@@ -10,9 +10,9 @@
 // last fault of each batch itself when the source says it will not block
 // (a thread hand-off costs as much as the copy on virtualised hosts) and
 // hands the others to a pool of workers, each on its own locked OS thread,
-// so faults of several vCPUs are served concurrently. Install and
-// LeaveToKernel let a pager place pages ahead of faults and leave zero
-// ranges to the kernel under the same REMOVE rules. A fault is served by
+// so faults of several vCPUs are served concurrently. Install, ZeroQuiet
+// and LeaveToKernel let a pager place pages (or the zero page) ahead of
+// faults and leave zero ranges to the kernel under the same REMOVE rules. A fault is served by
 // installing a page with one UFFDIO_COPY straight from
 // the mmap'd source (no intermediate buffer); a page inside a removed range
 // gets UFFDIO_ZEROPAGE (or a copy of zeros for 2 MiB pages) and never

@@ -497,7 +497,7 @@ func (s *Session) zeroRuns() bool {
 // pages. Huge pages have no zero page: their runs are left to the kernel.
 // It reports false when the VM is gone.
 func (s *Session) mapZero(run snapimage.Run) bool {
-	if s.ps != 4096 {
+	if s.ps != handshake.PageSize4K {
 		return s.leaveZero(run)
 	}
 	if !s.bgEnter() {

@@ -91,10 +91,9 @@ func (p *Pool) current(ctx context.Context, name string, rev int64) (*entry, err
 
 // flight is a load of one snapshot version's entry in progress.
 type flight struct {
-	done    chan struct{}
-	e       *entry
-	err     error
-	waiters int // callers waiting for it (guarded by Pool.mu)
+	done chan struct{}
+	e    *entry
+	err  error
 }
 
 // loadOnce runs load for key unless a load for key is in flight; then it
@@ -120,7 +119,6 @@ func (p *Pool) loadOnce(ctx context.Context, key string, load func() (*entry, er
 			close(f.done)
 			return f.e, f.err
 		}
-		f.waiters++
 		p.mu.Unlock()
 		select {
 		case <-f.done:
