@@ -8,10 +8,12 @@
 //  1. The fault loop starts first, so faults raised while Firecracker
 //     restores devices (before resume) are served at once.
 //  2. Pre-install: the hot segment (HotSource: a validated CXL extent, or
-//     a local copy) is verified page by page against the image's digests
-//     and installed in first-touch order, one UFFDIO_COPY per hot run with
-//     DONTWAKE and no wake of its own (a vCPU that faulted on such a page
-//     is woken when the fault loop serves its event). Ready() closes when it
+//     a local copy) is installed in first-touch order, one UFFDIO_COPY per
+//     hot run with DONTWAKE and no wake of its own (a vCPU that faulted on
+//     such a page is woken when the fault loop serves its event), each
+//     run's pages checked against the image's digests just before its copy
+//     (preinstall.go); the runs are shared with a helper goroutine on each
+//     CPU no other pre-install is using. Ready() closes when it
 //     is done: the orchestrator resumes the VM only then — or, with
 //     Options.EarlyResume, as soon as the long zero runs are set up, the
 //     hot set then streaming in while the VM runs.

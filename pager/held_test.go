@@ -24,9 +24,9 @@ import (
 // process serves. The test can then hold one of the pager's UFFDIO_COPYs
 // inside the kernel, at a chosen page, after the pager verified that page.
 //
-// The pager verifies a window (a hot segment, a cold extent) from its first
-// page to its last before it installs from it, so its read of the window's
-// last page, left missing, is the last step of verification. The server
+// The pager verifies a stretch of a window (a cold extent; a hot run) from
+// its first page to its last before it installs from it, so its read of the
+// stretch's last page, left missing, is the last step of verification. The server
 // then punches the hold page (already verified) out of the memory file,
 // which unmaps it here too, and serves the last page. When an install later
 // copies the hold page, the kernel's read of it faults to the server, which

@@ -95,13 +95,16 @@ type Session struct {
 	ready    chan struct{}
 	readyErr error
 
-	hotReady  chan struct{}
-	hotMu     sync.Mutex
-	hotSeg    restore.Segment
-	hotUsers  sync.WaitGroup
-	hotOnce   sync.Once
-	readyOnce sync.Once
-	lateZero  []snapimage.Run
+	hotReady chan struct{}
+	hotMu    sync.Mutex
+	hotSeg   restore.Segment
+	// hotUnchecked: hotSeg's pages are checked as they are installed, so a
+	// demand copy from it checks its page itself.
+	hotUnchecked bool
+	hotUsers     sync.WaitGroup
+	hotOnce      sync.Once
+	readyOnce    sync.Once
+	lateZero     []snapimage.Run
 
 	arena        []byte
 	arenaRelease func() error
@@ -192,7 +195,7 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 		atomic.AddUint64(&s.rep.HotFaults, 1)
 		<-s.hotReady
 		s.hotMu.Lock()
-		seg := s.hotSeg
+		seg, unchecked := s.hotSeg, s.hotUnchecked
 		if seg != nil {
 			// Faults during the pre-install window: the segment stays
 			// valid until every demand copy from it is done.
@@ -210,6 +213,12 @@ func (s *Session) Page(off, ps uint64) (uintptr, bool, func(), error) {
 				return addr, false, func() { s.hotUsers.Done() }, nil
 			}
 			addr, _ := seg.Run(idx, 1, ps)
+			if unchecked && s.img.VerifyHotPage(idx, offheap.At(addr, int(ps))) != nil {
+				// Not the snapshot's page: the pre-install falls back too;
+				// this fault takes a checked read (or the fallback's).
+				s.hotUsers.Done()
+				return s.latePage(idx)
+			}
 			return addr, false, func() { s.hotUsers.Done() }, nil
 		}
 		s.hotMu.Unlock()
@@ -409,16 +418,19 @@ func (s *Session) preinstall(ctx context.Context) {
 	_, nhot, _ := s.img.Counts()
 	var err error
 	if nhot > 0 {
-		err = s.withHot(ctx, func(seg restore.Segment) error {
+		// 4 KiB pages are checked as they are installed (preinstallRuns),
+		// sub-pages all before the first (preinstallHuge).
+		checked := !s.whole()
+		err = s.withHot(ctx, checked, func(seg restore.Segment) error {
 			s.hotMu.Lock()
-			s.hotSeg = seg
+			s.hotSeg, s.hotUnchecked = seg, !checked
 			s.hotMu.Unlock()
 			s.openHot()
 			defer func() {
 				// Close the window: no new demand copy from seg, and wait
 				// for the ones in flight before the tier may move on.
 				s.hotMu.Lock()
-				s.hotSeg = nil
+				s.hotSeg, s.hotUnchecked = nil, false
 				s.hotMu.Unlock()
 				s.hotUsers.Wait()
 			}()
@@ -435,28 +447,10 @@ func (s *Session) preinstall(ctx context.Context) {
 				s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
 				return err
 			}
-			for _, run := range s.img.HotRuns() {
-				// A run is one UFFDIO_COPY unless it crosses from one piece
-				// of the segment to the next.
-				for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
-					addr, k := seg.Run(idx, left, s.ps)
-					if k == 0 {
-						return fmt.Errorf("hot run at page %d lies beyond the %d-byte hot segment", run.Page, seg.Len())
-					}
-					if !s.bgEnter() {
-						return errQuiesced
-					}
-					n, err := s.h.InstallQuiet(page*s.ps, addr, k)
-					s.bgExit()
-					s.rep.PreinstallPages += n
-					if err != nil {
-						return fmt.Errorf("pre-installing hot run at page %d: %w", run.Page, err)
-					}
-					page, idx, left = page+k, idx+k, left-k
-				}
-			}
+			n, err := s.preinstallRuns(seg)
+			s.rep.PreinstallPages += n
 			s.rep.PreinstallBytes = s.rep.PreinstallPages * s.ps
-			return nil
+			return err
 		})
 	}
 	s.openHot()
@@ -534,32 +528,52 @@ func (s *Session) openHot() {
 	s.hotOnce.Do(func() { close(s.hotReady) })
 }
 
-// withHot runs fn on the verified hot segment, falling back to the snapshot's HotFallback
-// when the hot tier fails or a page does not match its digest. Every page
-// is checked against the image's digest before anything is installed.
-func (s *Session) withHot(ctx context.Context, fn func(seg restore.Segment) error) error {
+// withHot runs fn on the hot segment, falling back to the snapshot's
+// HotFallback when the hot tier fails or a page does not match its digest.
+// No page is used before it is checked against the image's digest: with
+// checkFirst every page is checked before fn runs; without, fn checks each
+// page before it installs it (preinstallRuns), and its failures that are
+// not the tier's (an install, the VM quiesced) fall back to nothing.
+func (s *Session) withHot(ctx context.Context, checkFirst bool, fn func(seg restore.Segment) error) error {
 	try := func(src restore.HotSource) (bool, error) {
-		verified := false
+		tierOK := false // the last failure, if any, is not the tier's
 		err := src.With(ctx, func(seg restore.Segment) error {
+			tierOK = false
 			if want := s.img.Section(snapimage.SecHotSegment).Length; uint64(seg.Len()) < want {
 				return fmt.Errorf("hot segment from %s has %d bytes, want %d", src.Name(), seg.Len(), want)
 			}
-			if err := s.verifyHot(seg, src.Name()); err != nil {
+			if checkFirst {
+				if err := s.verifyHot(seg, src.Name()); err != nil {
+					return err
+				}
+				tierOK = true
+				return fn(seg)
+			}
+			err := fn(seg)
+			var ie *installError
+			if err == nil || errors.As(err, &ie) || errors.Is(err, errQuiesced) {
+				tierOK = true
 				return err
 			}
-			verified = true
-			return fn(seg)
+			return fmt.Errorf("hot segment from %s: %w", src.Name(), err)
 		})
-		return verified, err
+		return tierOK, err
 	}
-	verified, err := try(s.hot)
-	if err != nil && !verified && s.fallback != nil {
+	ok, err := try(s.hot)
+	if err != nil && !ok && s.fallback != nil {
 		s.log.Warn("hot tier failed; falling back", "err", err, "fallback", s.fallback.Name())
 		s.rep.HotSource = s.fallback.Name() + " (fallback)"
 		_, err = try(s.fallback)
 	}
 	return err
 }
+
+// installError is a pre-install's own failure (UFFDIO_COPY into the VM),
+// not its hot tier's.
+type installError struct{ err error }
+
+func (e *installError) Error() string { return e.err.Error() }
+func (e *installError) Unwrap() error { return e.err }
 
 // prefetch streams touched cold extents in touch order, yielding to demand
 // reads.
@@ -628,7 +642,7 @@ func (s *Session) latePage(idx uint64) (uintptr, bool, func(), error) {
 	if err != nil {
 		return 0, false, nil, err
 	}
-	err = s.withHot(s.ctx, func(seg restore.Segment) error {
+	err = s.withHot(s.ctx, true, func(seg restore.Segment) error {
 		if !s.whole() {
 			stored, _ := s.hotStored(seg, idx)
 			return s.img.Expand(snapimage.SecHotSegment, idx, stored, m.B)

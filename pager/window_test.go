@@ -10,17 +10,35 @@ import (
 )
 
 // heldTier is a hot tier serving its segment from held memory: the
-// pre-install is held at hot page 0 (the first it copies) once the whole
-// segment is verified.
+// pre-install is held at the first page of a hot run (its UFFDIO_COPY),
+// once the run is checked. The pre-install checks a run's pages just
+// before it copies them, so the read of the run's last page, left missing,
+// is what arms the hold.
 type heldTier struct {
 	*heldMem
 	with atomic.Int32
+	run  snapimage.Run // the run whose copy is held
 }
 
-func newHeldTier(t *testing.T, good restore.HotSource, nhot uint64) *heldTier {
+// newHeldTier holds the pre-install at the first hot run of two pages or
+// more with another hot run after it.
+func newHeldTier(t *testing.T, f *fixture, good restore.HotSource) *heldTier {
 	t.Helper()
+	runs := f.img.HotRuns()
+	at := -1
+	for i, r := range runs[:len(runs)-1] {
+		if r.Count >= 2 {
+			at = i
+			break
+		}
+	}
+	if at < 0 {
+		t.Fatalf("fixture: no hot run of two pages or more before the last of %d", len(runs))
+	}
+	run := runs[at]
 	truth := hotBytes(t, good)
-	h := &heldTier{heldMem: newHeldMem(t, truth, nhot-1, 0)}
+	_, nhot, _ := f.img.Counts()
+	h := &heldTier{heldMem: newHeldMem(t, truth, run.Index+uint64(run.Count)-1, run.Index), run: run}
 	if err := h.fill(truth, 0, nhot); err != nil {
 		t.Fatal(err)
 	}
@@ -64,28 +82,29 @@ func (c *heldCold) Arena(n int) ([]byte, func() error, error) {
 func (c *heldCold) Name() string { return "held" }
 
 // TestHotFaultInsidePreinstallWindow: a vCPU touches a hot page while the
-// pre-install is still copying (held in the kernel at the first hot page):
-// the fault is served from the same validated window, byte for byte, and
-// the vCPU woken, before the pre-install moves on; the pre-install then
-// skips that page.
+// pre-install is still copying (held in the kernel at a hot run): the
+// fault is served from the same validated window, byte for byte, and the
+// vCPU woken, before the pre-install moves on; the pre-install then skips
+// that page.
 func TestHotFaultInsidePreinstallWindow(t *testing.T) {
 	f := newFixture(t)
 	snap, good, _ := f.snapshot(t)
 	_, nhot, _ := f.img.Counts()
-	tier := newHeldTier(t, good, nhot)
+	tier := newHeldTier(t, f, good)
 	snap.Hot = tier
 	v := newVM(t)
 	r := serveVM(t, snap, Options{}, v)
 	t.Cleanup(tier.unhold) // before the session's cleanup waits for it
 	tier.awaitHeld(t)
-	hotPages := f.pages(snapimage.Hot)
-	first := f.img.HotPage(0)
-	for _, p := range hotPages {
-		if resident(t, v, p) {
-			t.Fatalf("hot page %d installed while the pre-install is held at its first page", p)
+	// The fixture's hot set is one task of the pre-install (fewer than
+	// preinstallTask pages): it is installed in order, on one thread.
+	for i := uint64(0); i < nhot; i++ {
+		p := f.img.HotPage(i)
+		if in := resident(t, v, p); in != (i < tier.run.Index) {
+			t.Fatalf("hot page %d (index %d) resident %v while the pre-install is held at index %d", p, i, in, tier.run.Index)
 		}
 	}
-	p := f.img.HotPage(nhot / 2)
+	p := f.img.HotPage(nhot - 1)
 	await(t, "the hot fault inside the window", v.TouchAsync(p))
 	f.check(t, p, v.Bytes(p))
 	select {
@@ -93,7 +112,7 @@ func TestHotFaultInsidePreinstallWindow(t *testing.T) {
 		t.Fatal("ready while the pre-install is held")
 	default:
 	}
-	if resident(t, v, first) {
+	if held := f.img.HotPage(tier.run.Index); resident(t, v, held) {
 		t.Fatal("the held page was installed before its release")
 	}
 	if n := tier.with.Load(); n != 1 {
@@ -103,8 +122,8 @@ func TestHotFaultInsidePreinstallWindow(t *testing.T) {
 	if err := r.ready(t); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range hotPages {
-		f.installed(t, v, q)
+	for i := uint64(0); i < nhot; i++ {
+		f.installed(t, v, f.img.HotPage(i))
 	}
 	rep := r.finish(t)
 	if rep.HotFaults != 1 || rep.PreinstallPages != nhot-1 || rep.Handler.Faults != 1 {

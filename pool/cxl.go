@@ -509,7 +509,7 @@ func (h *cxlHot) With(ctx context.Context, fn func(restore.Segment) error) error
 	}
 	return h.p.withReader(ctx, func(r *pod.Pod) error {
 		// The consumer checks every page against the image's digests
-		// before it uses any (restore.HotSource), so the pod does not hash
+		// before it uses it (restore.HotSource), so the pod does not hash
 		// the extents again: a digest mismatch is its failed check, and
 		// the read is retried under the protocol (a stale or torn read on
 		// a non-coherent device), then falls back.

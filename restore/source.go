@@ -17,11 +17,12 @@ type HotSource interface {
 	// and calls fn with its bytes (off-heap, so they can be the source of
 	// UFFDIO_COPY directly: for CXL, the region's own mapping). The bytes
 	// are valid and stable only until fn returns. fn checks every page
-	// against the image's digests before it uses any, so a source need not
-	// hash the segment itself; fn failing with snapimage.ErrDigest means
-	// the bytes were not the snapshot's, and a source whose tier can be
-	// read again (CXL: a stale read on a non-coherent device) may retry
-	// and call fn again.
+	// against the image's digests before it uses that page, so a source
+	// need not hash the segment itself; fn failing with
+	// snapimage.ErrDigest means the bytes were not the snapshot's (the
+	// pages fn used before it found that were checked ones), and a source
+	// whose tier can be read again (CXL: a stale read on a non-coherent
+	// device) may retry and call fn again.
 	With(ctx context.Context, fn func(seg Segment) error) error
 	// Name says where the pages come from ("cxl", "rdma", "local").
 	Name() string

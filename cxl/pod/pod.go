@@ -680,9 +680,9 @@ func (p *Pod) Install(ref Ref, install func(addr uintptr, n int) error) (int, er
 	return p.install(ref, true, install)
 }
 
-// InstallChecked is Install for a caller that checks the bytes itself
-// before it uses any of them (against per-page digests it holds, which is
-// what the pager does): the extent is not hashed here, and an error from
+// InstallChecked is Install for a caller that checks each byte itself
+// before it uses it (against per-page digests it holds, which is what the
+// pager does): the extent is not hashed here, and an error from
 // install that wraps ErrStale (the bytes were not what was published)
 // is a failed check like a hash mismatch: the read is retried, and after
 // MaxAttempts ErrFallback is returned. The protocol is the same; only who
@@ -839,8 +839,8 @@ func (p *Pod) InstallMany(refs []Ref, install func(addrs []uintptr, lens []int) 
 	return p.installMany(refs, true, install)
 }
 
-// InstallManyChecked is InstallMany for a caller that checks the bytes
-// itself before it uses any (see InstallChecked): the extents are not
+// InstallManyChecked is InstallMany for a caller that checks each byte
+// itself before it uses it (see InstallChecked): the extents are not
 // hashed here, and an install error wrapping ErrStale retries the whole.
 func (p *Pod) InstallManyChecked(refs []Ref, install func(addrs []uintptr, lens []int) error) (int, error) {
 	return p.installMany(refs, false, install)
