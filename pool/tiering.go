@@ -117,6 +117,9 @@ func (p *Pool) Demote(ctx context.Context, name string) error {
 // places it in this pod's region. Unless force, it makes room only by
 // demoting hot sets colder than name's heat by PromoteMargin.
 func (p *Pool) promote(ctx context.Context, name string, force bool) error {
+	if !force && p.placedHere(ctx, name) {
+		return control.ErrExists
+	}
 	cat, err := p.cfg.Plane.GetSnapshot(ctx, name)
 	if err != nil {
 		return err
@@ -174,6 +177,25 @@ func (p *Pool) promote(ctx context.Context, name string, force bool) error {
 	p.Counters.Promoted.Add(1)
 	p.log.Info("promoted a hot set into this pod's CXL region", "snapshot", name, "bytes", len(hot), "extents", len(pl.Extents))
 	return nil
+}
+
+// placedHere says, without reading the catalog entry, whether the version
+// of name this host last opened is the catalog's current one and is placed
+// in this pod (its cached placement, kept current by the placement watch).
+// Every heat write asks before a promotion: reading, unmarshalling and
+// verifying the whole entry instead (5-10 ms of CPU for the captured
+// corpus's, most of it their segments' page digests) cost the daemon as
+// much as its pre-installs. A placement dropped a moment ago and not yet
+// seen by the watch makes it say yes once: the next heat write promotes.
+func (p *Pool) placedHere(ctx context.Context, name string) bool {
+	p.mu.Lock()
+	e := p.cache[name]
+	p.mu.Unlock()
+	if e == nil || e.hot.Load() == nil {
+		return false
+	}
+	rev, err := p.cfg.Plane.SnapshotRev(ctx, name)
+	return err == nil && rev == e.rev
 }
 
 // roomFor says whether the policy lets a hot set of n bytes in: the
