@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -14,17 +15,18 @@ import (
 // images on this host: the aquifer strategies without shared tiers.
 type DirPod struct {
 	dir, api string
+	nice     int
 	cmd      *exec.Cmd
 }
 
-// StartDirPod starts the daemon.
-func StartDirPod(ctx context.Context, bin, dir string) (*DirPod, error) {
-	p := &DirPod{dir: filepath.Join(dir, "images"), api: filepath.Join(dir, "api.sock")}
+// StartDirPod starts the daemon, at nice value nice (Options.ServerNice).
+func StartDirPod(ctx context.Context, bin, dir string, nice int) (*DirPod, error) {
+	p := &DirPod{dir: filepath.Join(dir, "images"), api: filepath.Join(dir, "api.sock"), nice: nice}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return nil, err
 	}
 	p.cmd = exec.CommandContext(ctx, bin, "serve", "--images", p.dir, "--api", p.api,
-		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn")
+		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn", "--nice", strconv.Itoa(nice))
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -81,7 +83,7 @@ func (p *DirPod) API() string { return p.api }
 
 // Kind implements Pod.
 func (p *DirPod) Kind() string {
-	return "local images (no tiers): hot and cold segments read from local files"
+	return "local images (no tiers): hot and cold segments read from local files" + niceText(p.nice)
 }
 
 // Close implements Pod.

@@ -25,7 +25,12 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 	if l := r.floorLine(); l != "" {
 		fmt.Fprintf(w, "%s  \n", l)
 	}
-	fmt.Fprintf(w, "Pod: %s\n\n", r.Pod)
+	fmt.Fprintf(w, "Pod: %s  \n", r.Pod)
+	if r.ServerNice != 0 {
+		fmt.Fprintf(w, "Page servers (the pod's daemon; `aquifer handle` for reap and firecracker-uffd) at nice %d, the VMs at 0\n\n", r.ServerNice)
+	} else {
+		fmt.Fprintf(w, "Page servers at the VMs' priority (nice 0)\n\n")
+	}
 	if len(r.Storages) > 0 {
 		fmt.Fprintln(w, "| storage | what it is | measured through it (QD1, p50 / p90, model) | requests served |")
 		fmt.Fprintln(w, "|---|---|---|---|")

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/aquifer-pool/aquifer/api/client"
@@ -17,18 +18,20 @@ import (
 // top. Aquifer strategies publish into it and restore from it.
 type PoolPod struct {
 	dir, api, cxl string
+	nice          int
 	cmd           *exec.Cmd
 	client        *client.Client
 }
 
-// StartPoolPod starts the pod in dir.
-func StartPoolPod(ctx context.Context, bin, dir string) (*PoolPod, error) {
+// StartPoolPod starts the pod in dir, its daemon at nice value nice
+// (Options.ServerNice).
+func StartPoolPod(ctx context.Context, bin, dir string, nice int) (*PoolPod, error) {
 	p := &PoolPod{dir: dir, api: filepath.Join(dir, "api.sock"),
-		cxl: fmt.Sprintf("/dev/shm/aquifer-bench-%d-cxl", os.Getpid())}
+		cxl: fmt.Sprintf("/dev/shm/aquifer-bench-%d-cxl", os.Getpid()), nice: nice}
 	os.Remove(p.cxl)
 	p.cmd = exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", filepath.Join(dir, "pod"),
 		"--api", p.api, "--socket-dir", filepath.Join(dir, "vms"), "--cxl-path", p.cxl, "--cxl-size", "4GiB",
-		"--cxl-chunk", "256MiB", "--rdma", "emu", "--log-level", "warn")
+		"--cxl-chunk", "256MiB", "--rdma", "emu", "--log-level", "warn", "--nice", strconv.Itoa(nice))
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -51,7 +54,7 @@ func (p *PoolPod) API() string { return p.api }
 
 // Kind implements Pod.
 func (p *PoolPod) Kind() string {
-	return "embedded pod: emulated CXL (shared /dev/shm region, copies at local-DRAM speed) + emulated RDMA (3 memory nodes, R=2, latency model 2.5us + 100 Gb/s)"
+	return "embedded pod: emulated CXL (shared /dev/shm region, copies at local-DRAM speed) + emulated RDMA (3 memory nodes, R=2, latency model 2.5us + 100 Gb/s)" + niceText(p.nice)
 }
 
 // Close implements Pod.
@@ -74,4 +77,12 @@ func (p *PoolPod) CPUTime() time.Duration {
 		return 0
 	}
 	return processCPU(p.cmd.Process.Pid)
+}
+
+// niceText says at what priority a pod's daemon runs, for its Kind.
+func niceText(nice int) string {
+	if nice == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; its daemon at nice %d", nice)
 }

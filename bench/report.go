@@ -86,6 +86,9 @@ type Report struct {
 	Runs      int            `json:"runs"`
 	RoundsRun map[string]int `json:"rounds_by_concurrency,omitempty"`
 	Command   string         `json:"command,omitempty"`
+	// ServerNice is the page servers' nice value (Options.ServerNice; 0
+	// in reports written before it was recorded).
+	ServerNice int `json:"server_nice,omitempty"`
 	// Error is why the run stopped early (the report then holds what was
 	// measured until then).
 	Error          string        `json:"error,omitempty"`
@@ -507,6 +510,7 @@ func (r *Report) Reaggregate() (*Report, error) {
 	n := AggregateWith(r.Samples, AggregateOptions{Corpus: r.Corpus, Pod: r.Pod, Runs: r.Runs, PrimaryStorage: r.PrimaryStorage,
 		CITarget: r.CITarget})
 	n.Machine, n.Date, n.Command, n.Load, n.Wall, n.RoundsRun = r.Machine, r.Date, r.Command, r.Load, r.Wall, r.RoundsRun
+	n.ServerNice = r.ServerNice
 	n.Storages, n.Snapshots, n.Calibration = r.Storages, r.Snapshots, r.Calibration
 	n.Noise, n.NoiseByConcurrency = summarise(r.Calibration), r.NoiseByConcurrency
 	n.Samples = r.Samples

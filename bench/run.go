@@ -61,6 +61,15 @@ type Options struct {
 	// VMM is where the VMs run: VMMEmulator (default, trace replay) or
 	// VMMQEMU (real guests, bench/qemu.go).
 	VMM string
+	// ServerNice is the nice value of every strategy's page server: the
+	// `aquifer handle` processes of REAP and firecracker-uffd here, and
+	// the pod's daemon (started with it: StartPoolPod). 0 (the default)
+	// leaves them at the VMs' priority. Below 0 a page server does not
+	// wait behind the vCPUs it serves; every strategy's server gets it
+	// alike, and the strategies without one (firecracker, faasnap, warm:
+	// the kernel fills their faults on the faulting thread) have nothing
+	// to raise. docs/evaluation.md, cut 29, measures it.
+	ServerNice int
 }
 
 // Pod is where aquifer strategies publish and restore.
@@ -623,6 +632,9 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 	case FirecrackerUffd, REAP:
 		sock := filepath.Join(dir, fmt.Sprintf("v%d.sock", n))
 		sargs := []string{"handle", "--socket", sock, "--mem", fs.mem, "--log-level", "warn"}
+		if o.ServerNice != 0 {
+			sargs = append(sargs, "--nice", strconv.Itoa(o.ServerNice))
+		}
 		if s == REAP {
 			sargs = append(sargs, "--reap-ws", fs.reapWS)
 		}

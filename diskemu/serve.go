@@ -3,12 +3,9 @@ package diskemu
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"os"
-	"strconv"
 
-	"golang.org/x/sys/unix"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 )
 
 // Ready is what Serve reports once the model is mounted and calibrated.
@@ -23,26 +20,6 @@ type Ready struct {
 	Error              string  `json:"error,omitempty"`
 }
 
-// Raise sets every thread of this process to nice value nice (inherited by
-// threads created later): the model's server stands in for a device,
-// which answers without waiting for a CPU.
-func Raise(nice int) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
-			return fmt.Errorf("raising thread %d to nice %d: %w", tid, nice, err)
-		}
-	}
-	return nil
-}
-
 // Serve mounts model m over backing at dir, calibrates it on probe (a
 // file in backing), writes one Ready line of JSON to out, serves until ctx
 // ends, then unmounts and writes a final line with the request counts.
@@ -55,7 +32,7 @@ func Serve(ctx context.Context, dir, backing, probe string, m Model, nice int, o
 		return err
 	}
 	if nice != 0 {
-		if err := Raise(nice); err != nil {
+		if err := prio.Raise(nice); err != nil {
 			return fail(err)
 		}
 	}
@@ -65,7 +42,7 @@ func Serve(ctx context.Context, dir, backing, probe string, m Model, nice int, o
 	}
 	defer mt.Close()
 	if nice != 0 {
-		Raise(nice) // threads the mount started
+		prio.Raise(nice) // threads the mount started
 	}
 	p, err := mt.Path(probe)
 	if err != nil {

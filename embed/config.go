@@ -3,6 +3,7 @@ package embed
 import (
 	"errors"
 	"fmt"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 	"log/slog"
 	"net"
 	"os"
@@ -59,6 +60,12 @@ type Config struct {
 	// run, and warms them (huge.go). 0: no check (2 MiB restores are still
 	// checked one by one when prepared).
 	HugePages int
+	// Nice is the nice value every thread of the daemon runs at (0: as
+	// started). The daemon serves the faults of the VMs on its host, so
+	// below 0 it does not queue behind their vCPUs for a CPU: a vCPU
+	// waiting on a fault, or a VM waiting on its pre-install, waits for
+	// the daemon. Below the current value it needs CAP_SYS_NICE.
+	Nice int
 
 	// Images serves Aquifer images DIR/NAME.img from local disk (no tiers).
 	Images string
@@ -298,6 +305,9 @@ func validPod(n string) bool {
 
 // Validate checks c and fills in its defaults. Start calls it.
 func (c *Config) Validate() error {
+	if err := prio.Check(c.Nice); err != nil {
+		return fieldErr("nice", "%v", err)
+	}
 	if c.API == "" {
 		return fieldErr("api", "no control API socket")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 	"log/slog"
 	"time"
 
@@ -46,7 +47,10 @@ type HandlerConfig struct {
 	State string
 	// Adopt is the pid of a VMM whose VM State records: instead of
 	// waiting for a handshake, take its userfaultfd back and serve on.
-	Adopt  int
+	Adopt int
+	// Nice is the nice value every thread of the handler runs at (0: as
+	// started; see Config.Nice).
+	Nice   int
 	Logger *slog.Logger
 }
 
@@ -69,6 +73,9 @@ type HandlerResult struct {
 }
 
 func (c *HandlerConfig) validate() error {
+	if err := prio.Check(c.Nice); err != nil {
+		return fieldErr("nice", "%v", err)
+	}
 	if c.Adopt < 0 {
 		return fieldErr("adopt", "%d is not a pid", c.Adopt)
 	}
@@ -113,6 +120,11 @@ func (c *HandlerConfig) validate() error {
 func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
+	}
+	if c.Nice != 0 {
+		if err := prio.Raise(c.Nice); err != nil {
+			return nil, fieldErr("nice", "%v", err)
+		}
 	}
 	if c.Adopt > 0 {
 		return runAdopt(ctx, c)

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 	"os"
 	"os/signal"
 	"strconv"
@@ -22,6 +23,7 @@ type benchFlags struct {
 	workloads, strategies, conc      string
 	storage                          string
 	runs, minRuns, maxRuns, vcpus    int
+	serverNice                       int
 	ciTarget                         float64
 	jsonOut, plotOut, corpusDir, dir string
 	localPod                         bool
@@ -46,6 +48,7 @@ func (f *benchFlags) register(cmd *cobra.Command, defConc string) {
 	fl.StringVar(&f.corpusDir, "corpus", "", "corpus directory (default: the captured corpus if present, else the synthetic one, generated if missing)")
 	fl.StringVar(&f.dir, "work-dir", "", "directory for derived files (default: a temporary one)")
 	fl.BoolVar(&f.localPod, "local-images", false, "aquifer strategies read images from local disk instead of the embedded pod (no tiers)")
+	fl.IntVar(&f.serverNice, "server-nice", 0, "nice value of every strategy's page server (the pod's daemon, aquifer handle for reap and firecracker-uffd), -20..19; 0: the VMs' own")
 	fl.StringVar(&f.vmm, "vmm", bench.VMMEmulator, "where VMs run: emulator (trace replay) or qemu (real guests in QEMU TCG, checked by their output; concurrency 1,4 by default)")
 }
 
@@ -92,7 +95,10 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	start, loadBefore := time.Now(), bench.LoadAverage()
 	o := bench.Options{Corpus: c, Workloads: splitList(f.workloads), Strategies: splitList(f.strategies),
 		Storages: splitList(f.storage), Runs: f.runs, MinRuns: f.minRuns, MaxRuns: f.maxRuns, CITarget: f.ciTarget,
-		VCPUs: f.vcpus, Log: os.Stderr, VMM: f.vmm}
+		VCPUs: f.vcpus, Log: os.Stderr, VMM: f.vmm, ServerNice: f.serverNice}
+	if err := prio.Check(o.ServerNice); err != nil {
+		return nil, fmt.Errorf("--server-nice: %w", err)
+	}
 	if f.vmm == bench.VMMQEMU && !cmd.Flags().Changed("concurrency") {
 		f.conc = "1,4"
 	}
@@ -137,7 +143,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	pod, err := startPod(ctx, o.Bin, o.WorkDir, f.localPod)
+	pod, err := startPod(ctx, o.Bin, o.WorkDir, f.localPod, o.ServerNice)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +158,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 	rep.AttachRun(res)
 	rep.Samples = res.Samples
 	rep.Command = "aquifer " + strings.Join(os.Args[1:], " ")
+	rep.ServerNice = o.ServerNice
 	rep.Load = &bench.Load{Before: loadBefore, After: bench.LoadAverage()}
 	rep.Wall = time.Since(start)
 	if runErr != nil {
@@ -177,11 +184,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) (*bench.Report, error) {
 }
 
 // startPod starts the pod the aquifer strategies use.
-func startPod(ctx context.Context, bin, dir string, local bool) (bench.Pod, error) {
+func startPod(ctx context.Context, bin, dir string, local bool, nice int) (bench.Pod, error) {
 	if local {
-		return bench.StartDirPod(ctx, bin, dir)
+		return bench.StartDirPod(ctx, bin, dir, nice)
 	}
-	return bench.StartPoolPod(ctx, bin, dir)
+	return bench.StartPoolPod(ctx, bin, dir, nice)
 }
 
 func init() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -67,8 +68,12 @@ func runPageSizeBench(cmd *cobra.Command, sizeList string) error {
 	}
 	runs, _ := fl.GetInt("runs")
 	vcpus, _ := fl.GetInt("vcpus")
+	nice, _ := fl.GetInt("server-nice")
+	if err := prio.Check(nice); err != nil {
+		return fmt.Errorf("--server-nice: %w", err)
+	}
 	o := bench.Options{Corpus: c, Workloads: splitList(str("workloads")), Strategies: splitList(str("strategies")),
-		Runs: runs, VCPUs: vcpus, Log: os.Stderr}
+		Runs: runs, VCPUs: vcpus, Log: os.Stderr, ServerNice: nice}
 	for _, s := range splitList(str("concurrency")) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
@@ -104,7 +109,7 @@ func runPageSizeBench(cmd *cobra.Command, sizeList string) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		pod, err := startPod(ctx, o.Bin, dir, local)
+		pod, err := startPod(ctx, o.Bin, dir, local, o.ServerNice)
 		if err == nil {
 			podKind = pod.Kind()
 		}

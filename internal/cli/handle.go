@@ -76,6 +76,7 @@ serves on.`,
 	f.StringVar(&c.Mem, "mem", "", "raw Firecracker snapshot memory file")
 	f.StringVar(&c.Record, "record", "", "write the recorded working set to this file when the VM exits")
 	f.IntVar(&c.Workers, "workers", 2, "fault-serving threads")
+	f.IntVar(&c.Nice, "nice", 0, "nice value of the handler's threads, -20..19 (below 0: the VM's faults do not wait behind other processes for a CPU; needs CAP_SYS_NICE)")
 	f.IntVar(&c.VMMUID, "vmm-uid", -1, "uid Firecracker runs as (under the jailer): the only uid admitted (default: this process's uid)")
 	f.DurationVar(&c.AcceptTimeout, "accept-timeout", 0, "give up if Firecracker has not connected after this long (0: wait forever)")
 	f.StringVar(&c.Image, "image", "", "serve an Aquifer image (aquifer convert) from local disk with the pager instead of a raw memory file")

@@ -124,6 +124,7 @@ docs/operations.md, "Upgrades and crashes".`,
 	f.StringVar(&cfg.HandoffSocket, "handoff-socket", "", "where this daemon waits for a successor started with --handoff-from (default: --api with .handoff; none: never)")
 	f.StringVar(&cfg.Images, "images", "", "serve Aquifer images NAME.img from this directory (no tiers)")
 	f.IntVar(&cfg.Workers, "workers", 2, "fault-serving threads per VM")
+	f.IntVar(&cfg.Nice, "nice", 0, "nice value of the daemon's threads, -20..19 (below 0: pre-installs and faults do not wait behind the VMs' vCPUs for a CPU; needs CAP_SYS_NICE)")
 	f.BoolVar(&cfg.EarlyResume, "early-resume", false, "report VMs ready once zero runs are set up and stream the hot set in while they run (default: after the whole hot set is installed)")
 	f.StringVar(&learned, "learned-cold", "8MiB", "cold pages (in bytes) per snapshot learned from its restores' cold faults and installed before later restores of it resume, so that their guests do not fault on them (0: off)")
 	f.IntVar(&cfg.VMMUID, "vmm-uid", -1, "uid Firecracker runs as (under the jailer): the only uid admitted on VM sockets (default: this daemon's uid)")

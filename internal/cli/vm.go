@@ -122,7 +122,7 @@ func realGuestRun(ctx context.Context, log io.Writer, f *vmRunFlags) (*realvm.Re
 			o.Pod = bench.AttachPod(f.api)
 		} else {
 			fmt.Fprintln(log, "vm: starting an embedded pod (aquifer serve --embedded)")
-			pod, err := bench.StartPoolPod(ctx, bin, work)
+			pod, err := bench.StartPoolPod(ctx, bin, work, 0)
 			if err != nil {
 				return nil, err
 			}

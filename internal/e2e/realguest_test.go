@@ -91,7 +91,7 @@ func TestRealGuestRestores(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	pod, err := bench.StartPoolPod(ctx, bin, t.TempDir())
+	pod, err := bench.StartPoolPod(ctx, bin, t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestRealGuestPoolCorruption(t *testing.T) {
 	if hot < 2 || bytes.Equal(victim, donor) {
 		t.Fatalf("%d hot pages; no distinct donor", hot)
 	}
-	pod, err := bench.StartPoolPod(ctx, bin, work)
+	pod, err := bench.StartPoolPod(ctx, bin, work, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
