@@ -64,7 +64,7 @@ region: a /dev/shm file). Every host's API socket is DIR/pod<i>/host<j>/api.sock
 	f.IntVar(&uc.Replicas, "replicas", 0, "copies of each segment on the memory nodes (default min(2, memnodes))")
 	f.IntVar(&uc.LeaseTTL, "lease-ttl", 10, "seconds of silence after which a host (or memory node) is fenced")
 	f.DurationVar(&uc.MemNodeDeadAfter, "memnode-dead-after", 0, "a memory node unregistered this long has its segments copied to the others (default the daemon's, 10s)")
-	f.IntVar(&uc.Readers, "readers", 0, "CXL reader identities per host (default twice the cores)")
+	f.IntVar(&uc.Readers, "readers", 0, "CXL reader identities per host (default twice the cores, at least 8)")
 	f.StringVar(&cxlSize, "cxl-size", "1GiB", "size of each pod's emulated CXL region")
 	f.StringVar(&cxlChunk, "cxl-chunk", "64MiB", "chunk size of the regions (the largest hot segment)")
 	f.StringVar(&nodeCap, "memnode-capacity", "2GiB", "capacity of each memory node")

@@ -158,7 +158,7 @@ docs/operations.md, "Upgrades and crashes".`,
 	f.StringVar(&pc.SecretFile, "secret-file", "", "with --embedded: the pod secret file (default DATA-DIR/pod.secret)")
 	f.StringVar(&pc.HostName, "host-name", "", "with --embedded: this host's name in the pod (default the machine's host name; one daemon per name)")
 	f.StringVar(&pc.HostAddr, "host-addr", "", "with --embedded: this host's IP address in the pod (source address of its memory-node connections)")
-	f.IntVar(&pc.ReaderSlots, "readers", 0, "with --embedded: CXL reader identities, the concurrent pre-installs of this host (default twice its cores; -1: none)")
+	f.IntVar(&pc.ReaderSlots, "readers", 0, "with --embedded: CXL reader identities, the concurrent pre-installs of this host (default twice its cores, at least 8; -1: none)")
 	register(cmd)
 }
 
