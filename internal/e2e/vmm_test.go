@@ -167,6 +167,20 @@ func (g *vmmGuest) restore(t *testing.T, ctx context.Context, pc *client.Client,
 	if err := json.Unmarshal(g.out.Bytes(), &rep); err != nil || rep.Mismatches != 0 || rep.Verified == 0 {
 		t.Fatalf("VMM of %s: report %+v (%v): %s", id, rep, err, g.out.String())
 	}
+	// The daemon counts the restore once it has seen the VMM go, which
+	// can come a moment after the process ended here (a loaded machine).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		v, err := pc.Get(ctx, id)
+		if err == nil && (v.State == api.StateExited || v.State == api.StateFailed) {
+			if v.State == api.StateFailed {
+				t.Fatalf("VM %s failed on the daemon after its VMM exited: %s", id, v.Error)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM %s: the daemon did not see its VMM exit within 30s (state %v, %v)", id, v, err)
+		}
+	}
 }
 
 // TestUFFDSocketBoundToVMM prepares restores that name their VMM — by pid
