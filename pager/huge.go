@@ -240,44 +240,6 @@ func (s *Session) installStored(id snapimage.SectionID, seg []byte, first, page,
 // huge page in the thread that asks, so the work spreads over cores.
 func preinstallWorkers() int { return max(1, min(runtime.GOMAXPROCS(0), 4)) }
 
-// parallel runs fn(i) for i in [0, n) on up to preinstallWorkers()
-// goroutines, in roughly increasing order; the first error stops it.
-func parallel(n uint64, fn func(w int, i uint64) error) error {
-	workers := min(uint64(preinstallWorkers()), n)
-	if workers <= 1 {
-		for i := uint64(0); i < n; i++ {
-			if err := fn(0, i); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var next atomic.Uint64
-	var first atomic.Pointer[error]
-	var wg sync.WaitGroup
-	for w := 0; w < int(workers); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for first.Load() == nil {
-				i := next.Add(1) - 1
-				if i >= n {
-					return
-				}
-				if err := fn(w, i); err != nil {
-					first.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if p := first.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
 // verifyHot checks every hot page's stored bytes in seg against the
 // image's digests, in parallel for a large hot set.
 func (s *Session) verifyHot(seg restore.Segment, src string) error {

@@ -40,7 +40,7 @@ func (s *Session) preinstallRuns(seg restore.Segment) (uint64, error) {
 	}
 	starts = append(starts, len(runs))
 	var installed atomic.Uint64
-	err := spread(len(starts)-1, func(t int) error {
+	err := spread(uint64(len(starts)-1), func(_ int, t uint64) error {
 		for _, run := range runs[starts[t]:starts[t+1]] {
 			for page, idx, left := run.Page, run.Index, uint64(run.Count); left > 0; {
 				addr, k := seg.Run(idx, left, s.ps)
@@ -78,42 +78,59 @@ var spareCPUs = sync.OnceValue(func() chan struct{} {
 	return make(chan struct{}, max(0, runtime.GOMAXPROCS(0)-1))
 })
 
-// spread runs fn(t) for every task t in [0, n), in increasing order, on the
-// calling goroutine and on as many helpers as there are spare CPUs (up to
-// n-1). The first error stops it and is returned; a task fn was running
-// when another failed runs to its end.
-func spread(n int, fn func(t int) error) error {
-	var next atomic.Int64
+// spread runs fn(w, t) for every task t in [0, n) on the calling goroutine
+// and on as many helpers as there are spare CPUs (up to n-1): see fanOut.
+func spread(n uint64, fn func(w int, t uint64) error) error {
+	sem := spareCPUs()
+	take := func() bool {
+		select {
+		case sem <- struct{}{}:
+			return true
+		default:
+			return false
+		}
+	}
+	return fanOut(n, int(min(n, uint64(cap(sem))+1))-1, take, func() { <-sem }, fn)
+}
+
+// parallel runs fn(w, i) for i in [0, n) on up to preinstallWorkers()
+// goroutines, the calling one among them: see fanOut.
+func parallel(n uint64, fn func(w int, i uint64) error) error {
+	return fanOut(n, int(min(uint64(preinstallWorkers()), n))-1, nil, nil, fn)
+}
+
+// fanOut runs fn(w, t) for every task t in [0, n), in increasing order, on
+// the calling goroutine (worker 0) and on up to extra helpers (workers 1,
+// 2, ...), each started only while take (nil: always) grants it, and give
+// called when it ends. The first error stops it and is returned; a task fn
+// was running when another failed runs to its end.
+func fanOut(n uint64, extra int, take func() bool, give func(), fn func(w int, t uint64) error) error {
+	var next atomic.Uint64
 	var first atomic.Pointer[error]
-	work := func() {
+	work := func(w int) {
 		for first.Load() == nil {
-			t := int(next.Add(1) - 1)
+			t := next.Add(1) - 1
 			if t >= n {
 				return
 			}
-			if err := fn(t); err != nil {
+			if err := fn(w, t); err != nil {
 				first.CompareAndSwap(nil, &err)
 				return
 			}
 		}
 	}
 	var wg sync.WaitGroup
-	sem := spareCPUs()
-helpers:
-	for h := 1; h < n; h++ {
-		select {
-		case sem <- struct{}{}:
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				work()
-			}()
-		default:
-			break helpers
-		}
+	for w := 1; w <= extra && (take == nil || take()); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if give != nil {
+				defer give()
+			}
+			work(w)
+		}()
 	}
-	work()
+	work(0)
 	wg.Wait()
 	if p := first.Load(); p != nil {
 		return *p

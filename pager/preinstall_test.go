@@ -18,7 +18,7 @@ func TestSpread(t *testing.T) {
 	seen := make([]atomic.Int32, n)
 	var mu sync.Mutex
 	var running, most int
-	if err := spread(n, func(i int) error {
+	if err := spread(n, func(_ int, i uint64) error {
 		mu.Lock()
 		running++
 		most = max(most, running)
@@ -41,7 +41,7 @@ func TestSpread(t *testing.T) {
 		t.Fatalf("%d tasks ran at once on %d CPUs", most, runtime.GOMAXPROCS(0))
 	}
 	boom := os.ErrInvalid
-	if err := spread(n, func(i int) error {
+	if err := spread(n, func(_ int, i uint64) error {
 		if i == 10 {
 			return boom
 		}
