@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -25,8 +24,9 @@ func StartDirPod(ctx context.Context, bin, dir string, nice int) (*DirPod, error
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return nil, err
 	}
-	p.cmd = exec.CommandContext(ctx, bin, "serve", "--images", p.dir, "--api", p.api,
-		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn", "--nice", strconv.Itoa(nice))
+	args := append([]string{"serve", "--images", p.dir, "--api", p.api,
+		"--socket-dir", filepath.Join(dir, "vms"), "--log-level", "warn"}, niceArgs(nice)...)
+	p.cmd = exec.CommandContext(ctx, bin, args...)
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err

@@ -339,9 +339,7 @@ func runPageSizeVM(ctx context.Context, o Options, p *psPrepared, s, eval, dir s
 	case FirecrackerUffd, REAP:
 		sock := filepath.Join(dir, fmt.Sprintf("v%d.sock", n))
 		sargs := []string{"handle", "--socket", sock, "--mem", p.w.Mem, "--log-level", "warn"}
-		if o.ServerNice != 0 {
-			sargs = append(sargs, "--nice", strconv.Itoa(o.ServerNice))
-		}
+		sargs = append(sargs, niceArgs(o.ServerNice)...)
 		if s == REAP {
 			sargs = append(sargs, "--reap-ws", p.reapWS)
 		}

@@ -29,9 +29,10 @@ func StartPoolPod(ctx context.Context, bin, dir string, nice int) (*PoolPod, err
 	p := &PoolPod{dir: dir, api: filepath.Join(dir, "api.sock"),
 		cxl: fmt.Sprintf("/dev/shm/aquifer-bench-%d-cxl", os.Getpid()), nice: nice}
 	os.Remove(p.cxl)
-	p.cmd = exec.CommandContext(ctx, bin, "serve", "--embedded", "--data-dir", filepath.Join(dir, "pod"),
+	args := append([]string{"serve", "--embedded", "--data-dir", filepath.Join(dir, "pod"),
 		"--api", p.api, "--socket-dir", filepath.Join(dir, "vms"), "--cxl-path", p.cxl, "--cxl-size", "4GiB",
-		"--cxl-chunk", "256MiB", "--rdma", "emu", "--log-level", "warn", "--nice", strconv.Itoa(nice))
+		"--cxl-chunk", "256MiB", "--rdma", "emu", "--log-level", "warn"}, niceArgs(nice)...)
+	p.cmd = exec.CommandContext(ctx, bin, args...)
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -77,6 +78,15 @@ func (p *PoolPod) CPUTime() time.Duration {
 		return 0
 	}
 	return processCPU(p.cmd.Process.Pid)
+}
+
+// niceArgs is the --nice flag of a page server's command line (none for 0,
+// the priority it is started with).
+func niceArgs(nice int) []string {
+	if nice == 0 {
+		return nil
+	}
+	return []string{"--nice", strconv.Itoa(nice)}
 }
 
 // niceText says at what priority a pod's daemon runs, for its Kind.

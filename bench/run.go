@@ -632,9 +632,7 @@ func runVM(ctx context.Context, o Options, p *prepared, v variant, fs files, eva
 	case FirecrackerUffd, REAP:
 		sock := filepath.Join(dir, fmt.Sprintf("v%d.sock", n))
 		sargs := []string{"handle", "--socket", sock, "--mem", fs.mem, "--log-level", "warn"}
-		if o.ServerNice != 0 {
-			sargs = append(sargs, "--nice", strconv.Itoa(o.ServerNice))
-		}
+		sargs = append(sargs, niceArgs(o.ServerNice)...)
 		if s == REAP {
 			sargs = append(sargs, "--reap-ws", fs.reapWS)
 		}

@@ -140,8 +140,8 @@ type PodConfig struct {
 	// ReaderSlots extra CXL reader identities (host slots from the pod's
 	// slot table) so that restores pre-install from the hot tier
 	// concurrently: the number of concurrent pre-installs is ReaderSlots,
-	// default DefaultReaderSlots; -1 for none (reads share the owner
-	// identity).
+	// default twice the cores and at least 8 (defaultReaderSlots); -1 for
+	// none (reads share the owner identity).
 	ReaderSlots int
 	// LeaseTTL is the time to live in seconds (default 10) of this host's
 	// leases: its pod membership (a host silent for that long is fenced
@@ -265,7 +265,7 @@ func (c *PodConfig) defaults() error {
 	}
 	switch {
 	case c.ReaderSlots == 0:
-		c.ReaderSlots = DefaultReaderSlots()
+		c.ReaderSlots = defaultReaderSlots()
 	case c.ReaderSlots < 0:
 		c.ReaderSlots = 0
 	}
@@ -418,17 +418,29 @@ func (c *PodConfig) available() error {
 	return nil
 }
 
-// DefaultReaderSlots is the number of CXL reader identities a host takes
+// defaultReaderSlots is the number of CXL reader identities a host takes
 // when its configuration names none: twice its cores, and at least
-// MinDefaultReaders. Each concurrent pre-install holds one; a restore that
+// minDefaultReaders. Each concurrent pre-install holds one; a restore that
 // finds none free waits for one with its VM stopped, while the cores run
 // other VMs' vCPUs. On a 2-core host at eight restores at once, 8 readers
 // instead of 4 took aquifer from 1.16-1.25x to 1.26-1.32x vs REAP over four
 // alternating pairs (docs/evaluation.md, cut 30). A reader costs one slot
 // of the pod's slot table (64 on a region formatted by default), shared by
 // the pod's hosts; a host that finds fewer free joins with what is left.
-func DefaultReaderSlots() int { return max(2*runtime.NumCPU(), MinDefaultReaders) }
+func defaultReaderSlots() int { return max(2*runtime.NumCPU(), minDefaultReaders) }
 
-// MinDefaultReaders is the fewest reader identities a host takes by
+// minDefaultReaders is the fewest reader identities a host takes by
 // default: one per concurrent restore of the benchmark's highest level.
-const MinDefaultReaders = 8
+const minDefaultReaders = 8
+
+// raiseNice sets every thread of this process to nice (0: leaves them),
+// before anything else starts (threads made later inherit it).
+func raiseNice(nice int) error {
+	if nice == 0 {
+		return nil
+	}
+	if err := prio.Raise(nice); err != nil {
+		return fieldErr("nice", "%v", err)
+	}
+	return nil
+}

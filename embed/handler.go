@@ -121,10 +121,8 @@ func RunHandler(ctx context.Context, c HandlerConfig) (*HandlerResult, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	if c.Nice != 0 {
-		if err := prio.Raise(c.Nice); err != nil {
-			return nil, fieldErr("nice", "%v", err)
-		}
+	if err := raiseNice(c.Nice); err != nil {
+		return nil, err
 	}
 	if c.Adopt > 0 {
 		return runAdopt(ctx, c)

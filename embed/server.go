@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aquifer-pool/aquifer/internal/prio"
 	"log/slog"
 	"net"
 	"os"
@@ -66,11 +65,8 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Nice != 0 {
-		// Before anything starts: every thread made later inherits it.
-		if err := prio.Raise(cfg.Nice); err != nil {
-			return nil, fieldErr("nice", "%v", err)
-		}
+	if err := raiseNice(cfg.Nice); err != nil {
+		return nil, err
 	}
 	s = &Server{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
 	defer func() {

@@ -12,31 +12,22 @@ import (
 
 	"github.com/aquifer-pool/aquifer/api"
 	"github.com/aquifer-pool/aquifer/api/client"
+	"github.com/aquifer-pool/aquifer/internal/prio"
 )
 
-// threadNices returns the nice value of every thread of process pid
-// (field 19 of /proc/PID/task/TID/stat).
+// threadNices returns the nice value of every thread of process pid.
 func threadNices(t *testing.T, pid int) map[int]int {
 	t.Helper()
-	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
-	ents, err := os.ReadDir(dir)
+	ents, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[int]int{}
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
-		if err != nil {
-			continue // the thread ended
-		}
-		// The command name (field 2) is in parentheses and may hold spaces.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		n, err := strconv.Atoi(f[16]) // field 19 of the whole line
-		if err != nil {
-			t.Fatalf("%s: %v", e.Name(), err)
-		}
 		tid, _ := strconv.Atoi(e.Name())
-		out[tid] = n
+		if n, err := prio.Of(tid); err == nil { // else the thread ended
+			out[tid] = n
+		}
 	}
 	return out
 }
